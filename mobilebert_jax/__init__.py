@@ -1,0 +1,6 @@
+"""mobilebert-jax: the MobileBERT / IB-BERT family in JAX/Flax."""
+
+from mobilebert_jax.config import ConfigError, MobileBertConfig, get_preset
+
+__all__ = ["ConfigError", "MobileBertConfig", "get_preset"]
+__version__ = "0.1.0"

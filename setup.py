@@ -1,0 +1,34 @@
+"""mobilebert-jax: pretrain IB-BERT, distill MobileBERT, fine-tune, quantize and export, in JAX/Flax."""
+
+from setuptools import find_packages, setup
+
+setup(
+    name="mobilebert-jax",
+    version="0.1.0",
+    description="MobileBERT and IB-BERT pretraining, distillation and fine-tuning in JAX/Flax",
+    packages=find_packages(include=["mobilebert_jax", "mobilebert_jax.*"]),
+    python_requires=">=3.10",
+    install_requires=[
+        "jax>=0.7",
+        "flax>=0.11",
+        "optax>=0.2.5",
+        "orbax-checkpoint>=0.11",
+        "tensorflow-datasets>=4.9",
+        "sentencepiece>=0.2",
+        "ml-collections>=1.0",
+        "absl-py>=2.0",
+        "grain>=0.2.12",
+        "array-record>=0.7",
+        "tokenizers>=0.21",
+        "safetensors>=0.4",
+        "numpy>=1.26",
+        "tensorboardX>=2.6",
+        "matplotlib>=3.8",
+    ],
+    extras_require={
+        "test": ["pytest>=8", "torch==2.13.0", "transformers>=4.50", "safetensors>=0.4", "scipy>=1.11",
+                 "scikit-learn>=1.4"],
+        "tpu": ["jax[tpu]>=0.7"],
+    },
+    entry_points={"console_scripts": ["mobilebert-jax=mobilebert_jax.main:run"]},
+)
