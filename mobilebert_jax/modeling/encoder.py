@@ -1,0 +1,93 @@
+"""The backbone: embeddings, L blocks, optional pooler (HF's `MobileBertModel`)."""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from mobilebert_jax.config import MobileBertConfig
+from mobilebert_jax.modeling import primitives
+from mobilebert_jax.modeling.embeddings import Embeddings
+from mobilebert_jax.modeling.layer import Layer
+
+
+class Encoder(nn.Module):
+    config: MobileBertConfig
+
+    @nn.compact
+    def __call__(self, x_BxTxH, mask_BxT, deterministic: bool, output_hidden_states: bool,
+                 output_attention_scores: bool):
+        c = self.config
+        # static_argnums counts `self` as 0: `deterministic` is argument 3.
+        layer_cls = nn.remat(Layer, static_argnums=(3,)) if c.remat else Layer
+        hidden_states, scores = [x_BxTxH], []
+        for i in range(c.num_hidden_layers):
+            x_BxTxH, s_BxHxTxT = layer_cls(c, name=f"layer_{i}")(x_BxTxH, mask_BxT, deterministic)
+            x_BxTxH = nn.with_logical_constraint(x_BxTxH, ("batch", "length", "hidden"))
+            if output_hidden_states:
+                hidden_states.append(x_BxTxH)
+            if output_attention_scores:
+                scores.append(s_BxHxTxT)
+        return x_BxTxH, tuple(hidden_states) if output_hidden_states else None, (
+            tuple(scores) if output_attention_scores else None)
+
+
+class Pooler(nn.Module):
+    """The [CLS] vector, through tanh(W x + b) only if `classifier_activation`."""
+
+    config: MobileBertConfig
+
+    @nn.compact
+    def __call__(self, h_BxTxH):
+        first_BxH = h_BxTxH[:, 0]
+        if not self.config.classifier_activation:
+            return first_BxH
+        return jnp.tanh(primitives.dense(self.config, self.config.hidden_size, ("hidden", "transform"), "dense")(
+            first_BxH))
+
+
+class MobileBertModel(nn.Module):
+    """Returns a dict: last_hidden_state [B, T, H], pooled_output [B, H] (when
+    the pooler is on), hidden_states (embedding output + L layers, on request)
+    and attention_scores (L maps [B, heads, T, T] of masked pre-softmax scores,
+    on request)."""
+
+    config: MobileBertConfig
+    add_pooling_layer: bool = True
+
+    def setup(self):
+        self.embeddings = Embeddings(self.config)
+        self.encoder = Encoder(self.config)
+        if self.add_pooling_layer:
+            self.pooler = Pooler(self.config)
+
+    def __call__(
+        self,
+        input_ids: jax.Array,
+        attention_mask: Optional[jax.Array] = None,
+        token_type_ids: Optional[jax.Array] = None,
+        position_ids: Optional[jax.Array] = None,
+        deterministic: bool = True,
+        output_hidden_states: bool = False,
+        output_attention_scores: bool = False,
+    ) -> dict:
+        if attention_mask is None:
+            attention_mask = jnp.ones_like(input_ids)
+        x = self.embeddings(input_ids, token_type_ids, position_ids, attention_mask, deterministic)
+        x = nn.with_logical_constraint(x, ("batch", "length", "hidden"))
+        last, hidden_states, scores = self.encoder(x, attention_mask, deterministic, output_hidden_states,
+                                                   output_attention_scores)
+        out = {"last_hidden_state": last}
+        if self.add_pooling_layer:
+            out["pooled_output"] = self.pooler(last)
+        if output_hidden_states:
+            out["hidden_states"] = hidden_states
+        if output_attention_scores:
+            out["attention_scores"] = scores
+        return out
+
+    def attend(self, u_BxTxE: jax.Array) -> jax.Array:
+        return self.embeddings.attend(u_BxTxE)
