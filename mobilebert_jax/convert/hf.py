@@ -143,6 +143,8 @@ def params_from_hf_state(config: MobileBertConfig, state: dict[str, np.ndarray],
 def from_hf(path: str, architecture: Optional[str] = None) -> tuple[MobileBertConfig, Params]:
     """An HF MobileBERT directory -> (config, params); params keep HF's layout
     (`mobilebert`, `cls`, `classifier`, ...) for the matching model class."""
+    if not os.path.isdir(path):
+        raise CheckpointError(f"{path}: expected an HF model directory (config.json + weights)")
     config_path = os.path.join(path, "config.json")
     config = MobileBertConfig.from_hf_json(config_path)
     with open(config_path) as f:

@@ -40,7 +40,7 @@ def save_params(path: str, config: MobileBertConfig, params, architecture: str |
 
 def load_params(path: str) -> tuple[MobileBertConfig, dict]:
     weights = os.path.join(path, PARAMS_FILE)
-    if not os.path.exists(weights):
+    if not os.path.isfile(weights):
         raise CheckpointError(f"{path}: no {PARAMS_FILE}; expected a directory written by save_params")
     config = MobileBertConfig.from_hf_json(os.path.join(path, "config.json"))
     flat = load_file(weights)
