@@ -1,0 +1,121 @@
+"""The optax pieces optax itself lacks, and the LAMB / AdamW cores built from optax pieces.
+
+LAMB here is TF1's (REFERENCE section 5), not `optax.lamb`: the trust ratio
+is skipped for norms and biases too (optax.lamb's mask covers weight decay
+only), and Adam's moments may be left without bias correction.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, NamedTuple, Optional
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from mobilebert_jax.optim import paths
+
+Multiplier = Callable[[jax.Array], jax.Array]
+
+
+class ScaleByAdamNoBiasCorrectionState(NamedTuple):
+    mu: optax.Updates
+    nu: optax.Updates
+
+
+def scale_by_adam_no_bias_correction(
+    b1: float = 0.9,
+    b2: float = 0.999,
+    eps: float = 1e-6,
+    mu_dtype: Optional[jnp.dtype] = None,
+) -> optax.GradientTransformation:
+    """m / (sqrt(v) + eps) with m, v exponential averages that are never debiased (TF1 BERT/LAMB).
+
+    `optax.scale_by_adam` has no switch for this: it always divides by
+    1 - b^t. Without that, the first steps take small updates, which is how
+    the TF1 optimizers (and so the released checkpoints) were trained.
+    """
+
+    def init_fn(params):
+        return ScaleByAdamNoBiasCorrectionState(
+            mu=optax.tree.zeros_like(params, dtype=mu_dtype), nu=optax.tree.zeros_like(params))
+
+    def update_fn(updates, state, params=None):
+        del params
+        mu = optax.tree.update_moment(updates, state.mu, b1, 1)
+        nu = optax.tree.update_moment_per_elem_norm(updates, state.nu, b2, 2)
+        updates = jax.tree.map(lambda m, v: m / (jnp.sqrt(v) + eps), mu, nu)
+        return updates, ScaleByAdamNoBiasCorrectionState(mu=optax.tree.cast(mu, mu_dtype), nu=nu)
+
+    return optax.GradientTransformation(init_fn, update_fn)
+
+
+def adam_moments(b1: float, b2: float, eps: float, bias_correction: bool,
+                 mu_dtype: Optional[jnp.dtype] = None) -> optax.GradientTransformation:
+    if bias_correction:
+        return optax.scale_by_adam(b1=b1, b2=b2, eps=eps, mu_dtype=mu_dtype)
+    return scale_by_adam_no_bias_correction(b1=b1, b2=b2, eps=eps, mu_dtype=mu_dtype)
+
+
+def lamb_direction(
+    b1: float = 0.9,
+    b2: float = 0.999,
+    eps: float = 1e-6,
+    weight_decay: float = 0.01,
+    bias_correction: bool = False,
+    exempt: paths.PathFn = paths.is_norm_or_bias,
+    mu_dtype: Optional[jnp.dtype] = None,
+) -> optax.GradientTransformation:
+    """r * (m / (sqrt(v) + eps) + wd * w), with wd and r skipped where `exempt(path)`; no lr, no clip."""
+    applies = paths.mask(lambda keys: not exempt(keys))
+    return optax.chain(
+        adam_moments(b1, b2, eps, bias_correction, mu_dtype),
+        optax.add_decayed_weights(weight_decay, mask=applies),
+        # scale_by_trust_ratio already returns 1 when either norm is 0, as TF1 does.
+        optax.masked(optax.scale_by_trust_ratio(), applies),
+    )
+
+
+def adamw_direction(
+    b1: float = 0.9,
+    b2: float = 0.999,
+    eps: float = 1e-6,
+    weight_decay: float = 0.01,
+    bias_correction: bool = False,
+    exempt: paths.PathFn = paths.is_norm_or_bias,
+    mu_dtype: Optional[jnp.dtype] = None,
+) -> optax.GradientTransformation:
+    """m / (sqrt(v) + eps) + wd * w with wd skipped where `exempt(path)`; no lr, no clip."""
+    return optax.chain(
+        adam_moments(b1, b2, eps, bias_correction, mu_dtype),
+        optax.add_decayed_weights(weight_decay, mask=paths.mask(lambda keys: not exempt(keys))),
+    )
+
+
+class GatedState(NamedTuple):
+    count: jax.Array
+    inner: optax.OptState
+
+
+def gated_by_multiplier(inner: optax.GradientTransformation, multiplier: Multiplier) -> optax.GradientTransformation:
+    """Scales `inner`'s updates by multiplier(step) and holds its state at init while that is 0.
+
+    This is TF1's `layer_wise_gate` in progressive distillation: a layer whose
+    rate is 0 keeps zero Adam moments, so it starts afresh when it is switched
+    on instead of carrying moments from gradients it was never trained on.
+    """
+
+    def init_fn(params):
+        return GatedState(count=jnp.zeros([], jnp.int32), inner=inner.init(params))
+
+    def update_fn(updates, state, params=None):
+        if params is None:
+            raise ValueError("gated_by_multiplier needs `params` in update() to re-initialize the gated state")
+        m = jnp.asarray(multiplier(state.count))
+        updates, inner_state = inner.update(updates, state.inner, params)
+        updates = jax.tree.map(lambda u: u * m.astype(u.dtype), updates)
+        fresh = inner.init(params)
+        inner_state = jax.tree.map(lambda new, init: jnp.where(m != 0, new, init), inner_state, fresh)
+        return updates, GatedState(count=optax.safe_increment(state.count), inner=inner_state)
+
+    return optax.GradientTransformation(init_fn, update_fn)
