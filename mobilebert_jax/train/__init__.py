@@ -1,0 +1,1 @@
+"""Training: losses, the sharded train step, and the loop that runs a stage."""
