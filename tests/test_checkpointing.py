@@ -1,0 +1,195 @@
+"""Checkpoint round trips, re-sharding on restore, retention, crash safety and SIGTERM handling."""
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import pytest
+from jax.sharding import NamedSharding, PartitionSpec as P
+
+from mobilebert_jax import ConfigError, checkpointing, optim, partitioning
+
+
+class FakeIterator:
+    """Stands in for the data loader: an opaque state it can report and be rewound to."""
+
+    def __init__(self, state):
+        self.state = state
+
+    def get_state(self):
+        return self.state
+
+    def set_state(self, state):
+        self.state = state
+
+
+def make_state(seed: int = 0) -> dict:
+    rng = np.random.default_rng(seed)
+    params = {"encoder": {"layer_0": {"kernel": jnp.asarray(rng.normal(size=(8, 4)), jnp.float32),
+                                      "bias": jnp.asarray(rng.normal(size=(4,)), jnp.float32)}},
+              "embeddings": {"embedding": jnp.asarray(rng.normal(size=(16, 8)), jnp.bfloat16)}}
+    cfg = optim.default_config()
+    cfg.lr = 1e-3
+    cfg.groups = dict(frozen=dict(pattern="embeddings", multiplier=0.0))
+    tx = optim.build_optimizer(cfg, params)
+    opt_state = tx.init(params)
+    grads = jax.tree.map(lambda p: jnp.ones_like(p), params)
+    _, opt_state = tx.update(grads, opt_state, params)  # non-zero moments and counts
+    return {"params": params, "opt_state": opt_state, "step": jnp.asarray(7, jnp.int32),
+            "stage": jnp.asarray(2, jnp.int32)}
+
+
+def assert_bitwise_equal(a, b):
+    assert jax.tree.structure(a) == jax.tree.structure(b)
+    for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
+        assert x.dtype == y.dtype and x.shape == y.shape
+        np.testing.assert_array_equal(np.asarray(x).reshape(-1).view(np.uint8), np.asarray(y).reshape(-1).view(np.uint8))
+
+
+def abstract_of(state, sharding=None):
+    return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding or x.sharding), state)
+
+
+def test_roundtrip_is_bitwise_and_carries_data_state_and_config(tmp_path):
+    config = ml_collections.ConfigDict(dict(batch_size=8, optimizer=dict(lr=1e-3), mesh=dict(shape=(8, 1, 1))))
+    state = make_state()
+    with checkpointing.Checkpointer(str(tmp_path), every_steps=7, keep_last=2, config=config) as ckpt:
+        assert ckpt.save(7, state, FakeIterator({"epoch": 1, "position": [3, 5]}))
+        assert not ckpt.save(8, state)  # not a multiple of every_steps
+        assert ckpt.save(9, state, FakeIterator(b"\x00grain-bytes\xff"), force=True)
+        ckpt.wait()
+        assert list(ckpt.all_steps()) == [7, 9]
+
+    with checkpointing.Checkpointer(str(tmp_path), every_steps=10, keep_last=2) as ckpt:
+        it = FakeIterator(None)
+        assert_bitwise_equal(ckpt.restore(abstract_of(state), step=7, data_iterator=it), state)
+        assert it.state == {"epoch": 1, "position": [3, 5]}
+        assert_bitwise_equal(ckpt.restore(abstract_of(state), data_iterator=it), state)  # latest = 9
+        assert it.state == b"\x00grain-bytes\xff"
+        assert ckpt.restore_config(7) == config.to_dict() | {"mesh": {"shape": [8, 1, 1]}}
+        with pytest.raises(FileNotFoundError, match=r"no finished checkpoint for step 8 .* available: \[7, 9\]"):
+            ckpt.restore(abstract_of(state), step=8)
+
+
+def test_restore_onto_a_different_mesh(tmp_path):
+    mesh_a = partitioning.make_mesh({"shape": (8, 1, 1)})
+    mesh_b = partitioning.make_mesh({"shape": (2, 2, 2)})
+    rng = np.random.default_rng(0)
+    host = {"kernel": rng.normal(size=(16, 8)).astype(np.float32), "table": rng.normal(size=(4, 8)).astype(np.float32)}
+    on_a = {"kernel": jax.device_put(host["kernel"], NamedSharding(mesh_a, P("data", None))),
+            "table": jax.device_put(host["table"], NamedSharding(mesh_a, P(None, "data")))}
+    with checkpointing.Checkpointer(str(tmp_path), every_steps=1, keep_last=1) as ckpt:
+        ckpt.save(1, on_a)
+        ckpt.wait()
+    targets = {"kernel": NamedSharding(mesh_b, P("fsdp", "tensor")), "table": NamedSharding(mesh_b, P(("data", "fsdp")))}
+    abstract = {k: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=targets[k]) for k, v in host.items()}
+    with checkpointing.Checkpointer(str(tmp_path), every_steps=1, keep_last=1) as ckpt:
+        restored = ckpt.restore(abstract)
+    for k in host:
+        assert restored[k].sharding == targets[k]
+        np.testing.assert_array_equal(np.asarray(restored[k]), host[k])
+
+
+def test_keeps_last_k_milestones_and_period(tmp_path):
+    state = {"w": jnp.arange(4.0)}
+    ckpt = checkpointing.Checkpointer.from_config(
+        str(tmp_path), ml_collections.ConfigDict(dict(every_steps=2, keep_last=2, keep_steps=(3,), keep_period=4)))
+    saved = [step for step in range(1, 15) if ckpt.save(step, {"w": state["w"] + step})]
+    ckpt.wait()
+    assert saved == [2, 3, 4, 6, 8, 10, 12, 14]
+    assert list(ckpt.all_steps()) == [3, 4, 8, 12, 14]  # milestone 3, period 4, last two 12 and 14
+    np.testing.assert_array_equal(np.asarray(ckpt.restore(abstract_of(state), step=3)["w"]), np.arange(4.0) + 3)
+    ckpt.close()
+
+
+def test_checkpoint_config_errors(tmp_path):
+    with pytest.raises(ConfigError, match=r"config.checkpoint has unknown field\(s\) \['every'\]"):
+        checkpointing.Checkpointer.from_config(str(tmp_path), dict(every=5))
+    with pytest.raises(ConfigError, match="config.checkpoint.keep_last=0: must be a positive integer"):
+        checkpointing.Checkpointer.from_config(str(tmp_path), dict(keep_last=0))
+    with pytest.raises(ConfigError, match="config.checkpoint.keep_steps='10'"):
+        checkpointing.Checkpointer.from_config(str(tmp_path), dict(keep_steps="10"))
+    with checkpointing.Checkpointer(str(tmp_path), every_steps=1, keep_last=1) as ckpt:
+        with pytest.raises(FileNotFoundError, match="no finished checkpoint in"):
+            ckpt.restore({"w": jax.ShapeDtypeStruct((4,), jnp.float32)})
+
+
+def run_script(source: str, *args: str, **popen) -> subprocess.Popen:
+    env = dict(os.environ, JAX_PLATFORMS="cpu")
+    env.pop("XLA_FLAGS", None)
+    return subprocess.Popen([sys.executable, "-c", textwrap.dedent(source), *args], env=env, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, **popen)
+
+
+def test_checkpoint_of_a_killed_process_is_ignored(tmp_path):
+    proc = run_script("""
+        import os, sys
+        import jax.numpy as jnp, numpy as np
+        from mobilebert_jax import checkpointing
+        ckpt = checkpointing.Checkpointer(sys.argv[1], every_steps=1, keep_last=5)
+        ckpt.save(1, {"w": jnp.ones((1024, 1024))})
+        ckpt.wait()
+        ckpt.save(2, {"w": jnp.asarray(np.random.default_rng(0).normal(size=(4096, 4096)), jnp.float32)})
+        os._exit(3)  # dies while the async save of step 2 is being written
+    """, str(tmp_path))
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 3, err
+    partial = [p.name for p in tmp_path.iterdir() if p.name.startswith("2.")]
+    assert partial and "orbax-checkpoint-tmp" in partial[0], sorted(p.name for p in tmp_path.iterdir())
+
+    with checkpointing.Checkpointer(str(tmp_path), every_steps=1, keep_last=5) as ckpt:
+        assert list(ckpt.all_steps()) == [1] and ckpt.latest_step() == 1
+        restored = ckpt.restore({"w": jax.ShapeDtypeStruct((1024, 1024), jnp.float32,
+                                                           sharding=jax.sharding.SingleDeviceSharding(jax.devices()[0]))})
+        np.testing.assert_array_equal(np.asarray(restored["w"]), 1.0)
+        ckpt.save(2, {"w": jnp.zeros((1024, 1024))})
+        ckpt.wait()
+        assert list(ckpt.all_steps()) == [1, 2]
+    assert sorted(p.name for p in tmp_path.iterdir() if "tmp" in p.name) == []
+
+
+def test_sigterm_saves_and_exits_cleanly(tmp_path):
+    proc = run_script("""
+        import sys, time
+        import jax.numpy as jnp
+        from mobilebert_jax import checkpointing
+        ckpt = checkpointing.Checkpointer(sys.argv[1], every_steps=1000, keep_last=2)
+        with checkpointing.PreemptionGuard() as guard:
+            state = {"w": jnp.zeros((4,))}
+            for step in range(1, 10_000):
+                state = {"w": state["w"] + 1}
+                if step == 3:
+                    print("READY", flush=True)
+                if guard.should_stop(step):
+                    ckpt.save(step, state, force=True)
+                    ckpt.wait()
+                    print("STOPPED", step, flush=True)
+                    break
+                time.sleep(0.01)
+        ckpt.close()
+    """, str(tmp_path))
+    assert proc.stdout.readline().strip() == "READY"
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, err
+    step = int(out.split()[-1])
+    assert 3 <= step < 10_000
+    with checkpointing.Checkpointer(str(tmp_path), every_steps=1000, keep_last=2) as ckpt:
+        assert ckpt.latest_step() == step
+        restored = ckpt.restore({"w": jax.ShapeDtypeStruct((4,), jnp.float32,
+                                                           sharding=jax.sharding.SingleDeviceSharding(jax.devices()[0]))})
+    np.testing.assert_array_equal(np.asarray(restored["w"]), float(step))
+
+
+def test_guard_restores_the_previous_handler():
+    before = signal.getsignal(signal.SIGTERM)
+    with checkpointing.PreemptionGuard() as guard:
+        assert signal.getsignal(signal.SIGTERM) != before
+        assert not guard.should_stop(0)
+    assert signal.getsignal(signal.SIGTERM) == before
