@@ -73,13 +73,8 @@ class Checkpointer:
         async_save: bool = True,
         config: Any = None,
     ):
-        _check_positive(every_steps, "config.checkpoint.every_steps")
-        _check_positive(keep_last, "config.checkpoint.keep_last")
-        if keep_period is not None:
-            _check_positive(keep_period, "config.checkpoint.keep_period")
-        if isinstance(keep_steps, (str, bytes)) or not all(
-                isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in keep_steps):
-            raise ConfigError(f"config.checkpoint.keep_steps={keep_steps!r}: must be a list of step numbers")
+        read_config(dict(every_steps=every_steps, keep_last=keep_last, keep_steps=keep_steps,
+                         keep_period=keep_period, async_save=async_save))
         self._config = _config_json(config)
         keep = [policies.LatestN(n=keep_last), policies.CustomSteps(steps=list(keep_steps))]
         if keep_period:
@@ -112,16 +107,7 @@ class Checkpointer:
     @classmethod
     def from_config(cls, directory: str, ckpt_cfg: Any, config: Any = None) -> "Checkpointer":
         """A Checkpointer from `config.checkpoint`; `config` (the whole experiment) is saved with each step."""
-        fields = dict(ckpt_cfg.items()) if isinstance(ckpt_cfg, (Mapping, ml_collections.ConfigDict)) else None
-        if fields is None:
-            raise ConfigError(f"config.checkpoint must be a ConfigDict or dict, got {type(ckpt_cfg).__name__}")
-        unknown = sorted(set(fields) - set(CHECKPOINT_FIELDS))
-        if unknown:
-            raise ConfigError(f"config.checkpoint has unknown field(s) {unknown}; known: {list(CHECKPOINT_FIELDS)}")
-        merged = {**default_config().to_dict(), **fields}
-        return cls(directory, every_steps=merged["every_steps"], keep_last=merged["keep_last"],
-                   keep_steps=merged["keep_steps"], keep_period=merged["keep_period"],
-                   async_save=merged["async_save"], config=config)
+        return cls(directory, **read_config(ckpt_cfg), config=config)
 
     def latest_step(self) -> Optional[int]:
         return self._manager.latest_step()
@@ -196,6 +182,28 @@ class Checkpointer:
             raise FileNotFoundError(f"no finished checkpoint for step {step} in {self.directory}; "
                                     f"available: {list(self._manager.all_steps())}")
         return step
+
+
+def read_config(ckpt_cfg: Any) -> dict[str, Any]:
+    """`config.checkpoint` as Checkpointer keyword arguments, defaults filled in and every field checked."""
+    if not isinstance(ckpt_cfg, (Mapping, ml_collections.ConfigDict)):
+        raise ConfigError(f"config.checkpoint must be a ConfigDict or dict, got {type(ckpt_cfg).__name__}")
+    fields = dict(ckpt_cfg.items())
+    unknown = sorted(set(fields) - set(CHECKPOINT_FIELDS))
+    if unknown:
+        raise ConfigError(f"config.checkpoint has unknown field(s) {unknown}; known: {list(CHECKPOINT_FIELDS)}")
+    merged = {**default_config().to_dict(), **fields}
+    for field in ("every_steps", "keep_last"):
+        _check_positive(merged[field], f"config.checkpoint.{field}")
+    if merged["keep_period"] is not None:
+        _check_positive(merged["keep_period"], "config.checkpoint.keep_period")
+    keep_steps = merged["keep_steps"]
+    if isinstance(keep_steps, (str, bytes)) or not isinstance(keep_steps, (list, tuple)) or not all(
+            isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in keep_steps):
+        raise ConfigError(f"config.checkpoint.keep_steps={keep_steps!r}: must be a list of step numbers")
+    if not isinstance(merged["async_save"], bool):
+        raise ConfigError(f"config.checkpoint.async_save={merged['async_save']!r}: must be true or false")
+    return merged
 
 
 def _check_positive(value: Any, where: str) -> None:

@@ -106,7 +106,7 @@ def _patterns(values: Any, where: str) -> list[re.Pattern]:
 
 def build_optimizer(
     opt_cfg: Any,
-    params: Any,
+    params: Any = None,
     *,
     exempt: paths.PathFn = paths.is_norm_or_bias,
     where: str = "config.optimizer",
@@ -115,7 +115,8 @@ def build_optimizer(
 
     `params` may be concrete, abstract (`jax.eval_shape`) or boxed
     (`nn.Partitioned`); only its paths are used, to check that every group
-    and exclude pattern matches something. `exempt(path keys)` says which
+    and exclude pattern matches something (None: check the config alone, as
+    `experiment_config.validate` does). `exempt(path keys)` says which
     parameters get neither weight decay nor the trust ratio.
     """
     opt = cfg_lib.read(opt_cfg, cfg_lib.OPTIMIZER_FIELDS, where, cfg_lib.OPTIMIZER_DEFAULTS)
@@ -142,7 +143,8 @@ def build_optimizer(
     groups = parse_groups(opt["groups"], f"{where}.groups")
     excluded = _patterns(opt["exclude"], f"{where}.exclude")
     group_labels = lambda tree: paths.map_with_path(lambda p, _: _group_of(p, groups), tree)  # noqa: E731
-    _check_patterns_match(params, groups, excluded, where)
+    if params is not None:
+        _check_patterns_match(params, groups, excluded, where)
 
     if groups:
         per_group = {g.name: g.transform(direction) for g in groups}

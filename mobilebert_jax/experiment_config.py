@@ -1,0 +1,213 @@
+"""Experiment configs: `experiments/X.py[:arg]` files, dotted overrides, checks before compiling.
+
+An experiment file defines `get_config(arg=None) -> ml_collections.ConfigDict`
+(ml_collections' `DEFINE_config_file` convention, which this module uses
+underneath). Overrides are `--config.optimizer.lr=1e-3` (or without the
+`--config.` prefix); a field that does not exist, or a value of the wrong
+type, is an error naming the field.
+
+Trainer fields `validate` checks (other sections belong to their owners):
+  config.mesh        see partitioning.py
+  config.batch_size  global batch size (sequences per step, all hosts together)
+  config.optimizer   see optim/config.py (optional section)
+  config.checkpoint  see checkpointing.py (optional section)
+
+The lead's `main` can let this module parse the command line:
+
+    app.run(main, flags_parser=experiment_config.absl_flags_parser)
+    def main(parsed):
+        config, argv = parsed
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+import pprint
+import re
+import sys
+from typing import Any, Callable, Optional, Sequence
+
+import jax
+import ml_collections
+from absl import flags
+from etils import epath
+from ml_collections import config_flags
+
+from mobilebert_jax import checkpointing, optim, partitioning
+from mobilebert_jax.config import ConfigError
+
+_FLAG = "config"
+_OVERRIDE = re.compile(r"^(?:--?config\.|config\.)?([A-Za-z_][A-Za-z0-9_]*(?:\.[A-Za-z_][A-Za-z0-9_]*)*)=(.*)$", re.S)
+
+
+def load_experiment(spec: str, overrides: Sequence[str] = ()) -> ml_collections.ConfigDict:
+    """The (locked) config `spec` = "path/to/file.py[:arg]" describes, with `overrides` applied."""
+    path = spec.split(":", 1)[0]
+    if not os.path.isfile(path):
+        raise ConfigError(f"experiment config file {path!r} not found (from {spec!r})")
+    parsed = []
+    for o in overrides:
+        m = _OVERRIDE.match(o)
+        if not m:
+            raise ConfigError(f"override {o!r}: expected --config.FIELD.SUBFIELD=VALUE (whole tuples as "
+                              f"--config.mesh.shape='(2, 4, 1)')")
+        parsed.append((o, m.group(1), m.group(2)))
+
+    base = _parse(spec, [])
+    for original, field, _ in parsed:
+        _check_field_exists(base, field, original)
+    return _parse(spec, [f"--{_FLAG}.{field}={value}" for _, field, value in parsed])
+
+
+def _parse(spec: str, override_args: list[str]) -> ml_collections.ConfigDict:
+    # A private FlagValues, so that loading configs (in tests, or twice here)
+    # never touches the process-wide absl FLAGS.
+    argv = ["load_experiment", f"--{_FLAG}={spec}", *override_args]
+    flag_values = flags.FlagValues()
+    try:
+        holder = config_flags.DEFINE_config_file(_FLAG, default=spec, flag_values=flag_values, lock_config=True,
+                                                 sys_argv=argv)
+        flag_values(argv)
+        config = holder.value
+    except flags.Error as e:
+        raise ConfigError(f"{spec}: {e}") from None
+    except ConfigError as e:
+        raise ConfigError(f"{spec}: {e}") from None
+    except Exception as e:  # the experiment file itself failed: a syntax error, a bad import, get_config raising
+        raise ConfigError(f"{spec}: could not load the config: {type(e).__name__}: {e}") from e
+    if not isinstance(config, ml_collections.ConfigDict):
+        raise ConfigError(f"{spec}: get_config() returned {type(config).__name__}, expected a ConfigDict")
+    return config
+
+
+def _check_field_exists(config: ml_collections.ConfigDict, field: str, original: str) -> None:
+    node: Any = config
+    walked = _FLAG
+    for key in field.split("."):
+        if not isinstance(node, ml_collections.ConfigDict):
+            raise ConfigError(f"override {original!r}: {walked} holds a {type(node).__name__} value, not a config section; "
+                              f"it has no field {key!r}")
+        if key not in node:
+            known = sorted(node.keys())
+            close = difflib.get_close_matches(key, known, n=1)
+            hint = f"; did you mean {walked}.{close[0]}?" if close else ""
+            raise ConfigError(f"override {original!r}: {walked} has no field {key!r} (fields: {known}){hint}")
+        node = node[key]
+        walked = f"{walked}.{key}"
+
+
+def split_argv(argv: Sequence[str]) -> tuple[Optional[str], list[str], list[str]]:
+    """(config spec, config overrides, everything else) from a command line."""
+    spec, overrides, rest = None, [], []
+    args = list(argv)
+    i = 0
+    while i < len(args):
+        a = args[i]
+        if a in (f"--{_FLAG}", f"-{_FLAG}") and i + 1 < len(args):
+            spec, i = args[i + 1], i + 2
+            continue
+        if a.startswith((f"--{_FLAG}=", f"-{_FLAG}=")):
+            spec = a.split("=", 1)[1]
+        elif a.startswith((f"--{_FLAG}.", f"-{_FLAG}.")):
+            overrides.append(a)
+        else:
+            rest.append(a)
+        i += 1
+    return spec, overrides, rest
+
+
+def absl_flags_parser(argv: list[str]) -> tuple[ml_collections.ConfigDict, list[str]]:
+    """For `app.run(main, flags_parser=...)`: loads --config and its overrides, parses the other flags."""
+    spec, overrides, rest = split_argv(argv)
+    try:
+        if spec is None:
+            raise ConfigError("--config=experiments/NAME.py[:arg] is required")
+        config = load_experiment(spec, overrides)
+    except ConfigError as e:
+        print(f"FATAL config error: {e}", file=sys.stderr)
+        sys.exit(1)
+    return config, flags.FLAGS(rest)
+
+
+def validate(
+    config: ml_collections.ConfigDict,
+    device_count: int,
+    *,
+    process_count: int = 1,
+    checks: Sequence[Callable[[ml_collections.ConfigDict], None]] = (),
+) -> None:
+    """Every check that must fail before anything compiles; all failures are reported together.
+
+    `checks` are further callables (the data pipeline's, the train step's)
+    that raise ConfigError.
+    """
+    errors: list[str] = []
+
+    def attempt(fn: Callable[[], Any]) -> Any:
+        try:
+            return fn()
+        except ConfigError as e:
+            errors.append(str(e))
+            return None
+
+    mesh_cfg = config.get("mesh")
+    shape = rules = None
+    if mesh_cfg is None:
+        errors.append("config.mesh is required (at least config.mesh.shape, e.g. (-1, 1, 1))")
+    else:
+        rules = attempt(lambda: partitioning.logical_rules(mesh_cfg))
+        if rules is not None:
+            shape = attempt(lambda: partitioning.resolve_mesh_shape(mesh_cfg.get("shape"), device_count))
+    if "batch_size" not in config:
+        errors.append("config.batch_size is required (the global batch size)")
+    elif shape is not None:
+        attempt(lambda: partitioning.check_batch_size(config.batch_size, shape, rules, process_count))
+    if "optimizer" in config:
+        attempt(lambda: optim.build_optimizer(config.optimizer, params=None))
+    if "checkpoint" in config:
+        attempt(lambda: checkpointing.read_config(config.checkpoint))
+    for check in checks:
+        attempt(lambda: check(config))
+    if errors:
+        raise ConfigError("invalid experiment config:\n  - " + "\n  - ".join(errors))
+
+
+def save_resolved(config: ml_collections.ConfigDict, workdir: str) -> None:
+    """Writes `config.json` and a loadable `config.py` to `workdir` (process 0 only).
+
+    `config.py` reproduces the run with `--config=<workdir>/config.py`.
+    Values that are not Python literals (functions) are written as their
+    repr string and listed at the top of the file.
+    """
+    if jax.process_index() != 0:
+        return
+    workdir_path = epath.Path(workdir)
+    workdir_path.mkdir(parents=True, exist_ok=True)
+    (workdir_path / "config.json").write_text(config.to_json_best_effort(indent=2, sort_keys=True) + "\n")
+    replaced: list[str] = []
+    literal = _literal(config.to_dict(), "config", replaced)
+    header = ["# The resolved experiment config of this run (mobilebert_jax.experiment_config.save_resolved).",
+              "# Rerun with --config=<this file>."]
+    header += [f"# not a literal, written as its repr: {field}" for field in replaced]
+    body = pprint.pformat(literal, indent=4, width=100, sort_dicts=False)
+    (workdir_path / "config.py").write_text(
+        "\n".join(header) + "\n\nimport ml_collections\n\n\ndef get_config(arg=None):\n"
+        f"    del arg\n    return ml_collections.ConfigDict(\n{_indent(body, 8)}\n    )\n")
+
+
+def _literal(value: Any, where: str, replaced: list[str]) -> Any:
+    if isinstance(value, dict):
+        return {k: _literal(v, f"{where}.{k}", replaced) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(_literal(v, f"{where}[{i}]", replaced) for i, v in enumerate(value))
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    replaced.append(where)
+    return repr(value)
+
+
+def _indent(text: str, spaces: int) -> str:
+    return "\n".join(" " * spaces + line for line in text.splitlines())
+
+
