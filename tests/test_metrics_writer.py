@@ -1,0 +1,120 @@
+"""Progress lines, JSONL and TensorBoard output, process-0-only writing, and the MFU helper."""
+
+import io
+import json
+import struct
+
+import jax
+import pytest
+from tensorboardX.proto import event_pb2
+
+from mobilebert_jax import hardware
+from mobilebert_jax.metrics_writer import MetricsWriter, ProgressLine
+
+
+class FakeClock:
+    def __init__(self):
+        self.t = 100.0
+
+    def __call__(self):
+        return self.t
+
+
+def read_scalars(logdir) -> dict:
+    """(tag, step) -> value from tensorboard event files (TFRecord framing around Event protos)."""
+    out = {}
+    for path in logdir.iterdir():
+        data = path.read_bytes()
+        pos = 0
+        while pos < len(data):
+            (length,) = struct.unpack("<Q", data[pos:pos + 8])
+            event = event_pb2.Event.FromString(data[pos + 12:pos + 12 + length])
+            pos += 12 + length + 4
+            for v in event.summary.value:
+                out[(v.tag, event.step)] = v.simple_value
+    return out
+
+
+def test_progress_line_rate_eta_and_tokens():
+    clock = FakeClock()
+    line = ProgressLine(total_steps=1000, tokens_per_step=2048 * 512, smoothing=0.5, clock=clock)
+    assert line.update(0, {"loss": 10.0, "other": 1.0}) == "step 0/1000 | loss 10"
+    clock.t += 50.0  # 100 steps in 50 s: 2 steps/s
+    assert line.update(100, {"loss": 2.34567}) == (
+        "step 100/1000 | loss 2.346 | 2 steps/s | 2,097,152 tokens/s | ETA 00:07:30")
+    clock.t += 25.0  # 100 steps in 25 s: 4 steps/s, smoothed to 0.5 * 2 + 0.5 * 4 = 3
+    assert line.update(200, {}) == "step 200/1000 | 3 steps/s | 3,145,728 tokens/s | ETA 00:04:27"
+
+    slow = ProgressLine(total_steps=101, smoothing=0.0, clock=clock)
+    slow.update(0, {})
+    clock.t += 3600.0  # one step an hour, 100 to go
+    assert slow.update(1, {}) == "step 1/101 | 0.000278 steps/s | ETA 100:00:00"  # hours do not wrap
+
+
+def test_writer_jsonl_tensorboard_and_stdout(tmp_path):
+    clock, out = FakeClock(), io.StringIO()
+    with MetricsWriter(str(tmp_path), total_steps=20, tokens_per_step=4, stream=out, clock=clock,
+                       progress_keys=("loss", "accuracy")) as writer:
+        writer.write(10, {"loss": 1.5, "accuracy": jax.numpy.float32(0.25), "lr": 1e-3})
+        clock.t += 5
+        writer.write(20, {"loss": float("nan"), "accuracy": 0.5})
+        writer.write(20, {"eval_loss": 1.25}, progress=False)
+        assert writer.steps_per_second == 2.0
+    records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [(r["step"], {k: v for k, v in r.items() if k not in ("step", "time")}) for r in records[:1]] == [
+        (10, {"loss": 1.5, "accuracy": 0.25, "lr": 1e-3})]
+    assert records[1]["loss"] != records[1]["loss"]  # NaN survives
+    assert records[2] == {"step": 20, "time": records[2]["time"], "eval_loss": 1.25}
+    assert out.getvalue().splitlines() == [
+        "step 10/20 | loss 1.5 | accuracy 0.25",
+        "step 20/20 | loss nan | accuracy 0.5 | 2 steps/s | 8 tokens/s | ETA 00:00:00",
+    ]
+    scalars = read_scalars(tmp_path / "tensorboard")
+    assert scalars[("loss", 10)] == 1.5 and scalars[("lr", 10)] == pytest.approx(1e-3)
+    assert scalars[("eval_loss", 20)] == 1.25
+
+
+def test_non_scalar_metric_is_an_error(tmp_path):
+    with MetricsWriter(str(tmp_path), total_steps=1, stream=io.StringIO()) as writer:
+        with pytest.raises(ValueError, match=r"metric 'loss' at step 3 is not a scalar \(shape \(2,\)\)"):
+            writer.write(3, {"loss": [1.0, 2.0]})
+
+
+def test_other_processes_write_nothing(tmp_path):
+    out = io.StringIO()
+    workdir = tmp_path / "w"
+    with MetricsWriter(str(workdir), total_steps=10, stream=out, process_index=1) as writer:
+        writer.write(1, {"loss": 1.0})
+        writer.flush()
+    assert out.getvalue() == "" and not workdir.exists()
+
+
+def test_peak_flops_table():
+    assert hardware.peak_flops("TPU v4") == 275e12
+    assert hardware.peak_flops("TPU v5 lite") == 197e12 and hardware.peak_flops("TPU v5e") == 197e12
+    assert hardware.peak_flops("TPU v5") == 459e12 and hardware.peak_flops("TPU v5p") == 459e12
+    assert hardware.peak_flops("TPU v6 lite") == 918e12
+    assert hardware.peak_flops("TPU v3") == 61.5e12  # per TensorCore
+    assert hardware.peak_flops("NVIDIA H100 80GB HBM3") == 989e12
+    assert hardware.peak_flops("NVIDIA H100 80GB HBM3", "float32") == 494.7e12  # TF32
+    assert hardware.peak_flops("NVIDIA H100 PCIe") == 756e12
+    assert hardware.peak_flops("NVIDIA A100-SXM4-40GB", "float32") == 156e12
+    assert hardware.peak_flops("NVIDIA H200") == 989e12
+    assert hardware.peak_flops("cpu") is None
+    with pytest.raises(ValueError, match="dtype='float16'"):
+        hardware.peak_flops("TPU v4", "float16")
+
+
+def test_mfu():
+    class FakeDevice:
+        def __init__(self, kind):
+            self.device_kind = kind
+
+    v4 = [FakeDevice("TPU v4")] * 4
+    assert hardware.mfu(275e12 * 4 * 0.5, 1.0, v4) == pytest.approx(0.5)
+    assert hardware.mfu(275e12, 2.0, v4) == pytest.approx(0.125)
+    assert hardware.mfu(1e9, 1.0) is None  # the test machine's CPUs have no peak
+    with pytest.raises(ValueError, match="mixed device kinds"):
+        hardware.mfu(1.0, 1.0, [FakeDevice("TPU v4"), FakeDevice("TPU v5 lite")])
+    with pytest.raises(ValueError, match="step_time_s=0"):
+        hardware.mfu(1.0, 0, v4)
