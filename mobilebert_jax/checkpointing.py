@@ -149,8 +149,10 @@ class Checkpointer:
             items[DATA] = ocp.args.JsonRestore()
         try:
             restored = self._manager.restore(step, args=ocp.args.Composite(**items))
-        except FileNotFoundError as e:
-            raise FileNotFoundError(f"checkpoint {self.directory}/{step} is missing a file: {e}") from None
+        except (FileNotFoundError, KeyError) as e:  # orbax: KeyError for a missing item
+            raise FileNotFoundError(f"checkpoint {self.directory}/{step} lacks what was asked for ({e}); the data "
+                                    f"iterator state is per process: was it written by {jax.process_count()} "
+                                    f"process(es), and with a data iterator?") from None
         if data_iterator is not None:
             data_iterator.set_state(_decode_data_state(restored[DATA], f"{self.directory}/{step}/{DATA}"))
         return restored[STATE]

@@ -193,3 +193,12 @@ def test_guard_restores_the_previous_handler():
         assert signal.getsignal(signal.SIGTERM) != before
         assert not guard.should_stop(0)
     assert signal.getsignal(signal.SIGTERM) == before
+
+
+def test_restoring_data_state_that_was_never_saved_says_so(tmp_path):
+    state = {"w": jnp.arange(4.0)}
+    with checkpointing.Checkpointer(str(tmp_path), every_steps=1, keep_last=1) as ckpt:
+        ckpt.save(1, state)
+        ckpt.wait()
+        with pytest.raises(FileNotFoundError, match="the data iterator state is per process"):
+            ckpt.restore(abstract_of(state), data_iterator=FakeIterator(None))

@@ -321,3 +321,19 @@ def test_bad_config_names_the_field(changes, message):
 def test_missing_lr_is_an_error():
     with pytest.raises(ConfigError, match=r"missing required field\(s\) \['lr'\]"):
         optim.build_optimizer(dict(name="adamw"), nest(make_params()))
+
+
+@pytest.mark.parametrize("preset", ["mobilebert_test", "ib_bert_test"])
+def test_real_model_exempt_leaves_are_exactly_the_vectors(preset):
+    # In every BERT-family model, biases and norm parameters are the 1-D leaves
+    # and everything decayed (kernels, embedding tables) is a matrix.
+    import flax.linen as nn
+
+    from mobilebert_jax import get_preset
+    from mobilebert_jax.modeling import MobileBertForPreTraining
+
+    model = MobileBertForPreTraining(get_preset(preset))
+    abstract = nn.meta.unbox(jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((2, 8), jnp.int32)))
+    for kp, leaf in jax.tree_util.tree_leaves_with_path(abstract):
+        path = optim.path_of(kp)
+        assert optim.is_norm_or_bias(tuple(path.split("/"))) == (leaf.ndim == 1), path

@@ -150,3 +150,17 @@ def test_sharded_forward_and_global_batch():
     targets = partitioning.with_shardings(abstract, shardings)
     assert targets["params"]["word"].sharding == shardings["params"]["word"]
     assert targets["params"]["word"].shape == (32, EMBED)
+
+
+@pytest.mark.parametrize("preset", ["mobilebert_test", "ib_bert_test"])
+def test_the_real_model_is_fully_covered_by_the_rules(preset):
+    from mobilebert_jax import get_preset
+    from mobilebert_jax.modeling import MobileBertForPreTraining
+
+    model = MobileBertForPreTraining(get_preset(preset))
+    abstract = jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((2, 8), jnp.int32))
+    leaves = jax.tree.leaves(abstract, is_leaf=lambda x: isinstance(x, nn.LogicallyPartitioned))
+    assert all(isinstance(x, nn.LogicallyPartitioned) for x in leaves)  # nothing silently replicated
+    shardings = partitioning.logical_shardings(abstract, partitioning.make_mesh({"shape": (2, 2, 2)}), strict=True)
+    specs = [s.spec for s in jax.tree.leaves(shardings)]
+    assert any("tensor" in spec for spec in specs) and any("fsdp" in spec for spec in specs)
