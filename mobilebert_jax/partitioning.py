@@ -79,7 +79,7 @@ def _mesh_fields(mesh_cfg: Any) -> dict[str, Any]:
     if unknown:
         raise ConfigError(f"config.mesh has unknown field(s) {unknown}; known fields: {list(_MESH_FIELDS)}")
     if fields.get("shape") is None:
-        raise ConfigError(f"config.mesh.shape is required: a (data, fsdp, tensor) triple such as (-1, 1, 1)")
+        raise ConfigError("config.mesh.shape is required: a (data, fsdp, tensor) triple such as (-1, 1, 1)")
     return fields
 
 

@@ -7,15 +7,14 @@ only), and Adam's moments may be left without bias correction.
 
 from __future__ import annotations
 
-from typing import Callable, NamedTuple, Optional
+from typing import NamedTuple, Optional
 
 import jax
 import jax.numpy as jnp
 import optax
 
 from mobilebert_jax.optim import paths
-
-Multiplier = Callable[[jax.Array], jax.Array]
+from mobilebert_jax.optim.multipliers import Multiplier
 
 
 class ScaleByAdamNoBiasCorrectionState(NamedTuple):
