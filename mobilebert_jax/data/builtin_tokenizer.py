@@ -1,0 +1,41 @@
+"""`builtin:python_docs_sentencepiece`: a SentencePiece vocabulary of the embedded corpus.
+
+Trained on first use (a few seconds) and cached under $MOBILEBERT_JAX_CACHE
+(default ~/.cache/mobilebert_jax), keyed by the Python version whose
+documentation it was trained on, so that a fresh checkout runs offline.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+
+from mobilebert_jax.data.errors import DataError
+from mobilebert_jax.data.sources import python_docs
+from mobilebert_jax.data.sources.skips import SkipLog
+from mobilebert_jax.data.tokenizers.sentence_piece import train_sentencepiece
+
+BUILTIN_TOKENIZER = "builtin:python_docs_sentencepiece"
+VOCAB_SIZE = 4000
+
+
+def cache_dir() -> str:
+    return os.environ.get("MOBILEBERT_JAX_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "mobilebert_jax")
+
+
+def builtin_tokenizer_path(spec: str) -> str:
+    if spec != BUILTIN_TOKENIZER:
+        raise DataError(f"tokenizer spec {spec!r}: the only builtin tokenizer is {BUILTIN_TOKENIZER}")
+    path = os.path.join(cache_dir(), f"python_docs_sp{VOCAB_SIZE}_{python_docs.corpus_version()}.model")
+    if os.path.isfile(path):
+        return path
+    os.makedirs(cache_dir(), exist_ok=True)
+    logging.info("training %s into %s (once)", BUILTIN_TOKENIZER, path)
+    skips = SkipLog()
+    sentences = [s for part in python_docs.unit_parts()
+                 for doc in python_docs.read_documents(*part, skips) for s in doc]
+    with tempfile.TemporaryDirectory(dir=cache_dir()) as tmp:
+        model = train_sentencepiece(iter(sentences), os.path.join(tmp, "sp"), vocab_size=VOCAB_SIZE)
+        os.replace(model, path)  # atomic: concurrent first uses each train, the last rename wins
+    return path

@@ -1,0 +1,32 @@
+"""Plain paragraphs to sentences (Wikimedia's `sentencex` finds the boundaries)."""
+
+from __future__ import annotations
+
+from typing import Iterable, Iterator
+
+import sentencex
+
+
+def split_sentences(paragraph: str) -> list[str]:
+    """The sentences of one paragraph, whitespace-trimmed, empty ones dropped."""
+    return [s for s in (s.strip() for s in sentencex.segment("en", paragraph)) if s]
+
+
+def paragraph_blocks(lines: Iterable[str], *, drop_indented: bool = False) -> Iterator[str]:
+    """Joins each run of non-blank lines into one paragraph, undoing hard wrapping.
+
+    `drop_indented` leaves out runs whose lines all start with whitespace:
+    code samples and literal blocks in documentation, which are not prose.
+    """
+    block: list[str] = []
+    for line in [*lines, ""]:
+        if line.strip():
+            block.append(line)
+            continue
+        if block and not (drop_indented and all(l[:1].isspace() for l in block)):
+            yield " ".join(l.strip() for l in block)
+        block = []
+
+
+def paragraphs_to_sentences(paragraphs: Iterable[str]) -> list[str]:
+    return [s for p in paragraphs for s in split_sentences(p)]

@@ -1,0 +1,141 @@
+"""Local text files in three layouts, read defensively.
+
+- `bert`: one sentence per line, a blank line between documents (the input of
+  BERT's `create_pretraining_data.py`).
+- `paragraphs`: a file is one document; runs of non-blank lines are paragraphs
+  (hard-wrapped lines are joined) and are split into sentences.
+- `wikitext`: WikiText's layout: a ` = Title = ` line starts a document, each
+  other line is a paragraph split into sentences, ` = = Section = = ` lines are dropped.
+
+A file that is binary or not UTF-8 is skipped whole (nothing it held is kept),
+a line over `max_line_bytes` is skipped alone; both are counted and named.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+import re
+from typing import BinaryIO, Iterator
+
+from mobilebert_jax.data.errors import DataError
+from mobilebert_jax.data.sources.sentences import paragraph_blocks, split_sentences
+from mobilebert_jax.data.sources.skips import SkipLog
+
+FORMATS = ("bert", "paragraphs", "wikitext")
+SNIFF_BYTES = 8192
+NUL = b"\x00"
+_WIKITEXT_TITLE = re.compile(r"^ ?= [^=].* = ?$")
+_WIKITEXT_SECTION = re.compile(r"^ ?(= ){2,}.*( =){2,} ?$")
+
+Document = list[str]  # its sentences, in order
+
+
+class _SkipFile(Exception):
+    def __init__(self, reason: str, detail: str):
+        super().__init__(detail)
+        self.reason, self.detail = reason, detail
+
+
+def expand_paths(spec: str) -> list[str]:
+    """A file, a directory (every file below it) or a glob, as a sorted list of files."""
+    if any(c in spec for c in "*?["):
+        matches = sorted(p for p in glob.glob(spec, recursive=True) if os.path.isfile(p))
+        if not matches:
+            raise DataError(f"corpus glob {spec!r} matches no file")
+        return matches
+    if os.path.isdir(spec):
+        files = sorted(os.path.join(root, name) for root, _, names in os.walk(spec) for name in names)
+        if not files:
+            raise DataError(f"corpus directory {spec!r} holds no file")
+        return files
+    if os.path.isfile(spec):
+        return [spec]
+    raise DataError(f"corpus path {spec!r} does not exist")
+
+
+def read_documents(path: str, fmt: str, skips: SkipLog, *, max_line_bytes: int) -> list[Document]:
+    """Every document of one file, or none when the file is skipped (recorded in `skips`)."""
+    if fmt not in FORMATS:
+        raise DataError(f"corpus_format must be one of {FORMATS}, not {fmt!r}")
+    try:
+        with open(path, "rb") as f:
+            head = f.read(SNIFF_BYTES)
+            if not head.strip():
+                raise _SkipFile("empty_file", "no text")
+            if NUL in head:
+                raise _SkipFile("binary", f"NUL byte at offset {head.index(NUL)}")
+            f.seek(0)
+            lines = list(_decoded_lines(f, path, skips, max_line_bytes))
+    except _SkipFile as skip:
+        skips.add(skip.reason, path, skip.detail)
+        return []
+    except OSError as e:
+        skips.add("unreadable", path, e.strerror or str(e))
+        return []
+    if fmt == "bert":
+        return _bert_documents(lines)
+    if fmt == "paragraphs":
+        sentences = [s for p in paragraph_blocks(lines) for s in split_sentences(p)]
+        return [sentences] if sentences else []
+    return _wikitext_documents(lines)
+
+
+def _decoded_lines(f: BinaryIO, path: str, skips: SkipLog, max_line_bytes: int) -> Iterator[str]:
+    line_no = 0
+    while True:
+        raw = f.readline(max_line_bytes + 1)
+        if not raw:
+            return
+        line_no += 1
+        if len(raw) > max_line_bytes and not raw.endswith(b"\n"):
+            skipped = len(raw) + _discard_rest_of_line(f)
+            skips.add("line_too_long", f"{path}:{line_no}", f"{skipped} bytes")
+            yield ""  # keeps the blank-line structure of the file honest
+            continue
+        if NUL in raw:
+            raise _SkipFile("binary", f"NUL byte on line {line_no}")
+        try:
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError as e:
+            raise _SkipFile("not_utf8", f"line {line_no}, byte {e.start}: {raw[e.start:e.start + 4]!r}") from None
+        if line_no == 1:
+            text = text.lstrip("\ufeff")
+        yield text.rstrip("\r\n")
+
+
+def _discard_rest_of_line(f: BinaryIO) -> int:
+    skipped = 0
+    while True:
+        chunk = f.readline(1 << 20)
+        skipped += len(chunk)
+        if not chunk or chunk.endswith(b"\n"):
+            return skipped
+
+
+def _bert_documents(lines: list[str]) -> list[Document]:
+    documents, current = [], []
+    for line in lines:
+        sentence = line.strip()
+        if sentence:
+            current.append(sentence)
+        elif current:
+            documents.append(current)
+            current = []
+    if current:
+        documents.append(current)
+    return documents
+
+
+def _wikitext_documents(lines: list[str]) -> list[Document]:
+    documents, current = [], []
+    for line in lines:
+        if _WIKITEXT_TITLE.match(line):
+            if current:
+                documents.append(current)
+            current = []
+        elif line.strip() and not _WIKITEXT_SECTION.match(line):
+            current.extend(split_sentences(line.strip()))
+    if current:
+        documents.append(current)
+    return documents

@@ -1,0 +1,53 @@
+"""Shared helpers of the data-pipeline tests: where the real data is, and small corpora made from it."""
+
+from __future__ import annotations
+
+import csv
+import glob
+import os
+from pathlib import Path
+
+import pytest
+
+SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+VOCAB = SHARED_DATA / "vocab" / "bert-uncased-vocab.txt"
+CORPUS = SHARED_DATA / "corpus"
+
+
+def require_shared_data() -> Path:
+    if not (SHARED_DATA / "README.md").is_file():
+        pytest.skip(f"real test data not found at {SHARED_DATA} (it lives beside the repository, in shared/data)")
+    return SHARED_DATA
+
+
+def corpus_lines() -> list[str]:
+    """Every line of every shared corpus file (non-UTF-8 bytes replaced, so every file counts)."""
+    require_shared_data()
+    lines = []
+    for path in sorted(glob.glob(str(CORPUS / "**" / "*"), recursive=True)):
+        if os.path.isfile(path):
+            with open(path, encoding="utf-8", errors="replace") as f:
+                lines.extend(l.rstrip("\n") for l in f)
+    return lines
+
+
+GLUE_SENTENCE_COLUMNS = {  # file glob -> (has header, sentence columns)
+    "CoLA/*.tsv": (False, (3,)),
+    "SST-2/*.tsv": (True, (0,)),
+    "MRPC/*.tsv": (True, (3, 4)),
+    "STS-B/*.tsv": (True, (7, 8)),
+    "RTE/*.tsv": (True, (1, 2)),
+    "QNLI/*.tsv": (True, (1, 2)),
+}
+
+
+def glue_sentences() -> list[str]:
+    require_shared_data()
+    sentences = []
+    for pattern, (header, columns) in GLUE_SENTENCE_COLUMNS.items():
+        for path in sorted(glob.glob(str(SHARED_DATA / "glue" / pattern))):
+            with open(path, encoding="utf-8") as f:
+                rows = list(csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE))
+            for row in rows[1:] if header else rows:
+                sentences.extend(row[c] for c in columns if c < len(row))
+    return sentences
