@@ -146,6 +146,6 @@ def test_sentencepiece_training_is_deterministic(botchan_sp, tmp_path):
 def test_sentencepiece_model_without_bert_special_ids_is_refused(tmp_path):
     import sentencepiece as spm
     spm.SentencePieceTrainer.train(sentence_iterator=iter(["hello world", "a b c"] * 50),
-                                   model_prefix=str(tmp_path / "plain"), vocab_size=12, minloglevel=2)
+                                   model_prefix=str(tmp_path / "plain"), vocab_size=15, minloglevel=2)
     with pytest.raises(DataError, match=r"\[PAD\] must have id 0"):
         load_tokenizer(str(tmp_path / "plain.model"))
