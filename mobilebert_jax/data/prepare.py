@@ -1,0 +1,344 @@
+"""Corpus -> tokenized documents -> BERT sentence-pair instances, as ArrayRecord shards with a manifest.
+
+    python -m mobilebert_jax.data.prepare --corpus=builtin:python_docs \
+        --tokenizer=../shared/data/vocab/bert-uncased-vocab.txt --output_dir=data/py128 --max_seq_length=128
+
+Layout of `output_dir`:
+  settings.json                  what the data is made with; written first
+  documents/unit-NNNNN.*         stage 1: one ArrayRecord of tokenized documents per corpus work unit,
+                                 and a .json of its counts, written after the records are complete
+  {train,eval}-NNNNN-of-MMMMM.*  stage 2: instances (unmasked sentence pairs) and a .json of counts
+  manifest.json                  written last: tokenizer hash, counts, skips, shard lists
+
+A restarted preparation skips every unit and shard whose .json exists; any
+different setting or tokenizer is refused instead of mixing data. Masks are
+drawn at load time (see loader.py), so masking settings are not fixed here.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import json
+import logging
+import multiprocessing
+import os
+import time
+from typing import Any, Callable, Optional, Sequence
+
+import ml_collections
+import numpy as np
+from array_record.python.array_record_module import ArrayRecordWriter
+from tqdm import tqdm
+
+from mobilebert_jax.data import manifest as manifest_lib
+from mobilebert_jax.data import records
+from mobilebert_jax.data.errors import DataError
+from mobilebert_jax.data.instances import create_instances_from_document
+from mobilebert_jax.data.randomness import Stream, rng
+from mobilebert_jax.data.sources import SkipLog, WorkUnit, plan_units, python_docs, read_unit
+from mobilebert_jax.data.tokenizers import Tokenizer, load_tokenizer
+
+SPLITS = ("train", "eval")
+DOCUMENTS_DIR = "documents"
+ARRAY_RECORD_OPTIONS = "group_size:1"  # one record per chunk: fast random access for the loader
+
+
+def prepare(data_config: ml_collections.ConfigDict, output_dir: str) -> dict[str, Any]:
+    """Prepares `data_config.corpus` into `output_dir` and returns its manifest.
+
+    Idempotent: a finished directory is returned as it is; a partial one is
+    completed without redoing finished units and shards.
+    """
+    tokenizer = load_tokenizer(data_config.tokenizer)
+    settings = _settings(data_config, tokenizer)
+    manifest_path = os.path.join(output_dir, manifest_lib.MANIFEST)
+    if os.path.isfile(manifest_path):
+        manifest = manifest_lib.load_manifest(output_dir)
+        manifest_lib.check_same_settings(manifest_path, manifest["settings"], settings)
+        logging.info("reusing prepared data in %s", output_dir)
+        return manifest
+    os.makedirs(os.path.join(output_dir, DOCUMENTS_DIR), exist_ok=True)
+    settings_path = os.path.join(output_dir, manifest_lib.SETTINGS)
+    if os.path.isfile(settings_path):
+        manifest_lib.check_same_settings(settings_path, manifest_lib.read_json(settings_path), settings)
+        logging.info("continuing the unfinished preparation in %s", output_dir)
+    else:
+        manifest_lib.write_json_atomic(settings_path, settings)
+
+    started = time.time()
+    units = plan_units(data_config.corpus, corpus_format=data_config.corpus_format,
+                       tfds_data_dir=data_config.tfds_data_dir, tfds_text_field=data_config.tfds_text_field,
+                       unit_bytes=data_config.unit_bytes, tfds_examples_per_unit=data_config.tfds_examples_per_unit)
+    _check_same_plan(output_dir, units)
+    unit_counts = _run_stage(
+        "tokenizing", [(_tokenize_unit, (u, i, output_dir, data_config.tokenizer, data_config.max_line_bytes,
+                                          settings["token_dtype"]), _unit_done(output_dir, i))
+                       for i, u in enumerate(units)],
+        workers=data_config.prepare_workers, unit="unit", count_key="documents")
+
+    corpus = _corpus_totals(unit_counts)
+    if corpus["documents"] == 0:
+        raise DataError(f"corpus {data_config.corpus!r} yielded no documents "
+                        f"(skipped: {corpus['skipped']['counts'] or 'nothing'}); check the path and corpus_format")
+    doc_paths = [_unit_path(output_dir, i) + ".array_record" for i in range(len(units))]
+    split_docs = _split_documents(corpus["documents"], data_config.held_out_fraction, data_config.seed)
+
+    splits = {}
+    for split, docs in split_docs.items():
+        if not len(docs):
+            continue
+        num_shards = min(data_config.num_shards, len(docs))
+        shard_counts = _run_stage(
+            f"instances ({split})",
+            [(_instances_shard, (split, s, num_shards, output_dir, doc_paths, settings), _shard_done(output_dir, split, s, num_shards))
+             for s in range(num_shards)],
+            workers=data_config.prepare_workers, unit="shard", count_key="instances")
+        splits[split] = {
+            "documents": int(len(docs)),
+            "shards": [os.path.basename(_shard_path(output_dir, split, s, num_shards)) + ".array_record"
+                       for s in range(num_shards)],
+            **{k: int(sum(c[k] for c in shard_counts)) for k in ("instances", "random_next", "tokens")},
+        }
+    manifest = {
+        "format_version": manifest_lib.FORMAT_VERSION,
+        "settings": settings,
+        "tokenizer": {"spec": data_config.tokenizer, "content_hash": tokenizer.content_hash,
+                      "vocab_size": tokenizer.vocab_size},
+        "corpus": corpus,
+        "splits": splits,
+        "seconds": round(time.time() - started, 2),
+    }
+    manifest_lib.write_json_atomic(manifest_path, manifest)
+    logging.info("prepared %s: %s", output_dir, {s: v["instances"] for s, v in splits.items()})
+    return manifest
+
+
+def _settings(c: ml_collections.ConfigDict, tokenizer: Tokenizer) -> dict[str, Any]:
+    if c.max_seq_length < 5:
+        raise DataError(f"data.max_seq_length must be at least 5 ([CLS] a [SEP] b [SEP]), got {c.max_seq_length}")
+    if not 0.0 <= c.short_seq_prob <= 1.0:
+        raise DataError(f"data.short_seq_prob must be in [0, 1], got {c.short_seq_prob}")
+    if not 0.0 <= c.held_out_fraction < 1.0:
+        raise DataError(f"data.held_out_fraction must be in [0, 1), got {c.held_out_fraction}")
+    if c.dupe_factor < 1 or c.num_shards < 1:
+        raise DataError(f"data.dupe_factor and data.num_shards must be >= 1, got {c.dupe_factor}, {c.num_shards}")
+    settings = {
+        "corpus": c.corpus, "corpus_format": c.corpus_format, "tfds_text_field": c.tfds_text_field,
+        "max_line_bytes": c.max_line_bytes, "unit_bytes": c.unit_bytes,
+        "tfds_examples_per_unit": c.tfds_examples_per_unit,
+        "tokenizer_hash": tokenizer.content_hash, "token_dtype": records.token_dtype_for(tokenizer.vocab_size),
+        "max_seq_length": c.max_seq_length, "short_seq_prob": c.short_seq_prob, "dupe_factor": c.dupe_factor,
+        "held_out_fraction": c.held_out_fraction, "num_shards": c.num_shards, "seed": c.seed,
+    }
+    if "builtin:" in c.corpus:
+        settings["builtin_corpus_version"] = python_docs.corpus_version()
+    return settings
+
+
+def _check_same_plan(output_dir: str, units: Sequence[WorkUnit]) -> None:
+    """A restart must see the corpus it started on, or finished units would number documents wrongly."""
+    path = os.path.join(output_dir, DOCUMENTS_DIR, "plan.json")
+    plan = [u.describe() for u in units] + [f"{len(units)} units"]
+    if os.path.isfile(path):
+        found = manifest_lib.read_json(path)
+        if found != plan:
+            changed = next((f"{a!r} became {b!r}" for a, b in zip(found, plan) if a != b), "")
+            raise DataError(f"{path}: the corpus changed since this preparation began ({changed}); "
+                            "delete the directory to prepare again")
+    else:
+        manifest_lib.write_json_atomic(path, plan)
+
+
+Task = tuple[Callable[..., dict[str, Any]], tuple, str]  # function, arguments, its done-file
+
+
+def _run_stage(name: str, tasks: Sequence[Task], *, workers: int, unit: str, count_key: str) -> list[dict[str, Any]]:
+    """Runs the tasks whose done-file is missing, in `workers` processes, with a progress bar."""
+    results: dict[int, dict[str, Any]] = {}
+    pending = []
+    for i, (_, _, done) in enumerate(tasks):
+        if os.path.isfile(done):
+            results[i] = manifest_lib.read_json(done)
+        else:
+            pending.append(i)
+    if len(tasks) - len(pending):
+        logging.info("%s: %d of %d %ss already done", name, len(tasks) - len(pending), len(tasks), unit)
+    total = 0
+    with tqdm(total=len(tasks), initial=len(tasks) - len(pending), desc=name, unit=unit, dynamic_ncols=True) as bar:
+        def finished(i: int, counts: dict[str, Any]) -> None:
+            nonlocal total
+            results[i] = counts
+            total += counts[count_key]
+            bar.set_postfix({count_key: total}, refresh=False)
+            bar.update()
+
+        if workers <= 1 or len(pending) <= 1:
+            for i in pending:
+                fn, args, _ = tasks[i]
+                finished(i, fn(*args))
+        else:
+            # spawn: no forked copies of tokenizer thread pools or JAX state.
+            with concurrent.futures.ProcessPoolExecutor(
+                    max_workers=min(workers, len(pending)), mp_context=multiprocessing.get_context("spawn")) as pool:
+                futures = {pool.submit(tasks[i][0], *tasks[i][1]): i for i in pending}
+                for future in concurrent.futures.as_completed(futures):
+                    finished(futures[future], future.result())
+    return [results[i] for i in range(len(tasks))]
+
+
+def _unit_path(output_dir: str, index: int) -> str:
+    return os.path.join(output_dir, DOCUMENTS_DIR, f"unit-{index:05d}")
+
+
+def _unit_done(output_dir: str, index: int) -> str:
+    return _unit_path(output_dir, index) + ".json"
+
+
+def _shard_path(output_dir: str, split: str, shard: int, num_shards: int) -> str:
+    return os.path.join(output_dir, f"{split}-{shard:05d}-of-{num_shards:05d}")
+
+
+def _shard_done(output_dir: str, split: str, shard: int, num_shards: int) -> str:
+    return _shard_path(output_dir, split, shard, num_shards) + ".json"
+
+
+_TOKENIZERS: dict[str, Tokenizer] = {}
+
+
+def _tokenizer(spec: str) -> Tokenizer:
+    if spec not in _TOKENIZERS:
+        _TOKENIZERS[spec] = load_tokenizer(spec)
+    return _TOKENIZERS[spec]
+
+
+def _tokenize_unit(unit: WorkUnit, index: int, output_dir: str, tokenizer_spec: str, max_line_bytes: int,
+                   token_dtype: str) -> dict[str, Any]:
+    tokenizer = _tokenizer(tokenizer_spec)
+    skips = SkipLog()
+    counts = {"documents": 0, "sentences": 0, "tokens": 0}
+    path = _unit_path(output_dir, index)
+    writer = ArrayRecordWriter(path + ".array_record.tmp", ARRAY_RECORD_OPTIONS)
+    for doc_no, document in enumerate(read_unit(unit, skips, max_line_bytes=max_line_bytes)):
+        sentences = [np.asarray(ids, np.int32) for ids in tokenizer.encode_batch(document)]
+        kept = [s for s in sentences if len(s)]
+        if len(kept) < len(sentences):
+            skips.add("empty_sentence", f"{unit.describe()} document {doc_no}", "no tokens",
+                      count=len(sentences) - len(kept))
+        if not kept:
+            skips.add("empty_document", f"{unit.describe()} document {doc_no}", "no tokens")
+            continue
+        writer.write(records.encode_document(kept, token_dtype))
+        counts["documents"] += 1
+        counts["sentences"] += len(kept)
+        counts["tokens"] += sum(len(s) for s in kept)
+    writer.close()
+    os.replace(path + ".array_record.tmp", path + ".array_record")
+    result = {**counts, "unit": unit.describe(), "skipped": skips.to_dict()}
+    manifest_lib.write_json_atomic(path + ".json", result)
+    return result
+
+
+def _corpus_totals(unit_counts: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    skips = SkipLog()
+    for c in unit_counts:
+        skips.merge(c["skipped"])
+    return {"units": len(unit_counts), **{k: int(sum(c[k] for c in unit_counts)) for k in ("documents", "sentences", "tokens")},
+            "skipped": skips.to_dict()}
+
+
+def _split_documents(num_documents: int, held_out_fraction: float, seed: int) -> dict[str, np.ndarray]:
+    """Held-out documents by a seeded draw per document; at least one each way when the fraction is > 0."""
+    draws = rng(seed, Stream.SPLIT).random(num_documents)
+    held_out = draws < held_out_fraction
+    if held_out_fraction > 0:
+        if num_documents < 2:
+            raise DataError(f"held_out_fraction={held_out_fraction} needs at least 2 documents, the corpus has "
+                            f"{num_documents}; set data.held_out_fraction=0")
+        if not held_out.any():
+            held_out[np.argmin(draws)] = True
+        if held_out.all():
+            held_out[np.argmax(draws)] = False
+    return {"train": np.flatnonzero(~held_out), "eval": np.flatnonzero(held_out)}
+
+
+class _DocumentReader:
+    """Random access to every tokenized document by global index (units concatenated in order)."""
+
+    def __init__(self, paths: Sequence[str], token_dtype: str):
+        import grain
+        self._source = grain.sources.ArrayRecordDataSource(list(paths))
+        self._token_dtype = token_dtype
+
+    def __len__(self) -> int:
+        return len(self._source)
+
+    def __call__(self, index: int) -> list[np.ndarray]:
+        return records.decode_document(self._source[index], self._token_dtype)
+
+
+def _instances_shard(split: str, shard: int, num_shards: int, output_dir: str, doc_paths: Sequence[str],
+                     settings: dict[str, Any]) -> dict[str, Any]:
+    reader = _DocumentReader(doc_paths, settings["token_dtype"])
+    docs = _split_documents(len(reader), settings["held_out_fraction"], settings["seed"])[split]
+    mine = docs[len(docs) * shard // num_shards: len(docs) * (shard + 1) // num_shards]
+    counts = {"instances": 0, "random_next": 0, "tokens": 0}
+    path = _shard_path(output_dir, split, shard, num_shards)
+    writer = ArrayRecordWriter(path + ".array_record.tmp", ARRAY_RECORD_OPTIONS)
+    for dupe in range(settings["dupe_factor"]):
+        for doc_index in mine.tolist():
+            for instance in create_instances_from_document(
+                    doc_index, reader(doc_index), docs, reader, seed=settings["seed"], dupe=dupe,
+                    max_seq_length=settings["max_seq_length"], short_seq_prob=settings["short_seq_prob"]):
+                writer.write(records.encode_instance(instance, settings["token_dtype"]))
+                counts["instances"] += 1
+                counts["random_next"] += int(instance.is_random_next)
+                counts["tokens"] += len(instance.tokens_a) + len(instance.tokens_b)
+    writer.close()
+    os.replace(path + ".array_record.tmp", path + ".array_record")
+    manifest_lib.write_json_atomic(path + ".json", {**counts, "documents": int(len(mine))})
+    return counts
+
+
+def data_config_from_flags(flag_values: Any) -> ml_collections.ConfigDict:
+    from mobilebert_jax.data.config import default_data_config
+    c = default_data_config()
+    for key in c:
+        if key in flag_values and flag_values[key].present:
+            setattr(c, key, flag_values[key].value)
+    return c
+
+
+def main(argv: Optional[list[str]] = None) -> None:
+    from absl import app, flags
+    from mobilebert_jax.data.config import default_data_config
+
+    defaults = default_data_config()
+    for key, value in defaults.items():
+        if key == "prepared_dir":
+            continue
+        if isinstance(value, bool):
+            flags.DEFINE_bool(key, value, f"data.{key}")
+        elif isinstance(value, int):
+            flags.DEFINE_integer(key, value, f"data.{key}")
+        elif isinstance(value, float):
+            flags.DEFINE_float(key, value, f"data.{key}")
+        else:
+            flags.DEFINE_string(key, value, f"data.{key}")
+    flags.DEFINE_string("output_dir", None, "where the prepared data goes (the loader's data.prepared_dir)",
+                        required=True)
+
+    def run(argv: list[str]) -> None:
+        del argv
+        logging.getLogger().setLevel(logging.INFO)
+        manifest = prepare(data_config_from_flags(flags.FLAGS), flags.FLAGS.output_dir)
+        print(json.dumps({"output_dir": flags.FLAGS.output_dir, "tokenizer": manifest["tokenizer"],
+                          "corpus": {k: v for k, v in manifest["corpus"].items() if k != "skipped"},
+                          "skipped": manifest["corpus"]["skipped"]["counts"],
+                          "splits": {s: {k: v for k, v in d.items() if k != "shards"}
+                                     for s, d in manifest["splits"].items()}}, indent=1))
+
+    app.run(run, argv)
+
+
+if __name__ == "__main__":
+    main()
