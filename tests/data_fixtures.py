@@ -51,3 +51,20 @@ def glue_sentences() -> list[str]:
             for row in rows[1:] if header else rows:
                 sentences.extend(row[c] for c in columns if c < len(row))
     return sentences
+
+
+def data_config(**overrides):
+    """The default data config with test overrides (the builtin tokenizer cache goes where the env says)."""
+    from mobilebert_jax.data.config import default_data_config
+    c = default_data_config()
+    c.prepare_workers = 0
+    c.loader_threads = 2
+    for key, value in overrides.items():
+        setattr(c, key, value)
+    return c
+
+
+def bert_config(**overrides):
+    """Real-data config: the released MobileBERT vocabulary, 128 tokens, 20 predictions (no cap binds)."""
+    require_shared_data()
+    return data_config(tokenizer=str(VOCAB), max_seq_length=128, max_predictions_per_seq=20, **overrides)

@@ -18,6 +18,7 @@ from mobilebert_jax.data.tokenizers.sentence_piece import train_sentencepiece
 
 BUILTIN_TOKENIZER = "builtin:python_docs_sentencepiece"
 VOCAB_SIZE = 4000
+VERSION = 1  # bump when the corpus reader changes what the model is trained on
 
 
 def cache_dir() -> str:
@@ -27,7 +28,7 @@ def cache_dir() -> str:
 def builtin_tokenizer_path(spec: str) -> str:
     if spec != BUILTIN_TOKENIZER:
         raise DataError(f"tokenizer spec {spec!r}: the only builtin tokenizer is {BUILTIN_TOKENIZER}")
-    path = os.path.join(cache_dir(), f"python_docs_sp{VOCAB_SIZE}_{python_docs.corpus_version()}.model")
+    path = os.path.join(cache_dir(), f"python_docs_sp{VOCAB_SIZE}_v{VERSION}_{python_docs.corpus_version()}.model")
     if os.path.isfile(path):
         return path
     os.makedirs(cache_dir(), exist_ok=True)

@@ -4,8 +4,8 @@ Two parts, about 1.3 MB together on CPython 3.11: the language reference
 topics behind `help()` (`pydoc_data.topics`, one document per topic) and the
 docstrings of the standard library's top-level modules (one document per
 module: its module, class and function docstrings in source order, read with
-`ast` so that nothing is imported). Code samples (indented blocks) and reST
-underlines are left out. The text depends on the Python version, so the
+`ast` so that nothing is imported). Code samples (indented blocks and doctest
+sessions) and reST underlines are left out. The text depends on the Python version, so the
 manifest records it.
 """
 
@@ -73,4 +73,8 @@ def _line(node: ast.AST) -> int:
 
 def _prose_sentences(text: str) -> Document:
     lines: Iterator[str] = (l for l in text.splitlines() if not _UNDERLINE.match(l))
-    return [s for p in paragraph_blocks(lines, drop_indented=True) for s in split_sentences(p)]
+    return [s for p in paragraph_blocks(lines, drop=_is_code) for s in split_sentences(p)]
+
+
+def _is_code(block: list[str]) -> bool:
+    return all(l[:1].isspace() for l in block) or any(l.lstrip().startswith(">>>") for l in block)

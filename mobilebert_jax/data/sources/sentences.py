@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Iterable, Iterator
+from typing import Callable, Iterable, Iterator, Optional
 
 import sentencex
 
@@ -12,18 +12,18 @@ def split_sentences(paragraph: str) -> list[str]:
     return [s for s in (s.strip() for s in sentencex.segment("en", paragraph)) if s]
 
 
-def paragraph_blocks(lines: Iterable[str], *, drop_indented: bool = False) -> Iterator[str]:
+def paragraph_blocks(lines: Iterable[str], *,
+                     drop: Optional[Callable[[list[str]], bool]] = None) -> Iterator[str]:
     """Joins each run of non-blank lines into one paragraph, undoing hard wrapping.
 
-    `drop_indented` leaves out runs whose lines all start with whitespace:
-    code samples and literal blocks in documentation, which are not prose.
+    `drop(block_lines)` may leave out runs that are not prose (code samples).
     """
     block: list[str] = []
     for line in [*lines, ""]:
         if line.strip():
             block.append(line)
             continue
-        if block and not (drop_indented and all(l[:1].isspace() for l in block)):
+        if block and not (drop and drop(block)):
             yield " ".join(l.strip() for l in block)
         block = []
 

@@ -91,8 +91,7 @@ def _decoded_lines(f: BinaryIO, path: str, skips: SkipLog, max_line_bytes: int) 
         if len(raw) > max_line_bytes and not raw.endswith(b"\n"):
             skipped = len(raw) + _discard_rest_of_line(f)
             skips.add("line_too_long", f"{path}:{line_no}", f"{skipped} bytes")
-            yield ""  # keeps the blank-line structure of the file honest
-            continue
+            continue  # dropped alone: it neither ends a document nor joins its neighbours
         if NUL in raw:
             raise _SkipFile("binary", f"NUL byte on line {line_no}")
         try:
