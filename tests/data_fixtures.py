@@ -67,4 +67,4 @@ def data_config(**overrides):
 def bert_config(**overrides):
     """Real-data config: the released MobileBERT vocabulary, 128 tokens, 20 predictions (no cap binds)."""
     require_shared_data()
-    return data_config(tokenizer=str(VOCAB), max_seq_length=128, max_predictions_per_seq=20, **overrides)
+    return data_config(**{"tokenizer": str(VOCAB), "max_seq_length": 128, "max_predictions_per_seq": 20, **overrides})
