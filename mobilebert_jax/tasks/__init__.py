@@ -1,0 +1,1 @@
+"""Fine-tuning tasks: GLUE and SQuAD readers, features, objectives, metrics and prediction files."""
