@@ -106,6 +106,10 @@ def make_pretraining_loader(
     ds = batches.to_iter_dataset(grain.ReadOptions(num_threads=data_config.loader_threads,
                                                    prefetch_buffer_size=data_config.prefetch_buffer_size))
     if data_config.loader_workers > 0:
+        from absl import flags
+        if not flags.FLAGS.is_parsed():
+            # grain's worker processes read absl flags; outside `app.run` (tests, notebooks) use their defaults.
+            flags.FLAGS.mark_as_parsed()
         ds = ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=data_config.loader_workers))
     return iter(ds)
 
