@@ -205,7 +205,7 @@ def logical_shardings(tree: Any, mesh: Mesh, rules: Rules = DEFAULT_RULES, stric
                           f"partitioning rule; add them to config.mesh.rules (known: {sorted(known)})")
 
     shardings = nn.logical_to_mesh_sharding(nn.get_partition_spec(tree), mesh, list(rules))
-    shapes = nn.meta.unbox(tree)
+    shapes = unbox_without_constraints(tree)
 
     def fit(kp, sharding, x):
         spec = list(sharding.spec)
@@ -226,7 +226,15 @@ def logical_shardings(tree: Any, mesh: Mesh, rules: Rules = DEFAULT_RULES, stric
 def with_shardings(abstract: Any, shardings: Any) -> Any:
     """`jax.ShapeDtypeStruct`s carrying `shardings`: restore and jit-output targets."""
     return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
-                        nn.meta.unbox(abstract), shardings)
+                        unbox_without_constraints(abstract), shardings)
+
+
+def unbox_without_constraints(tree: Any) -> Any:
+    """Strips logical-axis boxes. `nn.meta.unbox` would also apply sharding
+    constraints when called under a mesh and rules, which abstract shapes
+    outside a jit cannot take."""
+    return jax.tree.map(lambda x: x.unbox(apply_constraint=False) if isinstance(x, nn.LogicallyPartitioned) else x,
+                        tree, is_leaf=lambda x: isinstance(x, nn.meta.AxisMetadata))
 
 
 def batch_sharding(mesh: Mesh, rules: Rules = DEFAULT_RULES) -> NamedSharding:

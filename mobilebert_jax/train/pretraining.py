@@ -1,0 +1,73 @@
+"""The MLM + NSP pretraining task (the IB-BERT teacher, or a student from scratch)."""
+
+from __future__ import annotations
+
+import os
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+from absl import logging
+from jax.experimental import multihost_utils
+
+from mobilebert_jax import flops
+from mobilebert_jax.config import MobileBertConfig
+from mobilebert_jax.modeling import MobileBertForPreTraining
+from mobilebert_jax.train.step import pretraining_sums_fn
+from mobilebert_jax.train.task import Task
+
+
+def model_config(config: ml_collections.ConfigDict) -> MobileBertConfig:
+    return MobileBertConfig.from_dict(config.model.to_dict())
+
+
+def prepared_data_config(config: ml_collections.ConfigDict, workdir: str) -> ml_collections.ConfigDict:
+    """`config.data` with its prepared_dir resolved and the data prepared (once, by process 0)."""
+    from mobilebert_jax import data
+
+    data_cfg = ml_collections.ConfigDict(config.data.to_dict())
+    if not data_cfg.prepared_dir:
+        data_cfg.prepared_dir = os.path.join(workdir, "data")
+    if jax.process_index() == 0:
+        manifest = data.prepare(data_cfg, data_cfg.prepared_dir)
+        logging.info("prepared data in %s: %s", data_cfg.prepared_dir,
+                     {k: manifest[k] for k in ("splits",) if k in manifest})
+    multihost_utils.sync_global_devices("prepared data")
+    return data_cfg
+
+
+def build_pretraining_task(config: ml_collections.ConfigDict, workdir: str) -> Task:
+    from mobilebert_jax import data
+
+    c = model_config(config)
+    data_cfg = prepared_data_config(config, workdir)
+    seq_len, predictions = data_cfg.max_seq_length, data_cfg.max_predictions_per_seq
+    if seq_len > c.max_position_embeddings:
+        raise ValueError(f"config.data.max_seq_length={seq_len} exceeds config.model.max_position_embeddings="
+                         f"{c.max_position_embeddings}")
+    model = MobileBertForPreTraining(c)
+    process = dict(process_index=jax.process_index(), process_count=jax.process_count())
+    train_iterator = data.make_pretraining_loader(data_cfg, split="train", global_batch_size=config.batch_size,
+                                                  seed=config.seed, **process)
+    eval_batches = config.eval.num_batches
+
+    def make_eval_iterator():
+        loader = data.make_pretraining_loader(data_cfg, split="eval", global_batch_size=config.eval.batch_size,
+                                              seed=config.seed, num_epochs=None, **process)
+        return (next(loader) for _ in range(eval_batches))
+
+    def init_params(rng):
+        ids = jnp.zeros((1, seq_len), jnp.int32)
+        return model.init(rng, ids)["params"]
+
+    return Task(
+        name="pretraining",
+        init_params=init_params,
+        make_sums_fn=lambda deterministic: pretraining_sums_fn(model, deterministic),
+        train_iterator=train_iterator,
+        make_eval_iterator=make_eval_iterator if eval_batches > 0 else None,
+        tokens_per_example=seq_len,
+        train_flops_per_example=flops.pretraining_train_flops_per_sequence(c, seq_len, predictions),
+        describe=lambda: f"{config.get('model_preset', 'custom')} model, {flops.parameter_count(c):,} backbone "
+                         f"parameters, sequences of {seq_len}",
+    )

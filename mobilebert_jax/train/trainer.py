@@ -1,0 +1,139 @@
+"""The training loop every stage runs: mesh, sharded state, restore, step, log, evaluate, checkpoint.
+
+Reads top to bottom. A run restarted with the same command continues from
+its latest checkpoint (parameters, optimizer state, step and the data
+iterator's position) and produces the same result as if it had never
+stopped: the step's randomness is folded in from the step number, and the
+data iterator is restored to the exact batch.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Callable
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+from jax.sharding import NamedSharding, PartitionSpec
+
+from mobilebert_jax import checkpointing, experiment_config, hardware, optim, partitioning
+from mobilebert_jax.metrics_writer import MetricsWriter
+from mobilebert_jax.train import step as step_lib
+from mobilebert_jax.train.task import Task
+
+TaskBuilder = Callable[[ml_collections.ConfigDict, str], Task]
+
+
+def _log(message: str) -> None:
+    if jax.process_index() == 0:
+        print(message, flush=True)
+
+
+def evaluate(eval_step, params, task: Task, mesh, rules) -> dict[str, float]:
+    """Sums over one pass of the held-out batches, then the task's means."""
+    totals = None
+    for local_batch in task.make_eval_iterator():
+        sums = eval_step(params, partitioning.make_global_batch(local_batch, mesh, rules))
+        totals = sums if totals is None else jax.tree.map(jnp.add, totals, sums)
+    if totals is None:
+        return {}
+    return {k: float(v) for k, v in task.summarize_fn(jax.device_get(totals)).items()}
+
+
+def train(config: ml_collections.ConfigDict, workdir: str, build_task: TaskBuilder) -> dict[str, float]:
+    """Runs (or resumes) the stage `config` describes in `workdir`; returns the final metrics."""
+    # Everything that can be wrong with the config fails here, before any data work or compile.
+    experiment_config.validate(config, jax.device_count(), process_count=jax.process_count())
+    os.makedirs(workdir, exist_ok=True)
+    experiment_config.save_resolved(config, workdir)
+    mesh = partitioning.make_mesh(config.mesh)
+    rules = partitioning.logical_rules(config.mesh)
+    task = build_task(config, workdir)
+
+    # Abstract state: shapes and logical names, no memory.
+    rng = jax.random.key(config.seed)
+    abstract_params = jax.eval_shape(task.init_params, rng)
+    tx = optim.build_optimizer(config.optimizer, abstract_params)
+    learning_rate = optim.build_schedule(config.optimizer)
+
+    def init_state(key):
+        params = task.init_params(key)
+        return step_lib.TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params))
+
+    abstract = jax.eval_shape(init_state, rng)
+    shardings = partitioning.logical_shardings(abstract, mesh, rules)
+    batch_sharding = partitioning.batch_sharding(mesh, rules)
+    replicated = NamedSharding(mesh, PartitionSpec())
+
+    ckpt = checkpointing.Checkpointer.from_config(os.path.join(workdir, "checkpoints"), config.checkpoint,
+                                                  config=config)
+    with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
+        latest = ckpt.latest_step()
+        if latest is not None:
+            state = ckpt.restore(partitioning.with_shardings(abstract, shardings), data_iterator=task.train_iterator)
+            _log(f"resumed from step {int(state.step)} (checkpoints in {os.path.join(workdir, 'checkpoints')})")
+        else:
+            state = jax.jit(lambda k: nn.meta.unbox(init_state(k)), out_shardings=shardings)(rng)
+
+        train_step = jax.jit(
+            step_lib.make_train_step(task.make_sums_fn(False), tx, totals_fn=task.totals_fn, loss_fn=task.loss_fn,
+                                     summarize_fn=task.summarize_fn, learning_rate_fn=learning_rate,
+                                     microbatches=config.microbatches, dropout_seed=config.seed),
+            in_shardings=(shardings, batch_sharding), out_shardings=(shardings, replicated), donate_argnums=0)
+        eval_step = jax.jit(step_lib.make_eval_step(task.make_sums_fn(True)),
+                            in_shardings=(shardings.params, batch_sharding), out_shardings=replicated)
+
+        total_steps = config.total_steps
+        flops_per_step = task.train_flops_per_example * config.batch_size
+        writer = MetricsWriter(workdir, total_steps=total_steps,
+                               tokens_per_step=task.tokens_per_example * config.batch_size,
+                               progress_keys=task.progress_keys)
+        first_step = int(state.step)
+        _log(f"{task.name}: {task.describe()}; steps {first_step}..{total_steps}, global batch {config.batch_size}, "
+             f"mesh {dict(mesh.shape)}, {jax.device_count()} {jax.devices()[0].platform} devices, workdir {workdir}")
+        profile = config.profile
+        final_metrics: dict[str, float] = {}
+        with checkpointing.PreemptionGuard() as guard:
+            for step in range(first_step, total_steps):
+                if step == profile.start_step and profile.num_steps > 0 and jax.process_index() == 0:
+                    jax.profiler.start_trace(os.path.join(workdir, "profile"))
+                batch = partitioning.make_global_batch(next(task.train_iterator), mesh, rules)
+                state, metrics = train_step(state, batch)
+                done = step + 1
+                if done == profile.start_step + profile.num_steps and profile.num_steps > 0 and \
+                        jax.process_index() == 0:
+                    jax.block_until_ready(state)
+                    jax.profiler.stop_trace()
+                if done % config.log_every == 0 or done == total_steps:
+                    scalars = {k: float(v) for k, v in jax.device_get(metrics).items()}
+                    rate = writer.steps_per_second
+                    if rate:
+                        scalars["examples_per_second"] = rate * config.batch_size
+                        scalars["model_flops_per_second"] = rate * flops_per_step
+                        mfu = hardware.mfu(flops_per_step, 1.0 / rate, dtype=config.model.dtype)
+                        if mfu is not None:
+                            scalars["mfu"] = mfu
+                    writer.write(done, scalars)
+                    final_metrics.update(scalars)
+                if task.make_eval_iterator is not None and (done % config.eval.every_steps == 0 or
+                                                            done == total_steps):
+                    eval_metrics = evaluate(eval_step, state.params, task, mesh, rules)
+                    writer.write(done, {f"eval/{k}": v for k, v in eval_metrics.items()}, progress=False)
+                    _log(f"eval at step {done}: " + ", ".join(f"{k} {v:.4f}" for k, v in eval_metrics.items()))
+                    final_metrics.update({f"eval/{k}": v for k, v in eval_metrics.items()})
+                ckpt.save(done, state, data_iterator=task.train_iterator)
+                if guard.should_stop(done):
+                    ckpt.save(done, state, data_iterator=task.train_iterator, force=True)
+                    ckpt.wait()
+                    _log(f"preempted: saved a checkpoint at step {done}; rerun the same command to continue")
+                    writer.close()
+                    return final_metrics
+        ckpt.save(int(state.step), state, data_iterator=task.train_iterator, force=True)
+        ckpt.wait()
+        ckpt.close()
+        writer.close()
+    _log(f"done: checkpoints in {os.path.join(workdir, 'checkpoints')}, TensorBoard logs and metrics.jsonl in "
+         f"{workdir}, resolved config in {os.path.join(workdir, 'config.py')}")
+    return final_metrics

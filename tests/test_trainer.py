@@ -1,0 +1,127 @@
+"""The training loop: exact resume after SIGTERM and SIGKILL, sharded runs, and config errors before compile.
+
+Runs launched as subprocesses (tests/synthetic_training.py) see one CPU device;
+in-process runs see conftest's 8.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+import synthetic_training
+from mobilebert_jax import experiment_config
+from mobilebert_jax.config import ConfigError
+from mobilebert_jax.train.trainer import train
+
+SCRIPT = os.path.join(os.path.dirname(__file__), "synthetic_training.py")
+TOTAL = 8
+
+
+def _run(workdir, steps=TOTAL, slow=None, wait=True):
+    env = dict(os.environ)
+    env.pop("XLA_FLAGS", None)
+    if slow:
+        env["SLOW_STEP_SECONDS"] = str(slow)
+    proc = subprocess.Popen([sys.executable, SCRIPT, str(workdir), str(steps)], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    if wait:
+        out, _ = proc.communicate(timeout=300)
+        assert proc.returncode == 0, out
+        return out
+    return proc
+
+
+def _params(workdir):
+    with np.load(os.path.join(workdir, "final_params.npz")) as f:
+        return {k: f[k] for k in f.files}
+
+
+@pytest.fixture(scope="module")
+def straight(tmp_path_factory):
+    workdir = tmp_path_factory.mktemp("straight")
+    _run(workdir)
+    return _params(workdir)
+
+
+def _wait_for_checkpoint(workdir, step, proc, timeout=120):
+    path = os.path.join(workdir, "checkpoints", str(step))
+    deadline = time.time() + timeout
+    while not os.path.isdir(path):
+        assert proc.poll() is None, proc.communicate()[0]
+        assert time.time() < deadline, f"no checkpoint {step} after {timeout}s"
+        time.sleep(0.1)
+
+
+def _assert_bitwise_equal(a, b):
+    assert a.keys() == b.keys()
+    for k in a:
+        np.testing.assert_array_equal(a[k], b[k], err_msg=k)
+
+
+def test_resume_after_sigterm_is_exact(tmp_path, straight):
+    proc = _run(tmp_path, slow=0.3, wait=False)
+    _wait_for_checkpoint(tmp_path, 2, proc)
+    proc.send_signal(signal.SIGTERM)
+    out, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 0, out
+    assert "preempted: saved a checkpoint at step" in out
+    assert not os.path.exists(tmp_path / "final_params.npz")
+    out = _run(tmp_path)  # the same command again
+    assert "resumed from step" in out
+    _assert_bitwise_equal(_params(tmp_path), straight)
+
+
+def test_resume_after_sigkill_is_exact(tmp_path, straight):
+    proc = _run(tmp_path, slow=0.3, wait=False)
+    _wait_for_checkpoint(tmp_path, 4, proc)
+    proc.kill()
+    proc.communicate(timeout=60)
+    out = _run(tmp_path)
+    assert "resumed from step 4" in out or "resumed from step 6" in out
+    _assert_bitwise_equal(_params(tmp_path), straight)
+
+
+@pytest.mark.parametrize("shape", [(8, 1, 1), (2, 4, 1), (2, 2, 2)])
+def test_sharded_training_equals_single_device(tmp_path, straight, shape):
+    import jax
+
+    assert jax.device_count() == 8
+    c = synthetic_training.config(total_steps=TOTAL)
+    c.mesh.shape = shape
+    train(c, str(tmp_path), synthetic_training.build_synthetic_task)
+    sharded = synthetic_training.final_params(str(tmp_path), c)
+    assert sharded is not None and sharded.keys() == straight.keys()
+    for k in straight:
+        np.testing.assert_allclose(sharded[k], straight[k], rtol=2e-4, atol=2e-5, err_msg=k)
+
+
+def _never(config, workdir):
+    raise AssertionError("the task was built: the config error should have been raised first")
+
+
+@pytest.mark.parametrize("overrides,message", [
+    ({"mesh.shape": (3, 1, 1)}, re.escape("config.mesh.shape=(3, 1, 1) covers 3 devices, but 8")),
+    ({"batch_size": 6}, "batch"),
+    ({"optimizer.schedule.kind": "cosine"}, "config.optimizer.schedule.kind"),
+])
+def test_bad_config_fails_before_anything_compiles(tmp_path, overrides, message):
+    c = synthetic_training.config()
+    c.update_from_flattened_dict(overrides)
+    with pytest.raises(ConfigError, match=message):
+        train(c, str(tmp_path), _never)
+    assert not os.path.exists(tmp_path / "checkpoints")
+
+
+def test_unknown_override_is_named(tmp_path):
+    with pytest.raises(ConfigError, match="optimizer.lrr"):
+        experiment_config.load_experiment(
+            os.path.join(os.path.dirname(__file__), "..", "experiments", "teacher_ib_bert_large.py") + ":smoke",
+            ["--config.optimizer.lrr=1e-3"])
