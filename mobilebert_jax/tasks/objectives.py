@@ -1,0 +1,132 @@
+"""Fine-tuning objectives as additive sums, for `train.step.make_train_step`.
+
+Each objective returns per-batch sums (`sums_fn`), the whole batch's
+denominator (`totals_fn`), the differentiated loss (`loss_fn`) and the logged
+means (`summarize_fn`), so microbatch accumulation equals the big batch.
+A batch may carry `example_weight` [B] (1 real, 0 padding) so that padded
+evaluation batches score only real examples; without it every row counts.
+
+    objective = objectives.for_glue(task.is_regression)
+    step = make_train_step(objective.make_sums_fn(model, False), tx, totals_fn=objective.totals_fn,
+                           loss_fn=objective.loss_fn, summarize_fn=objective.summarize_fn)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from mobilebert_jax.train.step import Batch, Sums, SumsFn
+
+# Keeps an all-padding evaluation batch finite.
+_EPS = 1e-9
+
+
+def example_weights(batch: Batch) -> jax.Array:
+    if "example_weight" in batch:
+        return batch["example_weight"].astype(jnp.float32)
+    return jnp.ones(batch["input_ids"].shape[:1], jnp.float32)
+
+
+def _apply(model, params, batch: Batch, rng: jax.Array, deterministic: bool) -> dict:
+    return model.apply({"params": params}, batch["input_ids"], attention_mask=batch["input_mask"],
+                       token_type_ids=batch["segment_ids"], deterministic=deterministic,
+                       rngs=None if deterministic else {"dropout": rng})
+
+
+def classification_sums(logits_BxK: jax.Array, labels_B: jax.Array, weights_B: jax.Array) -> Sums:
+    xent_B = optax.softmax_cross_entropy_with_integer_labels(logits_BxK.astype(jnp.float32), labels_B)
+    correct_B = (jnp.argmax(logits_BxK, axis=-1) == labels_B).astype(jnp.float32)
+    return {"loss_sum": jnp.sum(xent_B * weights_B), "correct_sum": jnp.sum(correct_B * weights_B),
+            "weight_sum": jnp.sum(weights_B)}
+
+
+def regression_sums(logits_Bx1: jax.Array, labels_B: jax.Array, weights_B: jax.Array) -> Sums:
+    error_B = logits_Bx1[:, 0].astype(jnp.float32) - labels_B.astype(jnp.float32)
+    return {"loss_sum": jnp.sum(error_B * error_B * weights_B), "weight_sum": jnp.sum(weights_B)}
+
+
+def span_sums(start_logits_BxT: jax.Array, end_logits_BxT: jax.Array, start_B: jax.Array, end_B: jax.Array,
+              weights_B: jax.Array) -> Sums:
+    sums = {"weight_sum": jnp.sum(weights_B)}
+    for name, logits, positions in (("start", start_logits_BxT, start_B), ("end", end_logits_BxT, end_B)):
+        xent_B = optax.softmax_cross_entropy_with_integer_labels(logits.astype(jnp.float32), positions)
+        sums[f"{name}_loss_sum"] = jnp.sum(xent_B * weights_B)
+        sums[f"{name}_correct_sum"] = jnp.sum((jnp.argmax(logits, -1) == positions).astype(jnp.float32) * weights_B)
+    return sums
+
+
+def classification_sums_fn(model, deterministic: bool) -> SumsFn:
+    def sums_fn(params, batch: Batch, rng: jax.Array) -> Sums:
+        out = _apply(model, params, batch, rng, deterministic)
+        return classification_sums(out["logits"], batch["label"], example_weights(batch))
+
+    return sums_fn
+
+
+def regression_sums_fn(model, deterministic: bool) -> SumsFn:
+    def sums_fn(params, batch: Batch, rng: jax.Array) -> Sums:
+        out = _apply(model, params, batch, rng, deterministic)
+        return regression_sums(out["logits"], batch["label"], example_weights(batch))
+
+    return sums_fn
+
+
+def span_sums_fn(model, deterministic: bool) -> SumsFn:
+    def sums_fn(params, batch: Batch, rng: jax.Array) -> Sums:
+        out = _apply(model, params, batch, rng, deterministic)
+        return span_sums(out["start_logits"], out["end_logits"], batch["start_positions"], batch["end_positions"],
+                         example_weights(batch))
+
+    return sums_fn
+
+
+def example_totals(batch: Batch) -> dict[str, jax.Array]:
+    return {"examples": jnp.sum(example_weights(batch)) + _EPS}
+
+
+def mean_loss(sums: Sums, totals: dict[str, jax.Array]) -> jax.Array:
+    return sums["loss_sum"] / totals["examples"]
+
+
+def span_loss(sums: Sums, totals: dict[str, jax.Array]) -> jax.Array:
+    """The mean of the start and end cross-entropies, as TF1 BERT's run_squad."""
+    return (sums["start_loss_sum"] + sums["end_loss_sum"]) / (2.0 * totals["examples"])
+
+
+def summarize_classification(sums: Sums) -> dict[str, jax.Array]:
+    n = sums["weight_sum"] + _EPS
+    return {"loss": sums["loss_sum"] / n, "accuracy": sums["correct_sum"] / n}
+
+
+def summarize_regression(sums: Sums) -> dict[str, jax.Array]:
+    return {"loss": sums["loss_sum"] / (sums["weight_sum"] + _EPS)}
+
+
+def summarize_spans(sums: Sums) -> dict[str, jax.Array]:
+    n = sums["weight_sum"] + _EPS
+    return {"loss": (sums["start_loss_sum"] + sums["end_loss_sum"]) / (2.0 * n),
+            "start_accuracy": sums["start_correct_sum"] / n, "end_accuracy": sums["end_correct_sum"] / n}
+
+
+@dataclasses.dataclass(frozen=True)
+class Objective:
+    make_sums_fn: Callable[[Any, bool], SumsFn]  # (model, deterministic) -> sums_fn
+    totals_fn: Callable[[Batch], dict]
+    loss_fn: Callable[[Sums, dict], jax.Array]
+    summarize_fn: Callable[[Sums], dict]
+    progress_keys: tuple[str, ...]
+
+
+CLASSIFICATION = Objective(classification_sums_fn, example_totals, mean_loss, summarize_classification,
+                           ("loss", "accuracy"))
+REGRESSION = Objective(regression_sums_fn, example_totals, mean_loss, summarize_regression, ("loss",))
+SPANS = Objective(span_sums_fn, example_totals, span_loss, summarize_spans, ("loss", "start_accuracy"))
+
+
+def for_glue(is_regression: bool) -> Objective:
+    return REGRESSION if is_regression else CLASSIFICATION
