@@ -38,7 +38,6 @@ from mobilebert_jax.data.randomness import Stream, rng
 from mobilebert_jax.data.sources import SkipLog, WorkUnit, plan_units, python_docs, read_unit
 from mobilebert_jax.data.tokenizers import Tokenizer, load_tokenizer
 
-SPLITS = ("train", "eval")
 DOCUMENTS_DIR = "documents"
 ARRAY_RECORD_OPTIONS = "group_size:1"  # one record per chunk: fast random access for the loader
 
