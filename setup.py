@@ -24,6 +24,8 @@ setup(
         "numpy>=1.26",
         "tensorboardX>=2.6",
         "matplotlib>=3.8",
+        "sentencex>=1.0",
+        "tqdm>=4.60",
     ],
     extras_require={
         "test": ["pytest>=8", "torch==2.13.0", "transformers>=4.50", "safetensors>=0.4", "scipy>=1.11",

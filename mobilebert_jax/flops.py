@@ -8,11 +8,11 @@ checks these counts against XLA's cost analysis of the compiled forward.
 
 from __future__ import annotations
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
 from mobilebert_jax.config import MobileBertConfig
+from mobilebert_jax.partitioning import unbox_without_constraints
 
 
 def layer_macs_per_token(c: MobileBertConfig, seq_len: int) -> int:
@@ -59,4 +59,4 @@ def parameter_count(c: MobileBertConfig, with_pooler: bool = False) -> int:
 
     model = MobileBertModel(c, add_pooling_layer=with_pooler)
     shapes = jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros((1, 2), jnp.int32)))
-    return sum(x.size for x in jax.tree.leaves(nn.unbox(shapes["params"])))
+    return sum(x.size for x in jax.tree.leaves(unbox_without_constraints(shapes["params"])))

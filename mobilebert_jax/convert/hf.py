@@ -18,6 +18,7 @@ from mobilebert_jax import modeling
 from mobilebert_jax.config import HF_QUIRK_NORM_EPS, ConfigError, MobileBertConfig
 from mobilebert_jax.convert import names
 from mobilebert_jax.convert.torch_bin import load_torch_bin
+from mobilebert_jax.partitioning import unbox_without_constraints
 
 log = logging.getLogger(__name__)
 
@@ -58,7 +59,7 @@ def expected_shapes(config: MobileBertConfig, architecture: str, num_labels: int
     model = build_model(config, architecture, num_labels)
     ids = jnp.zeros((1, 2, 4) if architecture == "MobileBertForMultipleChoice" else (1, 4), jnp.int32)
     shapes = jax.eval_shape(lambda: model.init(jax.random.key(0), ids))["params"]
-    flat = traverse_util.flatten_dict(nn.unbox(shapes))
+    flat = traverse_util.flatten_dict(unbox_without_constraints(shapes))
     if architecture == "MobileBertModel":  # keep the `mobilebert` prefix every other model has
         flat = {("mobilebert", *k): v for k, v in flat.items()}
     return {k: tuple(v.shape) for k, v in flat.items()}

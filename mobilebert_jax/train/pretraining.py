@@ -23,13 +23,13 @@ def model_config(config: ml_collections.ConfigDict) -> MobileBertConfig:
 
 def prepared_data_config(config: ml_collections.ConfigDict, workdir: str) -> ml_collections.ConfigDict:
     """`config.data` with its prepared_dir resolved and the data prepared (once, by process 0)."""
-    from mobilebert_jax import data
+    from mobilebert_jax.data.prepare import prepare
 
     data_cfg = ml_collections.ConfigDict(config.data.to_dict())
     if not data_cfg.prepared_dir:
         data_cfg.prepared_dir = os.path.join(workdir, "data")
     if jax.process_index() == 0:
-        manifest = data.prepare(data_cfg, data_cfg.prepared_dir)
+        manifest = prepare(data_cfg, data_cfg.prepared_dir)
         logging.info("prepared data in %s: %s", data_cfg.prepared_dir,
                      {k: manifest[k] for k in ("splits",) if k in manifest})
     multihost_utils.sync_global_devices("prepared data")
@@ -37,7 +37,7 @@ def prepared_data_config(config: ml_collections.ConfigDict, workdir: str) -> ml_
 
 
 def build_pretraining_task(config: ml_collections.ConfigDict, workdir: str) -> Task:
-    from mobilebert_jax import data
+    from mobilebert_jax.data.loader import make_pretraining_loader
 
     c = model_config(config)
     data_cfg = prepared_data_config(config, workdir)
@@ -47,12 +47,12 @@ def build_pretraining_task(config: ml_collections.ConfigDict, workdir: str) -> T
                          f"{c.max_position_embeddings}")
     model = MobileBertForPreTraining(c)
     process = dict(process_index=jax.process_index(), process_count=jax.process_count())
-    train_iterator = data.make_pretraining_loader(data_cfg, split="train", global_batch_size=config.batch_size,
+    train_iterator = make_pretraining_loader(data_cfg, split="train", global_batch_size=config.batch_size,
                                                   seed=config.seed, **process)
     eval_batches = config.eval.num_batches
 
     def make_eval_iterator():
-        loader = data.make_pretraining_loader(data_cfg, split="eval", global_batch_size=config.eval.batch_size,
+        loader = make_pretraining_loader(data_cfg, split="eval", global_batch_size=config.eval.batch_size,
                                               seed=config.seed, num_epochs=None, **process)
         return (next(loader) for _ in range(eval_batches))
 

@@ -21,7 +21,16 @@ from mobilebert_jax.train import losses
 
 Batch = dict[str, jax.Array]
 Sums = dict[str, jax.Array]
-SumsFn = Callable[[Any, Batch, jax.Array], Sums]
+# sums_fn(params, batch, rng), or sums_fn(params, batch, rng, context) for
+# tasks built with `uses_context=True` (distillation: the frozen teacher and
+# the step, which selects the progressive stage).
+SumsFn = Callable[..., Sums]
+
+
+@flax.struct.dataclass
+class StepContext:
+    step: jax.Array  # the step being taken (0-based)
+    frozen: Any = None  # parameters used but never trained (a teacher); no gradient, no optimizer state
 
 
 @flax.struct.dataclass
@@ -74,33 +83,39 @@ def make_train_step(
     learning_rate_fn: Callable[[jax.Array], jax.Array] | None = None,
     microbatches: int = 1,
     dropout_seed: int = 0,
-) -> Callable[[TrainState, Batch], tuple[TrainState, dict]]:
-    """Builds `step(state, batch) -> (state, metrics)`; jit it with shardings and donate the state."""
+    uses_context: bool = False,
+) -> Callable[..., tuple[TrainState, dict]]:
+    """Builds `step(state, batch, frozen=None) -> (state, metrics)`; jit it with shardings and donate the state.
 
-    def grads_and_sums(params, batch, rng, totals):
+    Gradients are taken with respect to `state.params` only: `frozen` enters
+    the objective as a constant, so it gets no gradient and no optimizer state.
+    """
+
+    def grads_and_sums(params, batch, rng, totals, context):
         def objective(p):
-            sums = sums_fn(p, batch, rng)
+            sums = sums_fn(p, batch, rng, context) if uses_context else sums_fn(p, batch, rng)
             return loss_fn(sums, totals), sums
 
         (_, sums), grads = jax.value_and_grad(objective, has_aux=True)(params)
         return grads, sums
 
-    def step(state: TrainState, batch: Batch):
+    def step(state: TrainState, batch: Batch, frozen: Any = None):
         # One dropout stream per step, independent of how the run was split or resumed.
         rng = jax.random.fold_in(jax.random.key(dropout_seed), state.step)
         totals = totals_fn(batch)
+        context = StepContext(step=state.step, frozen=frozen)
         if microbatches == 1:
-            grads, sums = grads_and_sums(state.params, batch, rng, totals)
+            grads, sums = grads_and_sums(state.params, batch, rng, totals, context)
         else:
             micro = split_microbatches(batch, microbatches)
 
             def body(carry, inputs):
                 index, mb = inputs
-                g, s = grads_and_sums(state.params, mb, jax.random.fold_in(rng, index), totals)
+                g, s = grads_and_sums(state.params, mb, jax.random.fold_in(rng, index), totals, context)
                 return jax.tree.map(jnp.add, carry, (g, s)), None
 
             first = jax.eval_shape(lambda: grads_and_sums(
-                state.params, jax.tree.map(lambda x: x[0], micro), rng, totals))
+                state.params, jax.tree.map(lambda x: x[0], micro), rng, totals, context))
             zeros = jax.tree.map(lambda x: jnp.zeros(x.shape, jnp.float32), first)
             (grads, sums), _ = jax.lax.scan(body, zeros, (jnp.arange(microbatches), micro))
         updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
@@ -115,10 +130,13 @@ def make_train_step(
     return step
 
 
-def make_eval_step(sums_fn: SumsFn) -> Callable[[Any, Batch], Sums]:
-    """`eval(params, batch) -> sums`; add the sums over batches, then `losses.summarize`."""
+def make_eval_step(sums_fn: SumsFn, uses_context: bool = False) -> Callable[..., Sums]:
+    """`eval(params, batch, frozen=None, step=0) -> sums`; add the sums over batches, then summarize."""
 
-    def eval_step(params, batch: Batch) -> Sums:
-        return sums_fn(params, batch, jax.random.key(0))
+    def eval_step(params, batch: Batch, frozen: Any = None, step: Any = 0) -> Sums:
+        rng = jax.random.key(0)
+        if uses_context:
+            return sums_fn(params, batch, rng, StepContext(step=jnp.asarray(step, jnp.int32), frozen=frozen))
+        return sums_fn(params, batch, rng)
 
     return eval_step

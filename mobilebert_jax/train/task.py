@@ -45,5 +45,12 @@ class Task:
     loss_fn: Callable[[Sums, dict], jax.Array] = pretraining_loss
     summarize_fn: Callable[[Sums], dict] = losses.summarize
     progress_keys: tuple[str, ...] = ("loss", "mlm_accuracy")
-    # Written at the end of the run: a human-readable record of what was trained.
     describe: Callable[[], str] = lambda: ""
+    # The objective takes a 4th argument, a `StepContext` (the step and the frozen tree).
+    uses_context: bool = False
+    # Parameters the objective uses but never trains (a distillation teacher):
+    # the boxed abstract tree (for shardings), and a loader that returns the
+    # tree placed with the given shardings. Not checkpointed with the run: it
+    # is loaded again from its own source on resume.
+    frozen_abstract: Any = None
+    load_frozen: Optional[Callable[[Any], Any]] = None

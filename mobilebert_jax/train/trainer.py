@@ -31,11 +31,12 @@ def _log(message: str) -> None:
         print(message, flush=True)
 
 
-def evaluate(eval_step, params, task: Task, mesh, rules) -> dict[str, float]:
+def evaluate(eval_step, params, task: Task, mesh, rules, frozen=None, step: int = 0) -> dict[str, float]:
     """Sums over one pass of the held-out batches, then the task's means."""
     totals = None
     for local_batch in task.make_eval_iterator():
-        sums = eval_step(params, partitioning.make_global_batch(local_batch, mesh, rules))
+        batch = partitioning.make_global_batch(local_batch, mesh, rules)
+        sums = eval_step(params, batch, frozen, jnp.asarray(max(step - 1, 0), jnp.int32))
         totals = sums if totals is None else jax.tree.map(jnp.add, totals, sums)
     if totals is None:
         return {}
@@ -77,13 +78,20 @@ def train(config: ml_collections.ConfigDict, workdir: str, build_task: TaskBuild
         else:
             state = jax.jit(lambda k: nn.meta.unbox(init_state(k)), out_shardings=shardings)(rng)
 
+        frozen, frozen_shardings = None, None
+        if task.frozen_abstract is not None:
+            frozen_shardings = partitioning.logical_shardings(task.frozen_abstract, mesh, rules)
+            frozen = task.load_frozen(frozen_shardings)
         train_step = jax.jit(
             step_lib.make_train_step(task.make_sums_fn(False), tx, totals_fn=task.totals_fn, loss_fn=task.loss_fn,
                                      summarize_fn=task.summarize_fn, learning_rate_fn=learning_rate,
-                                     microbatches=config.microbatches, dropout_seed=config.seed),
-            in_shardings=(shardings, batch_sharding), out_shardings=(shardings, replicated), donate_argnums=0)
-        eval_step = jax.jit(step_lib.make_eval_step(task.make_sums_fn(True)),
-                            in_shardings=(shardings.params, batch_sharding), out_shardings=replicated)
+                                     microbatches=config.microbatches, dropout_seed=config.seed,
+                                     uses_context=task.uses_context),
+            in_shardings=(shardings, batch_sharding, frozen_shardings), out_shardings=(shardings, replicated),
+            donate_argnums=0)
+        eval_step = jax.jit(step_lib.make_eval_step(task.make_sums_fn(True), uses_context=task.uses_context),
+                            in_shardings=(shardings.params, batch_sharding, frozen_shardings, replicated),
+                            out_shardings=replicated)
 
         total_steps = config.total_steps
         flops_per_step = task.train_flops_per_example * config.batch_size
@@ -100,7 +108,7 @@ def train(config: ml_collections.ConfigDict, workdir: str, build_task: TaskBuild
                 if step == profile.start_step and profile.num_steps > 0 and jax.process_index() == 0:
                     jax.profiler.start_trace(os.path.join(workdir, "profile"))
                 batch = partitioning.make_global_batch(next(task.train_iterator), mesh, rules)
-                state, metrics = train_step(state, batch)
+                state, metrics = train_step(state, batch, frozen)
                 done = step + 1
                 if done == profile.start_step + profile.num_steps and profile.num_steps > 0 and \
                         jax.process_index() == 0:
@@ -119,7 +127,7 @@ def train(config: ml_collections.ConfigDict, workdir: str, build_task: TaskBuild
                     final_metrics.update(scalars)
                 if task.make_eval_iterator is not None and (done % config.eval.every_steps == 0 or
                                                             done == total_steps):
-                    eval_metrics = evaluate(eval_step, state.params, task, mesh, rules)
+                    eval_metrics = evaluate(eval_step, state.params, task, mesh, rules, frozen, done)
                     writer.write(done, {f"eval/{k}": v for k, v in eval_metrics.items()}, progress=False)
                     _log(f"eval at step {done}: " + ", ".join(f"{k} {v:.4f}" for k, v in eval_metrics.items()))
                     final_metrics.update({f"eval/{k}": v for k, v in eval_metrics.items()})
