@@ -1,0 +1,145 @@
+"""Official metrics and prediction files for a fine-tuning run, from its latest (or a given) checkpoint.
+
+    python -m mobilebert_jax.tasks.evaluate --workdir=runs/rte [--step=N] [--batch_size=64]
+
+GLUE: every dev split's metrics (MNLI matched and mismatched) and, where the
+test files are there, the GLUE submission files. SQuAD: `predictions.json`
+and its EM/F1; v2.0 also `null_odds.json` and the no-answer threshold chosen
+on dev. Everything lands in `<workdir>/eval/` next to `metrics.json`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Optional
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+from absl import app, flags
+
+from mobilebert_jax import checkpointing, optim
+from mobilebert_jax.data.errors import DataError
+from mobilebert_jax.data.tokenizers import load_tokenizer
+from mobilebert_jax.modeling import MobileBertForQuestionAnswering, MobileBertForSequenceClassification
+from mobilebert_jax.tasks import finetuning, glue, glue_metrics, glue_submission, squad_data, squad_metrics
+from mobilebert_jax.tasks.prediction import predict
+from mobilebert_jax.tasks.squad_postprocess import decode_spans
+from mobilebert_jax.train import step as step_lib
+
+
+def restore_params(config: ml_collections.ConfigDict, workdir: str, model: nn.Module,
+                   step: Optional[int] = None) -> dict:
+    """The trained parameters of `workdir`'s checkpoint, on one device."""
+    seq_len = config.data.max_seq_length
+
+    def init_state(key):
+        params = model.init(key, jnp.zeros((1, seq_len), jnp.int32))["params"]
+        tx = optim.build_optimizer(config.optimizer, params)
+        return nn.meta.unbox(step_lib.TrainState(step=jnp.zeros((), jnp.int32), params=params,
+                                                 opt_state=tx.init(params)))
+
+    device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+    abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=device),
+                            jax.eval_shape(init_state, jax.random.key(0)))
+    ckpt = checkpointing.Checkpointer.from_config(os.path.join(workdir, "checkpoints"), config.checkpoint)
+    if ckpt.latest_step() is None:
+        raise FileNotFoundError(f"{workdir}/checkpoints: no checkpoint to evaluate")
+    state = ckpt.restore(abstract, step=step)
+    ckpt.close()
+    return state.params
+
+
+def _apply_fn(model, params):
+    @jax.jit
+    def fn(batch):
+        out = model.apply({"params": params}, batch["input_ids"], attention_mask=batch["input_mask"],
+                          token_type_ids=batch["segment_ids"], deterministic=True)
+        return {k: out[k] for k in ("logits", "start_logits", "end_logits") if k in out}
+
+    return fn
+
+
+def evaluate_glue(config: ml_collections.ConfigDict, params, output_dir: str, batch_size: int) -> dict:
+    task = glue.get_task(config.task)
+    model_cfg, _ = finetuning.model_config(config)
+    model = MobileBertForSequenceClassification(model_cfg, num_labels=task.num_labels)
+    tokenizer = load_tokenizer(config.data.vocab)
+    fn = _apply_fn(model, params)
+    report = {}
+    for split in (*task.eval_splits, *task.test_splits):
+        try:
+            examples = finetuning.glue_examples(config, task, split)
+        except DataError as e:
+            if split in task.test_splits:  # test files are optional
+                report[f"{split}_skipped"] = str(e)
+                continue
+            raise
+        features = glue.glue_features(task, examples, tokenizer, config.data.max_seq_length)
+        preds = glue_metrics.predictions_from_logits(task, predict(fn, features, batch_size)["logits"])
+        if split in task.test_splits:
+            report[f"{split}_submission"] = glue_submission.write_submission(
+                task, split, examples, preds, os.path.join(output_dir, "glue_submission"))
+        else:
+            report[split] = glue_metrics.compute_metrics(task, preds, features["label"])
+    return report
+
+
+def evaluate_squad(config: ml_collections.ConfigDict, params, output_dir: str, batch_size: int) -> dict:
+    model_cfg, _ = finetuning.model_config(config)
+    model = MobileBertForQuestionAnswering(model_cfg)
+    tokenizer = load_tokenizer(config.data.vocab)
+    examples = finetuning.squad_examples(config, "dev")
+    features = squad_data.build_features(examples, tokenizer, **finetuning.squad_feature_options(config))
+    logits = predict(_apply_fn(model, params), features.arrays, batch_size)
+    version_2 = config.version == "2.0"
+    decoded = decode_spans(examples, features, logits["start_logits"], logits["end_logits"], version_2=version_2,
+                           n_best_size=config.eval.get("n_best_size", 20),
+                           max_answer_length=config.eval.get("max_answer_length", 30))
+    if not version_2:
+        predictions = decoded.predictions()
+        squad_metrics.write_predictions(output_dir, predictions)
+        return squad_metrics.evaluate_v1(examples, predictions)
+    threshold = squad_metrics.choose_null_threshold(examples, decoded.best_span, decoded.null_odds)
+    predictions = decoded.predictions(threshold)
+    squad_metrics.write_predictions(output_dir, predictions, decoded.null_odds)
+    report = squad_metrics.evaluate_v2(examples, predictions)
+    report["null_score_diff_threshold"] = threshold
+    return report
+
+
+def evaluate_run(workdir: str, step: Optional[int] = None, batch_size: int = 64) -> dict:
+    with open(os.path.join(workdir, "config.json")) as f:
+        config = ml_collections.ConfigDict(json.load(f))
+    if config.stage == "glue_finetuning":
+        task = glue.get_task(config.task)
+        model = MobileBertForSequenceClassification(finetuning.model_config(config)[0], num_labels=task.num_labels)
+        evaluate = evaluate_glue
+    elif config.stage == "squad_finetuning":
+        model = MobileBertForQuestionAnswering(finetuning.model_config(config)[0])
+        evaluate = evaluate_squad
+    else:
+        raise ValueError(f"{workdir}: stage {config.stage!r} is not a fine-tuning run")
+    params = restore_params(config, workdir, model, step)
+    output_dir = os.path.join(workdir, "eval")
+    os.makedirs(output_dir, exist_ok=True)
+    report = evaluate(config, params, output_dir, batch_size)
+    with open(os.path.join(output_dir, "metrics.json"), "w") as f:
+        json.dump(report, f, indent=2)
+    return report
+
+
+flags.DEFINE_string("workdir", None, "the fine-tuning run's workdir", required=True)
+flags.DEFINE_integer("step", None, "checkpoint step (default: latest)")
+flags.DEFINE_integer("batch_size", 64, "evaluation batch size")
+
+
+def main(argv) -> None:
+    del argv
+    print(json.dumps(evaluate_run(flags.FLAGS.workdir, flags.FLAGS.step, flags.FLAGS.batch_size), indent=2))
+
+
+if __name__ == "__main__":
+    app.run(main)
