@@ -30,6 +30,7 @@ FLAGS = flags.FLAGS
 STAGES = {
     "teacher_pretraining": "mobilebert_jax.train.pretraining:build_pretraining_task",
     "pretraining": "mobilebert_jax.train.pretraining:build_pretraining_task",
+    "distillation": "mobilebert_jax.distill.task:build_distillation_task",
 }
 
 
@@ -51,12 +52,16 @@ def main(parsed) -> None:
     if FLAGS.coordinator_address or FLAGS.num_processes:
         jax.distributed.initialize(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
     workdir = FLAGS.workdir or DEFAULT_WORKDIR
+    from mobilebert_jax.data.errors import DataError
     from mobilebert_jax.train.trainer import train
 
     try:
         train(config, workdir, _task_builder(config.stage))
     except ConfigError as e:
         print(f"FATAL config error: {e}", file=sys.stderr)
+        sys.exit(1)
+    except DataError as e:
+        print(f"FATAL data error: {e}", file=sys.stderr)
         sys.exit(1)
 
 

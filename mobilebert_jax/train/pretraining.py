@@ -11,7 +11,7 @@ from absl import logging
 from jax.experimental import multihost_utils
 
 from mobilebert_jax import flops
-from mobilebert_jax.config import MobileBertConfig
+from mobilebert_jax.config import ConfigError, MobileBertConfig
 from mobilebert_jax.modeling import MobileBertForPreTraining
 from mobilebert_jax.train.step import pretraining_sums_fn
 from mobilebert_jax.train.task import Task
@@ -39,7 +39,14 @@ def prepared_data_config(config: ml_collections.ConfigDict, workdir: str) -> ml_
 def build_pretraining_task(config: ml_collections.ConfigDict, workdir: str) -> Task:
     from mobilebert_jax.data.loader import make_pretraining_loader
 
+    from mobilebert_jax.data.tokenizers import load_tokenizer
+
     c = model_config(config)
+    vocab = load_tokenizer(config.data.tokenizer).vocab_size
+    if vocab > c.vocab_size:
+        # JAX clamps out-of-range gather indices, so this would train silently on wrong embeddings.
+        raise ConfigError(f"config.data.tokenizer={config.data.tokenizer!r} has {vocab} tokens but "
+                          f"config.model.vocab_size={c.vocab_size}; set --config.model.vocab_size={vocab}")
     data_cfg = prepared_data_config(config, workdir)
     seq_len, predictions = data_cfg.max_seq_length, data_cfg.max_predictions_per_seq
     if seq_len > c.max_position_embeddings:
