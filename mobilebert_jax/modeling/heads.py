@@ -6,7 +6,7 @@ conversion table serves them all. Each returns a dict of outputs.
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import ClassVar, Optional
 
 import flax.linen as nn
 import jax
@@ -57,25 +57,32 @@ class _Transform(nn.Module):
         return primitives.layer_norm(c, "transform", c.layer_norm_eps, "LayerNorm")(y)
 
 
-class PreTrainingHeads(nn.Module):
+class _LMHeads(nn.Module):
+    """HF's `cls`: the MLM head, and the NSP head when `with_nsp`."""
+
     config: MobileBertConfig
+    with_nsp: bool
 
     @nn.compact
     def __call__(self, h, pooled_BxH, attend):
         mlm = MLMHead(self.config, name="predictions")(h, attend)
+        if not self.with_nsp:
+            return mlm, None
         nsp = primitives.dense(self.config, 2, ("hidden", "classes"), "seq_relationship")(pooled_BxH)
         return mlm, nsp.astype(jnp.float32)
 
 
-class MobileBertForPreTraining(nn.Module):
-    """MLM + NSP. With `masked_lm_positions` [B, P] the MLM head runs only there
-    and `mlm_logits` is [B, P, V]; otherwise on every position, [B, T, V]."""
+class _LanguageModel(nn.Module):
+    """Backbone + MLM (+ NSP). With `masked_lm_positions` [B, P] the MLM head
+    runs only there and `mlm_logits` is [B, P, V]; otherwise [B, T, V]."""
 
     config: MobileBertConfig
+    WITH_NSP: ClassVar[bool] = True
 
     def setup(self):
-        self.mobilebert = MobileBertModel(self.config, add_pooling_layer=True)
-        self.cls = PreTrainingHeads(self.config)
+        # The pooler feeds only NSP; HF's masked-LM model has none.
+        self.mobilebert = MobileBertModel(self.config, add_pooling_layer=self.WITH_NSP)
+        self.cls = _LMHeads(self.config, self.WITH_NSP)
 
     def __call__(self, input_ids, attention_mask=None, token_type_ids=None, position_ids=None,
                  masked_lm_positions: Optional[jax.Array] = None, deterministic: bool = True,
@@ -85,35 +92,31 @@ class MobileBertForPreTraining(nn.Module):
         h = out["last_hidden_state"]
         if masked_lm_positions is not None:
             h = gather_positions(h, masked_lm_positions)
-        out["mlm_logits"], out["nsp_logits"] = self.cls(h, out["pooled_output"], self.mobilebert.attend)
+        mlm, nsp = self.cls(h, out.get("pooled_output"), self.mobilebert.attend)
+        out["mlm_logits"] = mlm
+        if nsp is not None:
+            out["nsp_logits"] = nsp
         return out
 
 
-class MobileBertForMaskedLM(nn.Module):
-    config: MobileBertConfig
+class MobileBertForPreTraining(_LanguageModel):
+    """MLM + NSP: `mlm_logits` and `nsp_logits` [B, 2]."""
 
-    def setup(self):
-        self.mobilebert = MobileBertModel(self.config, add_pooling_layer=False)
-        self.cls = _OnlyMLMHead(self.config)
-
-    def __call__(self, input_ids, attention_mask=None, token_type_ids=None, position_ids=None,
-                 masked_lm_positions: Optional[jax.Array] = None, deterministic: bool = True,
-                 output_hidden_states: bool = False, output_attention_scores: bool = False) -> dict:
-        out = self.mobilebert(input_ids, attention_mask, token_type_ids, position_ids, deterministic,
-                              output_hidden_states, output_attention_scores)
-        h = out["last_hidden_state"]
-        if masked_lm_positions is not None:
-            h = gather_positions(h, masked_lm_positions)
-        out["mlm_logits"] = self.cls(h, self.mobilebert.attend)
-        return out
+    WITH_NSP: ClassVar[bool] = True
 
 
-class _OnlyMLMHead(nn.Module):
-    config: MobileBertConfig
+class MobileBertForMaskedLM(_LanguageModel):
+    """MLM only: `mlm_logits`."""
 
-    @nn.compact
-    def __call__(self, h, attend):
-        return MLMHead(self.config, name="predictions")(h, attend)
+    WITH_NSP: ClassVar[bool] = False
+
+
+def _backbone(config: MobileBertConfig, pooling: bool, input_ids, attention_mask, token_type_ids, position_ids,
+              deterministic, output_hidden_states, output_attention_scores) -> dict:
+    """The backbone under HF's name `mobilebert`, inside the calling module's scope."""
+    return MobileBertModel(config, add_pooling_layer=pooling, name="mobilebert")(
+        input_ids, attention_mask, token_type_ids, position_ids, deterministic, output_hidden_states,
+        output_attention_scores)
 
 
 def _classifier(config: MobileBertConfig, features: int, x, deterministic: bool):
@@ -132,9 +135,8 @@ class MobileBertForSequenceClassification(nn.Module):
     def __call__(self, input_ids, attention_mask=None, token_type_ids=None, position_ids=None,
                  deterministic: bool = True, output_hidden_states: bool = False,
                  output_attention_scores: bool = False) -> dict:
-        out = MobileBertModel(self.config, name="mobilebert")(
-            input_ids, attention_mask, token_type_ids, position_ids, deterministic, output_hidden_states,
-            output_attention_scores)
+        out = _backbone(self.config, True, input_ids, attention_mask, token_type_ids, position_ids, deterministic,
+                        output_hidden_states, output_attention_scores)
         out["logits"] = _classifier(self.config, self.num_labels, out["pooled_output"], deterministic)
         return out
 
@@ -147,9 +149,8 @@ class MobileBertForTokenClassification(nn.Module):
     def __call__(self, input_ids, attention_mask=None, token_type_ids=None, position_ids=None,
                  deterministic: bool = True, output_hidden_states: bool = False,
                  output_attention_scores: bool = False) -> dict:
-        out = MobileBertModel(self.config, add_pooling_layer=False, name="mobilebert")(
-            input_ids, attention_mask, token_type_ids, position_ids, deterministic, output_hidden_states,
-            output_attention_scores)
+        out = _backbone(self.config, False, input_ids, attention_mask, token_type_ids, position_ids, deterministic,
+                        output_hidden_states, output_attention_scores)
         out["logits"] = _classifier(self.config, self.num_labels, out["last_hidden_state"], deterministic)
         return out
 
@@ -163,9 +164,8 @@ class MobileBertForQuestionAnswering(nn.Module):
     def __call__(self, input_ids, attention_mask=None, token_type_ids=None, position_ids=None,
                  deterministic: bool = True, output_hidden_states: bool = False,
                  output_attention_scores: bool = False) -> dict:
-        out = MobileBertModel(self.config, add_pooling_layer=False, name="mobilebert")(
-            input_ids, attention_mask, token_type_ids, position_ids, deterministic, output_hidden_states,
-            output_attention_scores)
+        out = _backbone(self.config, False, input_ids, attention_mask, token_type_ids, position_ids, deterministic,
+                        output_hidden_states, output_attention_scores)
         logits = primitives.dense(self.config, 2, ("hidden", "classes"), "qa_outputs")(out["last_hidden_state"])
         logits = logits.astype(jnp.float32)
         out["start_logits"], out["end_logits"] = logits[..., 0], logits[..., 1]
@@ -183,9 +183,8 @@ class MobileBertForMultipleChoice(nn.Module):
                  output_attention_scores: bool = False) -> dict:
         batch, choices, seq = input_ids.shape
         flat = lambda x: None if x is None else x.reshape(batch * choices, seq)  # noqa: E731
-        out = MobileBertModel(self.config, name="mobilebert")(
-            flat(input_ids), flat(attention_mask), flat(token_type_ids), flat(position_ids), deterministic,
-            output_hidden_states, output_attention_scores)
+        out = _backbone(self.config, True, flat(input_ids), flat(attention_mask), flat(token_type_ids),
+                        flat(position_ids), deterministic, output_hidden_states, output_attention_scores)
         logits = _classifier(self.config, 1, out["pooled_output"], deterministic)
         out["logits"] = logits.reshape(batch, choices)
         return out
