@@ -69,3 +69,11 @@ def test_int8_simulation_exports_too():
 def test_unsupported_primitives_are_named():
     with pytest.raises(UnsupportedPrimitive, match="'sort'"):
         export(lambda x: {"y": jnp.sort(x)}, {"x": np.zeros(4, np.float32)})
+
+
+def test_general_contractions_fall_back_to_einsum():
+    rng = np.random.default_rng(5)
+    x, y = rng.normal(size=(2, 3, 4)).astype(np.float32), rng.normal(size=(4, 3, 5)).astype(np.float32)
+    proto = export(lambda x, y: {"z": jnp.einsum("abc,cbd->ad", x, y)}, {"x": x, "y": y})
+    assert "Einsum" in {node.op_type for node in proto.graph.node}
+    np.testing.assert_allclose(_run_onnx(proto, {"x": x, "y": y})["z"], np.einsum("abc,cbd->ad", x, y), rtol=1e-5)

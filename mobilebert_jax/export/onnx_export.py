@@ -96,8 +96,7 @@ def _emit(g: _Graph, eqn, ins: list[str], in_avals: list[Any]) -> list[str]:
     if name == "convert_element_type":
         return [g.node("Cast", ins, to=_onnx_type(p["new_dtype"]))]
     if name == "dot_general":
-        equation = _einsum_equation(len(in_avals[0].shape), len(in_avals[1].shape), p["dimension_numbers"])
-        return [g.node("Einsum", ins, equation=equation)]
+        return [_dot_general(g, ins, len(in_avals[0].shape), len(in_avals[1].shape), p["dimension_numbers"])]
     if name == "reshape":
         return [g.node("Reshape", [ins[0], g.const(np.asarray(out_aval.shape, np.int64))])]
     if name == "broadcast_in_dim":
@@ -137,6 +136,21 @@ def _emit(g: _Graph, eqn, ins: list[str], in_avals: list[Any]) -> list[str]:
     if name == "gather":
         return [_gather(g, eqn, ins, in_avals)]
     raise UnsupportedPrimitive(f"jaxpr primitive {name!r} has no ONNX translation (params {sorted(p)})")
+
+
+def _dot_general(g: _Graph, ins: list[str], lhs_rank: int, rhs_rank: int, dimension_numbers) -> str:
+    """MatMul where the contraction is one (possibly batched) matrix product, as runtimes fuse it best; else Einsum."""
+    (lhs_contract, rhs_contract), (lhs_batch, rhs_batch) = dimension_numbers
+    if not lhs_batch and rhs_rank == 2 and lhs_contract == (lhs_rank - 1,) and rhs_contract == (0,):
+        return g.node("MatMul", ins)  # a Dense layer: [..., K] x [K, N]
+    lhs_free = [d for d in range(lhs_rank) if d not in lhs_contract and d not in lhs_batch]
+    rhs_free = [d for d in range(rhs_rank) if d not in rhs_contract and d not in rhs_batch]
+    if len(lhs_contract) == 1 and len(lhs_free) == 1 and len(rhs_free) == 1:
+        # [batch..., M, K] x [batch..., K, N] -> [batch..., M, N], dot_general's own output order.
+        lhs = g.node("Transpose", [ins[0]], perm=[*lhs_batch, *lhs_free, *lhs_contract])
+        rhs = g.node("Transpose", [ins[1]], perm=[*rhs_batch, *rhs_contract, *rhs_free])
+        return g.node("MatMul", [lhs, rhs])
+    return g.node("Einsum", ins, equation=_einsum_equation(lhs_rank, rhs_rank, dimension_numbers))
 
 
 def _gather(g: _Graph, eqn, ins, in_avals) -> str:
