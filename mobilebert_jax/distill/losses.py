@@ -1,0 +1,80 @@
+"""Distillation objectives (REFERENCE section 3) as additive sums over tokens.
+
+Every function returns a sum over the positions it scores, never a mean: the
+step divides by the whole batch's count, so gradient accumulation over
+microbatches equals the big-batch step (see `train/step.py`). Per-token
+quantities that TF1 averages over a feature or head axis are averaged over
+that axis here, so a layer's sums all divide by the same token count.
+
+`token_weights_BxT` selects the scored positions: the attention mask to leave
+padding out (this project's default), or all ones for TF1, which averaged
+over every position of the padded batch.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+# TF1's parameter-free layer norm (tf.contrib.layers.layer_norm) used this epsilon.
+FEATURE_NORM_EPS = 1e-12
+
+
+def parameter_free_layer_norm(x_BxTxH: jax.Array, eps: float = FEATURE_NORM_EPS) -> jax.Array:
+    """(x - mean) / sqrt(var + eps) over the last axis, with no scale or offset."""
+    mean = jnp.mean(x_BxTxH, axis=-1, keepdims=True)
+    var = jnp.mean(jnp.square(x_BxTxH - mean), axis=-1, keepdims=True)
+    return (x_BxTxH - mean) * jax.lax.rsqrt(var + eps)
+
+
+def feature_map_sum(student_BxTxH: jax.Array, teacher_BxTxH: jax.Array, token_weights_BxT: jax.Array) -> jax.Array:
+    """FMT: sum over scored tokens of mean_d (LN(H^T) - LN(H^S))^2; divide by the token count."""
+    s = parameter_free_layer_norm(student_BxTxH.astype(jnp.float32))
+    t = parameter_free_layer_norm(jax.lax.stop_gradient(teacher_BxTxH).astype(jnp.float32))
+    per_token_BxT = jnp.mean(jnp.square(t - s), axis=-1)
+    return jnp.sum(per_token_BxT * token_weights_BxT)
+
+
+def mean_variance_sums(student_BxTxH: jax.Array, teacher_BxTxH: jax.Array,
+                       token_weights_BxT: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """Mean and variance transfer, layer to layer: sums over scored tokens of
+    (mu^T - mu^S)^2 and |var^T - var^S|, the statistics taken per token over the
+    hidden axis of the raw (unnormalized) features."""
+    s = student_BxTxH.astype(jnp.float32)
+    t = jax.lax.stop_gradient(teacher_BxTxH).astype(jnp.float32)
+    mu_s, mu_t = jnp.mean(s, axis=-1), jnp.mean(t, axis=-1)
+    var_s = jnp.mean(jnp.square(s - mu_s[..., None]), axis=-1)
+    var_t = jnp.mean(jnp.square(t - mu_t[..., None]), axis=-1)
+    w = token_weights_BxT
+    return jnp.sum(jnp.square(mu_t - mu_s) * w), jnp.sum(jnp.abs(var_t - var_s) * w)
+
+
+def attention_sum(student_scores_BxNxTxT: jax.Array, teacher_scores_BxNxTxT: jax.Array,
+                  token_weights_BxT: jax.Array) -> jax.Array:
+    """AT: sum over scored queries of mean over heads of KL(P^T || P^S) over the keys.
+
+    P = softmax of the masked pre-softmax scores s' (the model's output), so
+    the key mask is whatever the model's mask mode did to them. TF1 minimizes
+    the cross-entropy -sum P^T log P^S, which is this KL plus the teacher's
+    entropy: the same gradient, but a KL is 0 when the maps agree.
+    """
+    log_p_s = jax.nn.log_softmax(student_scores_BxNxTxT.astype(jnp.float32), axis=-1)
+    log_p_t = jax.nn.log_softmax(jax.lax.stop_gradient(teacher_scores_BxNxTxT).astype(jnp.float32), axis=-1)
+    p_t = jnp.exp(log_p_t)
+    # Keys the additive mask drove to probability 0 contribute 0 (not 0 * -inf).
+    kl_BxNxT = jnp.sum(jnp.where(p_t > 0, p_t * (log_p_t - log_p_s), 0.0), axis=-1)
+    per_query_BxT = jnp.mean(kl_BxNxT, axis=1)
+    return jnp.sum(per_query_BxT * token_weights_BxT)
+
+
+def distillation_mlm_sum(student_logits_BxPxV: jax.Array, teacher_logits_BxPxV: jax.Array, ids_BxP: jax.Array,
+                         weights_BxP: jax.Array, alpha: float, temperature: float) -> jax.Array:
+    """PD's masked-LM term: weighted sum of the cross-entropy of the student's
+    softmax against y = alpha * onehot(id) + (1 - alpha) * softmax(z^T / tau)."""
+    log_p_s = jax.nn.log_softmax(student_logits_BxPxV.astype(jnp.float32), axis=-1)
+    hard_BxP = -jnp.take_along_axis(log_p_s, ids_BxP[..., None].astype(jnp.int32), axis=-1)[..., 0]
+    xent_BxP = alpha * hard_BxP
+    if alpha < 1.0:
+        q_t = jax.nn.softmax(jax.lax.stop_gradient(teacher_logits_BxPxV).astype(jnp.float32) / temperature, axis=-1)
+        xent_BxP = xent_BxP + (1.0 - alpha) * -jnp.sum(q_t * log_p_s, axis=-1)
+    return jnp.sum(xent_BxP * weights_BxP.astype(jnp.float32))
