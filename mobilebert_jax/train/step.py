@@ -84,11 +84,13 @@ def make_train_step(
     microbatches: int = 1,
     dropout_seed: int = 0,
     uses_context: bool = False,
+    step_metrics_fn: Callable[[jax.Array], dict] | None = None,
 ) -> Callable[..., tuple[TrainState, dict]]:
     """Builds `step(state, batch, frozen=None) -> (state, metrics)`; jit it with shardings and donate the state.
 
     Gradients are taken with respect to `state.params` only: `frozen` enters
     the objective as a constant, so it gets no gradient and no optimizer state.
+    `step_metrics_fn(step)` adds scalars that depend on the step alone.
     """
 
     def grads_and_sums(params, batch, rng, totals, context):
@@ -125,6 +127,8 @@ def make_train_step(
         metrics["param_norm"] = optax.tree.norm(params)
         if learning_rate_fn is not None:
             metrics["learning_rate"] = learning_rate_fn(state.step)
+        if step_metrics_fn is not None:
+            metrics.update(step_metrics_fn(state.step))
         return TrainState(step=state.step + 1, params=params, opt_state=opt_state), metrics
 
     return step

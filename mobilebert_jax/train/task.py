@@ -54,3 +54,13 @@ class Task:
     # is loaded again from its own source on resume.
     frozen_abstract: Any = None
     load_frozen: Optional[Callable[[Any], Any]] = None
+    # Called once on a fresh start (never on resume) with the initialized
+    # parameters, the frozen tree (or None) and the parameters' shardings;
+    # returns the parameters to start from, placed with those shardings (a
+    # student taking the teacher's embeddings, or the student an earlier stage
+    # produced). The optimizer state is then initialized from the result.
+    initial_params: Optional[Callable[[Any, Any, Any], Any]] = None
+    # step -> extra scalars computed inside the jitted train step and logged
+    # with its metrics (a distillation run's stage, its per-layer learning-rate
+    # multipliers).
+    step_metrics_fn: Optional[Callable[[jax.Array], dict]] = None

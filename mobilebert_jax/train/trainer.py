@@ -71,22 +71,26 @@ def train(config: ml_collections.ConfigDict, workdir: str, build_task: TaskBuild
     ckpt = checkpointing.Checkpointer.from_config(os.path.join(workdir, "checkpoints"), config.checkpoint,
                                                   config=config)
     with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
+        frozen, frozen_shardings = None, None
+        if task.frozen_abstract is not None:
+            frozen_shardings = partitioning.logical_shardings(task.frozen_abstract, mesh, rules)
+            frozen = task.load_frozen(frozen_shardings)
+
         latest = ckpt.latest_step()
         if latest is not None:
             state = ckpt.restore(partitioning.with_shardings(abstract, shardings), data_iterator=task.train_iterator)
             _log(f"resumed from step {int(state.step)} (checkpoints in {os.path.join(workdir, 'checkpoints')})")
         else:
             state = jax.jit(lambda k: nn.meta.unbox(init_state(k)), out_shardings=shardings)(rng)
-
-        frozen, frozen_shardings = None, None
-        if task.frozen_abstract is not None:
-            frozen_shardings = partitioning.logical_shardings(task.frozen_abstract, mesh, rules)
-            frozen = task.load_frozen(frozen_shardings)
+            if task.initial_params is not None:
+                params = task.initial_params(state.params, frozen, shardings.params)
+                opt_state = jax.jit(tx.init, out_shardings=shardings.opt_state)(params)
+                state = step_lib.TrainState(step=state.step, params=params, opt_state=opt_state)
         train_step = jax.jit(
             step_lib.make_train_step(task.make_sums_fn(False), tx, totals_fn=task.totals_fn, loss_fn=task.loss_fn,
                                      summarize_fn=task.summarize_fn, learning_rate_fn=learning_rate,
                                      microbatches=config.microbatches, dropout_seed=config.seed,
-                                     uses_context=task.uses_context),
+                                     uses_context=task.uses_context, step_metrics_fn=task.step_metrics_fn),
             in_shardings=(shardings, batch_sharding, frozen_shardings), out_shardings=(shardings, replicated),
             donate_argnums=0)
         eval_step = jax.jit(step_lib.make_eval_step(task.make_sums_fn(True), uses_context=task.uses_context),
