@@ -12,7 +12,7 @@ import sys
 import jax
 from absl import app, flags
 
-from mobilebert_jax import experiment_config
+from mobilebert_jax import experiment_config, multihost
 from mobilebert_jax.config import ConfigError
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -21,10 +21,10 @@ DEFAULT_WORKDIR = os.path.join("runs", "teacher_smoke")
 
 flags.DEFINE_string("workdir", None, "where checkpoints, logs and the resolved config go (default: "
                                      f"{DEFAULT_WORKDIR} for the embedded default)")
-flags.DEFINE_string("coordinator_address", None, "multi-process CPU/GPU clusters: host:port of process 0 "
-                                                 "(TPU pods find it themselves)")
-flags.DEFINE_integer("num_processes", None, "multi-process clusters: how many processes")
-flags.DEFINE_integer("process_id", None, "multi-process clusters: this process's index")
+flags.DEFINE_string("coordinator_address", None, "multi-process CPU/GPU clusters: host:port of process 0, or "
+                                                 "$JAX_COORDINATOR_ADDRESS (Cloud TPU VMs find it themselves)")
+flags.DEFINE_integer("num_processes", None, "multi-process clusters: how many processes, or $JAX_NUM_PROCESSES")
+flags.DEFINE_integer("process_id", None, "multi-process clusters: this process's index, or $JAX_PROCESS_ID")
 FLAGS = flags.FLAGS
 
 STAGES = {
@@ -34,7 +34,7 @@ STAGES = {
 }
 
 
-def _task_builder(stage: str):
+def task_builder(stage: str):
     if stage not in STAGES:
         raise ConfigError(f"config.stage={stage!r}: choose one of {sorted(STAGES)}")
     module, name = STAGES[stage].split(":")
@@ -49,14 +49,20 @@ def _parse(argv: list[str]):
 
 def main(parsed) -> None:
     config, _ = parsed
-    if FLAGS.coordinator_address or FLAGS.num_processes:
-        jax.distributed.initialize(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
+    try:
+        # Before anything touches a JAX backend; on a Cloud TPU VM this happens without any flag.
+        how = multihost.initialize(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
+    except ConfigError as e:
+        print(f"FATAL config error: {e}", file=sys.stderr)
+        sys.exit(1)
+    if jax.process_index() == 0 and jax.process_count() > 1:
+        print(f"distributed: {how}", flush=True)
     workdir = FLAGS.workdir or DEFAULT_WORKDIR
     from mobilebert_jax.data.errors import DataError
     from mobilebert_jax.train.trainer import train
 
     try:
-        train(config, workdir, _task_builder(config.stage))
+        train(config, workdir, task_builder(config.stage))
     except ConfigError as e:
         print(f"FATAL config error: {e}", file=sys.stderr)
         sys.exit(1)
