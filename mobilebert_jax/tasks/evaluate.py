@@ -131,15 +131,14 @@ def evaluate_run(workdir: str, step: Optional[int] = None, batch_size: int = 64)
     return report
 
 
-flags.DEFINE_string("workdir", None, "the fine-tuning run's workdir", required=True)
-flags.DEFINE_integer("step", None, "checkpoint step (default: latest)")
-flags.DEFINE_integer("batch_size", 64, "evaluation batch size")
-
-
 def main(argv) -> None:
     del argv
     print(json.dumps(evaluate_run(flags.FLAGS.workdir, flags.FLAGS.step, flags.FLAGS.batch_size), indent=2))
 
 
 if __name__ == "__main__":
+    # Defined here, not at import: the quantization and export commands import this module with flags of their own.
+    flags.DEFINE_string("workdir", None, "the fine-tuning run's workdir", required=True)
+    flags.DEFINE_integer("step", None, "checkpoint step (default: latest)")
+    flags.DEFINE_integer("batch_size", 64, "evaluation batch size")
     app.run(main)
