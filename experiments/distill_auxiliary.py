@@ -1,0 +1,16 @@
+r"""Auxiliary knowledge transfer (REFERENCE section 4): every layer's transfer loss and pretraining distillation
+summed in one stage of 740K steps (the transfer and PD budgets together); the student starts from the teacher's
+embeddings and heads and trains everything. Warm-up over 10K steps to 1.5e-3, linear decay to 1.5e-7.
+
+    python -m mobilebert_jax.main --config=experiments/distill_auxiliary.py --workdir=... --config.distill.teacher=...
+    python -m mobilebert_jax.main --config=experiments/distill_auxiliary.py:smoke --workdir=runs/distill_auxiliary_smoke
+
+Every field can be overridden (--config.distill.weights.attention=0, --config.distill.layer_map='(1, 3, 5)', ...);
+the fields are described in mobilebert_jax/distill/config.py, the shared settings in mobilebert_jax/distill/experiment.py.
+"""
+
+from mobilebert_jax.distill import experiment
+
+
+def get_config(arg=None):
+    return experiment.get_config("auxiliary", arg)

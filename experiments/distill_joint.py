@@ -1,0 +1,17 @@
+r"""Joint knowledge transfer (REFERENCE section 4): every layer's transfer loss at once for the 240K transfer steps,
+embeddings and heads copied from the teacher and frozen; then PD (experiments/distill_pd.py with
+--config.distill.student_init=THIS_WORKDIR). The learning rate warms up over 10K steps to 1.5e-3 and decays linearly to
+1.5e-7 (the PD recipe; REFERENCE gives none for this stage).
+
+    python -m mobilebert_jax.main --config=experiments/distill_joint.py --workdir=... --config.distill.teacher=...
+    python -m mobilebert_jax.main --config=experiments/distill_joint.py:smoke --workdir=runs/distill_joint_smoke
+
+Every field can be overridden (--config.distill.weights.attention=0, --config.distill.layer_map='(1, 3, 5)', ...);
+the fields are described in mobilebert_jax/distill/config.py, the shared settings in mobilebert_jax/distill/experiment.py.
+"""
+
+from mobilebert_jax.distill import experiment
+
+
+def get_config(arg=None):
+    return experiment.get_config("joint", arg)

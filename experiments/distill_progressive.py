@@ -1,0 +1,28 @@
+r"""Progressive knowledge transfer (REFERENCE section 4): 24 stages of 10K steps; stage l trains layer l on its
+transfer loss only, TF1's learning-rate multipliers (3 * bg(t) at layer l, a tenth of that below, 0 above), embeddings and
+heads copied from the teacher and frozen. Then run experiments/distill_pd.py with --config.distill.student_init=THIS_WORKDIR.
+
+Paper scale (batch 2048 x 512, LAMB 1.5e-3, 240K steps):
+
+    python -m mobilebert_jax.main --config=experiments/distill_progressive.py --workdir=gs://BUCKET/distill_progressive \
+        --config.distill.teacher=gs://BUCKET/teacher --config.data.corpus=... --config.data.tokenizer=...
+
+One stage at a time (each command continues the same workdir and stops at the end of stage l, 0-based):
+
+    python -m mobilebert_jax.main --config=experiments/distill_progressive.py --workdir=... --config.distill.last_stage=l
+
+Lower layers frozen instead of at a tenth of the rate: --config.distill.lower_layer_multiplier=0.
+
+Smoke (after the teacher smoke run, which writes runs/teacher_smoke):
+
+    python -m mobilebert_jax.main --config=experiments/distill_progressive.py:smoke --workdir=runs/distill_progressive_smoke
+
+Every field can be overridden (--config.distill.weights.attention=0, --config.distill.layer_map='(1, 3, 5)', ...);
+the fields are described in mobilebert_jax/distill/config.py, the shared settings in mobilebert_jax/distill/experiment.py.
+"""
+
+from mobilebert_jax.distill import experiment
+
+
+def get_config(arg=None):
+    return experiment.get_config("progressive", arg)

@@ -1,0 +1,123 @@
+"""The `config.distill` section: what a distillation stage optimizes, and the reader that checks it.
+
+Fields (defaults are REFERENCE section 3 and 4):
+  strategy          progressive | joint | auxiliary | pd (see strategies.py)
+  teacher           the teacher's parameters: a trainer workdir (its latest checkpoint), one checkpoint
+                    step directory (WORKDIR/checkpoints/N), or a config.json + params.safetensors
+                    directory (convert/native.py, e.g. an imported checkpoint)
+  student_init      "" = a fresh student (random encoder; see copy_from_teacher); else a path of the
+                    same kinds holding the student to start from (PD after a transfer stage)
+  copy_from_teacher a fresh student gets the teacher's embeddings (not the embedding norm: the teacher
+                    has LayerNorm, the student NoNorm) and pretraining heads
+  stage_steps       progressive: steps per stage (stage l = step // stage_steps trains layer l)
+  last_stage        progressive: the run ends with this stage (0-based); total_steps follows from it,
+                    so `--config.distill.last_stage=l` runs one stage at a time in the same workdir
+  lower_layer_multiplier  progressive: learning-rate factor of the layers below the current stage
+                    (TF1: 0.1 of the current layer's; 0 freezes them)
+  layer_map         teacher layer (0-based) each student layer learns from; () = the same layer
+                    when the depths match, else spread evenly (student layer i -> ceil((i+1) Lt/Ls) - 1)
+  include_padding   False: padded positions are left out of the layer losses; True: TF1's means over
+                    every position of the padded batch
+  student_dropout   TF1 runs the student without dropout during distillation (False)
+  alpha, temperature  PD's target: alpha * onehot + (1 - alpha) * softmax(teacher logits / temperature)
+  weights           feature_map, mean, variance, attention (per layer), mlm (PD), nsp
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import ml_collections
+
+from mobilebert_jax.config import ConfigError
+from mobilebert_jax.optim import config as cfg_lib
+
+STRATEGIES = ("progressive", "joint", "auxiliary", "pd")
+WEIGHT_NAMES = ("feature_map", "mean", "variance", "attention", "mlm", "nsp")
+LAYER_WEIGHTS = ("feature_map", "mean", "variance", "attention")
+FIELDS = ("strategy", "teacher", "student_init", "copy_from_teacher", "stage_steps", "last_stage",
+          "lower_layer_multiplier", "layer_map", "include_padding", "student_dropout", "alpha", "temperature",
+          "weights")
+
+
+def default_config(strategy: str = "progressive") -> ml_collections.ConfigDict:
+    if strategy not in STRATEGIES:
+        raise ConfigError(f"config.distill.strategy={strategy!r}: choose one of {list(STRATEGIES)}")
+    return ml_collections.ConfigDict(dict(
+        strategy=strategy,
+        teacher="",
+        student_init="",
+        copy_from_teacher=True,
+        stage_steps=10_000,
+        last_stage=ml_collections.config_dict.placeholder(int),
+        lower_layer_multiplier=0.1,
+        layer_map=(),
+        include_padding=False,
+        student_dropout=False,
+        alpha=0.5,
+        temperature=1.0,
+        weights=dict(feature_map=100.0, mean=5000.0, variance=5.0, attention=1.0, mlm=1.0, nsp=1.0),
+    ))
+
+
+@dataclasses.dataclass(frozen=True)
+class DistillConfig:
+    strategy: str
+    teacher: str
+    student_init: str
+    copy_from_teacher: bool
+    stage_steps: int
+    last_stage: int | None
+    lower_layer_multiplier: float
+    layer_map: tuple[int, ...]
+    include_padding: bool
+    student_dropout: bool
+    alpha: float
+    temperature: float
+    weights: dict[str, float]
+
+    @property
+    def layer_losses(self) -> bool:
+        """Whether any per-layer transfer loss is computed (and with a non-zero weight)."""
+        return self.strategy != "pd" and any(self.weights[k] > 0 for k in LAYER_WEIGHTS)
+
+    @property
+    def pd(self) -> bool:
+        return self.strategy in ("auxiliary", "pd")
+
+
+def read(cfg: Any, where: str = "config.distill") -> DistillConfig:
+    """`config.distill` checked field by field; errors name the field."""
+    d = cfg_lib.read(cfg, FIELDS, where, default_config().to_dict())
+    if d["strategy"] not in STRATEGIES:
+        raise ConfigError(f"{where}.strategy={d['strategy']!r}: choose one of {list(STRATEGIES)}")
+    for field in ("teacher", "student_init"):
+        if not isinstance(d[field], str):
+            raise ConfigError(f"{where}.{field}={d[field]!r}: must be a path string")
+    if not d["teacher"]:
+        raise ConfigError(f"{where}.teacher is required: a teacher workdir, checkpoint step directory or "
+                          f"params directory")
+    for field in ("copy_from_teacher", "include_padding", "student_dropout"):
+        if not isinstance(d[field], bool):
+            raise ConfigError(f"{where}.{field}={d[field]!r}: must be true or false")
+    stage_steps = cfg_lib.step_count(d["stage_steps"], f"{where}.stage_steps", allow_zero=False)
+    last_stage = d["last_stage"]
+    if last_stage is not None:
+        last_stage = cfg_lib.step_count(last_stage, f"{where}.last_stage")
+    lower = cfg_lib.positive_number(d["lower_layer_multiplier"], f"{where}.lower_layer_multiplier", allow_zero=True)
+    layer_map = d["layer_map"]
+    if isinstance(layer_map, (str, bytes)) or not isinstance(layer_map, (list, tuple)) or not all(
+            isinstance(i, int) and not isinstance(i, bool) for i in layer_map):
+        raise ConfigError(f"{where}.layer_map={layer_map!r}: must be a list of teacher layer indices")
+    alpha = cfg_lib.positive_number(d["alpha"], f"{where}.alpha", allow_zero=True)
+    if alpha > 1:
+        raise ConfigError(f"{where}.alpha={alpha!r}: must be in [0, 1]")
+    temperature = cfg_lib.positive_number(d["temperature"], f"{where}.temperature")
+    weights = cfg_lib.read(d["weights"], WEIGHT_NAMES, f"{where}.weights", default_config().weights.to_dict())
+    weights = {k: cfg_lib.positive_number(v, f"{where}.weights.{k}", allow_zero=True) for k, v in weights.items()}
+    return DistillConfig(strategy=d["strategy"], teacher=d["teacher"], student_init=d["student_init"],
+                         copy_from_teacher=d["copy_from_teacher"], stage_steps=stage_steps, last_stage=last_stage,
+                         lower_layer_multiplier=lower, layer_map=tuple(layer_map),
+                         include_padding=d["include_padding"], student_dropout=d["student_dropout"], alpha=alpha,
+                         temperature=temperature, weights=weights)

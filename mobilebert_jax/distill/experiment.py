@@ -1,0 +1,123 @@
+"""What the four distillation experiment files share: the paper's settings, and the `:smoke` scale.
+
+Paper (REFERENCE sections 3-5): MobileBERT student, IB-BERT_LARGE teacher, LAMB at
+1.5e-3, global batch 2048 x 512 tokens, at most 20 masked predictions per
+sequence, 24 x 10K progressive steps (240K) then 500K PD steps (740K).
+
+Smoke: the teacher of `experiments/teacher_ib_bert_large.py:smoke` (read from
+that file, so the two stay in step) and a MobileBERT-shaped student of the
+same inter-block width on the embedded corpus, a few minutes on 2 CPU cores.
+"""
+
+from __future__ import annotations
+
+import os
+
+import ml_collections
+
+from mobilebert_jax import checkpointing, optim
+from mobilebert_jax.config import get_preset
+from mobilebert_jax.data.config import default_data_config
+from mobilebert_jax.distill import config as distill_config
+from mobilebert_jax.distill import strategies
+
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+TEACHER_EXPERIMENT = os.path.join(REPO_ROOT, "experiments", "teacher_ib_bert_large.py")
+
+PAPER_STAGE_STEPS = 10_000  # x 24 layers = 240K transfer steps
+PAPER_TRANSFER_STEPS = 240_000
+PAPER_PD_STEPS = 500_000
+PAPER_WARMUP_STEPS = 10_000
+SMOKE_STAGE_STEPS = 50
+SMOKE_PD_STEPS = 200
+# Default workdirs the smoke commands chain through.
+SMOKE_TEACHER_WORKDIR = os.path.join("runs", "teacher_smoke")
+SMOKE_WORKDIRS = {s: os.path.join("runs", f"distill_{s}_smoke") for s in distill_config.STRATEGIES}
+
+
+def smoke_teacher_model() -> ml_collections.ConfigDict:
+    from mobilebert_jax.experiment_config import load_experiment
+
+    return ml_collections.ConfigDict(load_experiment(TEACHER_EXPERIMENT + ":smoke").model.to_dict())
+
+
+def smoke_student_model(teacher: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+    """MobileBERT's structure (bottlenecks, shared Q/K input, 4 FFNs, NoNorm, relu) at the teacher's widths."""
+    student = get_preset("mobilebert", vocab_size=teacher.vocab_size, hidden_size=teacher.hidden_size,
+                         embedding_size=teacher.embedding_size, max_position_embeddings=teacher.max_position_embeddings,
+                         num_hidden_layers=teacher.num_hidden_layers, num_attention_heads=teacher.num_attention_heads,
+                         intra_bottleneck_size=teacher.hidden_size // 4, intermediate_size=teacher.hidden_size)
+    return ml_collections.ConfigDict(student.to_dict())
+
+
+def _pd_schedule(c: ml_collections.ConfigDict, warmup: int) -> None:
+    """Warm up to lr, then decay linearly to lr / 1e4 at total_steps (the PD recipe)."""
+    c.optimizer.schedule.kind = "warmup_linear_decay"
+    c.optimizer.schedule.warmup_steps = warmup
+    c.optimizer.schedule.total_steps = c.get_ref("total_steps")
+    c.optimizer.schedule.end_lr = c.optimizer.get_ref("lr") * 1e-4
+
+
+def get_config(strategy: str, arg: str | None) -> ml_collections.ConfigDict:
+    if arg not in (None, "", "smoke"):
+        raise ValueError(f"distillation experiment files take no argument or ':smoke', got {arg!r}")
+    smoke = arg == "smoke"
+    c = ml_collections.ConfigDict()
+    c.stage = "distillation"
+    c.seed = 0
+    c.microbatches = 1
+    c.log_every = 100
+    if smoke:
+        c.model_preset = "mobilebert_smoke"
+        c.teacher_model = smoke_teacher_model()
+        c.model = smoke_student_model(c.teacher_model)
+    else:
+        c.model_preset = "mobilebert"
+        c.teacher_model = ml_collections.ConfigDict(get_preset("ib_bert_large", dtype="bfloat16").to_dict())
+        c.model = ml_collections.ConfigDict(get_preset("mobilebert", dtype="bfloat16", remat=True).to_dict())
+
+    c.distill = distill_config.default_config(strategy)
+    c.distill.teacher = SMOKE_TEACHER_WORKDIR if smoke else ""
+    c.distill.stage_steps = SMOKE_STAGE_STEPS if smoke else PAPER_STAGE_STEPS
+    if strategy == "pd":
+        c.distill.student_init = SMOKE_WORKDIRS["progressive"] if smoke else ""
+
+    c.data = default_data_config()
+    c.data.max_seq_length = 512
+    c.data.max_predictions_per_seq = 20
+    c.batch_size = 2048
+    c.optimizer = optim.default_config("lamb")
+    c.optimizer.lr = 1.5e-3
+
+    num_layers = c.model.num_hidden_layers
+    transfer_steps = num_layers * c.distill.stage_steps if smoke else PAPER_TRANSFER_STEPS
+    pd_steps = SMOKE_PD_STEPS if smoke else PAPER_PD_STEPS
+    if strategy == "progressive":
+        c.distill.last_stage = num_layers - 1
+        c.total_steps = (c.distill.get_ref("last_stage") + 1) * c.distill.get_ref("stage_steps")
+        # The per-stage warm-up lives in the layer multipliers (3 * bg(t)); the base rate is constant.
+    else:
+        c.total_steps = {"joint": transfer_steps, "auxiliary": transfer_steps + pd_steps, "pd": pd_steps}[strategy]
+        _pd_schedule(c, warmup=max(1, c.total_steps // 50) if smoke else PAPER_WARMUP_STEPS)
+    strategies.optimizer_settings(c, strategy, num_layers)
+
+    c.mesh = ml_collections.ConfigDict(dict(shape=(-1, 1, 1)))
+    c.checkpoint = checkpointing.default_config()
+    c.checkpoint.every_steps = 5_000
+    c.checkpoint.keep_last = 3
+    c.eval = ml_collections.ConfigDict(dict(every_steps=c.distill.stage_steps if not smoke else 50,
+                                            batch_size=256, num_batches=20))
+    c.profile = ml_collections.ConfigDict(dict(start_step=-1, num_steps=0))
+
+    if smoke:
+        c.batch_size = 16
+        c.log_every = 10
+        c.data.corpus = "builtin:python_docs"
+        c.data.tokenizer = "builtin:python_docs_sentencepiece"
+        c.data.max_seq_length = 128
+        c.data.num_shards = 4
+        c.optimizer.lr = 2e-3
+        c.checkpoint.every_steps = 50
+        c.eval.batch_size = 32
+        c.eval.num_batches = 4
+    return c

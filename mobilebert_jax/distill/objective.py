@@ -1,0 +1,134 @@
+"""The distillation objective as additive sums: one student forward, one frozen teacher forward, per step.
+
+Sums (added over microbatches, divided by whole-batch totals in `loss`):
+  tokens                         scored positions (the layer losses' denominator)
+  layer_{i}/{component}          component in feature_map, mean, variance, attention; already
+                                 multiplied by layer i's gate at this step (0 outside its stage)
+  pd_mlm_sum                     PD's soft-target masked-LM cross-entropy (weighted)
+  mlm_*, nsp_*                   hard-label MLM / NSP sums (train/losses.py), whenever the heads run
+The heads run when PD is on, and always in evaluation (so a transfer stage
+reports the held-out MLM accuracy of the student under the teacher's heads).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+
+from mobilebert_jax.distill import losses as distill_losses
+from mobilebert_jax.distill import strategies
+from mobilebert_jax.distill.config import LAYER_WEIGHTS, DistillConfig
+from mobilebert_jax.modeling import MobileBertForPreTraining, MobileBertModel
+from mobilebert_jax.train import losses as train_losses
+from mobilebert_jax.train.step import Batch, StepContext, Sums, SumsFn
+
+
+@dataclasses.dataclass(frozen=True)
+class Objective:
+    distill: DistillConfig
+    num_layers: int  # the student's
+    layer_map: tuple[int, ...]  # teacher layer per student layer (empty without layer losses)
+
+    @property
+    def components(self) -> tuple[str, ...]:
+        """The per-layer losses with a non-zero weight (nothing is computed for the others)."""
+        if not self.distill.layer_losses:
+            return ()
+        return tuple(k for k in LAYER_WEIGHTS if self.distill.weights[k] > 0)
+
+    def token_weights(self, batch: Batch) -> jax.Array:
+        mask = batch["input_mask"].astype(jnp.float32)
+        return jnp.ones_like(mask) if self.distill.include_padding else mask
+
+    def make_sums_fn(self, student: MobileBertForPreTraining, teacher: MobileBertForPreTraining,
+                     evaluation: bool) -> SumsFn:
+        d = self.distill
+        heads = d.pd or evaluation
+        teacher_logits = d.pd and d.alpha < 1.0
+        layers = bool(self.components)
+        attention = "attention" in self.components
+        student_deterministic = evaluation or not d.student_dropout
+
+        def forward(model, params, batch, with_heads, deterministic, rng):
+            kwargs = dict(attention_mask=batch["input_mask"], token_type_ids=batch["segment_ids"],
+                          deterministic=deterministic, output_hidden_states=layers,
+                          output_attention_scores=attention, rngs=None if deterministic else {"dropout": rng})
+            if with_heads:
+                return model.apply({"params": params}, batch["input_ids"],
+                                   masked_lm_positions=batch["masked_lm_positions"], **kwargs)
+            # Transfer-only training needs no heads: run the backbone on its own subtree.
+            backbone = MobileBertModel(model.config, add_pooling_layer=model.config.classifier_activation)
+            return backbone.apply({"params": params["mobilebert"]}, batch["input_ids"], **kwargs)
+
+        def sums_fn(params, batch: Batch, rng: jax.Array, context: StepContext) -> Sums:
+            s = forward(student, params, batch, heads, student_deterministic, rng)
+            t = jax.lax.stop_gradient(forward(teacher, context.frozen, batch, teacher_logits, True, None)) \
+                if (layers or teacher_logits) else None
+            w_BxT = self.token_weights(batch)
+            sums: Sums = {"tokens": jnp.sum(w_BxT)}
+            if layers:
+                gates = strategies.layer_gates(d.strategy, context.step, self.num_layers, d.stage_steps)
+                for i, j in enumerate(self.layer_map):
+                    hs, ht = s["hidden_states"][i + 1], t["hidden_states"][j + 1]
+                    if "feature_map" in self.components:
+                        sums[f"layer_{i}/feature_map"] = gates[i] * distill_losses.feature_map_sum(hs, ht, w_BxT)
+                    if "mean" in self.components or "variance" in self.components:
+                        mean, var = distill_losses.mean_variance_sums(hs, ht, w_BxT)
+                        if "mean" in self.components:
+                            sums[f"layer_{i}/mean"] = gates[i] * mean
+                        if "variance" in self.components:
+                            sums[f"layer_{i}/variance"] = gates[i] * var
+                    if attention:
+                        sums[f"layer_{i}/attention"] = gates[i] * distill_losses.attention_sum(
+                            s["attention_scores"][i], t["attention_scores"][j], w_BxT)
+            if heads:
+                sums.update(train_losses.masked_lm_sums(s["mlm_logits"], batch["masked_lm_ids"],
+                                                        batch["masked_lm_weights"]))
+                sums.update(train_losses.nsp_sums(s["nsp_logits"], batch["next_sentence_labels"]))
+            if d.pd:
+                sums["pd_mlm_sum"] = distill_losses.distillation_mlm_sum(
+                    s["mlm_logits"], t["mlm_logits"] if teacher_logits else s["mlm_logits"], batch["masked_lm_ids"],
+                    batch["masked_lm_weights"], d.alpha, d.temperature)
+            return sums
+
+        return sums_fn
+
+    def totals(self, batch: Batch) -> dict[str, jax.Array]:
+        return {"tokens": jnp.maximum(jnp.sum(self.token_weights(batch)), 1.0),
+                "mlm": jnp.sum(batch["masked_lm_weights"].astype(jnp.float32)) + train_losses.MLM_DENOMINATOR_EPS,
+                "nsp": jnp.asarray(batch["next_sentence_labels"].shape[0], jnp.float32)}
+
+    def loss(self, sums: Sums, totals: dict[str, jax.Array]) -> jax.Array:
+        w = self.distill.weights
+        total = jnp.zeros((), jnp.float32)
+        for i in range(self.num_layers):
+            for k in self.components:
+                total = total + w[k] * sums[f"layer_{i}/{k}"] / totals["tokens"]
+        if self.distill.pd:
+            total = total + w["mlm"] * sums["pd_mlm_sum"] / totals["mlm"] + w["nsp"] * sums["nsp_loss_sum"] / totals["nsp"]
+        return total
+
+    def summarize(self, sums: Sums) -> dict[str, jax.Array]:
+        w = self.distill.weights
+        out: dict[str, jax.Array] = {}
+        if self.components:
+            tokens = jnp.maximum(sums["tokens"], 1.0)
+            transfer = jnp.zeros((), jnp.float32)
+            for i in range(self.num_layers):
+                layer = jnp.zeros((), jnp.float32)
+                for k in self.components:
+                    out[f"layer_{i}/{k}"] = sums[f"layer_{i}/{k}"] / tokens
+                    layer = layer + w[k] * out[f"layer_{i}/{k}"]
+                out[f"layer_{i}/loss"] = layer
+                transfer = transfer + layer
+            out["transfer_loss"] = transfer
+        loss = out.get("transfer_loss", jnp.zeros((), jnp.float32))
+        if "mlm_weight_sum" in sums:
+            out.update({k: v for k, v in train_losses.summarize(sums).items() if k != "loss"})
+        if self.distill.pd:
+            out["pd_mlm_loss"] = sums["pd_mlm_sum"] / (sums["mlm_weight_sum"] + train_losses.MLM_DENOMINATOR_EPS)
+            loss = loss + w["mlm"] * out["pd_mlm_loss"] + w["nsp"] * out["nsp_loss"]
+        out["loss"] = loss
+        return out

@@ -1,0 +1,207 @@
+"""The distillation stage as a Task for the generic trainer.
+
+The teacher is the trainer's frozen tree: loaded from its checkpoint with its
+own shardings, passed to the jitted step as an argument, run without
+dropout, never differentiated and never given optimizer state. The student
+is the trained parameter tree; a fresh student takes the teacher's
+embeddings and heads (strategies.COPIED_FROM_TEACHER), a later stage starts
+from the student an earlier one produced (`config.distill.student_init`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from typing import Callable, Iterator, Optional
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+from flax import traverse_util
+
+from mobilebert_jax import flops, partitioning
+from mobilebert_jax.config import ConfigError, MobileBertConfig
+from mobilebert_jax.distill import config as distill_config
+from mobilebert_jax.distill import layers, sources, strategies
+from mobilebert_jax.distill.objective import Objective
+from mobilebert_jax.modeling import MobileBertForPreTraining
+from mobilebert_jax.optim import builder as optim_builder
+from mobilebert_jax.optim import multipliers, paths
+from mobilebert_jax.train.pretraining import prepared_data_config
+from mobilebert_jax.train.task import StatefulIterator, Task
+
+
+def teacher_config(config: ml_collections.ConfigDict) -> MobileBertConfig:
+    if "teacher_model" not in config:
+        raise ConfigError("config.teacher_model is required: the teacher's MobileBertConfig fields")
+    return MobileBertConfig.from_dict(config.teacher_model.to_dict())
+
+
+def _abstract_params(model: MobileBertForPreTraining, seq_len: int):
+    """Boxed abstract parameters (logical axis names kept, for shardings)."""
+    return jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros((1, seq_len), jnp.int32))["params"])
+
+
+def _copied_paths(student_shapes: dict, teacher_shapes: dict) -> list[str]:
+    """Student parameter paths a fresh student takes from the teacher; shapes must agree."""
+    patterns = [re.compile(p) for p in strategies.COPIED_FROM_TEACHER]
+    copied = [k for k in sorted(student_shapes) if any(p.search(k) for p in patterns)]
+    for k in copied:
+        if teacher_shapes.get(k) != student_shapes[k]:
+            raise ConfigError(f"config.distill.copy_from_teacher: parameter {k!r} has shape {student_shapes[k]} in the "
+                              f"student (config.model) but {teacher_shapes.get(k)} in the teacher "
+                              f"(config.teacher_model); set copy_from_teacher=False or match the embedding and "
+                              f"head sizes")
+    return copied
+
+
+def copy_from_teacher(student_params, teacher_params, copied: list[str]):
+    flat = traverse_util.flatten_dict(student_params, sep="/")
+    teacher_flat = traverse_util.flatten_dict(teacher_params, sep="/")
+    flat.update({k: teacher_flat[k] for k in copied})
+    return traverse_util.unflatten_dict(flat, sep="/")
+
+
+def layer_multipliers(opt_cfg, abstract_params, num_layers: int):
+    """step -> {lr_multiplier/layer_i: factor}: each encoder layer's learning-rate multiplier."""
+    groups = optim_builder.parse_groups(opt_cfg.groups, "config.optimizer.groups")
+    excluded = [re.compile(p) for p in opt_cfg.exclude]
+    layer_paths: dict[int, str] = {}
+
+    def visit(path: str, _keys):
+        m = re.match(r"^mobilebert/encoder/layer_(\d+)/", path)
+        if m:
+            layer_paths.setdefault(int(m.group(1)), path)
+    paths.map_with_path(visit, abstract_params)
+    rules: dict[int, float | multipliers.Multiplier] = {}
+    for i in range(num_layers):
+        path = layer_paths[i]
+        group = next((g for g in groups if g.pattern.search(path)), None)
+        rules[i] = 0.0 if any(r.search(path) for r in excluded) else (1.0 if group is None else group.multiplier)
+
+    def step_metrics(step: jax.Array) -> dict[str, jax.Array]:
+        return {f"lr_multiplier/layer_{i}": jnp.asarray(r(step) if callable(r) else r, jnp.float32)
+                for i, r in rules.items()}
+
+    return step_metrics
+
+
+@dataclasses.dataclass
+class Data:
+    train_iterator: StatefulIterator
+    make_eval_iterator: Optional[Callable[[], Iterator[dict]]]
+    max_predictions_per_seq: int
+
+
+def pretraining_data(config: ml_collections.ConfigDict, workdir: str) -> Data:
+    """The pretraining pipeline's loaders over `config.data` (prepared on first use)."""
+    from mobilebert_jax.data.loader import make_pretraining_loader
+
+    data_cfg = prepared_data_config(config, workdir)
+    process = dict(process_index=jax.process_index(), process_count=jax.process_count())
+    train_iterator = make_pretraining_loader(data_cfg, split="train", global_batch_size=config.batch_size,
+                                             seed=config.seed, **process)
+    eval_batches = config.eval.num_batches
+
+    def make_eval_iterator():
+        loader = make_pretraining_loader(data_cfg, split="eval", global_batch_size=config.eval.batch_size,
+                                         seed=config.seed, num_epochs=None, **process)
+        return (next(loader) for _ in range(eval_batches))
+
+    return Data(train_iterator, make_eval_iterator if eval_batches > 0 else None, data_cfg.max_predictions_per_seq)
+
+
+def build_distillation_task(config: ml_collections.ConfigDict, workdir: str) -> Task:
+    """The trainer's entry point (stage "distillation"): checks, then data, then the Task."""
+    return distillation_task(config, lambda: pretraining_data(config, workdir))
+
+
+def distillation_task(config: ml_collections.ConfigDict, make_data: Callable[[], Data]) -> Task:
+    """The Task `config` describes; `make_data` is called once every check has passed."""
+    d = distill_config.read(config.distill)
+    student_cfg = MobileBertConfig.from_dict(config.model.to_dict())
+    teacher_cfg = teacher_config(config)
+    layers.check_comparable(student_cfg, teacher_cfg, features=d.layer_losses,
+                            attention=d.layer_losses and d.weights["attention"] > 0, logits=d.pd and d.alpha < 1)
+    layer_map = layers.resolve_layer_map(d.layer_map, student_cfg, teacher_cfg) if d.layer_losses else ()
+    num_layers = student_cfg.num_hidden_layers
+    if d.strategy == "progressive":
+        if config.total_steps > num_layers * d.stage_steps:
+            raise ConfigError(f"config.total_steps={config.total_steps} exceeds the {num_layers} progressive stages of "
+                              f"config.distill.stage_steps={d.stage_steps} steps ({num_layers * d.stage_steps})")
+
+    student = MobileBertForPreTraining(student_cfg)
+    teacher = MobileBertForPreTraining(teacher_cfg)
+    seq_len = config.data.max_seq_length
+    for name, c in (("config.model", student_cfg), ("config.teacher_model", teacher_cfg)):
+        if seq_len > c.max_position_embeddings:
+            raise ConfigError(f"config.data.max_seq_length={seq_len} exceeds {name}.max_position_embeddings="
+                              f"{c.max_position_embeddings}")
+    student_abstract = _abstract_params(student, seq_len)
+    teacher_abstract = _abstract_params(teacher, seq_len)
+    student_shapes = sources.flat_shapes(partitioning.unbox_without_constraints(student_abstract))
+    teacher_shapes = sources.flat_shapes(partitioning.unbox_without_constraints(teacher_abstract))
+    if d.strategy == "progressive":
+        strategies.check_progressive_groups(config.optimizer, student_abstract, num_layers, d.stage_steps)
+
+    # Both sources are checked now, before any data work or compilation.
+    teacher_source = sources.open_source(d.teacher, "config.distill.teacher")
+    sources.check_architecture(teacher_source, teacher_cfg, teacher_shapes, "config.distill.teacher",
+                               "config.teacher_model")
+    student_source = None
+    copied: list[str] = []
+    if d.student_init:
+        student_source = sources.open_source(d.student_init, "config.distill.student_init")
+        sources.check_architecture(student_source, student_cfg, student_shapes, "config.distill.student_init",
+                                   "config.model")
+    elif d.copy_from_teacher:
+        copied = _copied_paths(student_shapes, teacher_shapes)
+
+    def load_frozen(shardings):
+        target = partitioning.with_shardings(teacher_abstract, shardings)
+        return sources.load_params(teacher_source, target)
+
+    def initial_params(params, frozen, shardings):
+        if student_source is not None:
+            return sources.load_params(student_source, partitioning.with_shardings(student_abstract, shardings))
+        if copied:
+            return jax.jit(lambda p, t: copy_from_teacher(p, t, copied), out_shardings=shardings,
+                           donate_argnums=0)(params, frozen)
+        return params
+
+    data = make_data()
+    objective = Objective(distill=d, num_layers=num_layers, layer_map=layer_map)
+    multiplier_metrics = layer_multipliers(config.optimizer, student_abstract, num_layers)
+
+    def step_metrics(step: jax.Array) -> dict[str, jax.Array]:
+        out = multiplier_metrics(step)
+        if d.strategy == "progressive":
+            out["stage"] = strategies.stage_of(step, d.stage_steps).astype(jnp.float32)
+        return out
+
+    predictions = data.max_predictions_per_seq
+    # The teacher's forward pass is a third of its training FLOPs.
+    teacher_flops = flops.pretraining_train_flops_per_sequence(teacher_cfg, seq_len, predictions) // 3
+    progress = ("loss", "transfer_loss") if d.layer_losses else ("loss", "mlm_accuracy")
+    return Task(
+        name=f"distillation ({d.strategy})",
+        init_params=lambda rng: student.init(rng, jnp.zeros((1, seq_len), jnp.int32))["params"],
+        make_sums_fn=lambda deterministic: objective.make_sums_fn(student, teacher, evaluation=deterministic),
+        train_iterator=data.train_iterator,
+        make_eval_iterator=data.make_eval_iterator,
+        tokens_per_example=seq_len,
+        train_flops_per_example=flops.pretraining_train_flops_per_sequence(student_cfg, seq_len, predictions)
+        + teacher_flops,
+        totals_fn=objective.totals,
+        loss_fn=objective.loss,
+        summarize_fn=objective.summarize,
+        progress_keys=progress,
+        describe=lambda: (f"student {flops.parameter_count(student_cfg):,} backbone parameters, {num_layers} layers; "
+                          f"teacher {flops.parameter_count(teacher_cfg):,}, {teacher_cfg.num_hidden_layers} layers "
+                          f"from {teacher_source.path}; layer map {list(layer_map)}"),
+        uses_context=True,
+        frozen_abstract=teacher_abstract,
+        load_frozen=load_frozen,
+        initial_params=initial_params,
+        step_metrics_fn=step_metrics,
+    )

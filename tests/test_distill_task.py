@@ -1,0 +1,336 @@
+"""The distillation Task: the progressive schedule, the frozen teacher, copied parameters, strategies, layer maps.
+
+Tiny models (hidden 64, 2-4 layers) on synthetic batches with padding; the
+teacher is written to disk and read back as the trainer would.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import pytest
+from flax import traverse_util
+
+from mobilebert_jax import get_preset, optim
+from mobilebert_jax.config import ConfigError
+from mobilebert_jax.convert import native
+from mobilebert_jax.distill import experiment, strategies
+from mobilebert_jax.distill import task as distill_task
+from mobilebert_jax.modeling import MobileBertForPreTraining
+from mobilebert_jax.optim import multipliers
+from mobilebert_jax.train import step as step_lib
+
+SEQ, PRED, BATCH = 16, 4, 4
+
+
+class PaddedBatches:
+    """Deterministic MLM batches with padded tails; the state is the batch index."""
+
+    def __init__(self, vocab: int, batch_size: int, seed: int = 0):
+        self.vocab, self.batch_size, self.seed, self.index = vocab, batch_size, seed, 0
+
+    def __iter__(self):
+        return self
+
+    def __next__(self) -> dict:
+        rng = np.random.default_rng([self.seed, self.index])
+        self.index += 1
+        b = self.batch_size
+        lengths = rng.integers(SEQ // 2, SEQ + 1, b)
+        mask = (np.arange(SEQ)[None] < lengths[:, None]).astype(np.int32)
+        ids = rng.integers(5, self.vocab, (b, SEQ)).astype(np.int32) * mask
+        positions = np.stack([np.sort(rng.choice(np.arange(1, n), PRED, replace=False)) for n in lengths])
+        return {"input_ids": ids, "input_mask": mask,
+                "segment_ids": (np.arange(SEQ)[None] >= lengths[:, None] // 2).astype(np.int32) * mask,
+                "masked_lm_positions": positions.astype(np.int32),
+                "masked_lm_ids": np.take_along_axis(ids, positions, 1),
+                "masked_lm_weights": (np.arange(PRED)[None] < 3).astype(np.float32).repeat(b, 0),
+                "next_sentence_labels": (lengths % 2).astype(np.int32)}
+
+    def get_state(self) -> dict:
+        return {"index": self.index}
+
+    def set_state(self, state: dict) -> None:
+        self.index = int(state["index"])
+
+
+def tiny_models(layers: int = 2, teacher_layers: int | None = None):
+    teacher = get_preset("ib_bert_test", num_hidden_layers=teacher_layers or layers, vocab_size=128)
+    student = get_preset("mobilebert_test", num_hidden_layers=layers, vocab_size=128, num_feedforward_networks=2)
+    return teacher, student
+
+
+def save_teacher(path, teacher_cfg, seed: int = 1) -> str:
+    model = MobileBertForPreTraining(teacher_cfg)
+    params = model.init(jax.random.key(seed), jnp.zeros((1, SEQ), jnp.int32))["params"]
+    # A trained teacher's features are not the init's: spread the weights a little.
+    params = jax.tree.map(lambda x: x * 3.0, nn.unbox(params))
+    native.save_params(str(path), teacher_cfg, params)
+    return str(path)
+
+
+def make_config(strategy: str, teacher_dir: str, teacher_cfg, student_cfg, stage_steps: int = 3,
+                **distill) -> ml_collections.ConfigDict:
+    c = experiment.get_config(strategy, "smoke")
+    c.teacher_model = ml_collections.ConfigDict(teacher_cfg.to_dict())
+    c.model = ml_collections.ConfigDict(student_cfg.to_dict())
+    c.distill.teacher = teacher_dir
+    c.distill.student_init = ""
+    c.distill.stage_steps = stage_steps
+    for k, v in distill.items():
+        c.distill[k] = v
+    if strategy == "progressive":
+        c.distill.last_stage = student_cfg.num_hidden_layers - 1
+    else:
+        c.total_steps = 10
+    c.optimizer.groups = ml_collections.ConfigDict()
+    c.optimizer.exclude = ()
+    strategies.optimizer_settings(c, strategy, student_cfg.num_hidden_layers)
+    c.data.max_seq_length = SEQ
+    c.batch_size = BATCH
+    c.eval.batch_size = BATCH
+    c.eval.num_batches = 1
+    c.checkpoint.async_save = False
+    return c
+
+
+def build(c):
+    vocab = c.model.vocab_size
+    data = distill_task.Data(PaddedBatches(vocab, c.batch_size), lambda: iter([next(PaddedBatches(vocab, 4, 99))]),
+                             PRED)
+    return distill_task.distillation_task(c, lambda: data)
+
+
+def init_state(task, c, tx):
+    """As the trainer starts a fresh run on one device: init, load the teacher, initial params, optimizer state."""
+    one = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+    params = nn.unbox(task.init_params(jax.random.key(c.seed)))
+    frozen = task.load_frozen(jax.tree.map(lambda _: one, nn.unbox(task.frozen_abstract)))
+    params = task.initial_params(params, frozen, jax.tree.map(lambda _: one, params))
+    return step_lib.TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params)), frozen
+
+
+def at_step(state: step_lib.TrainState, step: int) -> step_lib.TrainState:
+    """The state with its step and every optimizer step counter set to `step` (fresh moments)."""
+    counts = jax.tree.map(lambda x: jnp.full_like(x, step) if x.dtype == jnp.int32 and x.ndim == 0 else x,
+                          state.opt_state)
+    return state.replace(step=jnp.asarray(step, jnp.int32), opt_state=counts)
+
+
+def one_step(task, c, tx, state, frozen, batch):
+    fn = step_lib.make_train_step(task.make_sums_fn(False), tx, totals_fn=task.totals_fn, loss_fn=task.loss_fn,
+                                  summarize_fn=task.summarize_fn, uses_context=True,
+                                  step_metrics_fn=task.step_metrics_fn)
+    return jax.jit(fn)(state, batch, frozen)
+
+
+def flat(tree) -> dict[str, np.ndarray]:
+    return {k: np.asarray(v) for k, v in traverse_util.flatten_dict(jax.device_get(tree), sep="/").items()}
+
+
+@pytest.fixture(scope="module")
+def progressive(tmp_path_factory):
+    teacher_cfg, student_cfg = tiny_models(layers=3)
+    teacher_dir = save_teacher(tmp_path_factory.mktemp("teacher"), teacher_cfg)
+    c = make_config("progressive", teacher_dir, teacher_cfg, student_cfg, stage_steps=10)
+    task = build(c)
+    tx = optim.build_optimizer(c.optimizer, jax.eval_shape(task.init_params, jax.random.key(0)))
+    state, frozen = init_state(task, c, tx)
+    return c, task, tx, state, frozen
+
+
+def test_progressive_step_inside_stage(progressive):
+    """A step in the middle of stage 1 of 3: layer 0 below, layer 1 current, layer 2 above."""
+    c, task, tx, state0, frozen = progressive
+    stage, t = 1, 7
+    step = stage * c.distill.stage_steps + t
+    batch = next(PaddedBatches(c.model.vocab_size, BATCH, seed=step))
+    before = flat(state0.params)
+    state, metrics = one_step(task, c, tx, at_step(state0, step), frozen, batch)
+    after = flat(state.params)
+
+    # Only layer `stage`'s transfer loss is on.
+    for i in range(3):
+        for k in ("loss", "feature_map", "mean", "variance", "attention"):
+            value = float(metrics[f"layer_{i}/{k}"])
+            assert (value > 0) if i == stage else (value == 0), (i, k, value)
+    assert float(metrics["stage"]) == stage
+
+    # Learning-rate multipliers: 3 bg(t) at the stage's layer, a tenth below, 0 above.
+    frac = t / c.distill.stage_steps
+    bg = min(0.9 + 0.1 * np.sqrt(1 - frac), 10 * frac)
+    expected_mult = {i: 3 * bg * (1.0 if i == stage else 0.1 if i < stage else 0.0) for i in range(3)}
+    for i in range(3):
+        np.testing.assert_allclose(float(metrics[f"lr_multiplier/layer_{i}"]), expected_mult[i], rtol=1e-6)
+
+    # The same step with every layer at multiplier 1 (same clip, same fresh moments): the deltas scale exactly.
+    c_ref = ml_collections.ConfigDict(c.to_dict())
+    c_ref.optimizer.groups = ml_collections.ConfigDict()
+    tx_ref = optim.build_optimizer(c_ref.optimizer, jax.eval_shape(task.init_params, jax.random.key(0)))
+    ref_state = step_lib.TrainState(step=state0.step, params=state0.params, opt_state=tx_ref.init(state0.params))
+    ref, _ = one_step(task, c_ref, tx_ref, at_step(ref_state, step), frozen, batch)
+    ref_after = flat(ref.params)
+
+    teacher = flat(frozen)
+    copied = [re.compile(p) for p in strategies.COPIED_FROM_TEACHER]
+    moved = set()
+    for k in before:
+        m = re.match(r"mobilebert/encoder/layer_(\d+)/", k)
+        if any(p.search(k) for p in copied):
+            np.testing.assert_array_equal(after[k], before[k], err_msg=k)  # frozen: bit for bit
+            np.testing.assert_array_equal(after[k], teacher[k], err_msg=k)  # and the teacher's
+        elif m and int(m.group(1)) > stage:
+            np.testing.assert_array_equal(after[k], before[k], err_msg=k)  # above: untouched
+        elif m:
+            delta, ref_delta = after[k] - before[k], ref_after[k] - before[k]
+            # Equal up to the rounding of `before + delta` (a few ulps of the parameter).
+            np.testing.assert_allclose(delta, expected_mult[int(m.group(1))] * ref_delta, rtol=1e-3,
+                                       atol=4 * np.spacing(np.abs(before[k]).max()), err_msg=k)
+            if np.abs(delta).max() > 0:
+                moved.add(int(m.group(1)))
+    assert moved == {0, 1}
+
+
+def test_lower_layers_frozen_option(progressive, tmp_path):
+    c, task, tx, state0, frozen = progressive
+    c = ml_collections.ConfigDict(c.to_dict())
+    c.distill.lower_layer_multiplier = 0.0
+    c.optimizer.groups = strategies.progressive_groups(3, c.distill.stage_steps, 0.0)
+    tx0 = optim.build_optimizer(c.optimizer, jax.eval_shape(task.init_params, jax.random.key(0)))
+    state = step_lib.TrainState(step=state0.step, params=state0.params, opt_state=tx0.init(state0.params))
+    step = 2 * c.distill.stage_steps + 3
+    new, metrics = one_step(task, c, tx0, at_step(state, step), frozen, next(PaddedBatches(128, BATCH)))
+    before, after = flat(state0.params), flat(new.params)
+    for k in before:
+        m = re.match(r"mobilebert/encoder/layer_(\d+)/", k)
+        if m and int(m.group(1)) < 2:
+            np.testing.assert_array_equal(after[k], before[k], err_msg=k)
+    assert any(np.abs(after[k] - before[k]).max() > 0 for k in before if k.startswith("mobilebert/encoder/layer_2/"))
+
+
+def test_teacher_has_no_optimizer_state_and_no_gradient(progressive):
+    c, task, tx, state, frozen = progressive
+    # The train state holds the student only: the same tree as a freshly initialized student.
+    student_paths = set(flat(state.params))
+    assert student_paths == set(traverse_util.flatten_dict(nn.unbox(task.init_params(jax.random.key(0))), sep="/"))
+    teacher_only = {tuple(v.shape) for v in flat(frozen).values()} - {tuple(v.shape) for v in flat(state.params).values()}
+    assert teacher_only, "the test teacher must have parameter shapes the student lacks"
+    opt_leaves = jax.tree_util.tree_flatten_with_path(state.opt_state)[0]
+    arrays = [(jax.tree_util.keystr(p), x) for p, x in opt_leaves if hasattr(x, "shape") and x.ndim > 0]
+    assert not [p for p, x in arrays if tuple(x.shape) in teacher_only]
+    # The copied (frozen) student parameters hold no optimizer state either.
+    for path, _ in arrays:
+        assert "word_embeddings" not in path and "'cls'" not in path, path
+    trained = sum(v.size for k, v in flat(state.params).items()
+                  if not any(re.search(p, k) for p in strategies.COPIED_FROM_TEACHER))
+    assert sum(x.size for _, x in arrays) == 2 * trained  # Adam's two moments, nothing else
+    # The objective hands the teacher no gradient, even if one asked for it.
+    sums_fn = task.make_sums_fn(False)
+    batch = next(PaddedBatches(128, BATCH))
+    totals = task.totals_fn(batch)
+
+    def loss_wrt_teacher(teacher):
+        context = step_lib.StepContext(step=jnp.asarray(c.distill.stage_steps + 1), frozen=teacher)
+        return task.loss_fn(sums_fn(state.params, batch, jax.random.key(0), context), totals)
+
+    assert float(loss_wrt_teacher(frozen)) > 0
+    grads = jax.grad(loss_wrt_teacher)(frozen)
+    assert all(not np.asarray(g).any() for g in jax.tree.leaves(grads))
+
+
+def test_layer_loss_matches_numpy_with_reference_weights(progressive):
+    """100 FMT + 5000 mean + 5 var + 1 AT for the current layer, from the models' own outputs, padding excluded."""
+    c, task, tx, state, frozen = progressive
+    batch = next(PaddedBatches(128, BATCH, seed=5))
+    stage = 1
+    context = step_lib.StepContext(step=jnp.asarray(stage * c.distill.stage_steps + 2), frozen=frozen)
+    sums = task.make_sums_fn(False)(state.params, batch, jax.random.key(0), context)
+    loss = float(task.loss_fn(sums, task.totals_fn(batch)))
+
+    teacher = MobileBertForPreTraining(get_preset("ib_bert_test", num_hidden_layers=3, vocab_size=128))
+    student = MobileBertForPreTraining(get_preset("mobilebert_test", num_hidden_layers=3, vocab_size=128,
+                                                  num_feedforward_networks=2))
+    kw = dict(attention_mask=batch["input_mask"], token_type_ids=batch["segment_ids"], deterministic=True,
+              output_hidden_states=True, output_attention_scores=True)
+    t = teacher.apply({"params": frozen}, batch["input_ids"], **kw)
+    s = student.apply({"params": state.params}, batch["input_ids"], **kw)
+    hs, ht = (np.asarray(x[stage + 1], np.float64) for x in (s["hidden_states"], t["hidden_states"]))
+    as_, at = (np.asarray(x[stage], np.float64) for x in (s["attention_scores"], t["attention_scores"]))
+    m = batch["input_mask"].astype(bool)
+
+    def ln(x):
+        return (x - x.mean(-1, keepdims=True)) / np.sqrt(x.var(-1, keepdims=True) + 1e-12)
+
+    def log_softmax(x):
+        x = x - x.max(-1, keepdims=True)
+        return x - np.log(np.exp(x).sum(-1, keepdims=True))
+
+    fmt = np.mean(((ln(ht) - ln(hs)) ** 2)[m])
+    mean = np.mean(((ht.mean(-1) - hs.mean(-1)) ** 2)[m])
+    var = np.mean(np.abs(ht.var(-1) - hs.var(-1))[m])
+    lt, ls = log_softmax(at), log_softmax(as_)
+    kl = (np.exp(lt) * (lt - ls)).sum(-1).mean(1)  # [B, T]: mean over heads
+    attention = np.mean(kl[m])
+    np.testing.assert_allclose(loss, 100 * fmt + 5000 * mean + 5 * var + attention, rtol=1e-4)
+
+
+@pytest.mark.parametrize("strategy", ["joint", "auxiliary", "pd"])
+def test_other_strategies_take_a_step(tmp_path, strategy):
+    teacher_cfg, student_cfg = tiny_models(layers=2)
+    teacher_dir = save_teacher(tmp_path / "teacher", teacher_cfg)
+    c = make_config(strategy, teacher_dir, teacher_cfg, student_cfg)
+    task = build(c)
+    tx = optim.build_optimizer(c.optimizer, jax.eval_shape(task.init_params, jax.random.key(0)))
+    state, frozen = init_state(task, c, tx)
+    # Step 3: past the learning-rate warm-up, whose first step has rate 0.
+    new, metrics = one_step(task, c, tx, at_step(state, 3), frozen, next(PaddedBatches(128, BATCH)))
+    layer_losses = [float(metrics[f"layer_{i}/loss"]) for i in range(2) if f"layer_{i}/loss" in metrics]
+    if strategy == "pd":
+        assert not layer_losses and float(metrics["pd_mlm_loss"]) > 0
+    else:
+        assert len(layer_losses) == 2 and all(v > 0 for v in layer_losses)  # every layer at once
+    assert ("pd_mlm_loss" in metrics) == (strategy != "joint")
+    before, after = flat(state.params), flat(new.params)
+    embeddings = "mobilebert/embeddings/word_embeddings/embedding"
+    # joint freezes the copied embeddings; auxiliary and PD train them.
+    assert (np.array_equal(before[embeddings], after[embeddings])) == (strategy == "joint")
+    np.testing.assert_array_equal(before[embeddings], flat(frozen)[embeddings])
+
+
+def test_student_shallower_than_teacher_uses_the_layer_map(tmp_path):
+    teacher_cfg, student_cfg = tiny_models(layers=2, teacher_layers=4)
+    teacher_dir = save_teacher(tmp_path / "teacher", teacher_cfg)
+    c = make_config("joint", teacher_dir, teacher_cfg, student_cfg, layer_map=(1, 3))
+    task = build(c)
+    assert "layer map [1, 3]" in task.describe()
+    c.distill.layer_map = ()
+    assert "layer map [1, 3]" in build(c).describe()  # the default spreads 2 over 4: layers 1 and 3
+    c.distill.layer_map = (1, 4)
+    with pytest.raises(ConfigError, match=re.escape("config.distill.layer_map[1]=4")):
+        build(c)
+
+
+def test_widths_and_heads_must_match(tmp_path):
+    teacher_cfg, student_cfg = tiny_models(layers=2)
+    teacher_dir = save_teacher(tmp_path / "teacher", teacher_cfg)
+    c = make_config("joint", teacher_dir, teacher_cfg, student_cfg.replace(hidden_size=96))
+    with pytest.raises(ConfigError, match="config.model.hidden_size=96 differs from config.teacher_model.hidden_size=64"):
+        build(c)
+    c = make_config("joint", teacher_dir, teacher_cfg, student_cfg.replace(num_attention_heads=2))
+    with pytest.raises(ConfigError, match="config.model.num_attention_heads=2 differs"):
+        build(c)
+    c.distill.weights.attention = 0.0  # without attention transfer the head counts may differ
+    build(c)
+
+
+def test_progressive_needs_a_group_per_layer(progressive):
+    c = ml_collections.ConfigDict(progressive[0].to_dict())
+    del c.optimizer.groups["layer_2"]
+    with pytest.raises(ConfigError, match="encoder layer 2 .* is in group 'default'"):
+        build(c)
