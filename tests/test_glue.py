@@ -40,7 +40,7 @@ def test_shared_glue_files_read_completely(task_name, split):
         # Every class occurs: a wrong column would give one constant label or an error.
         assert set(np.unique(labels)) == set(range(task.num_labels))
     assert all(e.text_a for e in examples)
-    assert (e.text_b is not None for e in examples) if task.text_b else all(e.text_b is None for e in examples)
+    assert all((e.text_b is not None) == (task.text_b is not None) for e in examples)
 
 
 def test_shared_files_pick_the_right_columns():
@@ -110,9 +110,12 @@ def test_files_not_in_shared_data_are_read_in_their_glue_layouts(tmp_path):
     assert glue.read_split(glue.get_task("stsb"), d, "test")[0].text_b == "A girl is singing."
 
 
+RTE_HEADER = ["index", "sentence1", "sentence2", "label"]
+
+
 @pytest.mark.parametrize("rows,message", [
-    ([["index", "sentence1", "sentence2", "label"], ["0", "a", "b", "maybe"]], r"rte\.tsv:2: column 'label': label 'maybe'"),
-    ([["index", "sentence1", "sentence2", "label"], ["0", "a", "b"]], r"rte\.tsv:2: 3 tab-separated fields, expected 4"),
+    ([RTE_HEADER, ["0", "a", "b", "maybe"]], r"rte\.tsv:2: column 'label': label 'maybe'"),
+    ([RTE_HEADER, ["0", "a", "b"]], r"rte\.tsv:2: 3 tab-separated fields, expected 4"),
     ([["index", "premise", "sentence2", "label"], ["0", "a", "b", "entailment"]], r"rte\.tsv:1: header .* 'sentence1'"),
 ])
 def test_bad_rows_name_file_line_and_column(tmp_path, rows, message):

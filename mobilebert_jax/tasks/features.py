@@ -16,7 +16,8 @@ from mobilebert_jax.data.tokenizers.base import Tokenizer
 FeatureArrays = dict[str, np.ndarray]
 
 
-def truncate_pair(ids_a: list[int], ids_b: Optional[list[int]], max_tokens: int) -> tuple[list[int], Optional[list[int]]]:
+def truncate_pair(ids_a: list[int], ids_b: Optional[list[int]],
+                  max_tokens: int) -> tuple[list[int], Optional[list[int]]]:
     """Longest-first truncation to `max_tokens` content tokens in all."""
     a = list(ids_a)
     if ids_b is None:

@@ -28,7 +28,7 @@ from mobilebert_jax.data.tokenizers.base import Tokenizer
 from mobilebert_jax.tasks.features import FeatureArrays, encode_pairs
 
 # GLUE's test files can hold long sentences; the csv module's default field limit is 128 KiB.
-csv.field_size_limit(sys.maxsize)
+csv.field_size_limit(2**31 - 1)
 
 
 @dataclasses.dataclass(frozen=True)
