@@ -9,14 +9,17 @@ data iterator is restored to the exact batch.
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import os
-from typing import Callable
+from typing import Any, Callable, Iterator
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import ml_collections
-from jax.sharding import NamedSharding, PartitionSpec
+import optax
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from mobilebert_jax import checkpointing, experiment_config, hardware, optim, partitioning
 from mobilebert_jax.metrics_writer import MetricsWriter
@@ -43,21 +46,41 @@ def evaluate(eval_step, params, task: Task, mesh, rules, frozen=None, step: int 
     return {k: float(v) for k, v in task.summarize_fn(jax.device_get(totals)).items()}
 
 
-def train(config: ml_collections.ConfigDict, workdir: str, build_task: TaskBuilder) -> dict[str, float]:
-    """Runs (or resumes) the stage `config` describes in `workdir`; returns the final metrics."""
-    # Everything that can be wrong with the config fails here, before any data work or compile.
-    experiment_config.validate(config, jax.device_count(), process_count=jax.process_count())
-    os.makedirs(workdir, exist_ok=True)
-    experiment_config.save_resolved(config, workdir)
-    mesh = partitioning.make_mesh(config.mesh)
-    rules = partitioning.logical_rules(config.mesh)
-    task = build_task(config, workdir)
+@dataclasses.dataclass(frozen=True)
+class Program:
+    """A stage's jitted functions and where everything they take lives, built from shapes alone.
 
-    # Abstract state: shapes and logical names, no memory.
+    `train` runs it; tools/aot_compile.py lowers and compiles the same train
+    step for a TPU topology it does not have.
+    """
+    mesh: Mesh
+    rules: partitioning.Rules
+    optimizer: optax.GradientTransformation
+    abstract_state: Any  # the TrainState as shapes with logical axis names (jax.eval_shape)
+    shardings: Any  # the state's NamedShardings
+    batch_sharding: NamedSharding
+    frozen_shardings: Any  # None when the task has no frozen tree
+    init_state: Callable  # jitted: rng -> a fresh state, placed
+    train_step: Callable  # jitted: (state, batch, frozen) -> (state, metrics); the state is donated
+    eval_step: Callable  # jitted: (params, batch, frozen, step) -> sums
+
+    def state_target(self) -> Any:
+        """Shapes carrying the state's shardings: what restore fills and lower takes."""
+        return partitioning.with_shardings(self.abstract_state, self.shardings)
+
+    @contextlib.contextmanager
+    def context(self) -> Iterator[None]:
+        """The mesh and logical-axis rules under which the model's activation constraints resolve."""
+        with jax.set_mesh(self.mesh), nn.logical_axis_rules(self.rules):
+            yield
+
+
+def build_program(config: ml_collections.ConfigDict, task: Task, mesh: Mesh) -> Program:
+    """The optimizer, abstract state, shardings and jitted steps of `config`'s stage on `mesh`; nothing runs."""
+    rules = partitioning.logical_rules(config.mesh)
     rng = jax.random.key(config.seed)
     abstract_params = jax.eval_shape(task.init_params, rng)
     tx = optim.build_optimizer(config.optimizer, abstract_params)
-    learning_rate = optim.build_schedule(config.optimizer)
 
     def init_state(key):
         params = task.init_params(key)
@@ -67,35 +90,55 @@ def train(config: ml_collections.ConfigDict, workdir: str, build_task: TaskBuild
     shardings = partitioning.logical_shardings(abstract, mesh, rules)
     batch_sharding = partitioning.batch_sharding(mesh, rules)
     replicated = NamedSharding(mesh, PartitionSpec())
+    frozen_shardings = None
+    if task.frozen_abstract is not None:
+        frozen_shardings = partitioning.logical_shardings(task.frozen_abstract, mesh, rules)
+    train_step = jax.jit(
+        step_lib.make_train_step(task.make_sums_fn(False), tx, totals_fn=task.totals_fn, loss_fn=task.loss_fn,
+                                 summarize_fn=task.summarize_fn,
+                                 learning_rate_fn=optim.build_schedule(config.optimizer),
+                                 microbatches=config.microbatches, dropout_seed=config.seed,
+                                 uses_context=task.uses_context, step_metrics_fn=task.step_metrics_fn),
+        in_shardings=(shardings, batch_sharding, frozen_shardings), out_shardings=(shardings, replicated),
+        donate_argnums=0)
+    eval_step = jax.jit(step_lib.make_eval_step(task.make_sums_fn(True), uses_context=task.uses_context),
+                        in_shardings=(shardings.params, batch_sharding, frozen_shardings, replicated),
+                        out_shardings=replicated)
+    return Program(mesh=mesh, rules=rules, optimizer=tx, abstract_state=abstract, shardings=shardings,
+                   batch_sharding=batch_sharding, frozen_shardings=frozen_shardings,
+                   init_state=jax.jit(lambda k: nn.meta.unbox(init_state(k)), out_shardings=shardings),
+                   train_step=train_step, eval_step=eval_step)
+
+
+def train(config: ml_collections.ConfigDict, workdir: str, build_task: TaskBuilder) -> dict[str, float]:
+    """Runs (or resumes) the stage `config` describes in `workdir`; returns the final metrics."""
+    # Everything that can be wrong with the config fails here, before any data work or compile.
+    experiment_config.validate(config, jax.device_count(), process_count=jax.process_count())
+    os.makedirs(workdir, exist_ok=True)
+    experiment_config.save_resolved(config, workdir)
+    mesh = partitioning.make_mesh(config.mesh)
+    task = build_task(config, workdir)
+    program = build_program(config, task, mesh)
+    rules, shardings = program.rules, program.shardings
+    train_step, eval_step = program.train_step, program.eval_step
 
     ckpt = checkpointing.Checkpointer.from_config(os.path.join(workdir, "checkpoints"), config.checkpoint,
                                                   config=config)
-    with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
-        frozen, frozen_shardings = None, None
+    with program.context():
+        frozen = None
         if task.frozen_abstract is not None:
-            frozen_shardings = partitioning.logical_shardings(task.frozen_abstract, mesh, rules)
-            frozen = task.load_frozen(frozen_shardings)
+            frozen = task.load_frozen(program.frozen_shardings)
 
         latest = ckpt.latest_step()
         if latest is not None:
-            state = ckpt.restore(partitioning.with_shardings(abstract, shardings), data_iterator=task.train_iterator)
+            state = ckpt.restore(program.state_target(), data_iterator=task.train_iterator)
             _log(f"resumed from step {int(state.step)} (checkpoints in {os.path.join(workdir, 'checkpoints')})")
         else:
-            state = jax.jit(lambda k: nn.meta.unbox(init_state(k)), out_shardings=shardings)(rng)
+            state = program.init_state(jax.random.key(config.seed))
             if task.initial_params is not None:
                 params = task.initial_params(state.params, frozen, shardings.params)
-                opt_state = jax.jit(tx.init, out_shardings=shardings.opt_state)(params)
+                opt_state = jax.jit(program.optimizer.init, out_shardings=shardings.opt_state)(params)
                 state = step_lib.TrainState(step=state.step, params=params, opt_state=opt_state)
-        train_step = jax.jit(
-            step_lib.make_train_step(task.make_sums_fn(False), tx, totals_fn=task.totals_fn, loss_fn=task.loss_fn,
-                                     summarize_fn=task.summarize_fn, learning_rate_fn=learning_rate,
-                                     microbatches=config.microbatches, dropout_seed=config.seed,
-                                     uses_context=task.uses_context, step_metrics_fn=task.step_metrics_fn),
-            in_shardings=(shardings, batch_sharding, frozen_shardings), out_shardings=(shardings, replicated),
-            donate_argnums=0)
-        eval_step = jax.jit(step_lib.make_eval_step(task.make_sums_fn(True), uses_context=task.uses_context),
-                            in_shardings=(shardings.params, batch_sharding, frozen_shardings, replicated),
-                            out_shardings=replicated)
 
         total_steps = config.total_steps
         flops_per_step = task.train_flops_per_example * config.batch_size

@@ -1,0 +1,226 @@
+r"""Compile a stage's real train step for a TPU topology, without TPU hardware, and predict its memory and time.
+
+    pip install -e '.[aot]'    # libtpu: the TPU compiler (or set TPU_LIBRARY_PATH to a libtpu.so)
+    python -m mobilebert_jax.tools.aot_compile --config=experiments/distill_progressive.py --topology=v3:8x16 \
+        [--mfu=0.4] [--json_out=FILE] [--config.FIELD=VALUE ...]
+
+The step is built by the trainer's own code (`trainer.build_program`: mesh,
+logical shardings, the jitted step with its frozen teacher argument and
+donated state) over the topology's compile-only devices, lowered with
+abstract inputs and compiled by libtpu's XLA. The stage's Task comes from
+its builder in `main.STAGES`, fed stand-in inputs (tools/stand_ins.py).
+
+Printed, per device: arguments (state, batch, teacher), outputs not aliased
+to the donated state, temporaries, generated code, and their total against
+the device's HBM; per step: XLA's FLOPs (cost analysis, recomputation
+included) and the model's FLOPs (the analytic count MFU uses); and the step
+time and run time (config.total_steps) the model FLOPs take at --mfu of the
+devices' peak (hardware.py).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import re
+import sys
+import tempfile
+import time
+from typing import Optional
+
+import jax
+import ml_collections
+from absl import app, flags
+
+from mobilebert_jax import experiment_config, hardware, partitioning
+from mobilebert_jax.config import ConfigError
+from mobilebert_jax.tools import stand_ins
+
+flags.DEFINE_string("topology", None, "TPU topology as JAX names it: GENERATION:SHAPE, e.g. v3:8x16 (256 cores), "
+                                      "v3:2x2 (8 cores), v4:4x4x4, v5e:16x16")
+flags.DEFINE_float("mfu", 0.4, "model FLOPs utilization at which step and run times are predicted")
+flags.DEFINE_string("json_out", None, "also write the results to this JSON file")
+flags.DEFINE_string("scratch", None, "directory for the stand-in inputs (default: a temporary one)")
+FLAGS = flags.FLAGS
+
+GIB = 1 << 30
+# HBM per JAX device (a TensorCore on v2/v3, a chip from v4 on), from the Cloud TPU data sheets; first match wins.
+HBM_BYTES: tuple[tuple[str, int], ...] = (
+    (r"^TPU v2", 8 * GIB),
+    (r"^TPU v3", 16 * GIB),
+    (r"^TPU v4", 32 * GIB),
+    (r"^TPU v5 ?(lite|e)", 16 * GIB),
+    (r"^TPU v5p?$", 95 * GIB),
+    (r"^TPU v6 ?(lite|e)", 32 * GIB),
+)
+
+
+def hbm_bytes(device_kind: str) -> Optional[int]:
+    for pattern, size in HBM_BYTES:
+        if re.search(pattern, device_kind):
+            return size
+    return None
+
+
+def prepare_libtpu() -> None:
+    """Checks that libtpu can be found and sets what a compile-only libtpu needs; call before any JAX backend."""
+    if not os.environ.get("TPU_LIBRARY_PATH"):
+        try:
+            import libtpu  # noqa: F401  (the package jax[tpu] installs)
+        except ImportError:
+            raise ConfigError("ahead-of-time TPU compiles need libtpu: pip install -e '.[aot]', or set "
+                              "TPU_LIBRARY_PATH to a libtpu.so") from None
+    elif not os.path.isfile(os.environ["TPU_LIBRARY_PATH"]):
+        raise ConfigError(f"TPU_LIBRARY_PATH={os.environ['TPU_LIBRARY_PATH']!r} is not a file")
+    # No chips are opened, so the one-process-per-TPU lock does not apply; there is
+    # no metadata server off Cloud, and no worker list to look up.
+    os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
+    os.environ.setdefault("TPU_SKIP_MDS_QUERY", "1")
+    os.environ.setdefault("TPU_WORKER_HOSTNAMES", "localhost")
+    # Host-side work (building the Task, reading the stand-in batch) stays on the CPU.
+    jax.config.update("jax_platforms", "cpu")
+
+
+def topology_devices(topology: str) -> list:
+    from jax.experimental import topologies
+
+    try:
+        return list(topologies.get_topology_desc(topology, "tpu").devices)
+    except Exception as e:  # libtpu reports a bad name as a generic runtime error
+        raise ConfigError(f"--topology={topology!r}: {e}") from None
+
+
+@dataclasses.dataclass
+class Result:
+    config: str
+    topology: str
+    devices: int
+    hosts: int
+    device_kind: str
+    mesh: dict
+    batch_size: int
+    microbatches: int
+    argument_bytes: int
+    output_bytes: int  # outputs not aliased to (donated) arguments
+    temp_bytes: int
+    code_bytes: int
+    total_bytes: int
+    hbm_bytes: Optional[int]
+    xla_flops_per_step: float
+    model_flops_per_step: float
+    mfu: float
+    step_seconds: Optional[float]
+    total_steps: int
+    run_seconds: Optional[float]
+    compile_seconds: float
+
+    @property
+    def fits(self) -> Optional[bool]:
+        return None if self.hbm_bytes is None else self.total_bytes <= self.hbm_bytes
+
+
+def compile_stage(config: ml_collections.ConfigDict, topology: str, scratch: str, mfu: float = 0.4,
+                  config_name: str = "") -> Result:
+    """Compiles `config`'s train step for `topology` (prepare_libtpu() first) and measures it."""
+    from mobilebert_jax.main import task_builder
+    from mobilebert_jax.train import trainer
+
+    if not 0 < mfu <= 1:
+        raise ConfigError(f"--mfu={mfu}: must be in (0, 1]")
+    devices = topology_devices(topology)
+    hosts = len({d.process_index for d in devices})
+    experiment_config.validate(config, len(devices), process_count=hosts)
+    mesh = partitioning.make_mesh(config.mesh, devices)
+    task = task_builder(config.stage)(stand_ins.stand_in_config(config, scratch), os.path.join(scratch, "workdir"))
+    program = trainer.build_program(config, task, mesh)
+    # What one batch holds (names, dtypes, per-example shapes), at the real global size.
+    example = next(task.train_iterator)
+    batch = {k: jax.ShapeDtypeStruct((config.batch_size, *v.shape[1:]), v.dtype, sharding=program.batch_sharding)
+             for k, v in example.items()}
+    frozen = None
+    if task.frozen_abstract is not None:
+        frozen = partitioning.with_shardings(task.frozen_abstract, program.frozen_shardings)
+
+    start = time.perf_counter()
+    with program.context():
+        compiled = program.train_step.lower(program.state_target(), batch, frozen).compile()
+    compile_seconds = time.perf_counter() - start
+
+    memory = compiled.memory_analysis()
+    cost = compiled.cost_analysis()
+    cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+    outputs = memory.output_size_in_bytes - memory.alias_size_in_bytes
+    total = memory.argument_size_in_bytes + outputs + memory.temp_size_in_bytes + memory.generated_code_size_in_bytes
+    kind = devices[0].device_kind
+    model_flops = float(task.train_flops_per_example) * config.batch_size
+    peak = hardware.peak_flops(kind, dtype=config.model.get("dtype", "bfloat16"))
+    step_seconds = None if peak is None else model_flops / (mfu * peak * len(devices))
+    return Result(
+        config=config_name, topology=topology, devices=len(devices), hosts=hosts, device_kind=kind,
+        mesh=dict(mesh.shape), batch_size=config.batch_size, microbatches=config.microbatches,
+        argument_bytes=memory.argument_size_in_bytes, output_bytes=outputs, temp_bytes=memory.temp_size_in_bytes,
+        code_bytes=memory.generated_code_size_in_bytes, total_bytes=total, hbm_bytes=hbm_bytes(kind),
+        # cost_analysis describes one device's partition of the SPMD program.
+        xla_flops_per_step=float(cost.get("flops", 0.0)) * len(devices), model_flops_per_step=model_flops, mfu=mfu,
+        step_seconds=step_seconds, total_steps=config.total_steps,
+        run_seconds=None if step_seconds is None else step_seconds * config.total_steps,
+        compile_seconds=compile_seconds)
+
+
+def _gib(n: Optional[float]) -> str:
+    if n is None:
+        return "?"
+    return f"{n / GIB:.2f} GiB" if n >= GIB / 10 else f"{n / (1 << 20):.1f} MiB"
+
+
+def _duration(seconds: Optional[float]) -> str:
+    if seconds is None:
+        return "? (no peak FLOP/s known for this device)"
+    if seconds < 120:
+        return f"{seconds:.3g} s"
+    hours = seconds / 3600
+    return f"{hours:.1f} h ({hours / 24:.2f} days)" if hours >= 24 else f"{hours:.2f} h"
+
+
+def report(r: Result) -> str:
+    verdict = {True: "fits", False: "DOES NOT FIT", None: "HBM unknown"}[r.fits]
+    lines = [
+        f"{r.config} on {r.topology}: {r.devices} x {r.device_kind} ({r.hosts} hosts), mesh {r.mesh}, "
+        f"global batch {r.batch_size}" + (f" in {r.microbatches} microbatches" if r.microbatches > 1 else ""),
+        f"  memory per device: arguments {_gib(r.argument_bytes)}, outputs (not aliased) {_gib(r.output_bytes)}, "
+        f"temporaries {_gib(r.temp_bytes)}, code {_gib(r.code_bytes)}",
+        f"  total {_gib(r.total_bytes)} of {_gib(r.hbm_bytes)} HBM: {verdict}",
+        f"  FLOPs per step: XLA {r.xla_flops_per_step:.4g} (recomputation included), model {r.model_flops_per_step:.4g}",
+        f"  at {r.mfu:.0%} MFU: {_duration(r.step_seconds)} per step, {r.total_steps:,} steps in "
+        f"{_duration(r.run_seconds)}",
+        f"  compiled in {r.compile_seconds:.0f} s",
+    ]
+    return "\n".join(lines)
+
+
+def _parse(argv: list[str]):
+    return experiment_config.absl_flags_parser(argv)
+
+
+def main(parsed) -> None:
+    config, _ = parsed
+    spec, _, _ = experiment_config.split_argv(sys.argv)
+    try:
+        if not FLAGS.topology:
+            raise ConfigError("--topology is required, e.g. --topology=v3:8x16")
+        prepare_libtpu()
+        with tempfile.TemporaryDirectory(prefix="aot_") as tmp:
+            result = compile_stage(config, FLAGS.topology, FLAGS.scratch or tmp, FLAGS.mfu, config_name=spec or "")
+    except ConfigError as e:
+        print(f"FATAL config error: {e}", file=sys.stderr)
+        sys.exit(1)
+    print(report(result), flush=True)
+    if FLAGS.json_out:
+        with open(FLAGS.json_out, "w") as f:
+            json.dump({**dataclasses.asdict(result), "fits": result.fits}, f, indent=2)
+            f.write("\n")
+
+
+if __name__ == "__main__":
+    app.run(main, flags_parser=_parse)

@@ -1,0 +1,94 @@
+"""tools/aot_compile: the smoke PD stage (teacher in the step, two parameter sources stood in) compiled for TPU v3:2x2
+by libtpu on this CPU-only machine, its memory checked against the state it must hold, and errors named.
+
+Needs libtpu (the `aot` extra, or TPU_LIBRARY_PATH); the full-size table is docs/scale_out.md's benchmark command.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+
+import pytest
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _libtpu_available() -> bool:
+    if os.environ.get("TPU_LIBRARY_PATH"):
+        return os.path.isfile(os.environ["TPU_LIBRARY_PATH"])
+    import importlib.util
+
+    return importlib.util.find_spec("libtpu") is not None
+
+
+needs_libtpu = pytest.mark.skipif(not _libtpu_available(), reason="libtpu not installed: pip install -e '.[aot]' "
+                                                                   "or set TPU_LIBRARY_PATH")
+
+
+def aot(*args, env=None) -> subprocess.CompletedProcess:
+    env = dict(os.environ if env is None else env)
+    env.pop("XLA_FLAGS", None)
+    return subprocess.run([sys.executable, "-m", "mobilebert_jax.tools.aot_compile", *args], cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=600)
+
+
+def _param_count(model_cfg) -> int:
+    import jax
+    import jax.numpy as jnp
+
+    from mobilebert_jax.config import MobileBertConfig
+    from mobilebert_jax.modeling import MobileBertForPreTraining
+    from mobilebert_jax.partitioning import unbox_without_constraints
+
+    model = MobileBertForPreTraining(MobileBertConfig.from_dict(model_cfg.to_dict()))
+    shapes = jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros((1, 2), jnp.int32))["params"])
+    return sum(math.prod(x.shape) for x in jax.tree.leaves(unbox_without_constraints(shapes)))
+
+
+@needs_libtpu
+def test_smoke_pd_compiles_for_v3_2x2_and_its_memory_holds_the_state(tmp_path):
+    from mobilebert_jax import experiment_config
+
+    out = tmp_path / "result.json"
+    proc = aot("--config=experiments/distill_pd.py:smoke", "--topology=v3:2x2", f"--json_out={out}", "--mfu=0.5")
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
+    r = json.loads(out.read_text())
+    assert (r["devices"], r["hosts"], r["device_kind"], r["mesh"]) == (8, 1, "TPU v3", {"data": 8, "fsdp": 1,
+                                                                                        "tensor": 1})
+    assert r["hbm_bytes"] == 16 << 30 and r["fits"] is True
+    assert r["total_bytes"] == r["argument_bytes"] + r["output_bytes"] + r["temp_bytes"] + r["code_bytes"]
+    # Data parallel: every core holds the whole student with LAMB's two moments (PD trains every parameter), the
+    # float32 teacher passed into the step, and an eighth of the batch; TPU layouts pad small dimensions to whole
+    # tiles (the 2-way NSP kernel takes 128 lanes), a few percent at this size.
+    config = experiment_config.load_experiment("experiments/distill_pd.py:smoke")
+    state = 4 * 3 * _param_count(config.model) + 4 * _param_count(config.teacher_model)
+    seq, predictions = config.data.max_seq_length, config.data.max_predictions_per_seq
+    batch = 4 * (config.batch_size // 8) * (3 * seq + 3 * predictions + 1)
+    assert state <= r["argument_bytes"] <= 1.1 * state + batch
+    # XLA counts every operation of the step, recomputation included; the model count only the matmuls.
+    assert r["model_flops_per_step"] <= r["xla_flops_per_step"] <= 3 * r["model_flops_per_step"]
+    assert r["step_seconds"] == pytest.approx(r["model_flops_per_step"] / (0.5 * 61.5e12 * 8))
+    assert r["run_seconds"] == pytest.approx(r["step_seconds"] * config.total_steps)
+    assert "experiments/distill_pd.py:smoke on v3:2x2: 8 x TPU v3 (1 hosts)" in proc.stdout
+    assert "of 16.00 GiB HBM: fits" in proc.stdout
+
+
+@needs_libtpu
+@pytest.mark.parametrize("args,message", [
+    (["--topology=v3:3x7"], "--topology='v3:3x7'"),
+    (["--topology=v3:2x2", "--config.mesh.shape=(3, 1, 1)"], "config.mesh.shape=(3, 1, 1) covers 3 devices, but 8"),
+    (["--topology=v3:2x2", "--config.batch_size=12"], "config.batch_size=12 is not divisible by data=8"),
+])
+def test_config_errors_are_named_before_compiling(args, message):
+    proc = aot("--config=experiments/teacher_ib_bert_large.py:smoke", *args)
+    assert proc.returncode == 1 and "FATAL config error" in proc.stderr and message in proc.stderr, proc.stderr[-3000:]
+
+
+def test_missing_libtpu_is_named():
+    env = {**os.environ, "TPU_LIBRARY_PATH": "/nonexistent/libtpu.so"}
+    proc = aot("--config=experiments/teacher_ib_bert_large.py:smoke", "--topology=v3:2x2", env=env)
+    assert proc.returncode == 1 and "TPU_LIBRARY_PATH='/nonexistent/libtpu.so' is not a file" in proc.stderr
