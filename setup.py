@@ -29,7 +29,9 @@ setup(
     ],
     extras_require={
         "test": ["pytest>=8", "torch==2.13.0", "transformers>=4.50", "safetensors>=0.4", "scipy>=1.11",
-                 "scikit-learn>=1.4"],
+                 "scikit-learn>=1.4", "onnx>=1.16", "onnxruntime>=1.18"],
+        # ONNX export of fine-tuned models for on-device inference (python -m mobilebert_jax.export).
+        "export": ["onnx>=1.16", "onnxruntime>=1.18"],
         "tpu": ["jax[tpu]>=0.7"],
     },
     entry_points={"console_scripts": ["mobilebert-jax=mobilebert_jax.main:run"]},

@@ -31,6 +31,8 @@ STAGES = {
     "teacher_pretraining": "mobilebert_jax.train.pretraining:build_pretraining_task",
     "pretraining": "mobilebert_jax.train.pretraining:build_pretraining_task",
     "distillation": "mobilebert_jax.distill.task:build_distillation_task",
+    "glue_finetuning": "mobilebert_jax.tasks.finetuning:build_glue_task",
+    "squad_finetuning": "mobilebert_jax.tasks.finetuning:build_squad_task",
 }
 
 
