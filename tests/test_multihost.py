@@ -1,9 +1,10 @@
-"""Two processes x 4 CPU devices on localhost train, are preempted on one host, resume, and match 1 x 8 devices.
+"""Two processes x 4 CPU devices on localhost distill, are preempted on one host, resume, and match 1 x 8 devices.
 
-The pytest process (8 devices from conftest) trains the reference in-process;
-the workers are this file run as a script, each with its own process id,
-the coordinator on localhost and JAX_NUM_CPU_DEVICES=4, the way
-launch/tpu_run.sh starts the trainer on every host of a pod.
+The stage is progressive transfer (the IB-BERT teacher a frozen argument of the step, a stage boundary at step
+4) with the real data pipeline: process 0 prepares the bundled corpus, every process loads its own half of each
+global batch. The pytest process (8 devices from conftest) trains the reference in-process; the workers are
+this file run as a script, each with its own process id, the coordinator on localhost and
+JAX_NUM_CPU_DEVICES=4, the way launch/tpu_run.sh starts the trainer on every host of a pod.
 """
 
 from __future__ import annotations
@@ -22,15 +23,32 @@ import pytest
 TESTS = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(TESTS)
 MESH = (2, 4, 1)  # fsdp=4 shards parameters across the two processes' devices
-TOTAL = 8
+LAYERS, STAGE_STEPS = 2, 4
+TOTAL = LAYERS * STAGE_STEPS
 
 
-def _config():
-    import synthetic_training
+def tiny_models():
+    from mobilebert_jax import get_preset
 
-    c = synthetic_training.config(total_steps=TOTAL)
+    # The bundled tokenizer's 4000 tokens fit the vocabulary.
+    return (get_preset("ib_bert_test", num_hidden_layers=LAYERS, vocab_size=4000),
+            get_preset("mobilebert_test", num_hidden_layers=LAYERS, vocab_size=4000, num_feedforward_networks=2))
+
+
+def _config(root):
+    from test_distill_task import make_config
+
+    teacher, student = tiny_models()
+    c = make_config("progressive", os.path.join(root, "teacher"), teacher, student, stage_steps=STAGE_STEPS)
     c.mesh.shape = MESH
+    c.batch_size = 8
+    c.data.max_seq_length = 32
+    c.data.max_predictions_per_seq = 4
+    c.data.prepared_dir = os.path.join(root, "data")  # prepared once, read by every run
     c.eval.num_batches = 0
+    c.checkpoint.every_steps = 2
+    c.checkpoint.keep_last = 10
+    c.log_every = 2
     return c
 
 
@@ -40,13 +58,13 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_workers(workdir, port: int, slow: float = 0.0) -> list[subprocess.Popen]:
+def start_workers(root, workdir, port: int, slow: float = 0.0) -> list[subprocess.Popen]:
     procs = []
     for i in range(2):
         env = dict(os.environ, JAX_COORDINATOR_ADDRESS=f"localhost:{port}", JAX_NUM_PROCESSES="2",
                    JAX_PROCESS_ID=str(i), JAX_NUM_CPU_DEVICES="4", JAX_PLATFORMS="cpu", SLOW_STEP_SECONDS=str(slow))
         env.pop("XLA_FLAGS", None)
-        procs.append(subprocess.Popen([sys.executable, __file__, str(workdir)], env=env, cwd=REPO,
+        procs.append(subprocess.Popen([sys.executable, __file__, str(root), str(workdir)], env=env, cwd=REPO,
                                       stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
     return procs
 
@@ -71,17 +89,23 @@ def _data_states(step_dir) -> dict[str, int]:
     for name in sorted(os.listdir(os.path.join(step_dir, "data"))):
         if name.endswith(".json"):
             with open(os.path.join(step_dir, "data", name)) as f:
-                out[name] = json.load(f)["state"]["index"]
+                out[name] = json.load(f)["state"]
     return out
 
 
 def test_two_processes_preempted_on_one_host_resume_and_equal_one_process(tmp_path):
-    import synthetic_training
+    from test_distill_task import save_teacher
+
+    from mobilebert_jax.distill.task import build_distillation_task
     from mobilebert_jax.train.trainer import train
 
+    save_teacher(tmp_path / "teacher", tiny_models()[0])
+    c = _config(str(tmp_path))
+    train(c, str(tmp_path / "single"), build_distillation_task)  # also prepares the data the workers read
+
     multi = tmp_path / "multi"
-    procs = start_workers(multi, free_port(), slow=0.4)
-    deadline = time.time() + 240
+    procs = start_workers(tmp_path, multi, free_port(), slow=0.4)
+    deadline = time.time() + 300
     while not os.path.isdir(multi / "checkpoints" / "2"):
         assert all(p.poll() is None for p in procs), finish(procs)
         assert time.time() < deadline, "no checkpoint at step 2"
@@ -93,45 +117,63 @@ def test_two_processes_preempted_on_one_host_resume_and_equal_one_process(tmp_pa
     stopped = steps[-1]
     assert 2 < stopped < TOTAL, out0
     assert f"preempted: saved a checkpoint at step {stopped}" in out0
-    # Both hosts stopped after the same step: each wrote its own data-iterator position there.
-    assert _data_states(multi / "checkpoints" / str(stopped)) == {
-        "process_0-of-2.json": stopped, "process_1-of-2.json": stopped}
+    # Both hosts stopped after the same step, each having read its own half of every batch so far.
+    states = _data_states(multi / "checkpoints" / str(stopped))
+    assert sorted(states) == ["process_0-of-2.json", "process_1-of-2.json"]
+    assert states["process_0-of-2.json"] == states["process_1-of-2.json"], states
 
-    out0, _ = finish(start_workers(multi, free_port()))
+    out0, _ = finish(start_workers(tmp_path, multi, free_port()))
     assert f"resumed from step {stopped}" in out0
-    assert "process 0 of 2, coordinator localhost:" in out0
 
-    c = _config()
-    train(c, str(tmp_path / "single"), synthetic_training.build_synthetic_task)
     single, resumed = _final_params(tmp_path / "single", c), _final_params(multi, c)
-    assert single is not None and resumed is not None and single.keys() == resumed.keys()
+    assert single.keys() == resumed.keys()
     for k in single:
         np.testing.assert_allclose(resumed[k], single[k], rtol=1e-5, atol=1e-6, err_msg=k)
+    # Progressive transfer really ran through both stages: every student layer moved.
+    assert any(not np.allclose(resumed[k], _initial(c)[k]) for k in single if "layer_1/" in k)
+
+
+def _student(c):
+    import jax
+    import jax.numpy as jnp
+
+    from mobilebert_jax.config import MobileBertConfig
+    from mobilebert_jax.modeling import MobileBertForPreTraining
+    from mobilebert_jax.partitioning import unbox_without_constraints
+
+    model = MobileBertForPreTraining(MobileBertConfig.from_dict(c.model.to_dict()))
+    init = lambda: model.init(jax.random.key(c.seed), jnp.zeros((1, 2), jnp.int32))["params"]  # noqa: E731
+    return model, init, unbox_without_constraints(jax.eval_shape(init))
+
+
+def _flat(params) -> dict:
+    import jax
+    from flax import traverse_util
+
+    return {k: np.asarray(v) for k, v in traverse_util.flatten_dict(jax.device_get(params), sep="/").items()}
+
+
+def _initial(c) -> dict:
+    import flax.linen as nn
+
+    _, init, _ = _student(c)
+    return _flat(nn.unbox(init()))
 
 
 def _final_params(workdir, c) -> dict:
-    """The latest checkpoint's parameters, read onto this process's first device whatever wrote them."""
-    import flax.linen as nn
+    """The student at the latest checkpoint, read onto this process's first device whatever mesh wrote it."""
     import jax
-    import jax.numpy as jnp
-    import synthetic_training
-    from flax import traverse_util
-    from mobilebert_jax import checkpointing, optim
-    from mobilebert_jax.train.step import TrainState
 
-    task = synthetic_training.build_synthetic_task(c, str(workdir))
-    tx = optim.build_optimizer(c.optimizer, jax.eval_shape(task.init_params, jax.random.key(0)))
+    from mobilebert_jax.config import MobileBertConfig
+    from mobilebert_jax.distill import sources
 
-    def init():
-        params = task.init_params(jax.random.key(0))
-        return nn.meta.unbox(TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params)))
-
-    device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
-    target = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=device), jax.eval_shape(init))
-    with checkpointing.Checkpointer.from_config(os.path.join(workdir, "checkpoints"), c.checkpoint) as ckpt:
-        state = ckpt.restore(target)
-    assert int(state.step) == TOTAL
-    return {"/".join(k): np.asarray(v) for k, v in traverse_util.flatten_dict(jax.device_get(state.params)).items()}
+    _, _, shapes = _student(c)
+    one = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+    abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=one), shapes)
+    step_dir = os.path.join(workdir, "checkpoints", str(TOTAL))
+    assert os.path.isdir(step_dir), f"{workdir} did not reach step {TOTAL}"
+    return _flat(sources.read_params(step_dir, MobileBertConfig.from_dict(c.model.to_dict()), abstract, "final",
+                                     "config.model"))
 
 
 def test_incomplete_settings_name_what_is_missing(monkeypatch):
@@ -151,30 +193,52 @@ def test_incomplete_settings_name_what_is_missing(monkeypatch):
         multihost.initialize("localhost", 2, 0)
 
 
-def _worker(workdir: str) -> None:
+def _worker(root: str, workdir: str) -> None:
     """One host of the simulated job: initialize from the environment, then the trainer's ordinary path."""
     sys.path.insert(0, TESTS)
     from mobilebert_jax import multihost
 
     how = multihost.initialize()
     import jax
-    import synthetic_training
+
+    from mobilebert_jax.data import loader
+    from mobilebert_jax.distill.task import build_distillation_task
     from mobilebert_jax.train.trainer import train
 
     if jax.process_index() == 0:
         print(how, flush=True)
     slow = float(os.environ.get("SLOW_STEP_SECONDS") or 0)
     if slow:  # leaves time to signal the run between steps
-        original = synthetic_training.SyntheticBatches.__next__
+        original = loader.make_pretraining_loader
 
-        def slow_next(self):
-            time.sleep(slow)
-            return original(self)
+        def slow_loader(*args, **kwargs):
+            batches = original(*args, **kwargs)
+            return _Slow(batches, slow)
 
-        synthetic_training.SyntheticBatches.__next__ = slow_next
-    train(_config(), workdir, synthetic_training.build_synthetic_task)
+        loader.make_pretraining_loader = slow_loader
+    train(_config(root), workdir, build_distillation_task)
+
+
+class _Slow:
+    """A data iterator that takes `seconds` per batch; state as the wrapped one's."""
+
+    def __init__(self, batches, seconds: float):
+        self.batches, self.seconds = batches, seconds
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        time.sleep(self.seconds)
+        return next(self.batches)
+
+    def get_state(self):
+        return self.batches.get_state()
+
+    def set_state(self, state):
+        self.batches.set_state(state)
 
 
 if __name__ == "__main__":
     sys.path.insert(0, REPO)
-    _worker(sys.argv[1])
+    _worker(sys.argv[1], sys.argv[2])
