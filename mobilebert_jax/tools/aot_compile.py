@@ -200,6 +200,10 @@ def report(r: Result) -> str:
 
 
 def _parse(argv: list[str]):
+    if any(a in ("-h", "--help", "--helpshort", "--helpfull") for a in argv[1:]):
+        print(__doc__ + "\nFlags (and --config=experiments/X.py[:arg] with --config.FIELD=VALUE overrides):\n" +
+              FLAGS.main_module_help())
+        sys.exit(0)
     return experiment_config.absl_flags_parser(argv)
 
 
