@@ -11,9 +11,14 @@ Smoke (2 CPU cores, a few minutes, the embedded Python-docs corpus, no download)
 
     python -m mobilebert_jax.main --config=experiments/teacher_ib_bert_large.py:smoke --workdir=runs/teacher_smoke
 
-What to expect from the smoke run: a 4-layer IB-BERT (inverted bottleneck 128 -> 256) learns; masked-LM
-accuracy climbs from ~0 to well above 10% within its 300 steps, NSP accuracy above chance; checkpoints,
-TensorBoard events and metrics.jsonl land in the workdir. Rerun the same command to resume.
+What to expect from the smoke run: a 4-layer IB-BERT (inverted bottleneck 128 -> 256, 2.3M parameters, sequences
+of 64) learns in 1200 steps: held-out masked-LM accuracy rises from about 5% (the most frequent piece) to about
+19% (measured 19.3% on this machine); checkpoints, TensorBoard events and metrics.jsonl land in the workdir.
+Rerun the same command to resume.
+
+The smoke run uses AdamW (bias-corrected), not the paper's LAMB: at this size and length LAMB stays on the
+unigram plateau longer than the run lasts (measured: held-out MLM accuracy 5.4% after 400 steps at batch 32,
+sequences of 64, lr 5e-3 and also at 1e-2), while AdamW at 1e-3 leaves it within a few hundred steps.
 
 Step count: REFERENCE gives the teacher's batch (4096), optimizer (LAMB) and hardware, not its length;
 500K steps at the PD stage's learning-rate recipe (warm up 10K steps to 1.5e-3, linear decay to 1.5e-7)
@@ -65,23 +70,29 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
 
     if smoke:
         c.model_preset = "ib_bert_smoke"
+        # Dropout only slows learning when a run sees ~1M tokens once.
         model = get_preset("ib_bert_large", vocab_size=4000, hidden_size=128, intra_bottleneck_size=256,
                            intermediate_size=512, embedding_size=64, num_hidden_layers=4, num_attention_heads=4,
-                           max_position_embeddings=128)
-        c.batch_size = 16
-        c.total_steps = 300
-        c.log_every = 20
+                           max_position_embeddings=128, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+        c.batch_size = 32
+        c.total_steps = 1200
+        c.log_every = 50
         c.data.corpus = "builtin:python_docs"
         c.data.tokenizer = "builtin:python_docs_sentencepiece"
-        c.data.max_seq_length = 128
+        c.data.max_seq_length = 64
+        c.data.max_predictions_per_seq = 10
         c.data.num_shards = 4
-        c.optimizer.lr = 2e-3
-        c.optimizer.schedule.warmup_steps = 30
+        # See the docstring: at this scale LAMB stays on the unigram plateau for longer than the run.
+        c.optimizer = optim.default_config("adamw")
+        c.optimizer.lr = 1e-3
+        c.optimizer.bias_correction = True
+        c.optimizer.schedule.kind = "warmup_linear_decay"
+        c.optimizer.schedule.warmup_steps = 60
         c.optimizer.schedule.total_steps = c.total_steps
         c.optimizer.schedule.end_lr = 0.0
-        c.checkpoint.every_steps = 100
-        c.eval.every_steps = 100
-        c.eval.batch_size = 32
-        c.eval.num_batches = 4
+        c.checkpoint.every_steps = 400
+        c.eval.every_steps = 400
+        c.eval.batch_size = 64
+        c.eval.num_batches = 2
     c.model = ml_collections.ConfigDict(model.to_dict())
     return c
