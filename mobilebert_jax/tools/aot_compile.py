@@ -193,7 +193,8 @@ def report(r: Result) -> str:
         f"  total {_gib(r.total_bytes)} of {_gib(r.hbm_bytes)} HBM: {verdict}",
         f"  FLOPs per step: XLA {r.xla_flops_per_step:.4g} (recomputation included), model {r.model_flops_per_step:.4g}",
         f"  at {r.mfu:.0%} MFU: {_duration(r.step_seconds)} per step, {r.total_steps:,} steps in "
-        f"{_duration(r.run_seconds)}",
+        f"{_duration(r.run_seconds)}; the chips then execute XLA's FLOPs at "
+        f"{r.mfu * r.xla_flops_per_step / r.model_flops_per_step:.0%} of peak",
         f"  compiled in {r.compile_seconds:.0f} s",
     ]
     return "\n".join(lines)
