@@ -208,7 +208,8 @@ ensure_slice() {
 copy_code() {
   local tarball="${TMPDIR:-/tmp}/tpu_run-$NAME-$RUN.tar.gz"
   if [[ "$DRY_RUN" == 0 ]]; then
-    git -C "$REPO" rev-parse --git-dir >/dev/null 2>&1 || die "$REPO is not a git checkout: cannot tell code from outputs"
+    git -C "$REPO" rev-parse --git-dir >/dev/null 2>&1 ||
+      die "$REPO is not a git checkout: cannot tell code from outputs"
     # Tracked and untracked-but-not-ignored files (what `git status` shows), without venvs, runs or caches;
     # tracked files deleted in the working tree are left out.
     (cd "$REPO" && git ls-files -z --cached --others --exclude-standard | \
@@ -221,7 +222,8 @@ copy_code() {
 
 case "$COMMAND" in
   start)
-    [[ ${#TRAIN_ARGS[@]} -gt 0 ]] || die "start needs the training arguments after --, e.g. -- --config=experiments/X.py --workdir=gs://BUCKET/run"
+    [[ ${#TRAIN_ARGS[@]} -gt 0 ]] ||
+      die "start needs the training arguments after --, e.g. -- --config=experiments/X.py --workdir=gs://BUCKET/run"
     want="$(sha256sum "$REPO/setup.py" | cut -d' ' -f1) $PIP_SPEC"
     ensure_slice
     copy_code
@@ -246,7 +248,11 @@ case "$COMMAND" in
   status)
     tpu describe "$NAME" "${LOCATION[@]}" --format='value(state)'
     on_workers all "$ALIVE
-if [ -f $LOGS/$RUN.pid ] && alive \$(cat $LOGS/$RUN.pid); then echo \"\$HOSTNAME: running (process \$(cat $LOGS/$RUN.pid))\"; else echo \"\$HOSTNAME: not running\"; fi"
+if [ -f $LOGS/$RUN.pid ] && alive \$(cat $LOGS/$RUN.pid); then
+  echo \"\$HOSTNAME: running (process \$(cat $LOGS/$RUN.pid))\"
+else
+  echo \"\$HOSTNAME: not running\"
+fi"
     ;;
   delete)
     tpu delete "$NAME" "${LOCATION[@]}" --quiet

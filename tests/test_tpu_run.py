@@ -57,7 +57,8 @@ def test_dry_run_prints_the_exact_gcloud_calls():
     assert len(calls) == 5
     prepare, start = calls[3][-1].removeprefix("--command="), calls[4][-1].removeprefix("--command=")
     # Stale processes go first, then the code is unpacked, and the venv is built only if setup.py changed.
-    assert prepare.index("kill -TERM") < prepare.index("fuser -k") < prepare.index("tar xzf") < prepare.index("pip install")
+    order = [prepare.index(s) for s in ("kill -TERM", "fuser -k", "tar xzf", "pip install")]
+    assert order == sorted(order)
     assert f'= "{setup_stamp()}" ]' in prepare
     launch = start.splitlines()[1]
     assert launch.startswith("nohup ~/mobilebert-jax-venv/bin/python -m mobilebert_jax.main ")
@@ -67,7 +68,8 @@ def test_dry_run_prints_the_exact_gcloud_calls():
     assert "> ~/mobilebert-jax-logs/train-$HOSTNAME.log" in start
 
     for command, expected in [
-        (["logs"], vm + ["ssh", "mb", *where, "--worker=0", "--command=tail -n 50 -F ~/mobilebert-jax-logs/train-*.log"]),
+        (["logs"],
+         vm + ["ssh", "mb", *where, "--worker=0", "--command=tail -n 50 -F ~/mobilebert-jax-logs/train-*.log"]),
         (["--run=r2", "fetch-logs", "/tmp/logs"],
          vm + ["scp", "mb:~/mobilebert-jax-logs/r2-*.log", "/tmp/logs", *where, "--worker=all"]),
         (["delete"], vm + ["delete", "mb", *where, "--quiet"]),

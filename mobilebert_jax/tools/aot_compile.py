@@ -191,7 +191,8 @@ def report(r: Result) -> str:
         f"  memory per device: arguments {_gib(r.argument_bytes)}, outputs (not aliased) {_gib(r.output_bytes)}, "
         f"temporaries {_gib(r.temp_bytes)}, code {_gib(r.code_bytes)}",
         f"  total {_gib(r.total_bytes)} of {_gib(r.hbm_bytes)} HBM: {verdict}",
-        f"  FLOPs per step: XLA {r.xla_flops_per_step:.4g} (recomputation included), model {r.model_flops_per_step:.4g}",
+        f"  FLOPs per step: XLA {r.xla_flops_per_step:.4g} (recomputation included), "
+        f"model {r.model_flops_per_step:.4g}",
         f"  at {r.mfu:.0%} MFU: {_duration(r.step_seconds)} per step, {r.total_steps:,} steps in "
         f"{_duration(r.run_seconds)}; the chips then execute XLA's FLOPs at "
         f"{r.mfu * r.xla_flops_per_step / r.model_flops_per_step:.0%} of peak",

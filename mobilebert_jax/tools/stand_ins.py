@@ -14,8 +14,8 @@ inputs at stand-ins in a scratch directory:
                      parameter directory (convert/native.py layout) with the
                      architecture and every shape the builder checks, whose
                      values are a sparse file that is never read;
-  batch size         one example per host: the builder's loader only has to
-                     show what a batch holds; the compile uses the real size.
+  batch size         one example: the builder's loader only has to show what
+                     a batch holds; the compile uses the real global size.
 """
 
 from __future__ import annotations
@@ -88,10 +88,10 @@ def write_placeholder_params(path: str, model: MobileBertConfig) -> str:
     return path
 
 
-def stand_in_config(config: ml_collections.ConfigDict, scratch: str, process_count: int = 1) -> ml_collections.ConfigDict:
+def stand_in_config(config: ml_collections.ConfigDict, scratch: str) -> ml_collections.ConfigDict:
     """A copy of `config` whose inputs are the stand-ins described above, all under `scratch`."""
     c = ml_collections.ConfigDict(config.to_dict())
-    c.batch_size = process_count
+    c.batch_size = 1  # the compiling process is the only one reading
     if isinstance(c.get("data"), ml_collections.ConfigDict):
         c.data.corpus = BUNDLED_CORPUS
         c.data.tokenizer = BUNDLED_TOKENIZER

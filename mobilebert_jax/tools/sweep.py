@@ -16,8 +16,8 @@ A sweep file (experiments/sweeps/NAME.py) defines `get_sweep() -> dict` with
     python -m mobilebert_jax.tools.sweep SWEEP.py summary --root=runs/sweeps
 
 Config paths are relative to the repository root (where the command runs, and where tpu_run.sh runs the
-training on the workers). Run i of sweep NAME works in ROOT/NAME/<i>_<settings>. Every run's config is loaded (fields and types
-checked) before anything starts; a finished run (metrics logged at config.total_steps) is not started again,
+training on the workers). Run i of sweep NAME works in ROOT/NAME/<i>_<settings>. Every run's config is
+loaded (fields and types checked) before anything starts; a finished run (metrics logged at config.total_steps) is not started again,
 and an unfinished one continues from its checkpoint. `summary` writes summary.md and summary.json next to
 the runs.
 """
