@@ -33,6 +33,9 @@ setup(
         # ONNX export of fine-tuned models for on-device inference (python -m mobilebert_jax.export).
         "export": ["onnx>=1.16", "onnxruntime>=1.18"],
         "tpu": ["jax[tpu]>=0.7"],
+        # Ahead-of-time TPU compiles on a machine without TPUs. Prefer `python -m mobilebert_jax.tools.install_libtpu`,
+        # which keeps libtpu off the import path (an importable libtpu makes every JAX process probe for TPUs).
+        "aot": ["jax[tpu]>=0.7"],
     },
     entry_points={"console_scripts": ["mobilebert-jax=mobilebert_jax.main:run"]},
 )

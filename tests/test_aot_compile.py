@@ -18,15 +18,17 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _libtpu_available() -> bool:
+    from mobilebert_jax.tools import install_libtpu
+
     if os.environ.get("TPU_LIBRARY_PATH"):
         return os.path.isfile(os.environ["TPU_LIBRARY_PATH"])
     import importlib.util
 
-    return importlib.util.find_spec("libtpu") is not None
+    return os.path.isfile(install_libtpu.LIBRARY) or importlib.util.find_spec("libtpu") is not None
 
 
-needs_libtpu = pytest.mark.skipif(not _libtpu_available(), reason="libtpu not installed: pip install -e '.[aot]' "
-                                                                   "or set TPU_LIBRARY_PATH")
+needs_libtpu = pytest.mark.skipif(not _libtpu_available(), reason="libtpu not installed: python -m "
+                                  "mobilebert_jax.tools.install_libtpu (the README's test command runs it)")
 
 
 def aot(*args, env=None) -> subprocess.CompletedProcess:

@@ -35,7 +35,7 @@ from absl import app, flags
 
 from mobilebert_jax import experiment_config, hardware, partitioning
 from mobilebert_jax.config import ConfigError
-from mobilebert_jax.tools import stand_ins
+from mobilebert_jax.tools import install_libtpu, stand_ins
 
 flags.DEFINE_string("topology", None, "TPU topology as JAX names it: GENERATION:SHAPE, e.g. v3:8x16 (256 cores), "
                                       "v3:2x2 (8 cores), v4:4x4x4, v5e:16x16")
@@ -65,12 +65,14 @@ def hbm_bytes(device_kind: str) -> Optional[int]:
 
 def prepare_libtpu() -> None:
     """Checks that libtpu can be found and sets what a compile-only libtpu needs; call before any JAX backend."""
+    if not os.environ.get("TPU_LIBRARY_PATH") and os.path.isfile(install_libtpu.LIBRARY):
+        os.environ["TPU_LIBRARY_PATH"] = install_libtpu.LIBRARY
     if not os.environ.get("TPU_LIBRARY_PATH"):
         try:
             import libtpu  # noqa: F401  (the package jax[tpu] installs)
         except ImportError:
-            raise ConfigError("ahead-of-time TPU compiles need libtpu: pip install -e '.[aot]', or set "
-                              "TPU_LIBRARY_PATH to a libtpu.so") from None
+            raise ConfigError("ahead-of-time TPU compiles need libtpu: python -m mobilebert_jax.tools.install_libtpu "
+                              "(or pip install -e '.[aot]', or set TPU_LIBRARY_PATH to a libtpu.so)") from None
     elif not os.path.isfile(os.environ["TPU_LIBRARY_PATH"]):
         raise ConfigError(f"TPU_LIBRARY_PATH={os.environ['TPU_LIBRARY_PATH']!r} is not a file")
     # No chips are opened, so the one-process-per-TPU lock does not apply; there is
