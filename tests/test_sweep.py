@@ -118,3 +118,16 @@ def test_launch_starts_one_slice_per_run(tmp_path):
         [os.path.join(REPO, "launch", "tpu_run.sh"), f"--name=mb-{i}", "--zone=us-central1-a", "--accelerator=v3-8",
          "start", "--", "--config=experiments/teacher_ib_bert_large.py:smoke", f"--workdir=gs://b/sw/s/00{i}_seed={i}",
          f"--config.seed={i}"] for i in (0, 1)]
+
+
+def test_seed_table_reports_mean_and_spread():
+    from mobilebert_jax.tools.sweep import seed_table
+
+    rows = [{"run": f"r{i}", "lr": lr, "seed": seed, "status": "done", "metrics": {"eval/accuracy": acc}}
+            for i, (lr, seed, acc) in enumerate([(1e-5, 0, 0.60), (1e-5, 1, 0.64), (1e-5, 2, 0.62),
+                                                 (2e-5, 0, 0.70), (2e-5, 1, 0.70)])]
+    rows.append({"run": "r5", "lr": 2e-5, "seed": 2, "status": "step 3/10", "metrics": {"eval/accuracy": 0.1}})
+    lines = seed_table(rows, ["lr"], ["eval/accuracy"]).splitlines()
+    assert lines[0] == "| lr | seeds | eval/accuracy |"
+    assert lines[2] == "| 1e-05 | 3 | 0.62 ± 0.02 |"  # sample std of 0.60, 0.64, 0.62
+    assert lines[3] == "| 2e-05 | 2 | 0.7 ± 0 |"  # the unfinished third seed is left out

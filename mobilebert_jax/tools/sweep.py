@@ -29,6 +29,7 @@ import dataclasses
 import importlib.util
 import itertools
 import json
+import math
 import os
 import re
 import shlex
@@ -231,7 +232,35 @@ def summarize(sweep: Sweep) -> tuple[str, list[dict]]:
         cells += [f"{r['metrics'][m]:.4g}" if isinstance(r["metrics"].get(m), (int, float)) else ""
                   for m in metrics]
         lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines), rows
+    table = "\n".join(lines)
+    if "seed" in settings:
+        table += "\n\n" + seed_table(rows, [k for k in settings if k != "seed"], metrics)
+    return table, rows
+
+
+def seed_table(rows: list[dict], settings: list[str], metrics: list[str]) -> str:
+    """Runs that differ only in `seed`, as mean ± sample standard deviation over the finished seeds.
+
+    Small GLUE tasks (CoLA, MRPC, RTE) move by points between seeds, so one run says little.
+    """
+    groups: dict[tuple, list[dict]] = {}
+    for r in rows:
+        if r["status"] == "done":
+            groups.setdefault(tuple(repr(r.get(k)) for k in settings), []).append(r)
+    header = [*settings, "seeds", *metrics]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for members in groups.values():
+        cells = [_short(members[0].get(k, "")) for k in settings] + [str(len(members))]
+        for m in metrics:
+            values = [r["metrics"][m] for r in members if isinstance(r["metrics"].get(m), (int, float))]
+            if not values:
+                cells.append("")
+                continue
+            mean = sum(values) / len(values)
+            std = math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1)) if len(values) > 1 else 0.0
+            cells.append(f"{mean:.4g} ± {std:.2g}")
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
