@@ -100,10 +100,10 @@ def make_config(strategy: str, teacher_dir: str, teacher_cfg, student_cfg, stage
     return c
 
 
-def build(c):
+def build(c, evaluate: bool = True):
     vocab = c.model.vocab_size
-    data = distill_task.Data(PaddedBatches(vocab, c.batch_size), lambda: iter([next(PaddedBatches(vocab, 4, 99))]),
-                             PRED)
+    held_out = (lambda: iter([next(PaddedBatches(vocab, c.eval.batch_size, 99))])) if evaluate else None
+    data = distill_task.Data(PaddedBatches(vocab, c.batch_size), held_out, PRED)
     return distill_task.distillation_task(c, lambda: data)
 
 
