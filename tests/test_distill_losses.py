@@ -140,3 +140,13 @@ def test_pretraining_distillation_mlm(alpha, temperature):
     got = losses.distillation_mlm_sum(jnp.asarray(zs, jnp.float32), jnp.asarray(zt, jnp.float32), jnp.asarray(ids),
                                       jnp.asarray(weights), alpha, temperature)
     np.testing.assert_allclose(got, expected, rtol=1e-5)
+
+
+def test_hard_labels_only_need_no_teacher():
+    rng = np.random.default_rng(8)
+    zs = jnp.asarray(rng.normal(size=(B, P, V)), jnp.float32)
+    ids, weights = jnp.asarray(rng.integers(0, V, (B, P))), jnp.ones((B, P))
+    hard = losses.distillation_mlm_sum(zs, None, ids, weights, 1.0, 1.0)
+    np.testing.assert_allclose(hard, losses.distillation_mlm_sum(zs, zs * 5, ids, weights, 1.0, 1.0), rtol=1e-6)
+    with pytest.raises(ValueError, match="needs the teacher's logits"):
+        losses.distillation_mlm_sum(zs, None, ids, weights, 0.5, 1.0)

@@ -67,14 +67,18 @@ def attention_sum(student_scores_BxNxTxT: jax.Array, teacher_scores_BxNxTxT: jax
     return jnp.sum(per_query_BxT * token_weights_BxT)
 
 
-def distillation_mlm_sum(student_logits_BxPxV: jax.Array, teacher_logits_BxPxV: jax.Array, ids_BxP: jax.Array,
+def distillation_mlm_sum(student_logits_BxPxV: jax.Array, teacher_logits_BxPxV: jax.Array | None, ids_BxP: jax.Array,
                          weights_BxP: jax.Array, alpha: float, temperature: float) -> jax.Array:
     """PD's masked-LM term: weighted sum of the cross-entropy of the student's
-    softmax against y = alpha * onehot(id) + (1 - alpha) * softmax(z^T / tau)."""
+    softmax against y = alpha * onehot(id) + (1 - alpha) * softmax(z^T / tau).
+
+    With alpha = 1 (hard labels only) the teacher's logits are not needed (None)."""
     log_p_s = jax.nn.log_softmax(student_logits_BxPxV.astype(jnp.float32), axis=-1)
     hard_BxP = -jnp.take_along_axis(log_p_s, ids_BxP[..., None].astype(jnp.int32), axis=-1)[..., 0]
     xent_BxP = alpha * hard_BxP
     if alpha < 1.0:
+        if teacher_logits_BxPxV is None:
+            raise ValueError(f"alpha={alpha} < 1 needs the teacher's logits")
         q_t = jax.nn.softmax(jax.lax.stop_gradient(teacher_logits_BxPxV).astype(jnp.float32) / temperature, axis=-1)
         xent_BxP = xent_BxP + (1.0 - alpha) * -jnp.sum(q_t * log_p_s, axis=-1)
     return jnp.sum(xent_BxP * weights_BxP.astype(jnp.float32))

@@ -89,7 +89,7 @@ class Objective:
                 sums.update(train_losses.nsp_sums(s["nsp_logits"], batch["next_sentence_labels"]))
             if d.pd:
                 sums["pd_mlm_sum"] = distill_losses.distillation_mlm_sum(
-                    s["mlm_logits"], t["mlm_logits"] if teacher_logits else s["mlm_logits"], batch["masked_lm_ids"],
+                    s["mlm_logits"], t["mlm_logits"] if teacher_logits else None, batch["masked_lm_ids"],
                     batch["masked_lm_weights"], d.alpha, d.temperature)
             return sums
 
