@@ -1,0 +1,266 @@
+"""The whole MobileBERT recipe at small scale, in one command, on the embedded corpus:
+
+    python -m mobilebert_jax.distill.pipeline [--workdir=runs/pipeline]
+
+1. prepare the data (the bundled Python docs, SentencePiece vocabulary, held-out split);
+2. pretrain a small IB-BERT teacher (MLM + NSP);
+3. progressive knowledge transfer into a MobileBERT-shaped student, one stage per layer;
+4. pretraining distillation (PD) of that student;
+5. train the same student from scratch (MLM + NSP) for as many steps as 3 and 4 together;
+6. score the teacher, the distilled student and the scratch student on the same held-out batches,
+   print the table, and write `results.md`, `results.json` and `transfer_losses.png` to the workdir.
+
+Every stage is an ordinary trainer run in its own subdirectory (checkpoints, TensorBoard, metrics.jsonl),
+so rerunning the command continues an interrupted pipeline where it stopped. The settings (`Scale`)
+are chosen for about ten minutes on two free CPU cores; see docs/distillation.md for why each one
+is what it is.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import time
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+
+from mobilebert_jax import experiment_config, flops, partitioning
+from mobilebert_jax.config import MobileBertConfig
+from mobilebert_jax.distill import experiment, sources, strategies
+from mobilebert_jax.distill.evaluate import eval_batches, held_out_metrics
+from mobilebert_jax.distill.plot import plot_transfer_losses
+from mobilebert_jax.modeling import MobileBertForPreTraining
+
+
+@dataclasses.dataclass(frozen=True)
+class Scale:
+    """Everything the small pipeline sets; the defaults are the README's run."""
+
+    seq_len: int = 64
+    max_predictions: int = 10  # 15% of 64
+    held_out_fraction: float = 0.05  # about 400 held-out sequences
+    batch_size: int = 32
+    layers: int = 4  # teacher and student
+    # The teacher smoke model's inner widths (256 / 512) learned no faster per step at this length and cost
+    # three times as much; at 128 the "inverted" bottleneck is as wide as the 128-d inter-block features.
+    teacher_intra_bottleneck_size: int = 128
+    teacher_intermediate_size: int = 256
+    teacher_steps: int = 1000
+    stage_steps: int = 100  # progressive: layers x stage_steps transfer steps
+    pd_steps: int = 400
+    optimizer: str = "adamw"
+    teacher_lr: float = 1e-3
+    transfer_lr: float = 1e-3  # the base rate; progressive multiplies it by 3 bg(t) at the current layer
+    student_lr: float = 1e-3  # PD and the scratch student
+    eval_batch_size: int = 64
+
+    @property
+    def transfer_steps(self) -> int:
+        return self.layers * self.stage_steps
+
+    @property
+    def student_steps(self) -> int:
+        return self.transfer_steps + self.pd_steps
+
+
+def _data(c: ml_collections.ConfigDict, scale: Scale, data_dir: str) -> None:
+    c.data.prepared_dir = data_dir
+    c.data.max_seq_length = scale.seq_len
+    c.data.max_predictions_per_seq = scale.max_predictions
+    c.data.held_out_fraction = scale.held_out_fraction
+    c.batch_size = scale.batch_size
+    c.eval.batch_size = scale.eval_batch_size
+    c.eval.num_batches = 2
+
+
+def _optimizer(c: ml_collections.ConfigDict, scale: Scale, lr: float, total_steps: int, warmup: bool = True) -> None:
+    c.optimizer.name = scale.optimizer
+    c.optimizer.lr = lr
+    # Adam's first steps without bias correction are tiny; at a few hundred steps that matters.
+    c.optimizer.bias_correction = scale.optimizer == "adamw"
+    if warmup:
+        c.optimizer.schedule.kind = "warmup_linear_decay"
+        c.optimizer.schedule.warmup_steps = max(1, total_steps // 20)
+        c.optimizer.schedule.total_steps = total_steps
+        c.optimizer.schedule.end_lr = 0.0
+
+
+def _no_dropout(model: ml_collections.ConfigDict) -> None:
+    # A few hundred steps over 250K tokens underfit; dropout would only slow every model down.
+    model.hidden_dropout_prob = 0.0
+    model.attention_probs_dropout_prob = 0.0
+
+
+def teacher_config(scale: Scale, data_dir: str) -> ml_collections.ConfigDict:
+    c = experiment_config.load_experiment(experiment.TEACHER_EXPERIMENT + ":smoke").copy_and_resolve_references()
+    c.unlock()
+    c.model.num_hidden_layers = scale.layers
+    c.model.intra_bottleneck_size = scale.teacher_intra_bottleneck_size
+    c.model.intermediate_size = scale.teacher_intermediate_size
+    _no_dropout(c.model)
+    c.model.max_position_embeddings = scale.seq_len
+    c.total_steps = scale.teacher_steps
+    c.log_every = 50
+    c.eval.every_steps = scale.teacher_steps
+    c.checkpoint.every_steps = 200
+    _data(c, scale, data_dir)
+    _optimizer(c, scale, scale.teacher_lr, scale.teacher_steps)
+    return c
+
+
+def student_model(teacher: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+    student = experiment.smoke_student_model(teacher)
+    _no_dropout(student)
+    return student
+
+
+def distill_config(strategy: str, scale: Scale, teacher: ml_collections.ConfigDict, teacher_dir: str,
+                   data_dir: str, student_init: str = "", **distill: Any) -> ml_collections.ConfigDict:
+    """A distillation stage at this scale; `distill` overrides fields of config.distill (ablations)."""
+    c = experiment.get_config(strategy, "smoke")
+    c.teacher_model = ml_collections.ConfigDict(teacher.to_dict())
+    c.model = student_model(teacher)
+    c.distill.teacher = teacher_dir
+    c.distill.student_init = student_init
+    c.distill.stage_steps = scale.stage_steps
+    for k, v in distill.items():
+        if k == "weights":
+            c.distill.weights.update(v)
+        else:
+            c.distill[k] = v
+    c.optimizer.groups = ml_collections.ConfigDict()
+    c.optimizer.exclude = ()
+    strategies.optimizer_settings(c, strategy, scale.layers)
+    steps = {"progressive": scale.transfer_steps, "joint": scale.transfer_steps, "auxiliary": scale.student_steps,
+             "pd": scale.pd_steps}[strategy]
+    if strategy == "progressive":
+        c.distill.last_stage = scale.layers - 1
+        _optimizer(c, scale, scale.transfer_lr, steps, warmup=False)
+    else:
+        c.total_steps = steps
+        _optimizer(c, scale, scale.transfer_lr if strategy == "joint" else scale.student_lr, steps)
+    c.log_every = 10
+    c.eval.every_steps = scale.stage_steps
+    c.checkpoint.every_steps = 200
+    _data(c, scale, data_dir)
+    return c
+
+
+def scratch_config(scale: Scale, teacher: ml_collections.ConfigDict, data_dir: str) -> ml_collections.ConfigDict:
+    """The student trained with plain MLM + NSP for as many steps as transfer and PD together."""
+    c = teacher_config(scale, data_dir)
+    c.stage = "pretraining"
+    c.model_preset = "mobilebert_smoke"
+    c.model = student_model(teacher)
+    c.total_steps = scale.student_steps
+    c.eval.every_steps = scale.student_steps
+    _optimizer(c, scale, scale.student_lr, scale.student_steps)
+    return c
+
+
+def train_stage(name: str, config: ml_collections.ConfigDict, workdir: str, build_task: Callable,
+                timings: dict[str, float]) -> None:
+    from mobilebert_jax.train.trainer import train
+
+    print(f"\n=== {name}: {workdir} ===", flush=True)
+    start = time.monotonic()
+    train(config, workdir, build_task)
+    timings[name] = time.monotonic() - start
+
+
+def load_params(workdir: str, model: ml_collections.ConfigDict) -> tuple[MobileBertConfig, Any]:
+    cfg = MobileBertConfig.from_dict(model.to_dict())
+    one = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+    shapes = partitioning.unbox_without_constraints(jax.eval_shape(
+        lambda: MobileBertForPreTraining(cfg).init(jax.random.key(0), jnp.zeros((1, 8), jnp.int32))["params"]))
+    abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=one), shapes)
+    return cfg, sources.read_params(workdir, cfg, abstract, workdir, "the pipeline's model")
+
+
+def markdown_table(rows: list[dict]) -> str:
+    lines = ["| model | backbone params | training steps | held-out MLM accuracy | held-out MLM loss | "
+             "held-out NSP accuracy |", "|---|---|---|---|---|---|"]
+    for r in rows:
+        lines.append(f"| {r['model']} | {r['params']:,} | {r['steps']} | {100 * r['mlm_accuracy']:.2f}% | "
+                     f"{r['mlm_loss']:.3f} | {100 * r['nsp_accuracy']:.2f}% |")
+    return "\n".join(lines)
+
+
+def run(workdir: str, scale: Scale = Scale()) -> list[dict]:
+    from mobilebert_jax.distill.task import build_distillation_task
+    from mobilebert_jax.train.pretraining import build_pretraining_task
+
+    started = time.monotonic()
+    timings: dict[str, float] = {}
+    data_dir = os.path.join(workdir, "data")
+    dirs = {k: os.path.join(workdir, k) for k in ("teacher", "progressive", "pd", "scratch")}
+
+    teacher_cfg = teacher_config(scale, data_dir)
+    train_stage("teacher pretraining", teacher_cfg, dirs["teacher"], build_pretraining_task, timings)
+    progressive = distill_config("progressive", scale, teacher_cfg.model, dirs["teacher"], data_dir)
+    train_stage("progressive knowledge transfer", progressive, dirs["progressive"], build_distillation_task, timings)
+    pd = distill_config("pd", scale, teacher_cfg.model, dirs["teacher"], data_dir, student_init=dirs["progressive"])
+    train_stage("pretraining distillation", pd, dirs["pd"], build_distillation_task, timings)
+    scratch = scratch_config(scale, teacher_cfg.model, data_dir)
+    train_stage("student from scratch", scratch, dirs["scratch"], build_pretraining_task, timings)
+
+    start = time.monotonic()
+    batches = eval_batches(teacher_cfg.data, scale.eval_batch_size)
+    rows = []
+    for name, key, model, steps in (
+            ("IB-BERT teacher", "teacher", teacher_cfg.model, scale.teacher_steps),
+            ("MobileBERT after progressive transfer (teacher's heads)", "progressive", pd.model, scale.transfer_steps),
+            ("MobileBERT distilled (progressive + PD)", "pd", pd.model, scale.student_steps),
+            ("MobileBERT from scratch", "scratch", scratch.model, scale.student_steps)):
+        cfg, params = load_params(dirs[key], model)
+        rows.append(dict(model=name, params=flops.parameter_count(cfg), steps=steps,
+                         **held_out_metrics(cfg, params, batches)))
+    timings["evaluation"] = time.monotonic() - start
+    plot = plot_transfer_losses(dirs["progressive"], os.path.join(workdir, "transfer_losses.png"),
+                                title=f"progressive transfer, {scale.layers} stages of {scale.stage_steps} steps")
+    timings["total"] = time.monotonic() - started
+
+    table = markdown_table(rows)
+    distilled, scratch_row = rows[2], rows[3]
+    margin = 100 * (distilled["mlm_accuracy"] - scratch_row["mlm_accuracy"])
+    verdict = (f"The distilled student {'beats' if margin > 0 else 'does NOT beat'} the scratch student on held-out "
+               f"MLM accuracy by {margin:+.2f} points ({sum(b['masked_lm_weights'].sum() for b in batches):.0f} "
+               f"masked tokens in {len(batches)} batches).")
+    report = (f"{table}\n\n{verdict}\n\nWall time: " + ", ".join(f"{k} {v:.0f}s" for k, v in timings.items())
+              + f" on {jax.device_count()} {jax.devices()[0].platform} device(s).\nPlot: {plot}\n")
+    with open(os.path.join(workdir, "results.md"), "w") as f:
+        f.write(report)
+    with open(os.path.join(workdir, "results.json"), "w") as f:
+        json.dump(dict(rows=rows, timings=timings, scale=dataclasses.asdict(scale)), f, indent=2)
+    print("\n" + report, flush=True)
+    return rows
+
+
+def main(argv: list[str]) -> None:
+    from absl import flags
+
+    del argv
+    f = flags.FLAGS
+    overrides = {field.name: getattr(f, field.name) for field in dataclasses.fields(Scale)
+                 if getattr(f, field.name) is not None}
+    run(f.workdir, dataclasses.replace(Scale(), **overrides))
+
+
+def _define_flags() -> None:
+    from absl import flags
+
+    flags.DEFINE_string("workdir", os.path.join("runs", "pipeline"), "where every stage, the table and the plot go")
+    for field in dataclasses.fields(Scale):
+        kind = {int: flags.DEFINE_integer, float: flags.DEFINE_float, str: flags.DEFINE_string}[type(field.default)]
+        kind(field.name, None, f"override Scale.{field.name} (default {field.default})")
+
+
+if __name__ == "__main__":
+    from absl import app
+
+    _define_flags()
+    app.run(main)
