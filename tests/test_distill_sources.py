@@ -74,7 +74,8 @@ def test_same_shapes_other_function_fails_naming_the_field(tmp_path):
     teacher_cfg, student_cfg = tiny_models()
     save_teacher(tmp_path / "teacher", teacher_cfg.replace(hidden_act="relu"))
     c = make_config("progressive", str(tmp_path / "teacher"), teacher_cfg, student_cfg)
-    with pytest.raises(ConfigError, match=re.escape("hidden_act='relu', but config.teacher_model.hidden_act='gelu_new'")):
+    expected = "hidden_act='relu', but config.teacher_model.hidden_act='gelu_new'"
+    with pytest.raises(ConfigError, match=re.escape(expected)):
         build(c)
 
 

@@ -6,7 +6,6 @@ teacher is written to disk and read back as the trainer would.
 
 from __future__ import annotations
 
-import os
 import re
 
 import flax.linen as nn
@@ -219,7 +218,8 @@ def test_teacher_has_no_optimizer_state_and_no_gradient(progressive):
     # The train state holds the student only: the same tree as a freshly initialized student.
     student_paths = set(flat(state.params))
     assert student_paths == set(traverse_util.flatten_dict(nn.unbox(task.init_params(jax.random.key(0))), sep="/"))
-    teacher_only = {tuple(v.shape) for v in flat(frozen).values()} - {tuple(v.shape) for v in flat(state.params).values()}
+    shapes = lambda tree: {tuple(v.shape) for v in flat(tree).values()}  # noqa: E731
+    teacher_only = shapes(frozen) - shapes(state.params)
     assert teacher_only, "the test teacher must have parameter shapes the student lacks"
     opt_leaves = jax.tree_util.tree_flatten_with_path(state.opt_state)[0]
     arrays = [(jax.tree_util.keystr(p), x) for p, x in opt_leaves if hasattr(x, "shape") and x.ndim > 0]
@@ -320,7 +320,7 @@ def test_widths_and_heads_must_match(tmp_path):
     teacher_cfg, student_cfg = tiny_models(layers=2)
     teacher_dir = save_teacher(tmp_path / "teacher", teacher_cfg)
     c = make_config("joint", teacher_dir, teacher_cfg, student_cfg.replace(hidden_size=96))
-    with pytest.raises(ConfigError, match="config.model.hidden_size=96 differs from config.teacher_model.hidden_size=64"):
+    with pytest.raises(ConfigError, match="config.model.hidden_size=96 differs from config.teacher_model.hidden_size"):
         build(c)
     c = make_config("joint", teacher_dir, teacher_cfg, student_cfg.replace(num_attention_heads=2))
     with pytest.raises(ConfigError, match="config.model.num_attention_heads=2 differs"):

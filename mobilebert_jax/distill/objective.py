@@ -107,7 +107,8 @@ class Objective:
             for k in self.components:
                 total = total + w[k] * sums[f"layer_{i}/{k}"] / totals["tokens"]
         if self.distill.pd:
-            total = total + w["mlm"] * sums["pd_mlm_sum"] / totals["mlm"] + w["nsp"] * sums["nsp_loss_sum"] / totals["nsp"]
+            total = total + w["mlm"] * sums["pd_mlm_sum"] / totals["mlm"]
+            total = total + w["nsp"] * sums["nsp_loss_sum"] / totals["nsp"]
         return total
 
     def summarize(self, sums: Sums) -> dict[str, jax.Array]:

@@ -14,6 +14,7 @@ run of the generic trainer, and a resumed run continues mid-stage exactly.
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import jax
@@ -32,6 +33,7 @@ COPIED_FROM_TEACHER = (
 )
 # TF1 scales the current stage's learning rate by 3 (with bg(t) on top).
 PROGRESSIVE_SCALE = 3.0
+_LAYER_PATH = re.compile(r"^mobilebert/encoder/layer_(\d+)/")
 
 
 def layer_prefix(layer: int) -> str:
@@ -70,17 +72,23 @@ def progressive_groups(num_layers: int, stage_steps: Any, lower_layer_multiplier
     return groups
 
 
+def first_layer_paths(abstract_params: Any) -> dict[int, str]:
+    """Encoder layer index -> the path of one of its parameters (what optimizer groups are matched against)."""
+    out: dict[int, str] = {}
+
+    def visit(path: str, _keys):
+        m = _LAYER_PATH.match(path)
+        if m:
+            out.setdefault(int(m.group(1)), path)
+    optim_paths.map_with_path(visit, abstract_params)
+    return out
+
+
 def check_progressive_groups(opt_cfg: Any, abstract_params: Any, num_layers: int, stage_steps: int) -> None:
     """Every encoder layer must sit in a group with the progressive multiplier for that layer."""
     groups = optim_builder.parse_groups(opt_cfg.groups, "config.optimizer.groups")
     specs = {name: opt_cfg.groups[name].multiplier for name in opt_cfg.groups.keys()}
-    first_path: dict[int, str] = {}
-
-    def visit(path: str, _keys):
-        for i in range(num_layers):
-            if path.startswith(layer_prefix(i)):
-                first_path.setdefault(i, path)
-    optim_paths.map_with_path(visit, abstract_params)
+    first_path = first_layer_paths(abstract_params)
     for i in range(num_layers):
         path = first_path[i]
         group = next((g.name for g in groups if g.pattern.search(path)), optim_builder.DEFAULT_GROUP)

@@ -26,7 +26,7 @@ from mobilebert_jax.distill import layers, sources, strategies
 from mobilebert_jax.distill.objective import Objective
 from mobilebert_jax.modeling import MobileBertForPreTraining
 from mobilebert_jax.optim import builder as optim_builder
-from mobilebert_jax.optim import multipliers, paths
+from mobilebert_jax.optim import multipliers
 from mobilebert_jax.train.pretraining import prepared_data_config
 from mobilebert_jax.train.task import StatefulIterator, Task
 
@@ -66,13 +66,7 @@ def layer_multipliers(opt_cfg, abstract_params, num_layers: int):
     """step -> {lr_multiplier/layer_i: factor}: each encoder layer's learning-rate multiplier."""
     groups = optim_builder.parse_groups(opt_cfg.groups, "config.optimizer.groups")
     excluded = [re.compile(p) for p in opt_cfg.exclude]
-    layer_paths: dict[int, str] = {}
-
-    def visit(path: str, _keys):
-        m = re.match(r"^mobilebert/encoder/layer_(\d+)/", path)
-        if m:
-            layer_paths.setdefault(int(m.group(1)), path)
-    paths.map_with_path(visit, abstract_params)
+    layer_paths = strategies.first_layer_paths(abstract_params)
     rules: dict[int, float | multipliers.Multiplier] = {}
     for i in range(num_layers):
         path = layer_paths[i]
