@@ -24,6 +24,7 @@ from mobilebert_jax.distill import task as distill_task
 from mobilebert_jax.modeling import MobileBertForPreTraining
 from mobilebert_jax.optim import multipliers
 from mobilebert_jax.train import step as step_lib
+from mobilebert_jax.train.pretraining import PretrainingData
 
 SEQ, PRED, BATCH = 16, 4, 4
 
@@ -102,7 +103,7 @@ def make_config(strategy: str, teacher_dir: str, teacher_cfg, student_cfg, stage
 def build(c, evaluate: bool = True):
     vocab = c.model.vocab_size
     held_out = (lambda: iter([next(PaddedBatches(vocab, c.eval.batch_size, 99))])) if evaluate else None
-    data = distill_task.Data(PaddedBatches(vocab, c.batch_size), held_out, PRED)
+    data = PretrainingData(PaddedBatches(vocab, c.batch_size), held_out, SEQ, PRED)
     return distill_task.distillation_task(c, lambda: data)
 
 

@@ -10,9 +10,8 @@ from the student an earlier one produced (`config.distill.student_init`).
 
 from __future__ import annotations
 
-import dataclasses
 import re
-from typing import Callable, Iterator, Optional
+from typing import Callable
 
 import jax
 import jax.numpy as jnp
@@ -27,8 +26,8 @@ from mobilebert_jax.distill.objective import Objective
 from mobilebert_jax.modeling import MobileBertForPreTraining
 from mobilebert_jax.optim import builder as optim_builder
 from mobilebert_jax.optim import multipliers
-from mobilebert_jax.train.pretraining import prepared_data_config
-from mobilebert_jax.train.task import StatefulIterator, Task
+from mobilebert_jax.train.pretraining import PretrainingData, pretraining_data
+from mobilebert_jax.train.task import Task
 
 
 def teacher_config(config: ml_collections.ConfigDict) -> MobileBertConfig:
@@ -80,37 +79,12 @@ def layer_multipliers(opt_cfg, abstract_params, num_layers: int):
     return step_metrics
 
 
-@dataclasses.dataclass
-class Data:
-    train_iterator: StatefulIterator
-    make_eval_iterator: Optional[Callable[[], Iterator[dict]]]
-    max_predictions_per_seq: int
-
-
-def pretraining_data(config: ml_collections.ConfigDict, workdir: str) -> Data:
-    """The pretraining pipeline's loaders over `config.data` (prepared on first use)."""
-    from mobilebert_jax.data.loader import make_pretraining_loader
-
-    data_cfg = prepared_data_config(config, workdir)
-    process = dict(process_index=jax.process_index(), process_count=jax.process_count())
-    train_iterator = make_pretraining_loader(data_cfg, split="train", global_batch_size=config.batch_size,
-                                             seed=config.seed, **process)
-    eval_batches = config.eval.num_batches
-
-    def make_eval_iterator():
-        loader = make_pretraining_loader(data_cfg, split="eval", global_batch_size=config.eval.batch_size,
-                                         seed=config.seed, num_epochs=None, **process)
-        return (next(loader) for _ in range(eval_batches))
-
-    return Data(train_iterator, make_eval_iterator if eval_batches > 0 else None, data_cfg.max_predictions_per_seq)
-
-
 def build_distillation_task(config: ml_collections.ConfigDict, workdir: str) -> Task:
     """The trainer's entry point (stage "distillation"): checks, then data, then the Task."""
     return distillation_task(config, lambda: pretraining_data(config, workdir))
 
 
-def distillation_task(config: ml_collections.ConfigDict, make_data: Callable[[], Data]) -> Task:
+def distillation_task(config: ml_collections.ConfigDict, make_data: Callable[[], PretrainingData]) -> Task:
     """The Task `config` describes; `make_data` is called once every check has passed."""
     d = distill_config.read(config.distill)
     student_cfg = MobileBertConfig.from_dict(config.model.to_dict())

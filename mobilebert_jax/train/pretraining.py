@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
+from typing import Callable, Iterator, Optional
 
 import jax
 import jax.numpy as jnp
@@ -14,7 +16,7 @@ from mobilebert_jax import flops
 from mobilebert_jax.config import ConfigError, MobileBertConfig
 from mobilebert_jax.modeling import MobileBertForPreTraining
 from mobilebert_jax.train.step import pretraining_sums_fn
-from mobilebert_jax.train.task import Task
+from mobilebert_jax.train.task import StatefulIterator, Task
 
 
 def model_config(config: ml_collections.ConfigDict) -> MobileBertConfig:
@@ -36,9 +38,34 @@ def prepared_data_config(config: ml_collections.ConfigDict, workdir: str) -> ml_
     return data_cfg
 
 
-def build_pretraining_task(config: ml_collections.ConfigDict, workdir: str) -> Task:
+@dataclasses.dataclass
+class PretrainingData:
+    train_iterator: StatefulIterator
+    make_eval_iterator: Optional[Callable[[], Iterator[dict]]]
+    max_seq_length: int
+    max_predictions_per_seq: int
+
+
+def pretraining_data(config: ml_collections.ConfigDict, workdir: str) -> PretrainingData:
+    """The MLM + NSP loaders over `config.data` (prepared on first use), this process's share of each batch."""
     from mobilebert_jax.data.loader import make_pretraining_loader
 
+    data_cfg = prepared_data_config(config, workdir)
+    process = dict(process_index=jax.process_index(), process_count=jax.process_count())
+    train_iterator = make_pretraining_loader(data_cfg, split="train", global_batch_size=config.batch_size,
+                                             seed=config.seed, **process)
+    eval_batches = config.eval.num_batches
+
+    def make_eval_iterator():
+        loader = make_pretraining_loader(data_cfg, split="eval", global_batch_size=config.eval.batch_size,
+                                         seed=config.seed, num_epochs=None, **process)
+        return (next(loader) for _ in range(eval_batches))
+
+    return PretrainingData(train_iterator, make_eval_iterator if eval_batches > 0 else None,
+                           data_cfg.max_seq_length, data_cfg.max_predictions_per_seq)
+
+
+def build_pretraining_task(config: ml_collections.ConfigDict, workdir: str) -> Task:
     from mobilebert_jax.data.tokenizers import load_tokenizer
 
     c = model_config(config)
@@ -47,21 +74,12 @@ def build_pretraining_task(config: ml_collections.ConfigDict, workdir: str) -> T
         # JAX clamps out-of-range gather indices, so this would train silently on wrong embeddings.
         raise ConfigError(f"config.data.tokenizer={config.data.tokenizer!r} has {vocab} tokens but "
                           f"config.model.vocab_size={c.vocab_size}; set --config.model.vocab_size={vocab}")
-    data_cfg = prepared_data_config(config, workdir)
-    seq_len, predictions = data_cfg.max_seq_length, data_cfg.max_predictions_per_seq
+    data = pretraining_data(config, workdir)
+    seq_len, predictions = data.max_seq_length, data.max_predictions_per_seq
     if seq_len > c.max_position_embeddings:
         raise ValueError(f"config.data.max_seq_length={seq_len} exceeds config.model.max_position_embeddings="
                          f"{c.max_position_embeddings}")
     model = MobileBertForPreTraining(c)
-    process = dict(process_index=jax.process_index(), process_count=jax.process_count())
-    train_iterator = make_pretraining_loader(data_cfg, split="train", global_batch_size=config.batch_size,
-                                                  seed=config.seed, **process)
-    eval_batches = config.eval.num_batches
-
-    def make_eval_iterator():
-        loader = make_pretraining_loader(data_cfg, split="eval", global_batch_size=config.eval.batch_size,
-                                              seed=config.seed, num_epochs=None, **process)
-        return (next(loader) for _ in range(eval_batches))
 
     def init_params(rng):
         ids = jnp.zeros((1, seq_len), jnp.int32)
@@ -71,8 +89,8 @@ def build_pretraining_task(config: ml_collections.ConfigDict, workdir: str) -> T
         name="pretraining",
         init_params=init_params,
         make_sums_fn=lambda deterministic: pretraining_sums_fn(model, deterministic),
-        train_iterator=train_iterator,
-        make_eval_iterator=make_eval_iterator if eval_batches > 0 else None,
+        train_iterator=data.train_iterator,
+        make_eval_iterator=data.make_eval_iterator,
         tokens_per_example=seq_len,
         train_flops_per_example=flops.pretraining_train_flops_per_sequence(c, seq_len, predictions),
         describe=lambda: f"{config.get('model_preset', 'custom')} model, {flops.parameter_count(c):,} backbone "
