@@ -179,40 +179,39 @@ def finished(run: Run) -> bool:
     return step is not None and step >= run.total_steps
 
 
-def run_locally(sweep: Sweep, dry_run: bool) -> list[int]:
-    """Runs the unfinished runs one after another; returns the indices of those that failed."""
+def _run_each(sweep: Sweep, command_for: Callable[[Run], list[str]], where: Callable[[Run], str],
+              dry_run: bool) -> list[int]:
+    """Runs `command_for(run)` for each unfinished run, one after another; returns the failed runs' indices."""
     failed = []
     for run in sweep.runs:
-        command = [sys.executable, "-m", "mobilebert_jax.main", *train_args(sweep, run)]
+        command = command_for(run)
         if dry_run:
             print(shlex.join(command))
             continue
         if finished(run):
             print(f"[sweep] run {run.name}: finished before, skipped", flush=True)
             continue
-        print(f"[sweep] run {run.name}: {shlex.join(command)}", flush=True)
+        print(f"[sweep] run {run.name}{where(run)}", flush=True)
         if subprocess.run(command).returncode != 0:
             print(f"[sweep] run {run.name} FAILED", flush=True)
             failed.append(run.index)
     return failed
 
 
+def run_locally(sweep: Sweep, dry_run: bool) -> list[int]:
+    """Runs the unfinished runs here, one after another."""
+    def command_for(run: Run) -> list[str]:
+        return [sys.executable, "-m", "mobilebert_jax.main", *train_args(sweep, run)]
+
+    return _run_each(sweep, command_for, lambda run: ": " + shlex.join(command_for(run)), dry_run)
+
+
 def launch_on_slices(sweep: Sweep, slice_prefix: str, tpu_run_args: Sequence[str], dry_run: bool) -> list[int]:
     """Starts each unfinished run on its own slice, `slice_prefix`-<index>, through launch/tpu_run.sh."""
-    failed = []
-    for run in sweep.runs:
-        command = [TPU_RUN, f"--name={slice_prefix}-{run.index}", *tpu_run_args, "start", "--",
-                   *train_args(sweep, run)]
-        if dry_run:
-            print(shlex.join(command))
-            continue
-        if finished(run):
-            print(f"[sweep] run {run.name}: finished before, skipped", flush=True)
-            continue
-        print(f"[sweep] run {run.name} on slice {slice_prefix}-{run.index}", flush=True)
-        if subprocess.run(command).returncode != 0:
-            failed.append(run.index)
-    return failed
+    def command_for(run: Run) -> list[str]:
+        return [TPU_RUN, f"--name={slice_prefix}-{run.index}", *tpu_run_args, "start", "--", *train_args(sweep, run)]
+
+    return _run_each(sweep, command_for, lambda run: f" on slice {slice_prefix}-{run.index}", dry_run)
 
 
 def summarize(sweep: Sweep) -> tuple[str, list[dict]]:
