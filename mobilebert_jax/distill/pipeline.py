@@ -1,6 +1,7 @@
 """The whole MobileBERT recipe at small scale, in one command, on the embedded corpus:
 
-    python -m mobilebert_jax.distill.pipeline [--workdir=runs/pipeline]
+    python -m mobilebert_jax.main                  # the README's first command: this, in runs/pipeline
+    python -m mobilebert_jax.distill.pipeline [--workdir=runs/pipeline] [--teacher_steps=... any Scale field]
 
 1. prepare the data (the bundled Python docs, SentencePiece vocabulary, held-out split);
 2. pretrain a small IB-BERT teacher (MLM + NSP);
@@ -27,9 +28,10 @@ from typing import Any, Callable
 import jax
 import jax.numpy as jnp
 import ml_collections
+from absl import flags
 
 from mobilebert_jax import experiment_config, flops, partitioning
-from mobilebert_jax.config import MobileBertConfig
+from mobilebert_jax.config import ConfigError, MobileBertConfig
 from mobilebert_jax.distill import experiment, sources, strategies
 from mobilebert_jax.distill.evaluate import eval_batches, held_out_metrics
 from mobilebert_jax.distill.plot import plot_transfer_losses
@@ -57,6 +59,18 @@ class Scale:
     transfer_lr: float = 1e-3  # the base rate; progressive multiplies it by 3 bg(t) at the current layer
     student_lr: float = 1e-3  # PD and the scratch student
     eval_batch_size: int = 64
+
+    def __post_init__(self) -> None:
+        # Named as the flags that set them, before any data work: a zero or negative count would
+        # otherwise surface as a config error of one stage, after the earlier stages have run.
+        for field in dataclasses.fields(self):
+            value = getattr(self, field.name)
+            if isinstance(value, (int, float)) and not value > 0:
+                raise ConfigError(f"--{field.name}={value}: must be positive")
+        if not self.held_out_fraction < 1:
+            raise ConfigError(f"--held_out_fraction={self.held_out_fraction}: must be below 1")
+        if self.max_predictions > self.seq_len:
+            raise ConfigError(f"--max_predictions={self.max_predictions} exceeds --seq_len={self.seq_len}")
 
     @property
     def transfer_steps(self) -> int:
@@ -240,27 +254,28 @@ def run(workdir: str, scale: Scale = Scale()) -> list[dict]:
     return rows
 
 
-def main(argv: list[str]) -> None:
-    from absl import flags
-
-    del argv
-    f = flags.FLAGS
-    overrides = {field.name: getattr(f, field.name) for field in dataclasses.fields(Scale)
-                 if getattr(f, field.name) is not None}
-    run(f.workdir, dataclasses.replace(Scale(), **overrides))
-
-
-def _define_flags() -> None:
-    from absl import flags
-
-    flags.DEFINE_string("workdir", os.path.join("runs", "pipeline"), "where every stage, the table and the plot go")
+def define_scale_flags() -> None:
+    """One absl flag per `Scale` field (--teacher_steps=..., --seq_len=...), default None = the dataclass's."""
     for field in dataclasses.fields(Scale):
         kind = {int: flags.DEFINE_integer, float: flags.DEFINE_float, str: flags.DEFINE_string}[type(field.default)]
-        kind(field.name, None, f"override Scale.{field.name} (default {field.default})")
+        kind(field.name, None, f"the default pipeline (no --config): override Scale.{field.name} "
+                               f"(default {field.default})")
+
+
+def scale_overrides() -> dict[str, Any]:
+    """The `Scale` fields given on the command line."""
+    return {field.name: getattr(flags.FLAGS, field.name) for field in dataclasses.fields(Scale)
+            if getattr(flags.FLAGS, field.name) is not None}
+
+
+def main(argv: list[str]) -> None:
+    del argv
+    run(flags.FLAGS.workdir, dataclasses.replace(Scale(), **scale_overrides()))
 
 
 if __name__ == "__main__":
     from absl import app
 
-    _define_flags()
+    flags.DEFINE_string("workdir", os.path.join("runs", "pipeline"), "where every stage, the table and the plot go")
+    define_scale_flags()
     app.run(main)
