@@ -1,6 +1,6 @@
 """The paper's strategy comparison and objective ablation, at the small pipeline's scale, on CPU.
 
-    python benchmarks/ablation_small.py [--workdir=runs/ablation] [--teacher=runs/pipeline/teacher]
+    python benchmarks/ablation_small.py [--workdir=runs/ablation] [--teacher=runs/pipeline/teacher] [--seeds=0,1,2]
 
 Strategies (same student, same teacher, same total student steps = transfer + PD):
   progressive  L stages of layer-wise transfer, then PD
@@ -11,6 +11,11 @@ Objectives (progressive transfer, then PD, one term removed):
   without AT   attention-transfer weight 0
   without FMT  feature-map, mean and variance weights 0 (the feature-based terms together)
   without PD   the second stage uses hard labels only (alpha = 1): plain MLM + NSP
+Diagnostics (why "no transfer" does as well as it does at this scale):
+  PD only, half the budget    PD for the PD steps alone: does transfer give PD a better start than none?
+  hard labels only            alpha = 1 for the whole budget from the teacher's embeddings and heads: how much
+                              of PD's gain is the teacher's soft labels rather than the copied parameters?
+Each variant runs once per seed (--seeds); the table gives the mean and sample standard deviation.
 Every model is scored on the same held-out batches. The table, with this command, replaces the section
 between the ablation markers of docs/distillation.md (--docs="" to leave the docs alone).
 
@@ -26,7 +31,9 @@ import os
 import re
 import sys
 import time
+from typing import Optional
 
+import ml_collections
 from absl import app, flags
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -38,20 +45,29 @@ from mobilebert_jax.distill.evaluate import eval_batches, held_out_metrics  # no
 DOCS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "docs", "distillation.md")
 BEGIN, END = "<!-- ablation:begin -->", "<!-- ablation:end -->"
 
-flags.DEFINE_string("workdir", os.path.join("runs", "ablation"), "one subdirectory per run")
-flags.DEFINE_string("teacher", os.path.join("runs", "pipeline", "teacher"), "a teacher workdir to reuse, if present")
-flags.DEFINE_string("docs", DOCS, "markdown file whose ablation section is replaced ('' to skip)")
-flags.DEFINE_list("only", [], "run just these variants (names as in the table's first column, e.g. joint)")
+@dataclasses.dataclass(frozen=True)
+class Variant:
+    strategy: str  # the first (or only) stage
+    overrides: dict = dataclasses.field(default_factory=dict)  # its config.distill fields
+    then_pd: Optional[dict] = None  # a PD stage after it, with these config.distill overrides; None: no second stage
+    steps: str = "student"  # a one-stage variant's budget: "student" (transfer + PD steps) or "pd" (PD steps only)
 
-# name -> (first stage strategy, its config.distill overrides, second stage overrides or None)
+
+WITHOUT_FMT = {"weights": {"feature_map": 0.0, "mean": 0.0, "variance": 0.0}}
 VARIANTS = {
-    "progressive": ("progressive", {}, {}),
-    "joint": ("joint", {}, {}),
-    "auxiliary": ("auxiliary", {}, None),
-    "no transfer": ("pd", {}, None),
-    "progressive, without AT": ("progressive", {"weights": {"attention": 0.0}}, {}),
-    "progressive, without FMT": ("progressive", {"weights": {"feature_map": 0.0, "mean": 0.0, "variance": 0.0}}, {}),
-    "progressive, without PD": ("progressive", {}, {"alpha": 1.0}),
+    # The paper's strategy comparison: the same student budget for each.
+    "progressive": Variant("progressive", then_pd={}),
+    "joint": Variant("joint", then_pd={}),
+    "auxiliary": Variant("auxiliary"),
+    "no transfer": Variant("pd"),
+    # The paper's objective ablation, on progressive transfer + PD.
+    "progressive, without AT": Variant("progressive", {"weights": {"attention": 0.0}}, then_pd={}),
+    "progressive, without FMT": Variant("progressive", WITHOUT_FMT, then_pd={}),
+    "progressive, without PD": Variant("progressive", then_pd={"alpha": 1.0}),
+    # Diagnostics for "no transfer": is transfer a better start for PD than none (the same PD steps)?
+    # Does PD's gain come from the teacher's soft labels or from starting with its embeddings and heads?
+    "diagnostic: PD only, half the budget": Variant("pd", steps="pd"),
+    "diagnostic: hard labels only (alpha = 1), teacher's embeddings and heads": Variant("pd", {"alpha": 1.0}),
 }
 
 
@@ -59,40 +75,68 @@ def _slug(name: str) -> str:
     return re.sub(r"[^a-z0-9]+", "_", name.lower()).strip("_")
 
 
-def run_variant(name: str, scale: pipeline.Scale, teacher_model, teacher_dir: str, data_dir: str, workdir: str,
-                timings: dict) -> str:
-    """Trains one variant; returns the workdir holding its final student."""
+def variant_stages(name: str, seed: int, scale: pipeline.Scale, teacher_model, teacher_dir: str, data_dir: str,
+                   workdir: str) -> list[tuple[str, ml_collections.ConfigDict, str]]:
+    """(stage name, config, workdir) of each stage of one variant with one seed; the last one is its student.
+
+    The seed sets the student's initialization, data order and masks; the teacher is the same for all.
+    """
+    v = VARIANTS[name]
+    base = os.path.join(workdir, _slug(name) + (f"_seed{seed}" if seed else ""))
+    if v.then_pd is None and v.strategy == "pd":  # PD alone, for the variant's whole budget
+        scale = dataclasses.replace(scale, pd_steps=scale.student_steps if v.steps == "student" else scale.pd_steps)
+    first = pipeline.distill_config(v.strategy, scale, teacher_model, teacher_dir, data_dir, **v.overrides)
+    stages = [(f"{name}, seed {seed}: {v.strategy}", first, os.path.join(base, v.strategy))]
+    if v.then_pd is not None:
+        pd = pipeline.distill_config("pd", scale, teacher_model, teacher_dir, data_dir, student_init=stages[0][2],
+                                     **v.then_pd)
+        stages.append((f"{name}, seed {seed}: pd", pd, os.path.join(base, "pd")))
+    for _, c, _ in stages:
+        c.seed = seed
+    return stages
+
+
+def run_variant(name: str, seed: int, scale: pipeline.Scale, teacher_model, teacher_dir: str, data_dir: str,
+                workdir: str, timings: dict) -> str:
+    """Trains one variant with one seed; returns the workdir holding its final student."""
     from mobilebert_jax.distill.task import build_distillation_task
 
-    strategy, first, second = VARIANTS[name]
-    base = os.path.join(workdir, _slug(name))
-    if strategy == "pd":  # no transfer: PD for the whole student budget
-        no_transfer = dataclasses.replace(scale, pd_steps=scale.student_steps)
-        c = pipeline.distill_config("pd", no_transfer, teacher_model, teacher_dir, data_dir, **first)
-    else:
-        c = pipeline.distill_config(strategy, scale, teacher_model, teacher_dir, data_dir, **first)
     start = time.monotonic()
-    pipeline.train_stage(f"{name}: {strategy}", c, os.path.join(base, strategy), build_distillation_task, {})
-    final = os.path.join(base, strategy)
-    if second is not None:
-        pd = pipeline.distill_config("pd", scale, teacher_model, teacher_dir, data_dir, student_init=final, **second)
-        pipeline.train_stage(f"{name}: pd", pd, os.path.join(base, "pd"), build_distillation_task, {})
-        final = os.path.join(base, "pd")
-    timings[name] = time.monotonic() - start
-    return final
+    stages = variant_stages(name, seed, scale, teacher_model, teacher_dir, data_dir, workdir)
+    for stage, config, stage_dir in stages:
+        pipeline.train_stage(stage, config, stage_dir, build_distillation_task, {})
+    timings[name] = timings.get(name, 0.0) + time.monotonic() - start
+    return stages[-1][2]
 
 
-def markdown(rows: list[dict], command: str, scale: pipeline.Scale, timings: dict, masked_tokens: int) -> str:
+def _mean_std(values: list[float]) -> tuple[float, float]:
+    mean = sum(values) / len(values)
+    std = (sum((v - mean) ** 2 for v in values) / (len(values) - 1)) ** 0.5 if len(values) > 1 else 0.0
+    return mean, std
+
+
+def markdown(rows: list[dict], command: str, scale: pipeline.Scale, seeds: list[int], timings: dict,
+             masked_tokens: int) -> str:
+    """rows: {variant, runs: [metrics per seed]}; each column is the mean (± sample std) over the seeds."""
     lines = [f"Command: `{command}`", "",
              f"Scale: {scale.layers}-layer teacher and student, batch {scale.batch_size} x {scale.seq_len} tokens, "
              f"{scale.transfer_steps} transfer + {scale.pd_steps} PD student steps per variant "
-             f"({scale.student_steps} for the one-stage variants), teacher {scale.teacher_steps} steps. Held-out: "
-             f"{masked_tokens} masked tokens. Wall time: "
+             f"({scale.student_steps} for the one-stage variants), one teacher ({scale.teacher_steps} steps) for all. "
+             f"Seeds {', '.join(map(str, seeds))} (student initialization, data order, masks); every model scored "
+             f"on the same {masked_tokens} held-out masked tokens. Wall time: "
              + ", ".join(f"{k} {v / 60:.1f} min" for k, v in timings.items()) + ".", "",
-             "| variant | held-out MLM accuracy | held-out MLM loss | held-out NSP accuracy |", "|---|---|---|---|"]
+             "| variant | held-out MLM accuracy | per seed | held-out MLM loss | held-out NSP accuracy |",
+             "|---|---|---|---|---|"]
     for r in rows:
-        lines.append(f"| {r['variant']} | {100 * r['mlm_accuracy']:.2f}% | {r['mlm_loss']:.3f} | "
-                     f"{100 * r['nsp_accuracy']:.2f}% |")
+        acc = _mean_std([100 * m["mlm_accuracy"] for m in r["runs"]])
+        loss = _mean_std([m["mlm_loss"] for m in r["runs"]])
+        nsp = _mean_std([100 * m["nsp_accuracy"] for m in r["runs"]])
+        per_seed = " / ".join(f"{100 * m['mlm_accuracy']:.2f}" for m in r["runs"])
+        if len(r["runs"]) > 1:
+            lines.append(f"| {r['variant']} | {acc[0]:.2f}% ± {acc[1]:.2f} | {per_seed} | "
+                         f"{loss[0]:.3f} ± {loss[1]:.3f} | {nsp[0]:.1f}% ± {nsp[1]:.1f} |")
+        else:
+            lines.append(f"| {r['variant']} | {acc[0]:.2f}% | {per_seed} | {loss[0]:.3f} | {nsp[0]:.1f}% |")
     return "\n".join(lines)
 
 
@@ -130,29 +174,43 @@ def main(argv: list[str]) -> None:
     unknown = sorted(set(names) - set(VARIANTS))
     if unknown:
         raise SystemExit(f"--only: unknown variant(s) {unknown}; choose from {list(VARIANTS)}")
-    finals = {name: run_variant(name, scale, teacher_cfg.model, teacher_dir, data_dir, f.workdir, timings)
-              for name in names}
+    seeds = [int(x) for x in f.seeds]
+    finals = {name: [run_variant(name, seed, scale, teacher_cfg.model, teacher_dir, data_dir, f.workdir, timings)
+                     for seed in seeds] for name in names}
 
     batches = eval_batches(teacher_cfg.data, scale.eval_batch_size)
     student = pipeline.student_model(teacher_cfg.model)
-    rows = []
     cfg, params = pipeline.load_params(teacher_dir, teacher_cfg.model)
-    rows.append(dict(variant="(teacher)", **held_out_metrics(cfg, params, batches)))
-    for name, final in finals.items():
-        cfg, params = pipeline.load_params(final, student)
-        rows.append(dict(variant=name, **held_out_metrics(cfg, params, batches)))
+    rows = [dict(variant="(teacher)", runs=[held_out_metrics(cfg, params, batches)])]
+    for name, workdirs in finals.items():
+        runs = []
+        for final in workdirs:
+            cfg, params = pipeline.load_params(final, student)
+            runs.append(held_out_metrics(cfg, params, batches))
+        rows.append(dict(variant=name, runs=runs))
     timings["total"] = time.monotonic() - started
     masked = int(sum(b["masked_lm_weights"].sum() for b in batches))
     command = "python benchmarks/ablation_small.py " + " ".join(a for a in sys.argv[1:])
-    section = markdown(rows, command.strip(), scale, timings, masked)
+    section = markdown(rows, command.strip(), scale, seeds, timings, masked)
     print("\n" + section, flush=True)
     with open(os.path.join(f.workdir, "ablation.json"), "w") as out:
-        json.dump(dict(rows=rows, timings=timings, scale=dataclasses.asdict(scale),
+        json.dump(dict(rows=rows, seeds=seeds, timings=timings, scale=dataclasses.asdict(scale),
                        student_params=flops.parameter_count(cfg)), out, indent=2)
     if f.docs:
         write_docs(f.docs, section)
         print(f"wrote the table into {f.docs}")
 
 
+def define_flags() -> None:
+    # Only when run as a script: importing this module (the tests do) must not claim flag names.
+    flags.DEFINE_string("workdir", os.path.join("runs", "ablation"), "one subdirectory per run")
+    flags.DEFINE_string("teacher", os.path.join("runs", "pipeline", "teacher"),
+                        "a teacher workdir to reuse, if present")
+    flags.DEFINE_string("docs", DOCS, "markdown file whose ablation section is replaced ('' to skip)")
+    flags.DEFINE_list("only", [], "run just these variants (names as in the table's first column, e.g. joint)")
+    flags.DEFINE_list("seeds", ["0", "1", "2"], "one run of every variant per seed; the table gives mean and std")
+
+
 if __name__ == "__main__":
+    define_flags()
     app.run(main)
