@@ -170,10 +170,11 @@ def main(argv: list[str]) -> None:
         teacher_dir = os.path.join(f.workdir, "teacher")
         pipeline.train_stage("teacher", teacher_cfg, teacher_dir, build_pretraining_task, timings)
 
-    names = f.only or list(VARIANTS)
-    unknown = sorted(set(names) - set(VARIANTS))
+    by_slug = {_slug(name): name for name in VARIANTS}  # names hold commas, which a list flag splits on
+    unknown = sorted(set(f.only) - set(by_slug))
     if unknown:
-        raise SystemExit(f"--only: unknown variant(s) {unknown}; choose from {list(VARIANTS)}")
+        raise SystemExit(f"--only: unknown variant(s) {unknown}; choose from {sorted(by_slug)}")
+    names = [by_slug[slug] for slug in f.only] or list(VARIANTS)
     seeds = [int(x) for x in f.seeds]
     finals = {name: [run_variant(name, seed, scale, teacher_cfg.model, teacher_dir, data_dir, f.workdir, timings)
                      for seed in seeds] for name in names}
@@ -207,7 +208,8 @@ def define_flags() -> None:
     flags.DEFINE_string("teacher", os.path.join("runs", "pipeline", "teacher"),
                         "a teacher workdir to reuse, if present")
     flags.DEFINE_string("docs", DOCS, "markdown file whose ablation section is replaced ('' to skip)")
-    flags.DEFINE_list("only", [], "run just these variants (names as in the table's first column, e.g. joint)")
+    flags.DEFINE_list("only", [], "run just these variants, named by their run directories "
+                      "(e.g. joint,progressive_without_at)")
     flags.DEFINE_list("seeds", ["0", "1", "2"], "one run of every variant per seed; the table gives mean and std")
 
 

@@ -70,3 +70,10 @@ def test_table_gives_mean_and_std_over_seeds(ablation):
     runs = [dict(mlm_accuracy=a, mlm_loss=5.0, nsp_accuracy=0.5) for a in (0.20, 0.22, 0.24)]
     text = ablation.markdown([dict(variant="joint", runs=runs)], "cmd", SCALE, [0, 1, 2], {"joint": 60.0}, 100)
     assert "| joint | 22.00% ± 2.00 | 20.00 / 22.00 / 24.00 | 5.000 ± 0.000 | 50.0% ± 0.0 |" in text
+
+
+def test_only_names_variants_by_their_run_directories(ablation):
+    # --only is a list flag, which splits on the commas the display names hold.
+    slugs = [ablation._slug(name) for name in ablation.VARIANTS]
+    assert len(set(slugs)) == len(slugs) and not any("," in s for s in slugs)
+    assert "progressive_without_at" in slugs and "no_transfer" in slugs
