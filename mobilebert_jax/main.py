@@ -18,7 +18,6 @@ from mobilebert_jax import experiment_config, multihost
 from mobilebert_jax.config import ConfigError
 from mobilebert_jax.distill import pipeline
 
-REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEFAULT_WORKDIR = os.path.join("runs", "pipeline")
 
 flags.DEFINE_string("workdir", None, "where checkpoints, logs and the resolved config go (required with --config; "
