@@ -1,40 +1,57 @@
-"""Training-step throughput: this project's jitted step next to HF transformers on PyTorch CPU.
+"""Training-step throughput: this project's jitted step next to HF transformers on PyTorch CPU, interleaved.
 
-    python benchmarks/train_step.py [--preset=mobilebert --batch_size=8 --seq_len=128 --steps=10]
+    python benchmarks/train_step.py [--preset=mobilebert --batch_size=8 --seq_len=128 --steps=3 --repeats=5]
 
-Both run MobileBERT MLM + NSP in float32 on the same batch, in one process.
-Ours: LAMB (TF1), MLM head on the 20 gathered masked positions, as pretraining
-runs it. HF: `MobileBertForPreTraining` with its own loss (MLM logits on every
-position, labels -100 elsewhere) and torch AdamW (torch has no LAMB), default
-attention implementation. Prints tokens/s for each, the ratio, and the
-achieved FLOP/s of ours (analytic model FLOPs, `mobilebert_jax.flops`).
+All sides run MobileBERT MLM + NSP in float32 on the same batch, in one
+process, timed in turns (A B C A B C ...) so that load from elsewhere hits
+each side alike; each prints the median and the spread (min..max) of its
+per-repeat ms/step.
+
+  ours        LAMB (TF1), MLM head on the 20 gathered masked positions, as pretraining runs it.
+  HF same     `MobileBertForPreTraining`'s encoder and heads, the MLM head on the same gathered
+              positions: the same work as ours, torch AdamW (torch has no LAMB; the optimizer
+              is a small part of the step).
+  HF as-is    `MobileBertForPreTraining` with its own loss (MLM logits on all 128 positions,
+              labels -100 elsewhere) and torch AdamW: what a user of HF runs, more work.
+
+PyTorch gets a fair environment: OMP_WAIT_POLICY=PASSIVE (set before torch
+loads; libgomp's default busy-waiting steals the other side's cores) and
+`--threads` threads, by default one per core as XLA's CPU client uses. The
+achieved FLOP/s counts the same-work model FLOPs (`mobilebert_jax.flops`,
+MLM on the gathered positions) for every side, so for "HF as-is" it
+understates what that side computes; it is printed as a fraction of a
+measured float32 matmul peak (a 2048^3 matmul in each framework).
 """
 
 from __future__ import annotations
 
 import os
+import statistics
+import sys
 import time
 
-import flax.linen as nn
-import jax
-import jax.numpy as jnp
-import numpy as np
 from absl import app, flags
-
-from mobilebert_jax import flops, get_preset, optim
-from mobilebert_jax.modeling import MobileBertForPreTraining
-from mobilebert_jax.train import step as step_lib
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("preset", "mobilebert", "model preset")
 flags.DEFINE_integer("batch_size", 8, "sequences per step")
 flags.DEFINE_integer("seq_len", 128, "tokens per sequence")
 flags.DEFINE_integer("predictions", 20, "masked positions per sequence")
-flags.DEFINE_integer("steps", 10, "timed steps (after 2 warm-up steps)")
+flags.DEFINE_integer("steps", 3, "timed steps per repeat (after 2 warm-up steps)")
+flags.DEFINE_integer("repeats", 5, "interleaved repeats of each side")
+flags.DEFINE_integer("threads", os.cpu_count(), "torch threads (XLA's CPU client uses one per core)")
 flags.DEFINE_bool("hf", True, "also time HF transformers on PyTorch")
 
 
+def _set_torch_environment(threads: int) -> None:
+    """Must run before torch is imported: libgomp reads these when its thread pool starts."""
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    os.environ["OMP_NUM_THREADS"] = str(threads)
+
+
 def make_batch(c, batch_size, seq_len, predictions, seed=0):
+    import numpy as np
+
     rng = np.random.default_rng(seed)
     return {
         "input_ids": rng.integers(1, c.vocab_size, (batch_size, seq_len)).astype(np.int32),
@@ -47,75 +64,148 @@ def make_batch(c, batch_size, seq_len, predictions, seed=0):
     }
 
 
-def time_ours(c, batch, steps):
+def ours_step(c, batch):
+    """A function that runs one training step of this project (state carried inside), and blocks."""
+    import flax.linen as nn
+    import jax
+    import jax.numpy as jnp
+
+    from mobilebert_jax import optim
+    from mobilebert_jax.modeling import MobileBertForPreTraining
+    from mobilebert_jax.train import step as step_lib
+
     model = MobileBertForPreTraining(c)
     params = nn.unbox(jax.jit(model.init)(jax.random.key(0), batch["input_ids"])["params"])
-    opt_cfg = optim.default_config("lamb")
-    tx = optim.build_optimizer(opt_cfg, params)
-    state = step_lib.TrainState(jnp.zeros((), jnp.int32), params, tx.init(params))
+    tx = optim.build_optimizer(optim.default_config("lamb"), params)
     train_step = jax.jit(step_lib.make_train_step(step_lib.pretraining_sums_fn(model, deterministic=False), tx),
                          donate_argnums=0)
-    batch = jax.device_put(batch)
-    for _ in range(2):
-        state, metrics = train_step(state, batch)
-    jax.block_until_ready(metrics)
-    start = time.perf_counter()
-    for _ in range(steps):
-        state, metrics = train_step(state, batch)
-    jax.block_until_ready(metrics)
-    return (time.perf_counter() - start) / steps
+    carried = {"state": step_lib.TrainState(jnp.zeros((), jnp.int32), params, tx.init(params))}
+    device_batch = jax.device_put(batch)
+
+    def one_step():
+        carried["state"], metrics = train_step(carried["state"], device_batch)
+        jax.block_until_ready(metrics)
+
+    return one_step
 
 
-def time_hf(c, batch, steps):
+def hf_step(c, batch, same_work: bool):
     import torch
     import transformers
 
-    torch.set_num_threads(os.cpu_count())
     d = {k: v for k, v in c.to_hf_dict().items() if k not in ("architectures", "mobilebert_jax")}
     model = transformers.MobileBertForPreTraining(transformers.MobileBertConfig(**d)).train()
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
     ids = torch.tensor(batch["input_ids"], dtype=torch.long)
+    mask = torch.tensor(batch["input_mask"])
+    segments = torch.tensor(batch["segment_ids"], dtype=torch.long)
+    nsp_labels = torch.tensor(batch["next_sentence_labels"], dtype=torch.long)
+    positions = torch.tensor(batch["masked_lm_positions"], dtype=torch.long)
+    masked_ids = torch.tensor(batch["masked_lm_ids"], dtype=torch.long)
+    rows = torch.arange(ids.shape[0])[:, None]
     labels = torch.full_like(ids, -100)
-    rows = np.arange(ids.shape[0])[:, None]
-    labels[rows, batch["masked_lm_positions"]] = torch.tensor(batch["masked_lm_ids"], dtype=torch.long)
-    inputs = dict(input_ids=ids, attention_mask=torch.tensor(batch["input_mask"]),
-                  token_type_ids=torch.tensor(batch["segment_ids"], dtype=torch.long), labels=labels,
-                  next_sentence_label=torch.tensor(batch["next_sentence_labels"], dtype=torch.long))
+    labels[rows, positions] = masked_ids
+    cross_entropy = torch.nn.CrossEntropyLoss()
+
+    def loss_as_is():
+        return model(input_ids=ids, attention_mask=mask, token_type_ids=segments, labels=labels,
+                     next_sentence_label=nsp_labels).loss
+
+    def loss_same_work():
+        sequence_BxTxD, pooled_BxD = model.mobilebert(input_ids=ids, attention_mask=mask, token_type_ids=segments,
+                                                      return_dict=False)[:2]
+        gathered_BxPxD = sequence_BxTxD[rows, positions]
+        mlm_logits = model.cls.predictions(gathered_BxPxD)
+        nsp_logits = model.cls.seq_relationship(pooled_BxD)
+        return (cross_entropy(mlm_logits.reshape(-1, mlm_logits.shape[-1]), masked_ids.reshape(-1)) +
+                cross_entropy(nsp_logits, nsp_labels))
+
+    loss_fn = loss_same_work if same_work else loss_as_is
 
     def one_step():
         opt.zero_grad()
-        model(**inputs).loss.backward()
+        loss_fn().backward()
         opt.step()
 
-    for _ in range(2):
-        one_step()
-    start = time.perf_counter()
-    for _ in range(steps):
-        one_step()
-    return (time.perf_counter() - start) / steps
+    return one_step
+
+
+def matmul_peak_gflops(framework: str, n: int = 2048, repeats: int = 5) -> float:
+    """Float32 n^3 matmul rate, best of `repeats`: the ceiling a step's matmuls can reach on this machine."""
+    if framework == "jax":
+        import jax
+        import jax.numpy as jnp
+
+        a = jnp.ones((n, n), jnp.float32)
+        f = jax.jit(lambda x: x @ x)
+        f(a).block_until_ready()
+        run = lambda: f(a).block_until_ready()  # noqa: E731
+    else:
+        import torch
+
+        a = torch.ones((n, n))
+        run = lambda: a @ a  # noqa: E731
+        run()
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        run()
+        best = min(best, time.perf_counter() - start)
+    return 2 * n ** 3 / best / 1e9
 
 
 def main(argv):
     del argv
+    import jax
+
+    from mobilebert_jax import flops, get_preset
+
     c = get_preset(FLAGS.preset)
     batch = make_batch(c, FLAGS.batch_size, FLAGS.seq_len, FLAGS.predictions)
     tokens = FLAGS.batch_size * FLAGS.seq_len
     model_flops = FLAGS.batch_size * flops.pretraining_train_flops_per_sequence(c, FLAGS.seq_len, FLAGS.predictions)
     device = jax.devices()[0]
     print(f"{FLAGS.preset} MLM+NSP training step, batch {FLAGS.batch_size} x {FLAGS.seq_len}, float32, "
-          f"{device.platform} ({device.device_kind}), {os.cpu_count()} cores, jax {jax.__version__}")
-    ours = time_ours(c, batch, FLAGS.steps)
-    print(f"mobilebert-jax : {ours * 1e3:8.1f} ms/step  {tokens / ours:10,.0f} tokens/s  "
-          f"{model_flops / ours / 1e9:7.1f} GFLOP/s (model FLOPs)")
+          f"{device.platform} ({device.device_kind}), {os.cpu_count()} cores, {FLAGS.threads} torch threads, "
+          f"jax {jax.__version__}, {FLAGS.repeats} interleaved repeats of {FLAGS.steps} steps")
+    sides = {"mobilebert-jax (LAMB, MLM on gathered positions)": ours_step(c, batch)}
+    peaks = {"jax": matmul_peak_gflops("jax")}
     if FLAGS.hf:
         import torch
         import transformers
 
-        hf = time_hf(c, batch, FLAGS.steps)
-        print(f"HF transformers: {hf * 1e3:8.1f} ms/step  {tokens / hf:10,.0f} tokens/s  "
-              f"(torch {torch.__version__}, transformers {transformers.__version__})")
-        print(f"ratio (ours / HF tokens/s): {hf / ours:.2f}x")
+        torch.set_num_threads(FLAGS.threads)
+        print(f"torch {torch.__version__} ({torch.get_num_threads()} threads, OMP_WAIT_POLICY="
+              f"{os.environ.get('OMP_WAIT_POLICY')}), transformers {transformers.__version__}")
+        sides["HF same work (AdamW, MLM on gathered positions)"] = hf_step(c, batch, same_work=True)
+        sides["HF as-is (AdamW, MLM on all positions)"] = hf_step(c, batch, same_work=False)
+        peaks["torch"] = matmul_peak_gflops("torch")
+    print("float32 2048^3 matmul peak: " + ", ".join(f"{k} {v:.0f} GFLOP/s" for k, v in peaks.items()))
+
+    for one_step in sides.values():  # warm-up: compiles, allocator pools
+        for _ in range(2):
+            one_step()
+    seconds = {name: [] for name in sides}
+    for _ in range(FLAGS.repeats):
+        for name, one_step in sides.items():
+            start = time.perf_counter()
+            for _ in range(FLAGS.steps):
+                one_step()
+            seconds[name].append((time.perf_counter() - start) / FLAGS.steps)
+
+    ours_median = statistics.median(next(iter(seconds.values())))
+    print(f"{'side':<52} {'ms/step median (min..max)':>28} {'tokens/s':>9} {'GFLOP/s':>8} "
+          f"{'of peak':>8} {'ours faster':>11}")
+    for name, times in seconds.items():
+        median = statistics.median(times)
+        peak = peaks["jax" if name.startswith("mobilebert-jax") else "torch"]
+        achieved = model_flops / median / 1e9
+        spread = f"{median * 1e3:8.0f} ({min(times) * 1e3:.0f}..{max(times) * 1e3:.0f})"
+        print(f"{name:<52} {spread:>28} {tokens / median:9,.0f} {achieved:8.1f} {achieved / peak:8.0%} "
+              f"{median / ours_median:10.2f}x")
 
 
 if __name__ == "__main__":
+    _set_torch_environment(next((int(a.split("=", 1)[1]) for a in sys.argv if a.startswith("--threads=")),
+                                 os.cpu_count()))
     app.run(main)
