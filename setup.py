@@ -2,14 +2,20 @@
 
 from setuptools import find_packages, setup
 
+# The versions this repository is compiled and tested with (tests/test_tpu_run.py checks that the venv has them,
+# and that tools/install_libtpu.py installs LIBTPU). jax, jaxlib and libtpu 0.0.42 need Python >= 3.11.
+JAX = "0.10.2"
+LIBTPU = "libtpu==0.0.42.1"
+
 setup(
     name="mobilebert-jax",
     version="0.1.0",
     description="MobileBERT and IB-BERT pretraining, distillation and fine-tuning in JAX/Flax",
     packages=find_packages(include=["mobilebert_jax", "mobilebert_jax.*"]),
-    python_requires=">=3.10",
+    python_requires=">=3.11",
     install_requires=[
-        "jax>=0.7",
+        f"jax=={JAX}",
+        f"jaxlib=={JAX}",
         "flax>=0.11",
         "optax>=0.2.5",
         "orbax-checkpoint>=0.11",
@@ -32,10 +38,10 @@ setup(
                  "scikit-learn>=1.4", "onnx>=1.16", "onnxruntime>=1.18"],
         # ONNX export of fine-tuned models for on-device inference (python -m mobilebert_jax.export).
         "export": ["onnx>=1.16", "onnxruntime>=1.18"],
-        "tpu": ["jax[tpu]>=0.7"],
+        "tpu": [f"jax[tpu]=={JAX}", LIBTPU],
         # Ahead-of-time TPU compiles on a machine without TPUs. Prefer `python -m mobilebert_jax.tools.install_libtpu`,
         # which keeps libtpu off the import path (an importable libtpu makes every JAX process probe for TPUs).
-        "aot": ["jax[tpu]>=0.7"],
+        "aot": [f"jax[tpu]=={JAX}", LIBTPU],
     },
     entry_points={"console_scripts": ["mobilebert-jax=mobilebert_jax.main:run"]},
 )

@@ -1,13 +1,17 @@
-"""launch/tpu_run.sh: the exact gcloud calls of a dry run, and a simulated pod (tests/fake_gcloud) that trains the
-smoke teacher on two local worker processes, is preempted (every process killed, the slice marked PREEMPTED), and
-resumes from its checkpoint when `start` is run again."""
+"""launch/tpu_run.sh: the exact gcloud calls of dry runs (queued resources, multislice, runtime versions), a fake
+gcloud that refuses any flag the real one does not take, the pinned install, and a simulated pod (tests/fake_gcloud):
+a bare image whose venv tpu_run.sh's own install step builds from the package index, and a two-slice job that a
+`watch` restarts after a spot preemption until the trainer's FINISHED marker appears."""
 
 from __future__ import annotations
 
+import ast
 import glob
 import hashlib
+import importlib.metadata
 import json
 import os
+import re
 import subprocess
 import time
 
@@ -17,6 +21,8 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCRIPT = os.path.join(REPO, "launch", "tpu_run.sh")
 FAKE = os.path.join(REPO, "tests", "fake_gcloud")
 TOTAL, EVERY = 12, 4
+VM = ["gcloud", "compute", "tpus", "tpu-vm"]
+QR = ["gcloud", "compute", "tpus", "queued-resources"]
 
 
 def tpu_run(*args, env=None, check=True, timeout=600) -> subprocess.CompletedProcess:
@@ -26,9 +32,9 @@ def tpu_run(*args, env=None, check=True, timeout=600) -> subprocess.CompletedPro
     return proc
 
 
-def setup_stamp(pip_spec: str = "-e .[tpu]") -> str:
+def setup_stamp(pip_spec: str = "-e .[tpu]", python: str = "3.11") -> str:
     with open(os.path.join(REPO, "setup.py"), "rb") as f:
-        return f"{hashlib.sha256(f.read()).hexdigest()} {pip_spec}"
+        return f"{hashlib.sha256(f.read()).hexdigest()} {python} {pip_spec}"
 
 
 def argv(line: str) -> list[str]:
@@ -48,57 +54,161 @@ def test_dry_run_prints_the_exact_gcloud_calls():
                   "--workdir=gs://bucket/runs/pd", "--config.mesh.shape=(16, 16, 1)").stdout
     calls = commands(out)
     where = ["--zone=europe-west4-a", "--project=proj"]
-    vm = ["gcloud", "compute", "tpus", "tpu-vm"]
-    assert calls[0] == vm + ["describe", "mb", *where, "--format=value(state)"]
-    assert calls[1] == vm + ["create", "mb", *where, "--accelerator-type=v3-256", "--version=tpu-ubuntu2204-base",
-                             "--spot"]
-    assert calls[2][:5] == vm + ["scp"] and calls[2][6:] == ["mb:~/mobilebert-jax.tar.gz", *where, "--worker=all"]
-    assert calls[3][:-1] == calls[4][:-1] == vm + ["ssh", "mb", *where, "--worker=all"]
-    assert len(calls) == 5
-    prepare, start = calls[3][-1].removeprefix("--command="), calls[4][-1].removeprefix("--command=")
-    # Stale processes go first, then the code is unpacked, and the venv is built only if setup.py changed.
-    order = [prepare.index(s) for s in ("kill -TERM", "fuser -k", "tar xzf", "pip install")]
+    assert calls[0] == QR + ["create", "mb", *where, "--accelerator-type=v3-256",
+                             "--runtime-version=tpu-ubuntu2204-base", "--node-id=mb", "--spot"]
+    assert calls[1][:5] == VM + ["scp"] and calls[1][6:] == ["mb:~/mobilebert-jax.tar.gz", *where, "--worker=all"]
+    assert calls[2][:-1] == calls[3][:-1] == VM + ["ssh", "mb", *where, "--worker=all"]
+    assert len(calls) == 4
+    prepare, start = calls[2][-1].removeprefix("--command="), calls[3][-1].removeprefix("--command=")
+    # Stale processes go first, then the code is unpacked, and the venv is built (by uv, with a Python >= 3.11)
+    # only if setup.py, the Python or the pip spec changed.
+    order = [prepare.index(s) for s in ("kill -TERM", "fuser -k", "tar xzf", "pip install -q --user", "uv venv",
+                                        "pip install -q --python")]
     assert order == sorted(order)
     assert f'= "{setup_stamp()}" ]' in prepare
-    launch = start.splitlines()[1]
-    assert launch.startswith("nohup ~/mobilebert-jax-venv/bin/python -m mobilebert_jax.main ")
+    assert "$uv venv -q --python 3.11 ~/mobilebert-jax-venv" in prepare
+    assert "$uv pip install -q --python ~/mobilebert-jax-venv/bin/python -e .[tpu]" in prepare
+    launch = next(line for line in start.splitlines() if line.startswith("nohup "))
+    inner, args = re.fullmatch(r"nohup bash -c '(.*)' run (.*)> (\S+) 2>&1 < /dev/null &", launch).group(1, 2)
+    assert inner.startswith('~/mobilebert-jax-venv/bin/python -m mobilebert_jax.main "$@" ')
+    assert "echo $? > ~/mobilebert-jax-logs/train.exit" in inner
     # The training arguments reach the workers' shell exactly as given here.
-    assert argv(launch.split("mobilebert_jax.main ", 1)[1].split(" > ")[0]) == [
-        "--config=experiments/distill_pd.py", "--workdir=gs://bucket/runs/pd", "--config.mesh.shape=(16, 16, 1)"]
+    assert argv(args) == ["--config=experiments/distill_pd.py", "--workdir=gs://bucket/runs/pd",
+                          "--config.mesh.shape=(16, 16, 1)"]
     assert "> ~/mobilebert-jax-logs/train-$HOSTNAME.log" in start
 
     for command, expected in [
         (["logs"],
-         vm + ["ssh", "mb", *where, "--worker=0", "--command=tail -n 50 -F ~/mobilebert-jax-logs/train-*.log"]),
+         VM + ["ssh", "mb", *where, "--worker=0", "--command=tail -n 50 -F ~/mobilebert-jax-logs/train-*.log"]),
         (["--run=r2", "fetch-logs", "/tmp/logs"],
-         vm + ["scp", "mb:~/mobilebert-jax-logs/r2-*.log", "/tmp/logs", *where, "--worker=all"]),
-        (["delete"], vm + ["delete", "mb", *where, "--quiet"]),
+         VM + ["scp", "mb:~/mobilebert-jax-logs/r2-*.log", "/tmp/logs", *where, "--worker=all"]),
+        (["delete"], QR + ["delete", "mb", *where, "--force", "--quiet"]),
+        (["--no_queue", "delete"], VM + ["delete", "mb", *where, "--quiet"]),
     ]:
         assert commands(tpu_run(*common, *command).stdout) == [expected], command
     stop = argv(tpu_run(*common, "--grace=30", "stop").stdout)
-    assert stop[:-1] == vm + ["ssh", "mb", *where, "--worker=all"] and "seq 30" in stop[-1]
+    assert stop[:-1] == VM + ["ssh", "mb", *where, "--worker=all"] and "seq 30" in stop[-1]
+    # Without a queue: the node itself, as `tpu-vm create` takes it.
+    direct = commands(tpu_run(*common, "--no_queue", "--spot", "start", "--", "--workdir=w").stdout)[0]
+    assert direct == VM + ["create", "mb", *where, "--accelerator-type=v3-8", "--version=tpu-ubuntu2204-base",
+                           "--spot"]
+
+
+@pytest.mark.parametrize("accelerator,version", [
+    ("v3-8", "tpu-ubuntu2204-base"), ("v4-128", "tpu-ubuntu2204-base"), ("v5litepod-256", "v2-alpha-tpuv5-lite"),
+    ("v5p-512", "v2-alpha-tpuv5"), ("v6e-256", "v2-alpha-tpuv6e")])
+def test_runtime_version_follows_the_generation(accelerator, version):
+    out = tpu_run("--name=mb", "--zone=z", f"--accelerator={accelerator}", "--dry_run", "start", "--", "-w").stdout
+    assert f"--runtime-version={version}" in commands(out)[0]
+    out = tpu_run("--name=mb", "--zone=z", f"--accelerator={accelerator}", "--version=mine", "--dry_run", "start",
+                  "--", "-w").stdout
+    assert "--runtime-version=mine" in commands(out)[0]
+
+
+def test_dry_run_multislice_and_best_effort():
+    out = tpu_run("--name=mb", "--zone=z", "--accelerator=v5litepod-256", "--node_count=2", "--best_effort",
+                  "--dry_run", "start", "--", "--workdir=gs://b/r").stdout
+    calls = commands(out)
+    # Best-effort capacity exists only in gcloud's alpha track; N slices are one request with --node-count.
+    assert calls[0] == ["gcloud", "alpha", "compute", "tpus", "queued-resources", "create", "mb", "--zone=z",
+                        "--accelerator-type=v5litepod-256", "--runtime-version=v2-alpha-tpuv5-lite",
+                        "--node-count=2", "--node-prefix=mb", "--best-effort"]
+    # Every node (slice) gets the code, the set-up and the start.
+    assert [c[4] for c in calls[1:]] == ["scp", "scp", "ssh", "ssh", "ssh", "ssh"]
+    assert [c[6] for c in calls[1:3]] == ["mb-0:~/mobilebert-jax.tar.gz", "mb-1:~/mobilebert-jax.tar.gz"]
+    assert [c[5] for c in calls[3:]] == ["mb-0", "mb-1", "mb-0", "mb-1"]
+
+
+def _fake(*args, env=None) -> subprocess.CompletedProcess:
+    return subprocess.run([os.path.join(FAKE, "gcloud"), *args], capture_output=True, text=True, env=env)
+
+
+def test_fake_gcloud_rejects_flags_the_real_command_does_not_take(tmp_path):
+    env = {**os.environ, "FAKE_GCLOUD_ROOT": str(tmp_path)}
+    bad = _fake("compute", "tpus", "tpu-vm", "create", "mb", "--zone=z", "--acelerator-type=v3-8",
+                "--version=tpu-ubuntu2204-base", env=env)
+    assert bad.returncode == 2
+    assert bad.stderr.startswith("ERROR: (gcloud.compute.tpus.tpu-vm.create) unrecognized arguments: "
+                                 "--acelerator-type=v3-8")
+    for args, message in [
+        (["queued-resources", "create", "q", "--zone=z", "--accelerator-type=v3-8", "--runtime-version=v",
+          "--node-id=q", "--best-effort"], "unrecognized arguments: --best-effort"),  # alpha only
+        (["queued-resources", "create", "q", "--zone=z", "--accelerator-type=v3-8", "--node-id=q"],
+         "argument --runtime-version: Must be specified."),
+        (["tpu-vm", "create", "q", "--zone=z", "--version=v", "--runtime-version=v"],  # that is queued-resources'
+         "unrecognized arguments: --runtime-version=v"),
+        (["tpu-vm", "delete", "q", "--zone=z", "--spot=yes"], "unrecognized arguments: --spot=yes"),
+        (["queued-resources", "delete", "q", "--force=true"], "argument --force: ignored explicit argument"),
+        (["tpu-vm", "ssh", "q", "--workers=all"], "unrecognized arguments: --workers=all"),
+    ]:
+        proc = _fake("compute", "tpus", *args, env=env)
+        assert proc.returncode == 2 and message in proc.stderr, (args, proc.stderr)
+    ok = _fake("alpha", "compute", "tpus", "queued-resources", "create", "q", "--zone=z", "--accelerator-type=v3-8",
+               "--runtime-version=v", "--node-id=q", "--best-effort", "--project=p", "--quiet", env=env)
+    assert ok.returncode == 0, ok.stderr
+
+
+def test_every_printed_command_parses_in_the_fake(tmp_path):
+    """Each gcloud call a dry run prints gets past the flag tables of the commands it calls."""
+    env = {**os.environ, "FAKE_GCLOUD_ROOT": str(tmp_path), "FAKE_GCLOUD_PARSE_ONLY": "1"}
+    runs = [["--spot", "start", "--", "--workdir=w"], ["--best_effort", "--node_count=3", "start", "--", "-w"],
+            ["--no_queue", "--spot", "start", "--", "-w"], ["logs"], ["--worker=all", "logs"], ["stop"],
+            ["fetch-logs", str(tmp_path / "logs")], ["delete"], ["--no_queue", "delete"]]
+    seen = 0
+    for run in runs:
+        for call in commands(tpu_run("--name=mb", "--zone=z", "--project=p", "--dry_run", *run).stdout):
+            proc = _fake(*call[1:], env=env)
+            assert proc.returncode == 0, (call, proc.stderr)
+            seen += 1
+    assert seen >= 20
 
 
 @pytest.mark.parametrize("args,message", [
     (["--zone=z", "start"], "--name (or TPU_NAME) is required"),
     (["--name=n", "--zone=z", "start"], "start needs the training arguments after --"),
+    (["--name=n", "--zone=z", "watch", "--", "--config=x.py"], "watch needs --workdir"),
     (["--name=n", "--zone=z", "--worker=x", "logs"], "--worker=x: must be a worker index or all"),
     (["--name=n", "--zone=z", "--bogus", "stop"], "unknown option --bogus"),
     (["--name=n", "--zone=z", "launch"], "unknown command launch"),
+    (["--name=n", "--zone=z", "--node_count=0", "stop"], "--node_count=0: must be a whole number >= 1"),
+    (["--name=n", "--zone=z", "--no_queue", "--node_count=2", "stop"], "needs a queued resource"),
+    (["--name=n", "--zone=z", "--spot", "--best_effort", "stop"], "--spot and --best_effort exclude each other"),
+    (["--name=n", "--zone=z", "--accelerator=v9-8", "stop"], "--accelerator=v9-8: no default runtime version"),
+    (["--name=n", "--zone=z", "--python=3", "stop"], "--python=3: must be a Python version"),
+    (["--name=n", "--zone=z", "--poll=soon", "stop"], "--poll=soon: must be a number of seconds"),
 ])
 def test_bad_arguments_are_named(args, message):
     proc = tpu_run(*args, "--dry_run", check=False, env={**os.environ, "TPU_NAME": ""})
-    assert proc.returncode == 2 and message in proc.stderr
+    assert proc.returncode == 2 and message in proc.stderr, proc.stderr
 
 
 def test_help():
     out = tpu_run("--help").stdout
     assert out.startswith("Usage: launch/tpu_run.sh") and "fetch-logs DIR" in out and "--dry_run" in out
+    assert "watch" in out and "--node_count" in out and "v2-alpha-tpuv6e" in out
 
 
-def _pids(root: str) -> list[int]:
+def _setup_py_pins() -> dict[str, str]:
+    tree = ast.parse(open(os.path.join(REPO, "setup.py")).read())
+    return {t.id: node.value.value for node in tree.body if isinstance(node, ast.Assign)
+            for t in node.targets if isinstance(node.value, ast.Constant)}
+
+
+def test_pins_match_what_this_environment_compiles_with():
+    from mobilebert_jax.tools import install_libtpu
+    pins = _setup_py_pins()
+    assert importlib.metadata.version("jax") == importlib.metadata.version("jaxlib") == pins["JAX"]
+    assert install_libtpu.REQUIREMENT == pins["LIBTPU"]
+    assert install_libtpu.pinned_requirement() == pins["LIBTPU"]  # within what the pinned jax accepts
+    # python_requires is what jax itself needs (jaxlib and libtpu 0.0.42 say the same on PyPI).
+    setup_text = open(os.path.join(REPO, "setup.py")).read()
+    requires_python = importlib.metadata.metadata("jax")["Requires-Python"]
+    assert f'python_requires="{requires_python}"' in setup_text
+
+
+def _pids(root: str, node: str = "pod") -> list[int]:
     pids = []
-    for path in glob.glob(os.path.join(root, "pod", "workers", "worker-*", "mobilebert-jax-logs", "train.pid")):
+    for path in glob.glob(os.path.join(root, node, "workers", "worker-*", "mobilebert-jax-logs", "train.pid")):
         with open(path) as f:
             pids.append(int(f.read()))
     return pids
@@ -121,54 +231,107 @@ def _wait(condition, what: str, timeout: float = 420) -> None:
         time.sleep(0.5)
 
 
-def test_simulated_pod_trains_is_preempted_and_resumes(tmp_path):
-    root, run, logs = str(tmp_path / "gcloud"), str(tmp_path / "run"), str(tmp_path / "logs")
-    image = tmp_path / "image"  # what the workers' VM image holds: the project's environment, already set up
+def _pod_env(tmp_path, image, **extra) -> dict[str, str]:
+    return {**os.environ, "PATH": FAKE + os.pathsep + os.environ["PATH"], "FAKE_GCLOUD_ROOT": str(tmp_path / "gcloud"),
+            "FAKE_GCLOUD_IMAGE": str(image), "TPU_NAME": "pod", "TPU_ZONE": "local-a", "TPU_POLL": "0.2",
+            # The bundled tokenizer, trained once, is shared rather than retrained in every fresh worker home.
+            "MOBILEBERT_JAX_CACHE": os.environ.get("MOBILEBERT_JAX_CACHE") or
+            os.path.join(os.path.expanduser("~"), ".cache", "mobilebert_jax"), **extra}
+
+
+def _train_args(run: str, total: int = TOTAL) -> list[str]:
+    return ["--", "--config=experiments/teacher_ib_bert_large.py:smoke", f"--workdir={run}",
+            f"--config.total_steps={total}", f"--config.checkpoint.every_steps={EVERY}",
+            "--config.eval.num_batches=0", "--config.log_every=2"]
+
+
+def _calls(root: str) -> list[list[str]]:
+    with open(os.path.join(root, "calls.jsonl")) as f:
+        return [json.loads(line) for line in f]
+
+
+def test_simulated_pod_installs_from_the_package_index_on_a_bare_image(tmp_path):
+    """A bare VM image: tpu_run.sh's install step gets uv from the package index, makes the venv with a Python
+    >= 3.11 and installs this checkout with its pinned jax (the CPU variant here), then the run trains on it."""
+    run = str(tmp_path / "run")
+    image = tmp_path / "image"
+    image.mkdir()
+    env = _pod_env(tmp_path, image, FAKE_GCLOUD_WORKERS="2", TPU_PIP_SPEC="-e .",
+                   # A pip/uv cache shared between runs keeps this cheap; never a Python download here.
+                   UV_CACHE_DIR=os.environ.get("UV_CACHE_DIR") or os.path.join(os.path.expanduser("~"), ".cache",
+                                                                               "uv"),
+                   UV_PYTHON_DOWNLOADS="never")
+    root = env["FAKE_GCLOUD_ROOT"]
+    try:
+        out = tpu_run("start", *_train_args(run, total=EVERY), env=env, timeout=900).stdout
+        assert out.count("setting up ~/mobilebert-jax-venv (Python 3.11, -e .)") == 2, out
+        assert out.count("venv ready: Python 3.11") == 2, out
+        for home in glob.glob(os.path.join(root, "pod", "workers", "worker-*")):
+            venv = os.path.join(home, "mobilebert-jax-venv")
+            assert not os.path.islink(venv)  # made on the worker, not the test's environment linked in
+            freeze = subprocess.run([os.path.join(venv, "bin", "python"), "-c",
+                                     "import importlib.metadata as m; print(m.version('jax'), m.version('jaxlib'))"],
+                                    capture_output=True, text=True, check=True).stdout.split()
+            assert freeze == [_setup_py_pins()["JAX"]] * 2
+            assert open(os.path.join(home, ".mobilebert-jax-setup")).read().strip() == setup_stamp("-e .")
+        pids = _pids(root)
+        _wait(lambda: not any(map(_alive, pids)), "the run to finish")
+        assert open(os.path.join(run, "FINISHED")).read().strip() == str(EVERY)
+        # Set up once: the same start again finds the venv up to date.
+        out = tpu_run("start", *_train_args(run, total=EVERY), env=env).stdout
+        assert out.count("venv up to date") == 2
+        _wait(lambda: not any(map(_alive, _pids(root))), "the second start to end")
+    finally:
+        subprocess.run(["gcloud", "compute", "tpus", "queued-resources", "delete", "pod", "--zone=local-a",
+                        "--force", "--quiet"], env=env, capture_output=True)
+
+
+def test_simulated_multislice_pod_is_watched_through_a_preemption(tmp_path):
+    """Two slices (queued resource with --node_count=2, one worker each: processes 0 and 1 of one job); `watch`
+    starts the run, the spot capacity is preempted after the first checkpoint (every process killed, the queued
+    resource SUSPENDED), and the watch requests it again and restarts until the trainer writes FINISHED."""
+    run, logs = str(tmp_path / "run"), str(tmp_path / "logs")
+    image = tmp_path / "image"  # the VM image holds the project's environment, already set up (see the test above)
     image.mkdir()
     (image / "mobilebert-jax-venv").symlink_to(os.path.join(REPO, ".venv"))
     (image / ".mobilebert-jax-setup").write_text(setup_stamp() + "\n")
-    env = {**os.environ, "PATH": FAKE + os.pathsep + os.environ["PATH"], "FAKE_GCLOUD_ROOT": root,
-           "FAKE_GCLOUD_IMAGE": str(image), "TPU_NAME": "pod", "TPU_ZONE": "local-a",
-           # The bundled tokenizer, trained once, is shared rather than retrained in every fresh worker home.
-           "MOBILEBERT_JAX_CACHE": os.environ.get("MOBILEBERT_JAX_CACHE") or
-           os.path.join(os.path.expanduser("~"), ".cache", "mobilebert_jax")}
-    train_args = ["--", "--config=experiments/teacher_ib_bert_large.py:smoke", f"--workdir={run}",
-                  f"--config.total_steps={TOTAL}", f"--config.checkpoint.every_steps={EVERY}",
-                  "--config.eval.num_batches=0", "--config.log_every=2"]
+    env = _pod_env(tmp_path, image, FAKE_GCLOUD_WORKERS="1", TPU_NODE_COUNT="2", TPU_SPOT="1",
+                   TPU_MAX_RESTARTS="2")
+    root = env["FAKE_GCLOUD_ROOT"]
+    watch = subprocess.Popen([SCRIPT, "watch", *_train_args(run)], env=env, stdout=subprocess.PIPE,
+                             stderr=subprocess.STDOUT, text=True)
     try:
-        out = tpu_run("start", *train_args, env=env).stdout
-        assert "does not exist: creating it" in out and out.count("venv up to date") == 2
-        pids = _pids(root)
-        assert len(pids) == 2
-        _wait(lambda: os.path.isdir(os.path.join(run, "checkpoints", str(EVERY))) or not all(map(_alive, pids)),
+        _wait(lambda: os.path.isdir(os.path.join(run, "checkpoints", str(EVERY))) or watch.poll() is not None,
               f"checkpoint {EVERY}")
-        assert all(map(_alive, pids)), "a worker exited before its first checkpoint"
+        assert watch.poll() is None, watch.stdout.read()
+        pids = _pids(root, "pod-0") + _pids(root, "pod-1")
+        assert len(pids) == 2 and all(map(_alive, pids))
         subprocess.run(["gcloud", "fake-preempt", "pod"], env=env, check=True)  # every process killed at once
-        _wait(lambda: not any(map(_alive, pids)), "the killed workers to go")
         done = sorted(int(n) for n in os.listdir(os.path.join(run, "checkpoints")) if n.isdigit())
         assert done and done[-1] < TOTAL
-
-        out = tpu_run("start", *train_args, env=env).stdout  # the same command again
-        assert "is PREEMPTED: deleting and creating it again" in out
-        pids = _pids(root)
-        _wait(lambda: not any(map(_alive, pids)), "the resumed run to finish")
+        out, _ = watch.communicate(timeout=600)
+        assert watch.returncode == 0, out
+        assert "watch: queued resource pod is SUSPENDED: restarting the run (restart 1 of at most 2)" in out, out
+        assert "slice pod is SUSPENDED: deleting and requesting it again" in out
+        assert "watch: the run finished" in out
+        assert open(os.path.join(run, "FINISHED")).read().strip() == str(TOTAL)
 
         tpu_run("fetch-logs", logs, env=env)
         names = sorted(os.listdir(logs))
-        assert names == ["train-pod-w-0.log", "train-pod-w-1.log"]
+        assert names == ["train-pod-0-w-0.log", "train-pod-1-w-0.log"]
         log0 = open(os.path.join(logs, names[0])).read()
         assert f"resumed from step {done[-1]}" in log0, log0[-3000:]
         assert f"step {TOTAL}/{TOTAL}" in log0 and "done: checkpoints in" in log0
         assert "process 0 of 2" in log0
-        # Only process 0 reports progress.
-        assert "resumed from step" not in open(os.path.join(logs, names[1])).read()
-        assert os.path.isdir(os.path.join(run, "checkpoints", str(TOTAL)))
+        assert "resumed from step" not in open(os.path.join(logs, names[1])).read()  # only process 0 reports
         status = tpu_run("status", env=env).stdout
-        assert "READY" in status and status.count("not running") == 2
+        assert "queued resource pod: ACTIVE" in status and status.count("not running") == 2
     finally:
-        subprocess.run(["gcloud", "compute", "tpus", "tpu-vm", "delete", "pod", "--zone=local-a", "--quiet"], env=env,
-                       capture_output=True)
-    with open(os.path.join(root, "calls.jsonl")) as f:
-        verbs = [json.loads(line)[3] if json.loads(line)[0] == "compute" else json.loads(line)[0] for line in f]
-    assert verbs[:10] == ["describe", "create", "scp", "ssh", "ssh", "fake-preempt",
-                          "describe", "delete", "create", "scp"]
+        if watch.poll() is None:
+            watch.kill()
+        subprocess.run(["gcloud", "compute", "tpus", "queued-resources", "delete", "pod", "--zone=local-a",
+                        "--force", "--quiet"], env=env, capture_output=True)
+    calls = [c for c in _calls(root) if c[:1] != ["fake-preempt"]]
+    creates = [c for c in calls if c[2:5] == ["queued-resources", "create", "pod"]]
+    assert len(creates) == 2 and all("--node-count=2" in c and "--spot" in c for c in creates)
+    assert ["compute", "tpus", "queued-resources", "delete", "pod", "--zone=local-a", "--force", "--quiet"] in calls

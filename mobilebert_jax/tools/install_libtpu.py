@@ -2,7 +2,8 @@
 
     python -m mobilebert_jax.tools.install_libtpu
 
-Puts the libtpu version this jax pins (its `tpu` extra) into `<venv>/aot-libtpu`, a folder
+Puts the libtpu this repository pins (REQUIREMENT, the same as setup.py's LIBTPU; within the range jax's
+own `tpu` extra names) into `<venv>/aot-libtpu`, a folder
 not on the import path: an importable libtpu makes every JAX process, CPU-only ones included,
 try to start a TPU backend and take /tmp/libtpu_lockfile. `tools.aot_compile` finds it there
 (or wherever TPU_LIBRARY_PATH points). Idempotent: does nothing when the right version is there.
@@ -20,13 +21,26 @@ PRIVATE_DIR = os.path.join(sys.prefix, "aot-libtpu")
 LIBRARY = os.path.join(PRIVATE_DIR, "libtpu", "libtpu.so")
 
 
-def pinned_requirement() -> str:
-    """The libtpu requirement of jax's `tpu` extra, e.g. 'libtpu==0.0.42.*'."""
+# The libtpu the AOT figures in docs/scale_out.md were compiled with; setup.py's LIBTPU (a test keeps them equal).
+REQUIREMENT = "libtpu==0.0.42.1"
+
+
+def jax_requirement() -> str:
+    """The libtpu requirement of the installed jax's `tpu` extra, e.g. 'libtpu==0.0.42.*'."""
     for req in importlib.metadata.requires("jax") or []:
         spec, _, marker = req.partition(";")
         if spec.strip().startswith("libtpu") and "tpu" in marker:
             return spec.strip().replace(" ", "")
     raise RuntimeError(f"jax {importlib.metadata.version('jax')} names no libtpu in its `tpu` extra")
+
+
+def pinned_requirement() -> str:
+    """REQUIREMENT, checked against what the installed jax accepts (another jax needs another libtpu)."""
+    wanted, allowed = REQUIREMENT.split("==", 1)[1], jax_requirement().split("==", 1)[1]
+    if not wanted.startswith(allowed.rstrip("*").rstrip(".")):
+        raise RuntimeError(f"{REQUIREMENT} does not match jax {importlib.metadata.version('jax')}, which needs "
+                           f"{jax_requirement()}: install the jax setup.py pins (pip install -e .)")
+    return REQUIREMENT
 
 
 def _installed_version() -> str | None:
@@ -39,9 +53,9 @@ def _installed_version() -> str | None:
 
 def main() -> int:
     requirement = pinned_requirement()
-    wanted = requirement.split("==", 1)[1].rstrip("*").rstrip(".")
+    wanted = requirement.split("==", 1)[1]
     installed = _installed_version()
-    if installed and installed.startswith(wanted) and os.path.isfile(LIBRARY):
+    if installed == wanted and os.path.isfile(LIBRARY):
         print(f"libtpu {installed} already in {PRIVATE_DIR}")
         return 0
     subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--upgrade", "--target", PRIVATE_DIR,

@@ -15,6 +15,7 @@ import os
 from typing import Any, Callable, Iterator
 
 import flax.linen as nn
+from etils import epath
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -110,12 +111,20 @@ def build_program(config: ml_collections.ConfigDict, task: Task, mesh: Mesh) -> 
                    train_step=train_step, eval_step=eval_step)
 
 
+# The file the trainer writes into the workdir when the run has reached its last step (holds that step).
+FINISHED = "FINISHED"
+
+
 def train(config: ml_collections.ConfigDict, workdir: str, build_task: TaskBuilder) -> dict[str, float]:
     """Runs (or resumes) the stage `config` describes in `workdir`; returns the final metrics."""
     # Everything that can be wrong with the config fails here, before any data work or compile.
     experiment_config.validate(config, jax.device_count(), process_count=jax.process_count())
     os.makedirs(workdir, exist_ok=True)
     experiment_config.save_resolved(config, workdir)
+    # FINISHED (written last) tells launch/tpu_run.sh's watch that this run is complete; an older one would lie.
+    finished_marker = epath.Path(workdir) / FINISHED
+    if jax.process_index() == 0:
+        finished_marker.unlink(missing_ok=True)
     mesh = partitioning.make_mesh(config.mesh)
     task = build_task(config, workdir)
     program = build_program(config, task, mesh)
@@ -191,4 +200,6 @@ def train(config: ml_collections.ConfigDict, workdir: str, build_task: TaskBuild
         writer.close()
     _log(f"done: checkpoints in {os.path.join(workdir, 'checkpoints')}, TensorBoard logs and metrics.jsonl in "
          f"{workdir}, resolved config in {os.path.join(workdir, 'config.py')}")
+    if jax.process_index() == 0:
+        finished_marker.write_text(f"{total_steps}\n")
     return final_metrics
