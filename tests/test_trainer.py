@@ -74,9 +74,11 @@ def test_resume_after_sigterm_is_exact(tmp_path, straight):
     assert proc.returncode == 0, out
     assert "preempted: saved a checkpoint at step" in out
     assert not os.path.exists(tmp_path / "final_params.npz")
+    assert not os.path.exists(tmp_path / "FINISHED")  # exit 0 after a SIGTERM is not the end (tpu_run.sh watch)
     out = _run(tmp_path)  # the same command again
     assert "resumed from step" in out
     _assert_bitwise_equal(_params(tmp_path), straight)
+    assert (tmp_path / "FINISHED").read_text() == f"{TOTAL}\n"
 
 
 def test_resume_after_sigkill_is_exact(tmp_path, straight):
