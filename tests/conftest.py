@@ -3,3 +3,8 @@
 import jax
 
 jax.config.update("jax_num_cpu_devices", 8)
+
+
+def pytest_configure(config):
+    # Heavy end-to-end cases; the default run includes them, `-m "not slow"` leaves them out, `-m slow` runs only them.
+    config.addinivalue_line("markers", "slow: heavy end-to-end test (minutes on 2 cores)")

@@ -250,6 +250,7 @@ def _calls(root: str) -> list[list[str]]:
         return [json.loads(line) for line in f]
 
 
+@pytest.mark.slow
 def test_simulated_pod_installs_from_the_package_index_on_a_bare_image(tmp_path):
     """A bare VM image: tpu_run.sh's install step gets uv from the package index, makes the venv with a Python
     >= 3.11 and installs this checkout with its pinned jax (the CPU variant here), then the run trains on it."""
