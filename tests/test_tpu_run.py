@@ -333,3 +333,53 @@ def test_simulated_multislice_pod_is_watched_through_a_preemption(tmp_path):
     creates = [c for c in calls if c[2:5] == ["queued-resources", "create", "pod"]]
     assert len(creates) == 2 and all("--node-count=2" in c and "--spot" in c for c in creates)
     assert ["compute", "tpus", "queued-resources", "delete", "pod", "--zone=local-a", "--force", "--quiet"] in calls
+
+
+def _stub_image(tmp_path):
+    """A VM image whose venv python stands in for the trainer (STUB_MODE says how it ends) and answers the watch's
+    FINISHED check with the real interpreter: the watch's decisions, without JAX."""
+    image = tmp_path / "image"
+    (image / "mobilebert-jax-venv" / "bin").mkdir(parents=True)
+    stub = image / "mobilebert-jax-venv" / "bin" / "python"
+    stub.write_text(f"""#!/usr/bin/env bash
+if [ "$1" = -c ]; then exec {os.path.join(REPO, ".venv", "bin", "python")} "$@"; fi
+case "$STUB_MODE" in
+  fail) echo "FATAL config error: config.model.hidden_size=-1: must be positive"; exit 1 ;;
+  early) echo "preempted: saved a checkpoint at step 4"; exit 0 ;;
+  sleep) trap 'echo "preempted: saved a checkpoint at step 4"; exit 0' TERM
+         for _ in $(seq 3000); do sleep 0.1; done ;;
+esac
+""")
+    stub.chmod(0o755)
+    (image / ".mobilebert-jax-setup").write_text(setup_stamp() + "\n")
+    return image
+
+
+@pytest.mark.parametrize("mode,code,message", [
+    ("fail", 1, "watch: the run failed: process 0 exited 1"),
+    ("early", 1, "the run was restarted 1 times already (--max_restarts): giving up"),
+])
+def test_watch_ends_on_a_failure_and_bounds_restarts(tmp_path, mode, code, message):
+    env = _pod_env(tmp_path, _stub_image(tmp_path), FAKE_GCLOUD_WORKERS="1", TPU_MAX_RESTARTS="1", STUB_MODE=mode)
+    proc = tpu_run("watch", "--", f"--workdir={tmp_path / 'run'}", env=env, check=False, timeout=300)
+    assert proc.returncode == code and message in proc.stderr, proc.stdout + proc.stderr
+    if mode == "fail":  # not restarted (it would fail the same way), and the log's end shown
+        assert "restarting" not in proc.stdout and "FATAL config error: config.model.hidden_size" in proc.stderr
+    else:  # exit 0 without FINISHED on a healthy slice: restarted there, without requesting a new slice
+        assert "process 0 stopped before the end (exited 0): restarting the run (restart 1 of at most 1)" in proc.stdout
+        creates = [c for c in _calls(env["FAKE_GCLOUD_ROOT"]) if c[2:4] == ["queued-resources", "create"]]
+        assert len(creates) == 1
+
+
+def test_watch_ends_when_the_run_is_stopped(tmp_path):
+    env = _pod_env(tmp_path, _stub_image(tmp_path), FAKE_GCLOUD_WORKERS="1", STUB_MODE="sleep")
+    watch = subprocess.Popen([SCRIPT, "watch", "--", f"--workdir={tmp_path / 'run'}"], env=env,
+                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        _wait(lambda: _pids(env["FAKE_GCLOUD_ROOT"]) or watch.poll() is not None, "the run to start", timeout=120)
+        tpu_run("--grace=30", "stop", env=env)
+        out, _ = watch.communicate(timeout=120)
+        assert watch.returncode == 0 and "watch: the run was stopped (tpu_run.sh stop); not restarting it" in out, out
+    finally:
+        if watch.poll() is None:
+            watch.kill()
