@@ -13,6 +13,7 @@ import subprocess
 import sys
 
 import pytest
+from limits import HANG_S
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -35,7 +36,7 @@ def aot(*args, env=None) -> subprocess.CompletedProcess:
     env = dict(os.environ if env is None else env)
     env.pop("XLA_FLAGS", None)
     return subprocess.run([sys.executable, "-m", "mobilebert_jax.tools.aot_compile", *args], cwd=REPO, env=env,
-                          capture_output=True, text=True, timeout=600)
+                          capture_output=True, text=True, timeout=HANG_S)
 
 
 def _param_count(model_cfg) -> int:

@@ -14,6 +14,7 @@ import pytest
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from mobilebert_jax import ConfigError, checkpointing, optim, partitioning
+from limits import HANG_S
 
 
 class FakeIterator:
@@ -138,7 +139,7 @@ def test_checkpoint_of_a_killed_process_is_ignored(tmp_path):
         ckpt.save(2, {"w": jnp.asarray(np.random.default_rng(0).normal(size=(4096, 4096)), jnp.float32)})
         os._exit(3)  # dies while the async save of step 2 is being written
     """, str(tmp_path))
-    _, err = proc.communicate(timeout=120)
+    _, err = proc.communicate(timeout=HANG_S)
     assert proc.returncode == 3, err
     partial = [p.name for p in tmp_path.iterdir() if p.name.startswith("2.")]
     assert partial and "orbax-checkpoint-tmp" in partial[0], sorted(p.name for p in tmp_path.iterdir())
@@ -176,7 +177,7 @@ def test_sigterm_saves_and_exits_cleanly(tmp_path):
     """, str(tmp_path))
     assert proc.stdout.readline().strip() == "READY"
     proc.send_signal(signal.SIGTERM)
-    out, err = proc.communicate(timeout=120)
+    out, err = proc.communicate(timeout=HANG_S)
     assert proc.returncode == 0, err
     step = int(out.split()[-1])
     assert 3 <= step < 10_000

@@ -17,6 +17,7 @@ from mobilebert_jax.data.loader import make_pretraining_loader, split_size
 from mobilebert_jax.data.masking import FEATURE_DTYPES
 from mobilebert_jax.data.prepare import prepare
 from tests.data_fixtures import data_config
+from limits import HANG_S
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -138,7 +139,7 @@ def test_restored_in_a_new_process_the_loader_continues_exactly(prepared, tmp_pa
     (tmp_path / "resume.py").write_text(RESUME_SCRIPT)
     result = subprocess.run([sys.executable, str(tmp_path / "resume.py"), str(tmp_path / "config.json"), "1",
                              str(tmp_path / "state.pkl"), str(m), str(tmp_path / "out.npz")],
-                            capture_output=True, text=True, cwd=REPO, timeout=300)
+                            capture_output=True, text=True, cwd=REPO, timeout=HANG_S)
     assert result.returncode == 0, result.stderr[-3000:]
     saved = np.load(tmp_path / "out.npz")
     resumed = [{key: saved[f"{i}/{key}"] for key in FEATURE_DTYPES} for i in range(m)]

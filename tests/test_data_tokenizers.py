@@ -12,6 +12,7 @@ import pytest
 from mobilebert_jax.data.errors import DataError
 from mobilebert_jax.data.tokenizers import SPECIAL_TOKENS, SentencePieceTokenizer, load_tokenizer
 from tests.data_fixtures import CORPUS, VOCAB, corpus_lines, glue_sentences, require_shared_data
+from limits import HANG_S
 
 
 @pytest.fixture(scope="module")
@@ -109,7 +110,7 @@ def botchan_sp(tmp_path_factory):
     result = subprocess.run(
         [sys.executable, "-m", "mobilebert_jax.data.train_sentencepiece", f"--corpus={CORPUS / 'botchan.txt'}",
          "--corpus_format=paragraphs", f"--model_prefix={prefix}", "--vocab_size=1000"],
-        capture_output=True, text=True, timeout=300)
+        capture_output=True, text=True, timeout=HANG_S)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "content_hash=" in result.stdout
     return prefix

@@ -14,6 +14,7 @@ import subprocess
 import sys
 
 import numpy as np
+from limits import HANG_S
 
 LAYERS, TEACHER_LAYERS, STAGE_STEPS, LAST_STAGE = 24, 2, 2, 7
 
@@ -75,7 +76,7 @@ def test_resume_in_the_middle_of_a_stage_is_exact(tmp_path):
     env = dict(os.environ)
     env.pop("XLA_FLAGS", None)
     proc = subprocess.run([sys.executable, __file__, str(tmp_path)], env=env, capture_output=True, text=True,
-                          timeout=1500)
+                          timeout=HANG_S)
     assert proc.returncode == 0, proc.stdout[-5000:] + proc.stderr[-5000:]
     assert "resumed from step 11" in proc.stdout, proc.stdout[-3000:]
     straight, resumed, init = (dict(np.load(tmp_path / f"{n}.npz")) for n in ("straight", "resumed", "init"))

@@ -28,6 +28,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from limits import HANG_S
 
 GLUE = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "glue"
 REPO = Path(__file__).resolve().parents[1]
@@ -65,7 +66,7 @@ def _run(task: str, tmp_path, steps: int, lr: float, layers: int) -> dict:
     env = {**os.environ, "JAX_PLATFORMS": "cpu", "PYTHONPATH": os.pathsep.join(
         filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
     proc = subprocess.run([sys.executable, "-c", _CHILD, json.dumps([spec, overrides, layers, str(tmp_path)])],
-                          cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
+                          cwd=REPO, env=env, capture_output=True, text=True, timeout=HANG_S)
     assert proc.returncode == 0, proc.stderr[-4000:]
     return json.loads(proc.stdout.rsplit("DEV=", 1)[1].splitlines()[0])
 

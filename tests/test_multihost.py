@@ -19,6 +19,7 @@ import time
 
 import numpy as np
 import pytest
+from limits import HANG_S
 
 TESTS = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(TESTS)
@@ -69,7 +70,7 @@ def start_workers(root, workdir, port: int, slow: float = 0.0) -> list[subproces
     return procs
 
 
-def finish(procs, timeout=300) -> list[str]:
+def finish(procs, timeout=HANG_S) -> list[str]:
     outs = []
     for p in procs:
         try:

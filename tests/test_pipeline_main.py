@@ -10,6 +10,7 @@ import json
 import os
 import subprocess
 import sys
+from limits import HANG_S
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TOY = ["--teacher_steps=4", "--stage_steps=2", "--pd_steps=2", "--layers=2", "--seq_len=32", "--max_predictions=5",
@@ -20,7 +21,7 @@ STAGES = ("teacher", "progressive", "pd", "scratch")
 def _main(*args):
     env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
     return subprocess.run([sys.executable, "-m", "mobilebert_jax.main", *args], cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=900)
+                          capture_output=True, text=True, timeout=HANG_S)
 
 
 def test_default_main_runs_teacher_transfer_pd_and_scratch_then_the_table(tmp_path):

@@ -8,6 +8,7 @@ import subprocess
 import sys
 
 import pytest
+from limits import HANG_S
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIG = os.path.join(ROOT, "experiments", "teacher_ib_bert_large.py") + ":smoke"
@@ -21,7 +22,7 @@ TINY = ["--config.total_steps=6", "--config.optimizer.schedule.total_steps=6",
 def _main(*args, cwd=ROOT):
     env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
     return subprocess.run([sys.executable, "-m", "mobilebert_jax.main", *args], cwd=cwd, env=env,
-                          capture_output=True, text=True, timeout=600)
+                          capture_output=True, text=True, timeout=HANG_S)
 
 
 def test_smoke_pretraining_end_to_end(tmp_path):

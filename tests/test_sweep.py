@@ -14,6 +14,7 @@ import pytest
 
 from mobilebert_jax.config import ConfigError
 from mobilebert_jax.tools import sweep
+from limits import HANG_S
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -89,7 +90,7 @@ def test_smoke_sweep_runs_here_and_summarizes(tmp_path):
     """, "tiny.py")
     root = tmp_path / "root"
     command = [sys.executable, "-m", "mobilebert_jax.tools.sweep", path, "run", f"--root={root}"]
-    proc = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=600)
+    proc = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=HANG_S)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     lines = (root / "tiny" / "summary.md").read_text().splitlines()
     assert lines[0] == "| run | optimizer.lr | status | loss | mlm_accuracy |"
@@ -102,7 +103,7 @@ def test_smoke_sweep_runs_here_and_summarizes(tmp_path):
         assert last["step"] == 3 and row["metrics"]["loss"] == last["loss"]
     assert rows[0]["metrics"]["loss"] != rows[1]["metrics"]["loss"]
 
-    again = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=120)
+    again = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=HANG_S)
     assert again.returncode == 0 and again.stdout.count("finished before, skipped") == 2
 
 

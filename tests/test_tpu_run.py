@@ -16,6 +16,7 @@ import subprocess
 import time
 
 import pytest
+from limits import HANG_S
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCRIPT = os.path.join(REPO, "launch", "tpu_run.sh")
@@ -25,7 +26,7 @@ VM = ["gcloud", "compute", "tpus", "tpu-vm"]
 QR = ["gcloud", "compute", "tpus", "queued-resources"]
 
 
-def tpu_run(*args, env=None, check=True, timeout=600) -> subprocess.CompletedProcess:
+def tpu_run(*args, env=None, check=True, timeout=HANG_S) -> subprocess.CompletedProcess:
     proc = subprocess.run([SCRIPT, *args], env=env, capture_output=True, text=True, timeout=timeout)
     if check:
         assert proc.returncode == 0, f"{args}: exit {proc.returncode}\n{proc.stdout}\n{proc.stderr}"
@@ -224,7 +225,7 @@ def _alive(pid: int) -> bool:
         return f.read().split(")")[-1].split()[0] != "Z"
 
 
-def _wait(condition, what: str, timeout: float = 420) -> None:
+def _wait(condition, what: str, timeout: float = HANG_S) -> None:
     deadline = time.time() + timeout
     while not condition():
         assert time.time() < deadline, f"timed out waiting for {what}"

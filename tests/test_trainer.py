@@ -20,6 +20,7 @@ import synthetic_training
 from mobilebert_jax import experiment_config
 from mobilebert_jax.config import ConfigError
 from mobilebert_jax.train.trainer import train
+from limits import HANG_S
 
 SCRIPT = os.path.join(os.path.dirname(__file__), "synthetic_training.py")
 TOTAL = 8
@@ -33,7 +34,7 @@ def _run(workdir, steps=TOTAL, slow=None, wait=True):
     proc = subprocess.Popen([sys.executable, SCRIPT, str(workdir), str(steps)], env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     if wait:
-        out, _ = proc.communicate(timeout=300)
+        out, _ = proc.communicate(timeout=HANG_S)
         assert proc.returncode == 0, out
         return out
     return proc
@@ -51,7 +52,7 @@ def straight(tmp_path_factory):
     return _params(workdir)
 
 
-def _wait_for_checkpoint(workdir, step, proc, timeout=120):
+def _wait_for_checkpoint(workdir, step, proc, timeout=HANG_S):
     path = os.path.join(workdir, "checkpoints", str(step))
     deadline = time.time() + timeout
     while not os.path.isdir(path):
@@ -70,7 +71,7 @@ def test_resume_after_sigterm_is_exact(tmp_path, straight):
     proc = _run(tmp_path, slow=0.3, wait=False)
     _wait_for_checkpoint(tmp_path, 2, proc)
     proc.send_signal(signal.SIGTERM)
-    out, _ = proc.communicate(timeout=120)
+    out, _ = proc.communicate(timeout=HANG_S)
     assert proc.returncode == 0, out
     assert "preempted: saved a checkpoint at step" in out
     assert not os.path.exists(tmp_path / "final_params.npz")
@@ -85,7 +86,7 @@ def test_resume_after_sigkill_is_exact(tmp_path, straight):
     proc = _run(tmp_path, slow=0.3, wait=False)
     _wait_for_checkpoint(tmp_path, 4, proc)
     proc.kill()
-    proc.communicate(timeout=60)
+    proc.communicate(timeout=HANG_S)
     out = _run(tmp_path)
     assert "resumed from step 4" in out or "resumed from step 6" in out
     _assert_bitwise_equal(_params(tmp_path), straight)
