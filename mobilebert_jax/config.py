@@ -13,6 +13,8 @@ import json
 import os
 from typing import Any, Optional
 
+from mobilebert_jax.errors import ConfigError
+
 ACTIVATIONS = ("relu", "relu6", "gelu", "gelu_new", "gelu_pytorch_tanh", "gelu_fast", "tanh", "silu", "swish")
 NORMALIZATIONS = ("no_norm", "layer_norm")
 ATTENTION_MASK_MODES = (
@@ -35,8 +37,6 @@ HF_FIELDS = (
 HF_QUIRK_NORM_EPS = 1e-5
 
 
-class ConfigError(ValueError):
-    """A configuration value is invalid; the message names the field."""
 
 
 @dataclasses.dataclass(frozen=True)

@@ -21,10 +21,13 @@ The lead's `main` can let this module parse the command line:
 
 from __future__ import annotations
 
+import datetime
 import difflib
 import os
 import pprint
 import re
+import shlex
+import subprocess
 import sys
 from typing import Any, Callable, Optional, Sequence
 
@@ -174,26 +177,61 @@ def validate(
 
 
 def save_resolved(config: ml_collections.ConfigDict, workdir: str) -> None:
-    """Writes `config.json` and a loadable `config.py` to `workdir` (process 0 only).
+    """Writes `config.json`, a loadable `config.py` and appends to `command.txt` in `workdir` (process 0 only).
 
     `config.py` reproduces the run with `--config=<workdir>/config.py`.
     Values that are not Python literals (functions) are written as their
-    repr string and listed at the top of the file.
+    repr string and listed at the top of the file. `command.txt` gets one
+    entry per start of the run (a resume is a start): the time, the git
+    revision of the code and the exact command line; `config.py` names the
+    latest in its header.
     """
     if jax.process_index() != 0:
         return
     workdir_path = epath.Path(workdir)
     workdir_path.mkdir(parents=True, exist_ok=True)
     (workdir_path / "config.json").write_text(config.to_json_best_effort(indent=2, sort_keys=True) + "\n")
+    command, revision = command_line(), git_revision()
+    record = workdir_path / "command.txt"
+    previous = record.read_text() if record.exists() else ""
+    stamp = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+    record.write_text(previous + f"{stamp}  git {revision}  cwd {os.getcwd()}\n  {command}\n")
     replaced: list[str] = []
     literal = _literal(config.to_dict(), "config", replaced)
     header = ["# The resolved experiment config of this run (mobilebert_jax.experiment_config.save_resolved).",
-              "# Rerun with --config=<this file>."]
+              "# Rerun with --config=<this file>.",
+              f"# Written by: {command}",
+              f"# Code: git {revision}; every start of this run is in command.txt."]
     header += [f"# not a literal, written as its repr: {field}" for field in replaced]
     body = pprint.pformat(literal, indent=4, width=100, sort_dicts=False)
     (workdir_path / "config.py").write_text(
         "\n".join(header) + "\n\nimport ml_collections\n\n\ndef get_config(arg=None):\n"
         f"    del arg\n    return ml_collections.ConfigDict(\n{_indent(body, 8)}\n    )\n")
+
+
+def command_line(argv: Optional[Sequence[str]] = None) -> str:
+    """The command line as a person would retype it: `python -m PACKAGE.MODULE args` for `-m` runs."""
+    argv = list(sys.argv if argv is None else argv)
+    main = sys.modules.get("__main__")
+    spec = getattr(main, "__spec__", None)
+    if spec is not None and spec.name and argv and os.path.abspath(argv[0]) == os.path.abspath(main.__file__ or ""):
+        name = spec.name[:-len(".__main__")] if spec.name.endswith(".__main__") else spec.name
+        head = ["python", "-m", name]
+    else:
+        head = argv[:1]
+    return shlex.join(head + argv[1:])
+
+
+def git_revision() -> str:
+    """The commit of the code that runs (with `-dirty` for local changes), or why there is none."""
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    try:
+        rev = subprocess.run(["git", "-C", root, "rev-parse", "HEAD"], capture_output=True, text=True, check=True)
+        dirty = subprocess.run(["git", "-C", root, "status", "--porcelain", "--untracked-files=no"],
+                               capture_output=True, text=True, check=True)
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown (not a git checkout)"
+    return rev.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "")
 
 
 def _literal(value: Any, where: str, replaced: list[str]) -> Any:

@@ -1,20 +1,30 @@
-"""Runs a training stage: python -m mobilebert_jax.main --config=experiments/X.py[:arg] --workdir=DIR [--config.a.b=v]
+"""Runs a training stage, or without --config the small end-to-end pipeline.
+
+    python -m mobilebert_jax.main --config=experiments/STAGE.py[:arg] --workdir=DIR [--config.FIELD=VALUE ...]
+    python -m mobilebert_jax.main [--workdir=runs/pipeline] [--teacher_steps=N ...]     # the README's main job
+    mobilebert-jax ...                                                                      # the same, installed
+
+--config=experiments/STAGE.py[:arg]   the experiment config (teacher_ib_bert_large, distill_*, finetune_*; `:smoke`
+                                      for a CPU-sized run); config.stage picks the stage.
+--config.FIELD.SUB=VALUE              override any field of it (a field that does not exist is an error naming it).
 
 Without --config, runs the embedded default: the whole MobileBERT recipe at small scale on the
 bundled Python-docs corpus (teacher, progressive transfer, PD, a scratch baseline, the held-out
-table and the transfer-loss plot; mobilebert_jax/distill/pipeline.py) in runs/pipeline. Its
-`Scale` fields are flags there (--teacher_steps=..., --seq_len=...).
+table and the plots; mobilebert_jax/distill/pipeline.py) in runs/pipeline. Its `Scale` fields
+are the flags below (--teacher_steps=..., --seq_len=...).
+
+Each run writes to its workdir: checkpoints/, metrics.jsonl, tensorboard/, config.py (the resolved config),
+command.txt (this command line and the git revision), log.txt (library logs) and curves.png.
 """
 
 from __future__ import annotations
 
 import os
-import sys
 
 import jax
 from absl import app, flags
 
-from mobilebert_jax import experiment_config, multihost
+from mobilebert_jax import cli, experiment_config, multihost
 from mobilebert_jax.config import ConfigError
 from mobilebert_jax.distill import pipeline
 
@@ -52,47 +62,32 @@ def _parse(argv: list[str]):
     return experiment_config.absl_flags_parser(argv)
 
 
-def _fatal(kind: str, error: Exception) -> None:
-    print(f"FATAL {kind} error: {error}", file=sys.stderr)
-    sys.exit(1)
-
-
 def main(parsed) -> None:
     config, _ = parsed
-    from mobilebert_jax.data.errors import DataError
-
     scale = pipeline.scale_overrides()
     if config is None:
-        try:
-            pipeline.run(FLAGS.workdir or DEFAULT_WORKDIR, pipeline.Scale(**scale))
-        except (ConfigError, DataError) as e:
-            _fatal("config" if isinstance(e, ConfigError) else "data", e)
+        workdir = FLAGS.workdir or DEFAULT_WORKDIR
+        cli.log_libraries_to(workdir)
+        pipeline.run(workdir, pipeline.Scale(**scale))
         return
     if scale:
-        _fatal("config", ConfigError(f"{', '.join('--' + k for k in sorted(scale))}: pipeline settings, for the "
-                                     "default run without --config; a --config run takes --config.FIELD=VALUE"))
+        raise ConfigError(f"{', '.join('--' + k for k in sorted(scale))}: pipeline settings, for the default run "
+                          "without --config; a --config run takes --config.FIELD=VALUE")
     if FLAGS.workdir is None:
-        _fatal("config", ConfigError("--workdir is required with --config"))
-    try:
-        # Before anything touches a JAX backend; on a Cloud TPU VM this happens without any flag.
-        how = multihost.initialize(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
-    except ConfigError as e:
-        _fatal("config", e)
+        raise ConfigError("--workdir is required with --config")
+    cli.log_libraries_to(FLAGS.workdir)
+    # Before anything touches a JAX backend; on a Cloud TPU VM this happens without any flag.
+    how = multihost.initialize(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
     if jax.process_index() == 0 and jax.process_count() > 1:
         print(f"distributed: {how}", flush=True)
     from mobilebert_jax.train.trainer import train
 
-    try:
-        train(config, FLAGS.workdir, task_builder(config.stage))
-    except ConfigError as e:
-        _fatal("config", e)
-    except DataError as e:
-        _fatal("data", e)
+    train(config, FLAGS.workdir, task_builder(config.stage))
 
 
 def run() -> None:
     """Console-script entry point (`mobilebert-jax`)."""
-    app.run(main, flags_parser=_parse)
+    cli.run_absl(main, flags_parser=_parse, doc=__doc__)
 
 
 if __name__ == "__main__":

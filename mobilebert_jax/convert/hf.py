@@ -18,6 +18,7 @@ from mobilebert_jax import modeling
 from mobilebert_jax.config import HF_QUIRK_NORM_EPS, ConfigError, MobileBertConfig
 from mobilebert_jax.convert import names
 from mobilebert_jax.convert.torch_bin import load_torch_bin
+from mobilebert_jax.errors import CheckpointError
 from mobilebert_jax.partitioning import unbox_without_constraints
 
 log = logging.getLogger(__name__)
@@ -39,10 +40,6 @@ _TOP_LEVEL = ("mobilebert", "cls", "classifier", "qa_outputs")
 _DERIVED = ("mobilebert.embeddings.position_ids", "cls.predictions.decoder.weight", "cls.predictions.decoder.bias")
 _UNUSED_TRANSFORMATION = ("mobilebert.embeddings.embedding_transformation.weight",
                           "mobilebert.embeddings.embedding_transformation.bias")
-
-
-class CheckpointError(ValueError):
-    """A checkpoint does not fit the model; the message names the tensor."""
 
 
 def build_model(config: MobileBertConfig, architecture: str, num_labels: int = 2) -> nn.Module:

@@ -17,6 +17,8 @@ import zipfile
 import ml_dtypes
 import numpy as np
 
+from mobilebert_jax.errors import CheckpointError
+
 _STORAGE_DTYPES = {
     "FloatStorage": np.float32,
     "DoubleStorage": np.float64,
@@ -31,7 +33,7 @@ _STORAGE_DTYPES = {
 }
 
 
-class UnsafeCheckpointError(pickle.UnpicklingError):
+class UnsafeCheckpointError(CheckpointError, pickle.UnpicklingError):
     """The checkpoint's pickle names something other than tensors."""
 
 

@@ -1,5 +1,5 @@
-"""The one exception type of the data pipeline."""
+"""The one exception type of the data pipeline (defined with the project's other error types)."""
 
+from mobilebert_jax.errors import DataError
 
-class DataError(ValueError):
-    """Bad input or inconsistent prepared data; the message names the file, line or field."""
+__all__ = ["DataError"]

@@ -9,9 +9,10 @@
 4. pretraining distillation (PD) of that student;
 5. train the same student from scratch (MLM + NSP) for as many steps as 3 and 4 together;
 6. score the teacher, the distilled student and the scratch student on the same held-out batches,
-   print the table, and write `results.md`, `results.json` and `transfer_losses.png` to the workdir.
+   print the table, and write `results.md` and `results.json` to the workdir.
 
-Every stage is an ordinary trainer run in its own subdirectory (checkpoints, TensorBoard, metrics.jsonl),
+Every stage is an ordinary trainer run in its own subdirectory (checkpoints, TensorBoard, metrics.jsonl and
+curves.png, whose last panel in the progressive run is the per-layer transfer losses),
 so rerunning the command continues an interrupted pipeline where it stopped. The settings (`Scale`)
 are chosen for about ten minutes on two free CPU cores; see docs/distillation.md for why each one
 is what it is.
@@ -30,11 +31,10 @@ import jax.numpy as jnp
 import ml_collections
 from absl import flags
 
-from mobilebert_jax import experiment_config, flops, partitioning
+from mobilebert_jax import experiment_config, flops, partitioning, plot
 from mobilebert_jax.config import ConfigError, MobileBertConfig
 from mobilebert_jax.distill import experiment, sources, strategies
 from mobilebert_jax.distill.evaluate import eval_batches, held_out_metrics
-from mobilebert_jax.distill.plot import plot_transfer_losses
 from mobilebert_jax.modeling import MobileBertForPreTraining
 
 
@@ -234,8 +234,6 @@ def run(workdir: str, scale: Scale = Scale()) -> list[dict]:
         rows.append(dict(model=name, params=flops.parameter_count(cfg), steps=steps,
                          **held_out_metrics(cfg, params, batches)))
     timings["evaluation"] = time.monotonic() - start
-    plot = plot_transfer_losses(dirs["progressive"], os.path.join(workdir, "transfer_losses.png"),
-                                title=f"progressive transfer, {scale.layers} stages of {scale.stage_steps} steps")
     timings["total"] = time.monotonic() - started
 
     table = markdown_table(rows)
@@ -245,7 +243,8 @@ def run(workdir: str, scale: Scale = Scale()) -> list[dict]:
                f"MLM accuracy by {margin:+.2f} points ({sum(b['masked_lm_weights'].sum() for b in batches):.0f} "
                f"masked tokens in {len(batches)} batches).")
     report = (f"{table}\n\n{verdict}\n\nWall time: " + ", ".join(f"{k} {v:.0f}s" for k, v in timings.items())
-              + f" on {jax.device_count()} {jax.devices()[0].platform} device(s).\nPlot: {plot}\n")
+              + f" on {jax.device_count()} {jax.devices()[0].platform} device(s).\nCurves: "
+              + ", ".join(os.path.join(d, plot.CURVES_PNG) for d in dirs.values()) + "\n")
     with open(os.path.join(workdir, "results.md"), "w") as f:
         f.write(report)
     with open(os.path.join(workdir, "results.json"), "w") as f:
@@ -269,13 +268,16 @@ def scale_overrides() -> dict[str, Any]:
 
 
 def main(argv: list[str]) -> None:
+    from mobilebert_jax import cli
+
     del argv
+    cli.log_libraries_to(flags.FLAGS.workdir)
     run(flags.FLAGS.workdir, dataclasses.replace(Scale(), **scale_overrides()))
 
 
 if __name__ == "__main__":
-    from absl import app
+    from mobilebert_jax import cli
 
-    flags.DEFINE_string("workdir", os.path.join("runs", "pipeline"), "where every stage, the table and the plot go")
+    flags.DEFINE_string("workdir", os.path.join("runs", "pipeline"), "where every stage and the table go")
     define_scale_flags()
-    app.run(main)
+    cli.run_absl(main)

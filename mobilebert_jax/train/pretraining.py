@@ -9,7 +9,6 @@ from typing import Callable, Iterator, Optional
 import jax
 import jax.numpy as jnp
 import ml_collections
-from absl import logging
 from jax.experimental import multihost_utils
 
 from mobilebert_jax import flops
@@ -31,9 +30,7 @@ def prepared_data_config(config: ml_collections.ConfigDict, workdir: str) -> ml_
     if not data_cfg.prepared_dir:
         data_cfg.prepared_dir = os.path.join(workdir, "data")
     if jax.process_index() == 0:
-        manifest = prepare(data_cfg, data_cfg.prepared_dir)
-        logging.info("prepared data in %s: %s", data_cfg.prepared_dir,
-                     {k: manifest[k] for k in ("splits",) if k in manifest})
+        prepare(data_cfg, data_cfg.prepared_dir)  # logs what it prepared or reused
     multihost_utils.sync_global_devices("prepared data")
     return data_cfg
 

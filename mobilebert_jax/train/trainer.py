@@ -22,7 +22,8 @@ import ml_collections
 import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from mobilebert_jax import checkpointing, experiment_config, hardware, optim, partitioning
+from mobilebert_jax import checkpointing, experiment_config, hardware, optim, partitioning, plot
+from mobilebert_jax.errors import DataError
 from mobilebert_jax.metrics_writer import MetricsWriter
 from mobilebert_jax.train import step as step_lib
 from mobilebert_jax.train.task import Task
@@ -175,6 +176,7 @@ def train(config: ml_collections.ConfigDict, workdir: str, build_task: TaskBuild
                     rate = writer.steps_per_second
                     if rate:
                         scalars["examples_per_second"] = rate * config.batch_size
+                        scalars["tokens_per_second"] = rate * config.batch_size * task.tokens_per_example
                         scalars["model_flops_per_second"] = rate * flops_per_step
                         mfu = hardware.mfu(flops_per_step, 1.0 / rate, dtype=config.model.dtype)
                         if mfu is not None:
@@ -193,13 +195,27 @@ def train(config: ml_collections.ConfigDict, workdir: str, build_task: TaskBuild
                     ckpt.wait()
                     _log(f"preempted: saved a checkpoint at step {done}; rerun the same command to continue")
                     writer.close()
+                    _write_curves(workdir)
                     return final_metrics
         ckpt.save(int(state.step), state, data_iterator=task.train_iterator, force=True)
         ckpt.wait()
         ckpt.close()
         writer.close()
+    curves = _write_curves(workdir)
     _log(f"done: checkpoints in {os.path.join(workdir, 'checkpoints')}, TensorBoard logs and metrics.jsonl in "
-         f"{workdir}, resolved config in {os.path.join(workdir, 'config.py')}")
+         f"{workdir}, resolved config in {os.path.join(workdir, 'config.py')}" + (f", curves in {curves}" if curves
+                                                                                   else ""))
     if jax.process_index() == 0:
         finished_marker.write_text(f"{total_steps}\n")
     return final_metrics
+
+
+def _write_curves(workdir: str) -> str | None:
+    """`<workdir>/curves.png` (process 0); None when nothing was logged yet (a run resumed at its last step)."""
+    if jax.process_index() != 0:
+        return None
+    try:
+        return plot.plot_run(workdir)
+    except DataError as e:
+        _log(f"no curves drawn: {e}")
+        return None
