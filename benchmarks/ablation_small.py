@@ -34,7 +34,7 @@ import time
 from typing import Optional
 
 import ml_collections
-from absl import app, flags
+from absl import flags
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -215,4 +215,6 @@ def define_flags() -> None:
 
 if __name__ == "__main__":
     define_flags()
-    app.run(main)
+    from mobilebert_jax import cli
+
+    cli.run_absl(main)

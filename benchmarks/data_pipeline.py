@@ -21,7 +21,7 @@ import shutil
 import tempfile
 import time
 
-from absl import app, flags
+from absl import flags
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("shared_data", os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data"),
@@ -141,4 +141,6 @@ def main(argv) -> None:
 
 
 if __name__ == "__main__":
-    app.run(main)
+    from mobilebert_jax import cli
+
+    cli.run_absl(main)

@@ -22,7 +22,7 @@ import time
 import flax.linen as nn
 import jax
 import numpy as np
-from absl import app, flags
+from absl import flags
 
 from mobilebert_jax import get_preset
 
@@ -135,4 +135,6 @@ def main(argv) -> None:
 
 
 if __name__ == "__main__":
-    app.run(main)
+    from mobilebert_jax import cli
+
+    cli.run_absl(main)

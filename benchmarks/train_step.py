@@ -30,7 +30,7 @@ import statistics
 import sys
 import time
 
-from absl import app, flags
+from absl import flags
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("preset", "mobilebert", "model preset")
@@ -208,4 +208,6 @@ def main(argv):
 if __name__ == "__main__":
     _set_torch_environment(next((int(a.split("=", 1)[1]) for a in sys.argv if a.startswith("--threads=")),
                                  os.cpu_count()))
-    app.run(main)
+    from mobilebert_jax import cli
+
+    cli.run_absl(main)

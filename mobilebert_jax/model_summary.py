@@ -13,7 +13,7 @@ from typing import Sequence
 import jax
 import jax.numpy as jnp
 import numpy as np
-from absl import app, flags
+from absl import flags
 
 from mobilebert_jax import flops
 from mobilebert_jax.config import PAPER_PRESETS, get_preset
@@ -76,4 +76,6 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    from mobilebert_jax import cli
+
+    cli.run_absl(main)

@@ -1,11 +1,14 @@
-"""Pretraining data: tokenizers, corpus sources, BERT instances, preparation to ArrayRecord, the grain loader."""
+"""Pretraining data: tokenizers, corpus sources, BERT instances, preparation to ArrayRecord, the grain loader.
+
+`prepare` is imported from its module (mobilebert_jax.data.prepare), not here: importing it with the package made
+`python -m mobilebert_jax.data.prepare` load the module twice (runpy's RuntimeWarning).
+"""
 
 from mobilebert_jax.data.config import default_data_config
 from mobilebert_jax.data.errors import DataError
 from mobilebert_jax.data.loader import make_pretraining_dataset, make_pretraining_loader, split_size
 from mobilebert_jax.data.manifest import load_manifest
-from mobilebert_jax.data.prepare import prepare
 from mobilebert_jax.data.tokenizers import Tokenizer, load_tokenizer
 
 __all__ = ["DataError", "Tokenizer", "default_data_config", "load_manifest", "load_tokenizer",
-           "make_pretraining_dataset", "make_pretraining_loader", "prepare", "split_size"]
+           "make_pretraining_dataset", "make_pretraining_loader", "split_size"]

@@ -308,7 +308,9 @@ def data_config_from_flags(flag_values: Any) -> ml_collections.ConfigDict:
 
 
 def main(argv: Optional[list[str]] = None) -> None:
-    from absl import app, flags
+    from absl import flags
+
+    from mobilebert_jax import cli
     from mobilebert_jax.data.config import default_data_config
 
     defaults = default_data_config()
@@ -336,7 +338,7 @@ def main(argv: Optional[list[str]] = None) -> None:
                           "splits": {s: {k: v for k, v in d.items() if k != "shards"}
                                      for s, d in manifest["splits"].items()}}, indent=1))
 
-    app.run(run, argv)
+    cli.run_absl(run, argv=argv, doc=__doc__)
 
 
 if __name__ == "__main__":

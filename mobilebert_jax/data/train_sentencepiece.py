@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 from typing import Iterator
 
-from absl import app, flags
+from absl import flags
 from tqdm import tqdm
 
 from mobilebert_jax.data.sources import SkipLog, plan_units, read_unit
@@ -65,5 +65,7 @@ def define_flags() -> None:
 
 
 if __name__ == "__main__":
+    from mobilebert_jax import cli
+
     define_flags()
-    app.run(main)
+    cli.run_absl(main)

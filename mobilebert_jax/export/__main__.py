@@ -9,7 +9,7 @@ import json
 import os
 
 import ml_collections
-from absl import app, flags
+from absl import flags
 
 from mobilebert_jax.modeling import MobileBertForQuestionAnswering, MobileBertForSequenceClassification
 from mobilebert_jax.tasks import evaluate, finetuning, glue
@@ -27,9 +27,11 @@ FLAGS = flags.FLAGS
 
 def main(argv) -> None:
     del argv
+    from mobilebert_jax import cli
     from mobilebert_jax.export import export_model
     from mobilebert_jax.quantization import PTQConfig, quantize
 
+    cli.log_libraries_to(FLAGS.workdir)
     with open(os.path.join(FLAGS.workdir, "config.json")) as f:
         config = ml_collections.ConfigDict(json.load(f))
     model_cfg = finetuning.model_config(config)[0]
@@ -46,4 +48,6 @@ def main(argv) -> None:
 
 
 if __name__ == "__main__":
-    app.run(main)
+    from mobilebert_jax import cli
+
+    cli.run_absl(main)

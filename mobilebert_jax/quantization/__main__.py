@@ -13,7 +13,10 @@ import json
 import os
 
 import ml_collections
-from absl import app, flags
+from absl import flags
+
+from mobilebert_jax import cli
+from mobilebert_jax.errors import ConfigError
 
 from mobilebert_jax.data.tokenizers import load_tokenizer
 from mobilebert_jax.modeling import MobileBertForSequenceClassification
@@ -35,10 +38,11 @@ FLAGS = flags.FLAGS
 
 def main(argv) -> None:
     del argv
+    cli.log_libraries_to(FLAGS.workdir)
     with open(os.path.join(FLAGS.workdir, "config.json")) as f:
         config = ml_collections.ConfigDict(json.load(f))
     if config.stage != "glue_finetuning":
-        raise app.UsageError(f"{FLAGS.workdir}: stage {config.stage!r}; only GLUE runs are compared here")
+        raise ConfigError(f"{FLAGS.workdir}/config.json: stage {config.stage!r}; only GLUE runs are compared here")
     task = glue.get_task(config.task)
     model = MobileBertForSequenceClassification(finetuning.model_config(config)[0], num_labels=task.num_labels)
     params = evaluate.restore_params(config, FLAGS.workdir, model, FLAGS.step)
@@ -60,4 +64,4 @@ def main(argv) -> None:
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run_absl(main)

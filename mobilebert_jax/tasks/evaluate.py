@@ -18,9 +18,10 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import ml_collections
-from absl import app, flags
+from absl import flags
 
 from mobilebert_jax import checkpointing, optim
+from mobilebert_jax.errors import ConfigError
 from mobilebert_jax.data.errors import DataError
 from mobilebert_jax.data.tokenizers import load_tokenizer
 from mobilebert_jax.modeling import MobileBertForQuestionAnswering, MobileBertForSequenceClassification
@@ -121,7 +122,7 @@ def evaluate_run(workdir: str, step: Optional[int] = None, batch_size: int = 64)
         model = MobileBertForQuestionAnswering(finetuning.model_config(config)[0])
         evaluate = evaluate_squad
     else:
-        raise ValueError(f"{workdir}: stage {config.stage!r} is not a fine-tuning run")
+        raise ConfigError(f"{workdir}/config.json: stage {config.stage!r} is not a fine-tuning run")
     params = restore_params(config, workdir, model, step)
     output_dir = os.path.join(workdir, "eval")
     os.makedirs(output_dir, exist_ok=True)
@@ -132,7 +133,10 @@ def evaluate_run(workdir: str, step: Optional[int] = None, batch_size: int = 64)
 
 
 def main(argv) -> None:
+    from mobilebert_jax import cli
+
     del argv
+    cli.log_libraries_to(flags.FLAGS.workdir)
     print(json.dumps(evaluate_run(flags.FLAGS.workdir, flags.FLAGS.step, flags.FLAGS.batch_size), indent=2))
 
 
@@ -141,4 +145,6 @@ if __name__ == "__main__":
     flags.DEFINE_string("workdir", None, "the fine-tuning run's workdir", required=True)
     flags.DEFINE_integer("step", None, "checkpoint step (default: latest)")
     flags.DEFINE_integer("batch_size", 64, "evaluation batch size")
-    app.run(main)
+    from mobilebert_jax import cli
+
+    cli.run_absl(main)

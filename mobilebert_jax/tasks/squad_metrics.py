@@ -16,7 +16,6 @@ import json
 import os
 import re
 import string
-import sys
 from typing import Optional, Sequence
 
 from mobilebert_jax.data.errors import DataError
@@ -158,8 +157,10 @@ def write_predictions(output_dir: str, predictions: dict[str, str],
 
 
 def main(argv: list[str]) -> None:
+    from mobilebert_jax import cli
+
     if len(argv) not in (3, 4):
-        raise SystemExit("usage: " + __doc__.strip().splitlines()[-1].strip())
+        cli.fatal("usage", f"expected 2 or 3 files, got {len(argv) - 1}: " + __doc__.strip().splitlines()[-1].strip())
     version = squad_json_version(argv[1])
     examples = read_squad_json(argv[1])
     with open(argv[2], encoding="utf-8") as f:
@@ -175,4 +176,6 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
-    main(sys.argv)
+    from mobilebert_jax import cli
+
+    cli.run_absl(main)

@@ -1,6 +1,6 @@
 r"""Compile a stage's real train step for a TPU topology, without TPU hardware, and predict its memory and time.
 
-    pip install -e '.[aot]'    # libtpu: the TPU compiler (or set TPU_LIBRARY_PATH to a libtpu.so)
+    python -m mobilebert_jax.tools.install_libtpu    # the TPU compiler, once (or set TPU_LIBRARY_PATH to a libtpu.so)
     python -m mobilebert_jax.tools.aot_compile --config=experiments/distill_progressive.py --topology=v3:8x16 \
         [--mfu=0.4] [--json_out=FILE] [--config.FIELD=VALUE ...]
 
@@ -31,7 +31,7 @@ from typing import Optional
 
 import jax
 import ml_collections
-from absl import app, flags
+from absl import flags
 
 from mobilebert_jax import experiment_config, hardware, partitioning
 from mobilebert_jax.config import ConfigError
@@ -203,14 +203,6 @@ def report(r: Result) -> str:
     return "\n".join(lines)
 
 
-def _parse(argv: list[str]):
-    if any(a in ("-h", "--help", "--helpshort", "--helpfull") for a in argv[1:]):
-        print(__doc__ + "\nFlags (and --config=experiments/X.py[:arg] with --config.FIELD=VALUE overrides):\n" +
-              FLAGS.main_module_help())
-        sys.exit(0)
-    return experiment_config.absl_flags_parser(argv)
-
-
 def main(parsed) -> None:
     config, _ = parsed
     spec, _, _ = experiment_config.split_argv(sys.argv)
@@ -231,4 +223,7 @@ def main(parsed) -> None:
 
 
 if __name__ == "__main__":
-    app.run(main, flags_parser=_parse)
+    from mobilebert_jax import cli
+
+    cli.run_absl(main, flags_parser=experiment_config.absl_flags_parser,
+                 doc=__doc__ + "\n--config=experiments/X.py[:arg] with --config.FIELD=VALUE overrides, and:")

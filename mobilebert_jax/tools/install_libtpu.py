@@ -17,6 +17,8 @@ import re
 import subprocess
 import sys
 
+from mobilebert_jax import cli
+
 PRIVATE_DIR = os.path.join(sys.prefix, "aot-libtpu")
 LIBRARY = os.path.join(PRIVATE_DIR, "libtpu", "libtpu.so")
 
@@ -51,7 +53,8 @@ def _installed_version() -> str | None:
     return None
 
 
-def main() -> int:
+def main(argv=None) -> int:
+    cli.ArgumentParser(prog="python -m mobilebert_jax.tools.install_libtpu", description=__doc__).parse_args(argv)
     requirement = pinned_requirement()
     wanted = requirement.split("==", 1)[1]
     installed = _installed_version()
@@ -65,4 +68,4 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(cli.run_argparse(main))

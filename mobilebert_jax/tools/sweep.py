@@ -24,7 +24,6 @@ the runs.
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import importlib.util
 import itertools
@@ -39,7 +38,7 @@ from typing import Any, Callable, Optional, Sequence
 
 from etils import epath
 
-from mobilebert_jax import experiment_config
+from mobilebert_jax import cli, experiment_config
 from mobilebert_jax.config import ConfigError
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -263,8 +262,7 @@ def seed_table(rows: list[dict], settings: list[str], metrics: list[str]) -> str
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m mobilebert_jax.tools.sweep",
-                                     description=__doc__.split("\n\n")[0])
+    parser = cli.ArgumentParser(prog="python -m mobilebert_jax.tools.sweep", description=__doc__)
     parser.add_argument("sweep_file")
     parser.add_argument("command", choices=("list", "run", "launch", "summary"))
     parser.add_argument("--root", default=os.path.join("runs", "sweeps"),
@@ -306,4 +304,4 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(cli.run_argparse(main))
