@@ -36,7 +36,9 @@ LOGGING_HELP = ("Logging: library INFO records (absl, orbax, jax, grain) go to <
 
 
 def fatal(kind: str, message: Any) -> NoReturn:
-    print(f"FATAL {kind} error: {message}", file=sys.stderr, flush=True)
+    """Prints `FATAL <kind> error: <message>` as one line (newlines in the message become spaces), exits 1."""
+    one_line = " ".join(part.strip() for part in str(message).splitlines() if part.strip())
+    print(f"FATAL {kind} error: {one_line}", file=sys.stderr, flush=True)
     sys.exit(1)
 
 

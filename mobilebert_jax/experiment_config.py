@@ -128,8 +128,9 @@ def absl_flags_parser(argv: list[str]) -> tuple[ml_collections.ConfigDict, list[
             raise ConfigError("--config=experiments/NAME.py[:arg] is required")
         config = load_experiment(spec, overrides)
     except ConfigError as e:
-        print(f"FATAL config error: {e}", file=sys.stderr)
-        sys.exit(1)
+        from mobilebert_jax import cli
+
+        cli.fatal("config", e)
     return config, flags.FLAGS(rest)
 
 
@@ -162,6 +163,10 @@ def validate(
         rules = attempt(lambda: partitioning.logical_rules(mesh_cfg))
         if rules is not None:
             shape = attempt(lambda: partitioning.resolve_mesh_shape(mesh_cfg.get("shape"), device_count))
+    for field in ("total_steps", "log_every"):
+        value = config.get(field)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+            errors.append(f"config.{field}={value!r}: must be a positive whole number of steps")
     if "batch_size" not in config:
         errors.append("config.batch_size is required (the global batch size)")
     elif shape is not None:
@@ -173,7 +178,9 @@ def validate(
     for check in checks:
         attempt(lambda: check(config))
     if errors:
-        raise ConfigError("invalid experiment config:\n  - " + "\n  - ".join(errors))
+        # One line (the FATAL convention), every problem in it: fixing them one rerun at a time wastes starts.
+        raise ConfigError(f"invalid experiment config ({len(errors)} problem{'s' if len(errors) > 1 else ''}): "
+                          + "; ".join(errors))
 
 
 def save_resolved(config: ml_collections.ConfigDict, workdir: str) -> None:

@@ -12,6 +12,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import traverse_util
+from safetensors import SafetensorError
 from safetensors.numpy import load_file, save_file
 
 from mobilebert_jax import modeling
@@ -73,18 +74,25 @@ def read_hf_weights(path: str) -> dict[str, np.ndarray]:
     index = os.path.join(path, "model.safetensors.index.json")
     torch_bin = os.path.join(path, "pytorch_model.bin")
     if os.path.exists(single):
-        return load_file(single)
+        return _load_safetensors(single)
     if os.path.exists(index):
         with open(index) as f:
             shards = sorted(set(json.load(f)["weight_map"].values()))
         out: dict[str, np.ndarray] = {}
         for shard in shards:
-            out.update(load_file(os.path.join(path, shard)))
+            out.update(_load_safetensors(os.path.join(path, shard)))
         return out
     if os.path.exists(torch_bin):
         return load_torch_bin(torch_bin)
     raise CheckpointError(f"{path}: no weights found; expected model.safetensors, model.safetensors.index.json "
                           f"or pytorch_model.bin, found {sorted(os.listdir(path))}")
+
+
+def _load_safetensors(path: str) -> dict[str, np.ndarray]:
+    try:
+        return load_file(path)
+    except SafetensorError as e:  # truncated, or not a safetensors file at all
+        raise CheckpointError(f"{path}: not a readable safetensors file ({e})") from None
 
 
 def _infer_architecture(hf_config: dict, keys: set[str]) -> str:
@@ -121,7 +129,13 @@ def params_from_hf_state(config: MobileBertConfig, state: dict[str, np.ndarray],
         if path not in expected:
             unexpected.append(name)
             continue
+        if np.asarray(array).dtype.kind != "f" and np.asarray(array).dtype.name != "bfloat16":
+            raise CheckpointError(f"{source}: tensor {name} has dtype {np.asarray(array).dtype}; weights must be "
+                                  "floating point (an integer tensor is a different, e.g. quantized, format)")
         array = np.asarray(array, dtype=np.float32)
+        if not np.isfinite(array).all():
+            raise CheckpointError(f"{source}: tensor {name} has {int((~np.isfinite(array)).sum())} non-finite "
+                                  f"(NaN or infinite) values of {array.size}")
         if transpose:
             array = array.T
         if array.shape != expected[path]:

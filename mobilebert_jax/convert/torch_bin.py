@@ -91,12 +91,12 @@ class _Unpickler(pickle.Unpickler):
 def load_torch_bin(path: str) -> dict[str, np.ndarray]:
     """Tensor name -> array for a `torch.save`d state dict (zip format)."""
     if not zipfile.is_zipfile(path):
-        raise ValueError(f"{path}: not a zip-format PyTorch file (the legacy pre-1.6 format is not supported; "
+        raise CheckpointError(f"{path}: not a zip-format PyTorch file (the legacy pre-1.6 format is not supported; "
                          "re-save it with a recent torch or convert it to safetensors)")
     with zipfile.ZipFile(path) as archive:
         pickles = [n for n in archive.namelist() if n.endswith("data.pkl")]
         if len(pickles) != 1:
-            raise ValueError(f"{path}: expected one data.pkl inside the archive, found {len(pickles)}")
+            raise CheckpointError(f"{path}: expected one data.pkl inside the archive, found {len(pickles)}")
         prefix = pickles[0][: -len("data.pkl")]
         with archive.open(pickles[0]) as f:
             state = _Unpickler(f, archive, prefix, path).load()

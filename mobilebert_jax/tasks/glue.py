@@ -156,6 +156,9 @@ def read_tsv(task: GlueTask, path: str, *, skip_malformed: bool = False) -> list
             label=label, where=where))
     if skipped:
         print(f"{path}: skipped {skipped} rows with the wrong number of fields", file=sys.stderr)
+    if not examples:
+        raise DataError(f"{path}: no examples after line {first_line - 1}" + (f" ({skipped} malformed rows skipped)"
+                                                                            if skipped else ""))
     return examples
 
 

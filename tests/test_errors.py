@@ -1,0 +1,286 @@
+"""Bad input a person can make, tried for real: each gives one line `FATAL <kind> error: ...`, exit code 1.
+
+Each case builds its bad input under tmp_path and runs the code a CLI runs: in-process inside
+`cli.errors_are_fatal()` (cheap) or, where the case is about the command line itself, as a subprocess. The
+table in docs/errors.md is this file's output; after changing a message, rewrite it with
+
+    MOBILEBERT_WRITE_ERRORS_DOC=1 python -m pytest -q tests/test_errors.py
+
+and the test fails while the two differ.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import subprocess
+import sys
+import zipfile
+
+import numpy as np
+import pytest
+from safetensors.numpy import save_file
+
+from limits import HANG_S
+from mobilebert_jax import cli, get_preset
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+DOC = os.path.join(REPO, "docs", "errors.md")
+VOCAB = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "the", "a", "cat", "sat", "on", "mat", "."]
+SENTENCES = "The cat sat on the mat.\nA cat sat.\n\nThe mat sat on a cat.\nThe cat sat.\n"
+
+
+def _vocab(tmp, lines=VOCAB):
+    path = tmp / "vocab.txt"
+    path.write_text("".join(f"{w}\n" for w in lines))
+    return str(path)
+
+
+def _prepare(tmp, corpus, vocab=None):
+    from data_fixtures import data_config
+    from mobilebert_jax.data.prepare import prepare
+
+    prepare(data_config(corpus=str(corpus), tokenizer=vocab or _vocab(tmp), max_seq_length=32,
+                        max_predictions_per_seq=5), str(tmp / "prepared"))
+
+
+def _corpus(tmp, content: bytes, name="corpus.txt"):
+    path = tmp / name
+    path.write_bytes(content)
+    return path
+
+
+def _hf_dir(tmp, tensors: dict | None = None, raw: bytes | None = None):
+    hf = tmp / "hf"
+    hf.mkdir()
+    (hf / "config.json").write_text(json.dumps(get_preset("mobilebert_tiny").to_hf_dict()))
+    if raw is not None:
+        (hf / "model.safetensors").write_bytes(raw)
+    else:
+        save_file(tensors, str(hf / "model.safetensors"))
+    return str(hf)
+
+
+def _from_hf(path):
+    from mobilebert_jax.convert.hf import from_hf
+
+    from_hf(path)
+
+
+def _truncated_safetensors(tmp):
+    good = tmp / "good.safetensors"
+    save_file({"w": np.zeros((64, 64), np.float32)}, str(good))
+    return _hf_dir(tmp, raw=good.read_bytes()[:100])
+
+
+def _malicious_bin(tmp):
+    class Evil:
+        def __reduce__(self):
+            return (os.system, ("touch " + str(tmp / "pwned"),))
+
+    hf = tmp / "hf"
+    hf.mkdir()
+    (hf / "config.json").write_text(json.dumps(get_preset("mobilebert_tiny").to_hf_dict()))
+    with zipfile.ZipFile(hf / "pytorch_model.bin", "w") as z:
+        z.writestr("archive/data.pkl", pickle.dumps({"w": Evil()}, protocol=2))
+    return str(hf)
+
+
+def _word_embeddings(cfg, dtype=np.float32, value=0.0):
+    return np.full((cfg.vocab_size, cfg.embedding_size), value, dtype)
+
+
+def _glue(tmp, text):
+    from mobilebert_jax.tasks import glue
+
+    path = tmp / "train.tsv"
+    path.write_text(text)
+    glue.label_array(glue.get_task("sst2"), glue.read_tsv(glue.get_task("sst2"), str(path)))
+
+
+def _squad(tmp, answer_start):
+    from mobilebert_jax.tasks import squad_data
+
+    data = {"version": "1.1", "data": [{"title": "t", "paragraphs": [{"context": "The cat sat on the mat.", "qas": [
+        {"id": "q1", "question": "Who sat?", "answers": [{"text": "cat", "answer_start": answer_start}]}]}]}]}
+    path = tmp / "train-v1.1.json"
+    path.write_text(json.dumps(data))
+    squad_data.read_squad_json(str(path))
+
+
+def _validate(tmp, *overrides):
+    import jax
+
+    from mobilebert_jax import experiment_config
+
+    config = experiment_config.load_experiment("experiments/teacher_ib_bert_large.py:smoke", list(overrides))
+    experiment_config.validate(config, jax.device_count())
+
+
+def _evaluate(tmp, stage=None):
+    from mobilebert_jax.tasks import evaluate
+
+    if stage:
+        (tmp / "config.json").write_text(json.dumps({"stage": stage}))
+    evaluate.evaluate_run(str(tmp))
+
+
+def _plot(tmp, text=None):
+    from mobilebert_jax import plot
+
+    if text is not None:
+        (tmp / "metrics.jsonl").write_text(text)
+    plot.plot_run(str(tmp))
+
+
+TINY = get_preset("mobilebert_tiny")
+WE = "mobilebert.embeddings.word_embeddings.weight"
+
+# (what was tried, kind, a part of the message, how): `how` is fn(tmp) in-process, or ["module", args...] with
+# "{tmp}" replaced, run as `python -m module args`.
+CASES = [
+    # Configuration
+    ("main: `--config` file that does not exist", "config", "experiments/nope.py' not found",
+     ["mobilebert_jax.main", "--config=experiments/nope.py", "--workdir={tmp}/w"]),
+    ("main: `--config.total_steps=-5`", "config", "config.total_steps=-5: must be a positive whole number",
+     ["mobilebert_jax.main", "--config=experiments/teacher_ib_bert_large.py:smoke", "--config.total_steps=-5",
+      "--workdir={tmp}/w"]),
+    ("main: `--config` without `--workdir`", "config", "--workdir is required with --config",
+     lambda tmp: _run_main(["--config=experiments/teacher_ib_bert_large.py:smoke"])),
+    ("main: pipeline flag with `--config`", "config", "--teacher_steps: pipeline settings",
+     lambda tmp: _run_main(["--config=experiments/teacher_ib_bert_large.py:smoke", "--teacher_steps=3",
+                            f"--workdir={tmp}"])),
+    ("override of a field that does not exist", "config", "has no field 'totl_steps'",
+     lambda tmp: _validate(tmp, "--config.totl_steps=5")),
+    ("`--config.log_every=0`", "config", "config.log_every=0: must be a positive whole number",
+     lambda tmp: _validate(tmp, "--config.log_every=0")),
+    ("global batch not divisible by the data-parallel devices", "config", "batch_size",
+     lambda tmp: _validate(tmp, "--config.batch_size=3", "--config.mesh.shape=(-1, 1, 1)")),
+    # Pretraining data (data.prepare and the pretraining stage)
+    ("corpus path that does not exist", "data", "nowhere.txt",
+     lambda tmp: _prepare(tmp, tmp / "nowhere.txt")),
+    ("data.prepare CLI: corpus path that does not exist", "data", "nowhere.txt",
+     ["mobilebert_jax.data.prepare", "--corpus={tmp}/nowhere.txt", "--tokenizer={tmp}/vocab.txt",
+      "--output_dir={tmp}/out"]),
+    ("empty corpus file", "data", "yielded no documents",
+     lambda tmp: _prepare(tmp, _corpus(tmp, b""))),
+    ("binary corpus file", "data", "yielded no documents",
+     lambda tmp: _prepare(tmp, _corpus(tmp, bytes(range(256)) * 8))),
+    ("corpus file that is not UTF-8", "data", "yielded no documents",
+     lambda tmp: _prepare(tmp, _corpus(tmp, "caf\xe9 sat on the mat.\n".encode("latin-1")))),
+    ("corpus whose only line is 20 MB", "data", "yielded no documents",
+     lambda tmp: _prepare(tmp, _corpus(tmp, b"cat " * 5_000_000 + b"\n"))),
+    ("vocabulary file that does not exist", "data", "vocabulary file not found",
+     lambda tmp: _prepare(tmp, _corpus(tmp, SENTENCES.encode()), vocab=str(tmp / "none.txt"))),
+    ("empty vocabulary file", "data", "vocab",
+     lambda tmp: _prepare(tmp, _corpus(tmp, SENTENCES.encode()), vocab=_vocab(tmp, []))),
+    ("vocabulary with a duplicate entry", "data", "cat",
+     lambda tmp: _prepare(tmp, _corpus(tmp, SENTENCES.encode()), vocab=_vocab(tmp, VOCAB + ["cat"]))),
+    # Fine-tuning data
+    ("GLUE train.tsv without its label column", "data", "examples have no label (first at <tmp>/train.tsv:2)",
+     lambda tmp: _glue(tmp, "sentence\nthe cat sat\n")),
+    ("empty GLUE TSV", "data", "empty file",
+     lambda tmp: _glue(tmp, "")),
+    ("GLUE TSV with only a header", "data", "train.tsv: no examples after line 1",
+     lambda tmp: _glue(tmp, "sentence\tlabel\n")),
+    ("GLUE row with an unknown label", "data", "label '7' is not one of",
+     lambda tmp: _glue(tmp, "sentence\tlabel\nthe cat\t7\n")),
+    ("SQuAD answer outside its context", "data", "is not at answer_start=40",
+     lambda tmp: _squad(tmp, 40)),
+    ("SQuAD answer_start pointing at other text", "data", "is not at answer_start=0",
+     lambda tmp: _squad(tmp, 0)),
+    # Checkpoints and conversion
+    ("convert from-hf: truncated model.safetensors", "checkpoint", "not a readable safetensors file",
+     ["mobilebert_jax.convert", "from-hf", "--input={hf_truncated}", "--output={tmp}/out"]),
+    ("convert from-hf: pytorch_model.bin whose pickle runs code", "checkpoint", "refusing to load global",
+     lambda tmp: _from_hf(_malicious_bin(tmp))),
+    ("convert from-hf: int32 weight tensor", "checkpoint", f"tensor {WE} has dtype int32",
+     lambda tmp: _from_hf(_hf_dir(tmp, {WE: _word_embeddings(TINY, np.int32)}))),
+    ("convert from-hf: NaN in a weight tensor", "checkpoint", f"tensor {WE} has ",
+     lambda tmp: _from_hf(_hf_dir(tmp, {WE: _word_embeddings(TINY, value=np.nan)}))),
+    ("convert from-hf: directory that does not exist", "checkpoint", "expected an HF model directory",
+     lambda tmp: _from_hf(str(tmp / "nowhere"))),
+    ("convert to-hf: directory without params", "", "no params.safetensors",
+     ["mobilebert_jax.convert", "to-hf", "--input={tmp}/nowhere", "--output={tmp}/out"]),
+    # Evaluation, quantization, export and plots of a run
+    ("tasks.evaluate: workdir without a run", "file", "config.json",
+     lambda tmp: _evaluate(tmp)),
+    ("tasks.evaluate: a pretraining workdir", "config", "is not a fine-tuning run",
+     lambda tmp: _evaluate(tmp, "teacher_pretraining")),
+    ("quantization: workdir without a run", "file", "config.json",
+     ["mobilebert_jax.quantization", "--workdir={tmp}/nowhere"]),
+    ("plot: workdir without metrics.jsonl", "data", "metrics.jsonl: not found",
+     lambda tmp: _plot(tmp)),
+    ("plot: metrics.jsonl with a broken line", "data", "metrics.jsonl, line 2: not a metrics record",
+     lambda tmp: _plot(tmp, '{"step": 1, "loss": 2}\n{"loss": \n')),
+]
+
+
+def _run_main(argv):
+    from mobilebert_jax import main
+
+    main.FLAGS.unparse_flags()
+    main.main(main._parse(["main", *argv]))
+
+
+def _fatal_line(case, tmp) -> tuple[int, str]:
+    _, _, _, how = case
+    if callable(how):
+        import io
+        from contextlib import redirect_stderr
+
+        err = io.StringIO()
+        with pytest.raises(SystemExit) as exit_info, redirect_stderr(err):
+            with cli.errors_are_fatal():
+                how(tmp)
+        return exit_info.value.code, err.getvalue()
+    fill = {"tmp": str(tmp)}
+    if any("{hf_truncated}" in a for a in how):
+        fill["hf_truncated"] = _truncated_safetensors(tmp)
+    _vocab(tmp)
+    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (REPO, env.get("PYTHONPATH")) if p)
+    r = subprocess.run([sys.executable, "-m", how[0], *(a.format(**fill) for a in how[1:])], cwd=REPO, env=env,
+                       capture_output=True, text=True, timeout=HANG_S)
+    return r.returncode, r.stderr
+
+
+_RESULTS: dict[str, str] = {}
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c[0] for c in CASES])
+def test_bad_input_is_one_fatal_line(case, tmp_path, monkeypatch):
+    monkeypatch.chdir(REPO)
+    what, kind, part, _ = case
+    code, stderr = _fatal_line(case, tmp_path)
+    assert "Traceback" not in stderr, stderr
+    fatal = [line for line in stderr.splitlines() if line.startswith("FATAL ")]
+    assert code == 1 and len(fatal) == 1, f"exit {code}:\n{stderr[-3000:]}"
+    assert fatal[0].startswith(f"FATAL {kind} error: " if kind else "FATAL "), fatal[0]
+    assert part in _shown(stderr, tmp_path), stderr
+    _RESULTS[what] = _shown(fatal[0], tmp_path)
+
+
+def _shown(line: str, tmp) -> str:
+    line = line.replace(str(tmp), "<tmp>").replace(REPO + os.sep, "")
+    return line if len(line) <= 300 else line[:297] + "..."
+
+
+def test_docs_table_lists_every_case():
+    """Runs after the cases (pytest keeps file order); compares, or rewrites, docs/errors.md's table."""
+    if len(_RESULTS) != len(CASES):
+        pytest.skip("run with the cases above (the whole file) to check the table")
+    rows = ["| bad input | message (paths shortened to `<tmp>`) |", "|---|---|"]
+    for what, *_ in CASES:
+        message = _RESULTS[what].replace("|", "\\|")
+        rows.append(f"| {what} | `{message}` |")
+    table = "\n".join(rows) + "\n"
+    begin, end = "<!-- errors table: begin -->\n", "<!-- errors table: end -->"
+    text = open(DOC).read()
+    current = text[text.index(begin) + len(begin):text.index(end)]
+    if os.environ.get("MOBILEBERT_WRITE_ERRORS_DOC"):
+        with open(DOC, "w") as f:
+            f.write(text.replace(begin + current + end, begin + table + end))
+        return
+    assert current == table, "docs/errors.md is out of date; rerun with MOBILEBERT_WRITE_ERRORS_DOC=1"
