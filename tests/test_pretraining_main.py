@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -17,6 +18,9 @@ TINY = ["--config.total_steps=6", "--config.optimizer.schedule.total_steps=6",
         "--config.eval.every_steps=3", "--config.eval.num_batches=1", "--config.eval.batch_size=8",
         "--config.batch_size=8", "--config.data.max_seq_length=32", "--config.model.num_hidden_layers=1",
         "--config.checkpoint.every_steps=3"]
+
+# An absl/Python log record as absl prints it: "I1130 13:46:10.553443 140077 checkpoint_manager.py:701] ...".
+LOG_RECORD = re.compile(r"^I\d{4} \d\d:\d\d:\d\d\.\d+ +\d+ \S+:\d+\]", re.M)
 
 
 def _main(*args, cwd=ROOT):
@@ -33,12 +37,25 @@ def test_smoke_pretraining_end_to_end(tmp_path):
     assert "step 6/6 | loss" in out and "tokens/s" in out and "eval at step 6: mlm_loss" in out
     assert f"checkpoints in {workdir}/checkpoints" in out
     metrics = [json.loads(line) for line in open(workdir / "metrics.jsonl")]
-    assert {"mlm_loss", "nsp_accuracy", "learning_rate", "grad_norm"} <= set().union(*metrics)
+    # The scalars docs/training.md lists (the JSONL holds what TensorBoard gets); no MFU: CPUs have no known peak.
+    assert {"mlm_loss", "nsp_accuracy", "learning_rate", "grad_norm", "examples_per_second", "tokens_per_second",
+            "model_flops_per_second"} <= set().union(*metrics)
+    assert "mfu" not in set().union(*metrics)
     assert sorted(os.listdir(workdir / "checkpoints"))[-1] == "6"
     assert (workdir / "config.py").exists() and (workdir / "data" / "manifest.json").exists()
-    # The same command again: nothing left to do, the run is complete.
-    r = _main(f"--config={CONFIG}", f"--workdir={workdir}", *TINY)
+    # Quiet by default: the project's own lines on the terminal, library INFO records (orbax's ~60 lines per
+    # checkpoint) in log.txt.
+    assert not LOG_RECORD.search(r.stdout + r.stderr), (r.stdout + r.stderr)[-3000:]
+    assert "CheckpointManager" in (workdir / "log.txt").read_text()
+    assert f"curves in {workdir}/curves.png" in out and (workdir / "curves.png").read_bytes()[:4] == b"\x89PNG"
+    command = (workdir / "command.txt").read_text()
+    assert f"python -m mobilebert_jax.main --config={CONFIG} --workdir={workdir}" in command and " git " in command
+    assert "# Written by: python -m mobilebert_jax.main" in (workdir / "config.py").read_text()
+    # The same command again (with -v 0: library records back on the terminal): nothing left to do.
+    r = _main(f"--config={CONFIG}", f"--workdir={workdir}", *TINY, "-v", "0")
     assert r.returncode == 0 and "resumed from step 6" in r.stdout
+    assert LOG_RECORD.search(r.stderr) and "CheckpointManager" in r.stderr
+    assert len((workdir / "command.txt").read_text().splitlines()) == 4  # one entry (two lines) per start
 
 
 @pytest.mark.parametrize("override,message", [

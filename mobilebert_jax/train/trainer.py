@@ -189,7 +189,8 @@ def train(config: ml_collections.ConfigDict, workdir: str, build_task: TaskBuild
                     writer.write(done, {f"eval/{k}": v for k, v in eval_metrics.items()}, progress=False)
                     _log(f"eval at step {done}: " + ", ".join(f"{k} {v:.4f}" for k, v in eval_metrics.items()))
                     final_metrics.update({f"eval/{k}": v for k, v in eval_metrics.items()})
-                ckpt.save(done, state, data_iterator=task.train_iterator)
+                if ckpt.save(done, state, data_iterator=task.train_iterator):
+                    _log(f"checkpoint {done}: saving in the background")
                 if guard.should_stop(done):
                     ckpt.save(done, state, data_iterator=task.train_iterator, force=True)
                     ckpt.wait()
@@ -197,7 +198,8 @@ def train(config: ml_collections.ConfigDict, workdir: str, build_task: TaskBuild
                     writer.close()
                     _write_curves(workdir)
                     return final_metrics
-        ckpt.save(int(state.step), state, data_iterator=task.train_iterator, force=True)
+        if ckpt.save(int(state.step), state, data_iterator=task.train_iterator, force=True):
+            _log(f"checkpoint {int(state.step)}: saving")
         ckpt.wait()
         ckpt.close()
         writer.close()
