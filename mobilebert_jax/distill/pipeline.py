@@ -157,7 +157,7 @@ def distill_config(strategy: str, scale: Scale, teacher: ml_collections.ConfigDi
     else:
         c.total_steps = steps
         _optimizer(c, scale, scale.transfer_lr if strategy == "joint" else scale.student_lr, steps)
-    c.log_every = 10
+    c.log_every = 20  # divides stage_steps (the plot's stage boundaries); about 25 lines a stage on screen
     c.eval.every_steps = scale.stage_steps
     c.checkpoint.every_steps = 200
     _data(c, scale, data_dir)
