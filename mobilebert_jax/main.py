@@ -22,7 +22,7 @@ from __future__ import annotations
 import os
 
 import jax
-from absl import app, flags
+from absl import flags
 
 from mobilebert_jax import cli, experiment_config, multihost
 from mobilebert_jax.config import ConfigError
