@@ -124,16 +124,13 @@ def log_libraries_to(workdir: str) -> Optional[str]:
     """
     if verbosity_asked():
         return None
-    root = epath.Path(workdir)
     if "://" in str(workdir):
-        local = tempfile.mkdtemp(prefix="mobilebert_jax-log-")
-        path = os.path.join(local, LOG_FILE)
+        path = os.path.join(tempfile.mkdtemp(prefix="mobilebert_jax-log-"), LOG_FILE)
     else:
-        root.mkdir(parents=True, exist_ok=True)
-        path = os.fspath(root / LOG_FILE)
+        path = os.fspath(epath.Path(workdir) / LOG_FILE)
     handler = absl_logging.get_absl_handler().python_handler
     old = handler.stream
-    handler.stream = open(path, "a", buffering=1)  # line-buffered: a crash loses no record
+    handler.stream = _OpenedOnFirstWrite(path)
     if old not in (sys.stderr, sys.stdout, None):
         old.close()
     if flags.FLAGS.is_parsed() and not flags.FLAGS["stderrthreshold"].present:
@@ -141,6 +138,31 @@ def log_libraries_to(workdir: str) -> Optional[str]:
     if not any(isinstance(h, _ProjectInfo) for h in logging.getLogger().handlers):
         logging.getLogger().addHandler(_ProjectInfo())
     return path
+
+
+class _OpenedOnFirstWrite:
+    """An append-mode, line-buffered file that exists only once something is logged.
+
+    A command refused for bad input before any record must leave no workdir behind.
+    """
+
+    def __init__(self, path: str):
+        self.path = path
+        self._file = None
+
+    def write(self, text: str) -> int:
+        if self._file is None:
+            os.makedirs(os.path.dirname(self.path) or ".", exist_ok=True)
+            self._file = open(self.path, "a", buffering=1)  # line-buffered: a crash loses no record
+        return self._file.write(text)
+
+    def flush(self) -> None:
+        if self._file is not None:
+            self._file.flush()
+
+    def close(self) -> None:
+        if self._file is not None:
+            self._file.close()
 
 
 class _ProjectInfo(logging.StreamHandler):
