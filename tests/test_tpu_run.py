@@ -265,7 +265,7 @@ def test_simulated_pod_installs_from_the_package_index_on_a_bare_image(tmp_path)
                    UV_PYTHON_DOWNLOADS="never")
     root = env["FAKE_GCLOUD_ROOT"]
     try:
-        out = tpu_run("start", *_train_args(run, total=EVERY), env=env, timeout=900).stdout
+        out = tpu_run("start", *_train_args(run, total=EVERY), env=env, timeout=HANG_S).stdout
         assert out.count("setting up ~/mobilebert-jax-venv (Python 3.11, -e .)") == 2, out
         assert out.count("venv ready: Python 3.11") == 2, out
         for home in glob.glob(os.path.join(root, "pod", "workers", "worker-*")):
@@ -307,7 +307,7 @@ def test_simulated_multislice_pod_is_watched_through_a_preemption(tmp_path):
         subprocess.run(["gcloud", "fake-preempt", "pod"], env=env, check=True)  # every process killed at once
         done = sorted(int(n) for n in os.listdir(os.path.join(run, "checkpoints")) if n.isdigit())
         assert done and done[-1] < TOTAL
-        out, _ = watch.communicate(timeout=600)
+        out, _ = watch.communicate(timeout=HANG_S)
         assert watch.returncode == 0, out
         assert "watch: queued resource pod is SUSPENDED: restarting the run (restart 1 of at most 2)" in out, out
         assert "slice pod is SUSPENDED: deleting and requesting it again" in out
@@ -362,7 +362,7 @@ esac
 ])
 def test_watch_ends_on_a_failure_and_bounds_restarts(tmp_path, mode, code, message):
     env = _pod_env(tmp_path, _stub_image(tmp_path), FAKE_GCLOUD_WORKERS="1", TPU_MAX_RESTARTS="1", STUB_MODE=mode)
-    proc = tpu_run("watch", "--", f"--workdir={tmp_path / 'run'}", env=env, check=False, timeout=300)
+    proc = tpu_run("watch", "--", f"--workdir={tmp_path / 'run'}", env=env, check=False, timeout=HANG_S)
     assert proc.returncode == code and message in proc.stderr, proc.stdout + proc.stderr
     if mode == "fail":  # not restarted (it would fail the same way), and the log's end shown
         assert "restarting" not in proc.stdout and "FATAL config error: config.model.hidden_size" in proc.stderr
@@ -377,9 +377,9 @@ def test_watch_ends_when_the_run_is_stopped(tmp_path):
     watch = subprocess.Popen([SCRIPT, "watch", "--", f"--workdir={tmp_path / 'run'}"], env=env,
                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
-        _wait(lambda: _pids(env["FAKE_GCLOUD_ROOT"]) or watch.poll() is not None, "the run to start", timeout=120)
+        _wait(lambda: _pids(env["FAKE_GCLOUD_ROOT"]) or watch.poll() is not None, "the run to start")
         tpu_run("--grace=30", "stop", env=env)
-        out, _ = watch.communicate(timeout=120)
+        out, _ = watch.communicate(timeout=HANG_S)
         assert watch.returncode == 0 and "watch: the run was stopped (tpu_run.sh stop); not restarting it" in out, out
     finally:
         if watch.poll() is None:
