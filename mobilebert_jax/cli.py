@@ -69,7 +69,9 @@ def help_text(doc: Optional[str], full: bool = False) -> str:
         parts.append(flags.FLAGS.get_help())
     else:
         by_module = flags.FLAGS.flags_by_module_dict()
-        for module in sorted(m for m in by_module if m == "__main__" or m.startswith("mobilebert_jax")):
+        # absl files a script's (and a `-m` module's) flags under sys.argv[0], the others under the module's name.
+        ours = [m for m in by_module if m in ("__main__", sys.argv[0]) or "mobilebert_jax" in m]
+        for module in sorted(ours):
             parts.append(flags.FLAGS.module_help(module))
     parts.append(LOGGING_HELP)
     return "\n\n".join(p for p in parts if p) + "\n"
