@@ -58,7 +58,7 @@ def compare_forms(model, params, task, calibration: dict, dev: dict, output_dir:
     from mobilebert_jax.tasks import glue_metrics
     from mobilebert_jax.tasks.prediction import predict
 
-    seq_len = dev["input_ids"].shape[1]
+    seq_len, output_dir = dev["input_ids"].shape[1], epath.Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     rows, reference = [], None
     for name in ("jax_float", *[f for f in forms if f != "jax_float"]):  # float first: the reference
