@@ -35,7 +35,10 @@ setup(
     ],
     extras_require={
         "test": ["pytest>=8", "torch==2.13.0", "transformers>=4.50", "safetensors>=0.4", "scipy>=1.11",
-                 "scikit-learn>=1.4", "onnx>=1.16", "onnxruntime>=1.18"],
+                 "scikit-learn>=1.4", "onnx>=1.16", "onnxruntime>=1.18", "tensorflow>=2.21", "ai-edge-litert>=2.3"],
+        # LiteRT (.tflite) export and its interpreter (python -m mobilebert_jax.export --output=x.tflite).
+        # TensorFlow 2.21 is the first checked with jax 0.10's native-serialization jax2tf.
+        "litert": ["tensorflow>=2.21", "ai-edge-litert>=2.3"],
         # ONNX export of fine-tuned models for on-device inference (python -m mobilebert_jax.export).
         "export": ["onnx>=1.16", "onnxruntime>=1.18"],
         "tpu": [f"jax[tpu]=={JAX}", LIBTPU],

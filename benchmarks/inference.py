@@ -1,137 +1,186 @@
-"""Inference speed on CPU: this project's jitted forward next to HF transformers on PyTorch, in one run.
+"""On-device-style latency, the paper's way: LiteRT next to onnxruntime and HF PyTorch, batch 1, sequence 128.
 
-    python benchmarks/inference.py [--presets=mobilebert,bert_base --latency_runs=20 --throughput_runs=3]
+    python benchmarks/inference.py [--presets=mobilebert,mobilebert_tiny,bert_base] [--threads=4,2] \
+        [--runs=100] [--warmup=10] [--runtimes=litert_float32,...] [--cache_dir=/tmp/mobilebert_jax_bench]
 
-For each model, a sequence classifier (2 labels, float32, no dropout) on
-random ids: batch-1 latency at sequence 128 (median of `--latency_runs`)
-and batch-32 throughput at sequence 128 (sequences per second, median
-batch time of `--throughput_runs`), after warm-up runs. HF runs
-`MobileBertForSequenceClassification` with the same MobileBERT config, and
-`BertForSequenceClassification` for BERT-base, under `torch.inference_mode`
-with every CPU thread. With `--onnx` (needs the `export` extra) the
-exported ONNX graph on onnxruntime is timed as well.
+MobileBERT's paper reports TFLite latency on a Pixel 4 at batch 1 and sequence 128 with 4 threads
+(MobileBERT 62 ms, MobileBERT-TINY 40 ms, BERT-base 342 ms: BERT-base / MobileBERT = 5.5x). This script
+measures the same quantity on this machine's CPU for every (model, runtime, thread count): a sequence
+classifier (2 labels, random weights, random ids) exported by this project (LiteRT float32, dynamic-range
+int8, full int8; ONNX float32, dynamic int8 and full int8 (QDQ) on onnxruntime) and HF transformers on PyTorch (float32,
+`MobileBertForSequenceClassification` with the same config; `BertForSequenceClassification` for BERT-base).
+
+Fairness: OMP_WAIT_POLICY=PASSIVE (set before any runtime loads, so no runtime's idle threads spin and steal
+cores from the next one), each runtime's thread count set explicitly (LiteRT `num_threads`, onnxruntime
+intra-op threads with one inter-op thread, `torch.set_num_threads`), `--warmup` untimed calls each, then the
+models interleaved: every timed round calls every (model, runtime, threads) once, in turn, so that load
+from other processes falls on all of them alike. Figures are medians of `--runs` rounds. Exported files are
+cached in `--cache_dir` (converting BERT-base takes minutes).
 """
 
 from __future__ import annotations
 
 import os
-import platform
-import statistics
-import time
 
-import flax.linen as nn
-import jax
-import numpy as np
-from absl import flags
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch / onnxruntime / TF start their pools
 
-from mobilebert_jax import get_preset
+import gc  # noqa: E402
+import platform  # noqa: E402
+import statistics  # noqa: E402
+import time  # noqa: E402
+
+import flax.linen as nn  # noqa: E402
+import jax  # noqa: E402
+import numpy as np  # noqa: E402
+from absl import app, flags  # noqa: E402
+
+from mobilebert_jax import get_preset  # noqa: E402
 
 FLAGS = flags.FLAGS
-flags.DEFINE_list("presets", ["mobilebert", "bert_base"], "model presets")
+flags.DEFINE_list("presets", ["mobilebert", "mobilebert_tiny", "bert_base"], "model presets")
+flags.DEFINE_list("threads", ["4", "2"], "thread counts (the paper: 4)")
+RUNTIMES = ("litert_float32", "litert_dynamic_int8", "litert_full_int8", "onnx_float32", "onnx_dynamic_int8",
+            "onnx_full_int8",
+            "torch_float32")
+flags.DEFINE_list("runtimes", list(RUNTIMES), f"from {list(RUNTIMES)}")
 flags.DEFINE_integer("seq_len", 128, "tokens per sequence")
-flags.DEFINE_integer("batch_size", 32, "sequences per batch for throughput")
-flags.DEFINE_integer("latency_runs", 20, "timed batch-1 runs")
-flags.DEFINE_integer("throughput_runs", 3, "timed batches for throughput")
-flags.DEFINE_bool("hf", True, "also time HF transformers on PyTorch")
-flags.DEFINE_bool("onnx", False, "also time the ONNX export on onnxruntime")
+flags.DEFINE_integer("runs", 100, "timed interleaved rounds")
+flags.DEFINE_integer("warmup", 10, "untimed calls per model before timing")
+flags.DEFINE_integer("calibration_batches", 8, "full int8: random-id batches to calibrate on")
+flags.DEFINE_string("cache_dir", "/tmp/mobilebert_jax_bench", "exported files, reused across runs")
+
+PAPER_MS = {"mobilebert": 62.0, "mobilebert_tiny": 40.0, "bert_base": 342.0}  # Pixel 4, TFLite, 4 threads
 
 
-def _inputs(vocab_size: int, batch: int, seq_len: int) -> dict[str, np.ndarray]:
-    rng = np.random.default_rng(0)
-    return {"input_ids": rng.integers(1000, vocab_size, (batch, seq_len)).astype(np.int32),
-            "input_mask": np.ones((batch, seq_len), np.int32),
-            "segment_ids": (np.arange(seq_len)[None] >= seq_len // 2).astype(np.int32).repeat(batch, 0)}
+def _inputs(vocab_size: int, seq_len: int, seed: int = 0) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    return {"input_ids": rng.integers(min(1000, vocab_size // 2), vocab_size, (1, seq_len)).astype(np.int32),
+            "input_mask": np.ones((1, seq_len), np.int32),
+            "segment_ids": (np.arange(seq_len)[None] >= seq_len // 2).astype(np.int32)}
 
 
-def _median_seconds(run, runs: int, warmup: int = 2) -> float:
-    for _ in range(warmup):
-        run()
-    times = []
-    for _ in range(runs):
+def _exported(preset: str, model, params, runtime: str) -> str:
+    """The cached exported file of `preset` for `runtime` (converted when absent)."""
+    from mobilebert_jax.export import export_model
+
+    fmt, quantization = runtime.split("_", 1)
+    suffix = "tflite" if fmt == "litert" else "onnx"
+    path = os.path.join(FLAGS.cache_dir, f"{preset}_s{FLAGS.seq_len}_{quantization}.{suffix}")
+    if not os.path.exists(path):
         start = time.perf_counter()
-        run()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+        calibration = None
+        if quantization == "full_int8":
+            batches = [_inputs(model.config.vocab_size, FLAGS.seq_len, seed) for seed in
+                       range(FLAGS.calibration_batches)]
+            calibration = {k: np.concatenate([b[k] for b in batches]) for k in batches[0]}
+        export_model(model, params, path + ".part", batch_size=1, seq_len=FLAGS.seq_len, fmt=suffix,
+                     quantization=quantization, calibration=calibration)
+        os.replace(path + ".part", path)
+        print(f"  exported {path} ({os.path.getsize(path) / 1e6:.1f} MB) in {time.perf_counter() - start:.0f} s",
+              flush=True)
+        gc.collect()
+    return path
 
 
-def time_ours(config, shapes):
-    from mobilebert_jax.modeling import MobileBertForSequenceClassification
-
-    model = MobileBertForSequenceClassification(config, num_labels=2)
-    params = nn.unbox(jax.jit(model.init)(jax.random.key(0), np.zeros((1, 8), np.int32))["params"])
-    forward = jax.jit(lambda p, b: model.apply({"params": p}, b["input_ids"], attention_mask=b["input_mask"],
-                                               token_type_ids=b["segment_ids"], deterministic=True)["logits"])
-    results = []
-    for batch, runs in shapes:
-        inputs = jax.device_put(_inputs(config.vocab_size, batch, FLAGS.seq_len))
-        results.append(_median_seconds(lambda: forward(params, inputs).block_until_ready(), runs))
-    return results, (model, params)
-
-
-def time_hf(config, preset: str, shapes):
+def _torch_model(preset: str, config):
     import torch
     import transformers
 
     torch.manual_seed(0)
     if preset == "bert_base":
-        hf_model = transformers.BertForSequenceClassification(transformers.BertConfig(num_labels=2))
+        model = transformers.BertForSequenceClassification(transformers.BertConfig(num_labels=2))
     else:
         hf_config = transformers.MobileBertConfig(**{k: v for k, v in config.to_hf_dict().items()
                                                      if k not in ("mobilebert_jax", "architectures")}, num_labels=2)
-        hf_model = transformers.MobileBertForSequenceClassification(hf_config)
-    hf_model.eval()
-    results = []
-    for batch, runs in shapes:
-        inputs = {k: torch.from_numpy(v.astype(np.int64)) for k, v in _inputs(config.vocab_size, batch,
-                                                                             FLAGS.seq_len).items()}
-
-        def run():
-            with torch.inference_mode():
-                hf_model(input_ids=inputs["input_ids"], attention_mask=inputs["input_mask"],
-                         token_type_ids=inputs["segment_ids"])
-
-        results.append(_median_seconds(run, runs))
-    return results
+        model = transformers.MobileBertForSequenceClassification(hf_config)
+    return model.eval()
 
 
-def time_onnx(model, params, shapes):
-    import onnxruntime as ort
+def _runner(runtime: str, preset: str, threads: int, model, params, torch_model):
+    """A no-argument callable running one batch-1 inference."""
+    inputs = _inputs(model.config.vocab_size, FLAGS.seq_len)
+    if runtime.startswith("litert"):
+        from mobilebert_jax.export.tflite_export import LiteRTModel
 
-    from mobilebert_jax.export import export_model
+        litert = LiteRTModel(_exported(preset, model, params, runtime), num_threads=threads)
+        return lambda: litert(**inputs)
+    if runtime.startswith("onnx"):
+        import onnxruntime as ort
 
-    results = []
-    for batch, runs in shapes:
-        proto = export_model(model, params, None, batch_size=batch, seq_len=FLAGS.seq_len)
-        session = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"])
-        inputs = _inputs(model.config.vocab_size, batch, FLAGS.seq_len)
-        results.append(_median_seconds(lambda: session.run(None, inputs), runs))
-    return results
+        options = ort.SessionOptions()
+        options.intra_op_num_threads, options.inter_op_num_threads = threads, 1
+        session = ort.InferenceSession(_exported(preset, model, params, runtime), options,
+                                       providers=["CPUExecutionProvider"])
+        return lambda: session.run(None, inputs)
+    import torch
+
+    torch_inputs = {"input_ids": torch.from_numpy(inputs["input_ids"].astype(np.int64)),
+                    "attention_mask": torch.from_numpy(inputs["input_mask"].astype(np.int64)),
+                    "token_type_ids": torch.from_numpy(inputs["segment_ids"].astype(np.int64))}
+
+    def run():
+        torch.set_num_threads(threads)  # interleaved with other thread counts: set on every call
+        with torch.inference_mode():
+            torch_model(**torch_inputs)
+
+    return run
 
 
 def main(argv) -> None:
     del argv
     import torch
 
-    print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, "
-          f"jax {jax.__version__} on {jax.devices()[0].platform}, torch {torch.__version__} "
-          f"({torch.get_num_threads()} threads); float32, sequence {FLAGS.seq_len}")
-    shapes = [(1, FLAGS.latency_runs), (FLAGS.batch_size, FLAGS.throughput_runs)]
-    header = f"{'model':<11} {'runtime':<22} {'batch-1 latency (ms)':>21} {f'batch-{FLAGS.batch_size} seq/s':>15}"
-    print(header)
-    print("-" * len(header))
+    unknown = sorted(set(FLAGS.runtimes) - set(RUNTIMES))
+    if unknown:
+        raise app.UsageError(f"--runtimes: unknown {unknown}; choose from {list(RUNTIMES)}")
+    os.makedirs(FLAGS.cache_dir, exist_ok=True)
+    threads = [int(t) for t in FLAGS.threads]
+    print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, load average "
+          f"{os.getloadavg()[0]:.1f}; OMP_WAIT_POLICY={os.environ['OMP_WAIT_POLICY']}; batch 1, sequence "
+          f"{FLAGS.seq_len}, {FLAGS.warmup} warm-up calls, median of {FLAGS.runs} interleaved rounds", flush=True)
+    runners = {}
     for preset in FLAGS.presets:
+        from mobilebert_jax.modeling import MobileBertForSequenceClassification
+
         config = get_preset(preset)
-        rows = []
-        (latency, batch_time), (model, params) = time_ours(config, shapes)
-        rows.append(("mobilebert-jax (XLA)", latency, batch_time))
-        if FLAGS.hf:
-            latency_hf, batch_time_hf = time_hf(config, preset, shapes)
-            rows.append(("HF transformers (torch)", latency_hf, batch_time_hf))
-        if FLAGS.onnx:
-            latency_ort, batch_time_ort = time_onnx(model, params, shapes)
-            rows.append(("ONNX export (onnxruntime)", latency_ort, batch_time_ort))
-        for name, lat, bt in rows:
-            print(f"{preset:<11} {name:<22} {lat * 1e3:>21.1f} {FLAGS.batch_size / bt:>15.1f}", flush=True)
+        model = MobileBertForSequenceClassification(config, num_labels=2)
+        params = nn.unbox(jax.jit(model.init)(jax.random.key(0), np.zeros((1, 8), np.int32))["params"])
+        torch_model = _torch_model(preset, config) if "torch_float32" in FLAGS.runtimes else None
+        for runtime in FLAGS.runtimes:
+            for n in threads:
+                print(f"preparing {preset} {runtime} ({n} threads)", flush=True)
+                runners[(preset, runtime, n)] = _runner(runtime, preset, n, model, params, torch_model)
+        del params
+        gc.collect()
+    for run in runners.values():
+        for _ in range(FLAGS.warmup):
+            run()
+    times = {key: [] for key in runners}
+    for round_ in range(FLAGS.runs):
+        for key, run in runners.items():
+            start = time.perf_counter()
+            run()
+            times[key].append(time.perf_counter() - start)
+        if (round_ + 1) % max(1, FLAGS.runs // 5) == 0:
+            print(f"  round {round_ + 1}/{FLAGS.runs}", flush=True)
+    median_ms = {key: 1e3 * statistics.median(t) for key, t in times.items()}
+
+    print(f"\nload average after: {os.getloadavg()[0]:.1f}; torch {torch.__version__}")
+    header = f"{'model':<16} {'runtime':<20}" + "".join(f" {f'{n} threads (ms)':>16}" for n in threads)
+    print(header + f" {'paper, 4 thr (ms)':>18}")
+    print("-" * (len(header) + 19))
+    for preset in FLAGS.presets:
+        for runtime in FLAGS.runtimes:
+            paper = f"{PAPER_MS[preset]:>18.0f}" if runtime == "litert_float32" and preset in PAPER_MS else ""
+            print(f"{preset:<16} {runtime:<20}"
+                  + "".join(f" {median_ms[(preset, runtime, n)]:>16.1f}" for n in threads) + f" {paper}")
+    if "bert_base" in FLAGS.presets and "mobilebert" in FLAGS.presets:
+        print(f"\nBERT-base / MobileBERT latency (paper, TFLite float on a Pixel 4, 4 threads: "
+              f"{PAPER_MS['bert_base'] / PAPER_MS['mobilebert']:.1f}x)")
+        for runtime in FLAGS.runtimes:
+            print(f"  {runtime:<20}" + "".join(
+                f" {n} threads {median_ms[('bert_base', runtime, n)] / median_ms[('mobilebert', runtime, n)]:.2f}x"
+                for n in threads))
 
 
 if __name__ == "__main__":

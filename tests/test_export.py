@@ -1,4 +1,5 @@
-"""ONNX export: onnxruntime's outputs match JAX's for every model family (skipped without the `export` extra)."""
+"""ONNX export: onnxruntime's outputs match JAX's for every model family; int8 graphs are int8 (skipped without
+the `export` extra)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-pytest.importorskip("onnx")
+onnx = pytest.importorskip("onnx")
 ort = pytest.importorskip("onnxruntime")
 
 from mobilebert_jax import get_preset  # noqa: E402
@@ -61,9 +62,32 @@ def test_int8_simulation_exports_too():
     params = nn.unbox(model.init(jax.random.key(1), inputs["input_ids"])["params"])
     calibration = [{k: v for k, v in _inputs(config, batch=8, seed=2).items()}]
     quantized = quantize(model, params, calibrate(model, params, calibration))
-    proto = export_model(model, params, None, batch_size=2, seq_len=16, quantized=quantized)
+    proto = export_model(model, params, None, batch_size=2, seq_len=16, quantized=quantized, fmt="onnx")
     expected = np.asarray(jax.jit(model_function(model, params, quantized))(**inputs)["logits"])
     np.testing.assert_allclose(_run_onnx(proto, inputs)["logits"], expected, rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("quantization", ["dynamic_int8", "full_int8"])
+def test_int8_onnx_is_a_real_int8_graph(tmp_path, quantization):
+    config = get_preset("mobilebert_test", initializer_range=0.05)  # logits well above int8 rounding
+    model = MobileBertForQuestionAnswering(config)
+    inputs = _inputs(config, seed=3)
+    params = nn.unbox(model.init(jax.random.key(3), inputs["input_ids"])["params"])
+    export_model(model, params, str(tmp_path / "float.onnx"), batch_size=2, seq_len=16)
+    calibration = _inputs(config, batch=8, seed=4) if quantization == "full_int8" else None
+    proto = export_model(model, params, str(tmp_path / "int8.onnx"), batch_size=2, seq_len=16,
+                         quantization=quantization, calibration=calibration)
+    assert (tmp_path / "int8.onnx").stat().st_size < 0.5 * (tmp_path / "float.onnx").stat().st_size
+    ops = {node.op_type for node in proto.graph.node}
+    assert ({"MatMulInteger", "DynamicQuantizeLinear"} if quantization == "dynamic_int8"
+            else {"QuantizeLinear", "DequantizeLinear"}) <= ops
+    int8_weights = [t for t in proto.graph.initializer if t.data_type == onnx.TensorProto.INT8 and t.dims]
+    assert len(int8_weights) >= 10  # every MatMul kernel and the word-embedding table
+    expected = jax.jit(model_function(model, params))(**inputs)
+    got = _run_onnx(proto, inputs)
+    for key, value in expected.items():
+        value = np.asarray(value)
+        assert np.corrcoef(got[key].ravel(), value.ravel())[0, 1] > 0.9, key
 
 
 def test_unsupported_primitives_are_named():

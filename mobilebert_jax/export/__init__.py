@@ -1,9 +1,14 @@
-"""On-device export: ONNX graphs translated from the jaxpr (optional `export` extra: onnx, onnxruntime).
+"""On-device export: LiteRT (.tflite, `litert` extra) and ONNX (`export` extra), in float32 or real int8.
 
     from mobilebert_jax.export import export_model
-    export_model(model, params, "model.onnx", seq_len=128)   # inputs input_ids / input_mask / segment_ids
+    export_model(model, params, "model.tflite", seq_len=128)                          # LiteRT float32
+    export_model(model, params, "model.tflite", quantization="dynamic_int8")          # int8 weights
+    export_model(model, params, "model.tflite", quantization="full_int8", calibration=train_arrays)
+    export_model(model, params, "model.onnx", quantization="full_int8", calibration=train_arrays)  # QDQ
 
-Command line: `python -m mobilebert_jax.export --workdir=runs/sst2 --output=sst2.onnx [--int8]`.
+Every graph has the inputs `input_ids`, `input_mask`, `segment_ids` (int32 [batch_size, seq_len]) and the
+model's float32 outputs (`logits`; `start_logits`/`end_logits`; `mlm_logits`/`nsp_logits`).
+Command line: `python -m mobilebert_jax.export` (see its docstring).
 """
 
 from __future__ import annotations
@@ -12,11 +17,14 @@ from typing import Optional
 
 import numpy as np
 
-OUTPUTS = ("logits", "start_logits", "end_logits")
+INPUTS = ("input_ids", "input_mask", "segment_ids")
+OUTPUTS = ("logits", "start_logits", "end_logits", "mlm_logits", "nsp_logits")
+FORMATS = {".tflite": "tflite", ".onnx": "onnx"}
+QUANTIZATIONS = ("float32", "dynamic_int8", "full_int8")
 
 
 def model_function(model, params, quantized=None):
-    """`fn(input_ids, input_mask, segment_ids) -> {output: array}` of a task model (int8 simulation if given)."""
+    """`fn(input_ids, input_mask, segment_ids) -> {output: array}` of a model (the int8 simulation if given)."""
     from mobilebert_jax.quantization import apply_quantized
 
     qparams = quantized.dequantized_params() if quantized is not None else None
@@ -32,11 +40,63 @@ def model_function(model, params, quantized=None):
     return fn
 
 
-def export_model(model, params, path: Optional[str], *, batch_size: int = 1, seq_len: int = 128, quantized=None):
-    """The ONNX model of a fine-tuned task model at a fixed [batch_size, seq_len]; saved to `path` if given."""
-    from mobilebert_jax.export.onnx_export import export
+def representative_batches(arrays: dict[str, np.ndarray], batch_size: int) -> list[dict[str, np.ndarray]]:
+    """Calibration batches of exactly `batch_size` rows (the graph's fixed shape) from feature arrays [N, T]."""
+    n = len(arrays[INPUTS[0]])
+    if n == 0:
+        raise ValueError("no calibration examples")
+    full = max(n - n % batch_size, batch_size)
+    rows = np.arange(full) % n  # fewer rows than one batch: repeat them rather than calibrate on padding
+    return [{k: np.asarray(arrays[k])[rows[i:i + batch_size]].astype(np.int32) for k in INPUTS}
+            for i in range(0, full, batch_size)]
 
+
+def export_model(model, params, path: Optional[str], *, batch_size: int = 1, seq_len: int = 128,
+                 quantization: str = "float32", calibration: Optional[dict[str, np.ndarray]] = None,
+                 quantized=None, fmt: Optional[str] = None):
+    """Export `model` at a fixed [batch_size, seq_len]; returns the .tflite bytes or the ONNX ModelProto.
+
+    The format comes from `fmt` ("tflite" or "onnx") or else the suffix of `path`. `calibration`: feature arrays
+    (`input_ids`, `input_mask`, `segment_ids` [N, seq_len]) for full_int8. `quantized` (ONNX, float32 only):
+    a `QuantizedModel` whose int8 *simulation* (fake-quant, computed in float) is exported, to check it
+    against other runtimes; it is not an int8 graph.
+    """
+    if quantization not in QUANTIZATIONS:
+        raise ValueError(f"quantization {quantization!r}: choose one of {list(QUANTIZATIONS)}")
+    if (quantization == "full_int8") != (calibration is not None):
+        raise ValueError("full_int8 needs calibration arrays (and only full_int8 uses them)")
+    if fmt is None:
+        suffix = "" if path is None else "." + str(path).rsplit(".", 1)[-1]
+        if suffix not in FORMATS:
+            raise ValueError(f"{path}: cannot tell the format from the suffix; use .tflite or .onnx, or pass fmt")
+        fmt = FORMATS[suffix]
+    if quantized is not None and (fmt != "onnx" or quantization != "float32"):
+        raise ValueError("the int8 simulation (`quantized`) is exported to float32 ONNX only")
     shape = (batch_size, seq_len)
     example = {"input_ids": np.zeros(shape, np.int32), "input_mask": np.ones(shape, np.int32),
                "segment_ids": np.zeros(shape, np.int32)}
-    return export(model_function(model, params, quantized), example, path)
+    batches = representative_batches(calibration, batch_size) if calibration is not None else None
+    fn = model_function(model, params, quantized)
+    if fmt == "tflite":
+        from mobilebert_jax.export import tflite_export
+
+        result = tflite_export.convert(fn, example, quantization=quantization, representative_batches=batches)
+        if path is not None:
+            from etils import epath
+
+            epath.Path(path).write_bytes(result)
+        return result
+    if fmt != "onnx":
+        raise ValueError(f"format {fmt!r}: choose one of {sorted(FORMATS.values())}")
+    from mobilebert_jax.export import onnx_export
+
+    result = onnx_export.export(fn, example, None)
+    if quantization != "float32":
+        from mobilebert_jax.export import onnx_quantize
+
+        result = onnx_quantize.quantize(result, quantization, batches)
+    if path is not None:
+        from etils import epath
+
+        epath.Path(path).write_bytes(result.SerializeToString())
+    return result

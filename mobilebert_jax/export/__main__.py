@@ -1,50 +1,125 @@
-"""Export a fine-tuning run's model to ONNX (float, or the int8 simulation with --int8).
+"""Export a fine-tuning run or a bare model to LiteRT (.tflite) or ONNX, in float32 or int8.
 
-    python -m mobilebert_jax.export --workdir=runs/sst2 --output=sst2.onnx [--seq_len=128] [--batch_size=1] [--int8]
+    python -m mobilebert_jax.export --workdir=runs/sst2 --output=sst2.tflite \
+        [--format=tflite] [--quantization=float32|dynamic_int8|full_int8] [--calibration_examples=300] \
+        [--seq_len=<the run's max_seq_length>] [--batch_size=1] [--step=N]
+    python -m mobilebert_jax.export --params=path/to/params_dir --vocab=vocab.txt --output=mlm.tflite \
+        [--quantization=full_int8 --calibration_text=corpus.txt]
+
+`--workdir`: a GLUE or SQuAD fine-tuning run (sequence-classification or span-QA head); full_int8 calibrates
+on `--calibration_examples` of the run's own training examples (the seeded draw `python -m
+mobilebert_jax.quantization` uses). `--params`: a parameter directory (`convert.save_params`) or an HF
+directory, e.g. a bare pretraining model (`mlm_logits`, `nsp_logits`); full_int8 calibrates on the first lines
+of `--calibration_text` (one passage per line, e.g. the pretraining corpus).
+
+Next to OUTPUT it writes the tokenizer's vocabulary (`<stem>.vocab.txt`, or `<stem>.spm.model` for
+SentencePiece) and `<stem>.json`: input and output names, dtypes and shapes, the special token ids, labels.
 """
 
 from __future__ import annotations
 
 import json
-import os
 
 import ml_collections
-from absl import flags
+import numpy as np
+from absl import app, flags
+from etils import epath
 
-from mobilebert_jax.modeling import MobileBertForQuestionAnswering, MobileBertForSequenceClassification
-from mobilebert_jax.tasks import evaluate, finetuning, glue
+from mobilebert_jax.config import ConfigError
+from mobilebert_jax.export import sources
 
-flags.DEFINE_string("workdir", None, "a fine-tuning run (experiments/finetune_glue.py or finetune_squad.py)",
-                    required=True)
-flags.DEFINE_string("output", None, "the .onnx file to write", required=True)
+flags.DEFINE_string("workdir", None, "a fine-tuning run (experiments/finetune_glue.py or finetune_squad.py)")
+flags.DEFINE_string("params", None, "a parameter directory (convert.save_params) or HF directory instead of --workdir")
+flags.DEFINE_string("vocab", None, "with --params: the tokenizer's vocabulary (WordPiece .txt or SentencePiece "
+                                   ".model) to ship next to the model")
+flags.DEFINE_string("output", None, "the file to write: .tflite or .onnx", required=True)
+flags.DEFINE_enum("format", None, ["tflite", "onnx"], "default: from --output's suffix")
+flags.DEFINE_enum("quantization", "float32", ["float32", "dynamic_int8", "full_int8"],
+                  "float32; int8 weights with activations quantized per call; or int8 weights and activations "
+                  "calibrated on training data")
+flags.DEFINE_integer("calibration_examples", 300, "full_int8: training examples (or text lines) to calibrate on")
+flags.DEFINE_string("calibration_text", None, "full_int8 with --params: a text file, one passage per line")
 flags.DEFINE_integer("step", None, "checkpoint step (default: latest)")
-flags.DEFINE_integer("seq_len", 128, "the fixed sequence length of the exported graph")
+flags.DEFINE_integer("seq_len", None, "the fixed sequence length (default: the run's max_seq_length, else 128)")
 flags.DEFINE_integer("batch_size", 1, "the fixed batch size of the exported graph")
-flags.DEFINE_bool("int8", False, "export the int8 simulation (weights-only: activation ranges need "
-                                 "`python -m mobilebert_jax.quantization` calibration data)")
 FLAGS = flags.FLAGS
+
+
+def _vocab_sidecar(vocab: str, output: epath.Path) -> epath.Path:
+    if vocab.startswith("builtin:"):
+        from mobilebert_jax.data.builtin_tokenizer import builtin_tokenizer_path
+
+        vocab = builtin_tokenizer_path(vocab)
+    target = output.with_name(output.stem + (".spm.model" if vocab.endswith(".model") else ".vocab.txt"))
+    target.write_bytes(epath.Path(vocab).read_bytes())
+    return target
+
+
+def describe(model, vocab_file: epath.Path, vocab: str, *, batch_size: int, seq_len: int, fmt: str,
+             quantization: str, outputs: dict, labels=None, source: str = "") -> dict:
+    """What an app needs to feed the graph: the metadata written to `<stem>.json`."""
+    from mobilebert_jax.data.tokenizers import load_tokenizer
+    from mobilebert_jax.export import INPUTS
+
+    tok = load_tokenizer(vocab)
+    shape = [batch_size, seq_len]
+    return {
+        "format": fmt, "quantization": quantization, "source": source,
+        "inputs": {name: {"dtype": "int32", "shape": shape} for name in INPUTS},
+        "outputs": {k: {"dtype": "float32", "shape": [int(d) for d in v.shape]} for k, v in outputs.items()},
+        "tokenizer": {"file": vocab_file.name, "kind": "sentencepiece" if vocab_file.suffix == ".model"
+                      else "wordpiece_uncased", "cls_id": tok.cls_id, "sep_id": tok.sep_id, "pad_id": tok.pad_id,
+                      "unk_id": tok.unk_id, "mask_id": tok.mask_id},
+        "attention_mask_mode": model.config.attention_mask_mode,
+        "labels": list(labels) if labels else None,
+    }
 
 
 def main(argv) -> None:
     del argv
-    from mobilebert_jax import cli
-    from mobilebert_jax.export import export_model
-    from mobilebert_jax.quantization import PTQConfig, quantize
+    import jax
 
-    cli.log_libraries_to(FLAGS.workdir)
-    with open(os.path.join(FLAGS.workdir, "config.json")) as f:
-        config = ml_collections.ConfigDict(json.load(f))
-    model_cfg = finetuning.model_config(config)[0]
-    if config.stage == "glue_finetuning":
-        model = MobileBertForSequenceClassification(model_cfg, num_labels=glue.get_task(config.task).num_labels)
+    from mobilebert_jax import cli
+    from mobilebert_jax.export import FORMATS, export_model, model_function
+
+    if (FLAGS.workdir is None) == (FLAGS.params is None):
+        raise app.UsageError("give exactly one of --workdir (a fine-tuning run) and --params (a model directory)")
+    output = epath.Path(FLAGS.output)
+    cli.log_libraries_to(FLAGS.workdir or str(output.parent))
+    fmt = FLAGS.format or FORMATS.get(output.suffix)
+    if fmt is None:
+        raise ConfigError(f"--output={FLAGS.output}: cannot tell the format from the suffix; use .tflite or .onnx "
+                          "or pass --format")
+    full_int8 = FLAGS.quantization == "full_int8"
+    labels, source = None, FLAGS.workdir or FLAGS.params
+    if FLAGS.workdir is not None:
+        model, params, config, task = sources.run_model(FLAGS.workdir, FLAGS.step)
+        seq_len, vocab = FLAGS.seq_len or config.data.max_seq_length, config.data.vocab
+        labels = task.labels if task is not None else None
+        calibration = sources.run_calibration(config, task, FLAGS.calibration_examples, seq_len) if full_int8 else None
     else:
-        model = MobileBertForQuestionAnswering(model_cfg)
-    params = evaluate.restore_params(config, FLAGS.workdir, model, FLAGS.step)
-    quantized = quantize(model, params, None, PTQConfig(activations=False)) if FLAGS.int8 else None
-    export_model(model, params, FLAGS.output, batch_size=FLAGS.batch_size, seq_len=FLAGS.seq_len,
-                 quantized=quantized)
-    print(f"wrote {FLAGS.output} ({os.path.getsize(FLAGS.output):,} bytes): inputs input_ids, input_mask, "
-          f"segment_ids int32[{FLAGS.batch_size}, {FLAGS.seq_len}]")
+        if FLAGS.vocab is None:
+            raise ConfigError("--params: give --vocab, the tokenizer vocabulary an app needs next to the model")
+        if full_int8 and FLAGS.calibration_text is None:
+            raise ConfigError("--quantization=full_int8 with --params needs --calibration_text to calibrate on")
+        model, params = sources.bare_model(FLAGS.params)
+        seq_len, vocab = FLAGS.seq_len or 128, FLAGS.vocab
+        calibration = (sources.text_calibration(FLAGS.calibration_text, vocab, FLAGS.calibration_examples, seq_len)
+                       if full_int8 else None)
+    print(f"exporting {source} to {fmt} ({FLAGS.quantization}), inputs int32[{FLAGS.batch_size}, {seq_len}]"
+          + (f", calibrating on {len(calibration['input_ids'])} examples" if full_int8 else ""), flush=True)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    export_model(model, params, str(output), batch_size=FLAGS.batch_size, seq_len=seq_len,
+                 quantization=FLAGS.quantization, calibration=calibration, fmt=fmt)
+    shape = np.zeros((FLAGS.batch_size, seq_len), np.int32)
+    outputs = jax.eval_shape(model_function(model, params), shape, shape, shape)
+    vocab_file = _vocab_sidecar(vocab, output)
+    meta = describe(model, vocab_file, vocab, batch_size=FLAGS.batch_size, seq_len=seq_len, fmt=fmt,
+                    quantization=FLAGS.quantization, outputs=outputs, labels=labels, source=source)
+    meta_file = output.with_name(output.stem + ".json")
+    meta_file.write_text(json.dumps(meta, indent=2) + "\n")
+    print(f"wrote {output} ({output.stat().length:,} bytes), {vocab_file.name}, {meta_file.name}: inputs "
+          f"input_ids, input_mask, segment_ids int32[{FLAGS.batch_size}, {seq_len}]; outputs {', '.join(outputs)}")
 
 
 if __name__ == "__main__":
