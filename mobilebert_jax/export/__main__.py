@@ -1,4 +1,4 @@
-"""Export a fine-tuning run or a bare model to LiteRT (.tflite) or ONNX, in float32 or int8.
+r"""Export a fine-tuning run or a bare model to LiteRT (.tflite) or ONNX, in float32 or int8.
 
     python -m mobilebert_jax.export --workdir=runs/sst2 --output=sst2.tflite \
         [--format=tflite] [--quantization=float32|dynamic_int8|full_int8] [--calibration_examples=300] \
