@@ -80,7 +80,7 @@ def main(parsed) -> None:
         _fatal("config", e)
     if jax.process_index() == 0 and jax.process_count() > 1:
         print(f"distributed: {how}", flush=True)
-    from mobilebert_jax.train.trainer import train
+    from mobilebert_jax.train.trainer import NonFiniteLossError, train
 
     try:
         train(config, FLAGS.workdir, task_builder(config.stage))
@@ -88,6 +88,8 @@ def main(parsed) -> None:
         _fatal("config", e)
     except DataError as e:
         _fatal("data", e)
+    except NonFiniteLossError as e:
+        _fatal("training", e)
 
 
 def run() -> None:

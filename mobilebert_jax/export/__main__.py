@@ -5,14 +5,11 @@
 
 from __future__ import annotations
 
-import json
 import os
 
-import ml_collections
 from absl import app, flags
 
-from mobilebert_jax.modeling import MobileBertForQuestionAnswering, MobileBertForSequenceClassification
-from mobilebert_jax.tasks import evaluate, finetuning, glue
+from mobilebert_jax.tasks import evaluate
 
 flags.DEFINE_string("workdir", None, "a fine-tuning run (experiments/finetune_glue.py or finetune_squad.py)",
                     required=True)
@@ -30,14 +27,8 @@ def main(argv) -> None:
     from mobilebert_jax.export import export_model
     from mobilebert_jax.quantization import PTQConfig, quantize
 
-    with open(os.path.join(FLAGS.workdir, "config.json")) as f:
-        config = ml_collections.ConfigDict(json.load(f))
-    model_cfg = finetuning.model_config(config)[0]
-    if config.stage == "glue_finetuning":
-        model = MobileBertForSequenceClassification(model_cfg, num_labels=glue.get_task(config.task).num_labels)
-    else:
-        model = MobileBertForQuestionAnswering(model_cfg)
-    params = evaluate.restore_params(config, FLAGS.workdir, model, FLAGS.step)
+    run = evaluate.load_run(FLAGS.workdir, FLAGS.step)
+    model, params = run.model, run.params
     quantized = quantize(model, params, None, PTQConfig(activations=False)) if FLAGS.int8 else None
     export_model(model, params, FLAGS.output, batch_size=FLAGS.batch_size, seq_len=FLAGS.seq_len,
                  quantized=quantized)
