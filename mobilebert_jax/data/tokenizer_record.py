@@ -134,13 +134,22 @@ def write_hf_files(record: Optional[dict], record_dir: Optional[str], hf_dir: st
 
 def _write_sentencepiece_json(model_file: epath.Path, out: epath.Path) -> None:
     import sentencepiece as spm
+    from sentencepiece import sentencepiece_model_pb2
+    from tokenizers import Regex
     from tokenizers import Tokenizer as FastTokenizer
     from tokenizers import decoders, models, normalizers, pre_tokenizers, processors
 
-    sp = spm.SentencePieceProcessor(model_proto=model_file.read_bytes())
+    proto = model_file.read_bytes()
+    sp = spm.SentencePieceProcessor(model_proto=proto)
+    spec = sentencepiece_model_pb2.ModelProto.FromString(proto)
     vocab = [(sp.id_to_piece(i), sp.get_score(i)) for i in range(sp.get_piece_size())]
     fast = FastTokenizer(models.Unigram(vocab, unk_id=sp.unk_id(), byte_fallback=False))
-    fast.normalizer = normalizers.Sequence([normalizers.Nmt(), normalizers.NFKC()])
+    # SentencePiece's own normalization (its compiled rules, then the extra whitespace it removes), as
+    # transformers' SpmConverter does it.
+    steps = [normalizers.Strip(left=True, right=True), normalizers.Replace(Regex(" {2,}"), " ")]
+    if spec.normalizer_spec.precompiled_charsmap:
+        steps.insert(0, normalizers.Precompiled(spec.normalizer_spec.precompiled_charsmap))
+    fast.normalizer = normalizers.Sequence(steps)
     fast.pre_tokenizer = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="always")
     fast.decoder = decoders.Metaspace(replacement="▁", prepend_scheme="always")
     ids = {t: sp.piece_to_id(t) for t in ("[CLS]", "[SEP]")}

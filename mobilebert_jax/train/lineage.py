@@ -30,6 +30,8 @@ def tokenizer_field(config: ml_collections.ConfigDict) -> str:
 
 def resolve(config: ml_collections.ConfigDict) -> None:
     """Fills in, in place, the model and tokenizer that `config` takes from the models it starts from."""
+    if "data" not in config:
+        return  # a stage without a data config (tests' synthetic batches) has no tokenizer
     field = tokenizer_field(config)
     spec = config.data.get(field) or ""
     with config.unlocked():
@@ -59,7 +61,7 @@ def resolve(config: ml_collections.ConfigDict) -> None:
 
 def record_tokenizer(config: ml_collections.ConfigDict, workdir: str) -> None:
     """Copies the run's tokenizer into `workdir/tokenizer/` (process 0)."""
-    spec = config.data.get(tokenizer_field(config))
+    spec = config.data.get(tokenizer_field(config)) if "data" in config else None
     if spec and jax.process_index() == 0:
         tokenizer_record.save(load_tokenizer(spec), workdir)
 
@@ -71,4 +73,4 @@ def run_tokenizer(workdir: str, config: ml_collections.ConfigDict) -> str:
     record = tokenizer_record.read(epath.Path(workdir))
     if record is not None:
         return str(epath.Path(workdir) / tokenizer_record.DIRNAME / record["file"])
-    return config.data.get(tokenizer_field(config))
+    return config.data.get(tokenizer_field(config)) if "data" in config else None
