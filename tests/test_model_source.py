@@ -181,6 +181,13 @@ def test_an_hf_hub_id_reads_the_cache_offline_and_a_missing_one_says_what_to_do(
     assert r.returncode == 0, r.stderr
     source = model_source.open_source(str(tmp_path / "params"), "test")
     assert source.kind == "params_dir" and source.tokenizer["kind"] == "wordpiece"
+    # ... and back to HF with its tokenizer: transformers' fill-mask pipeline runs on the export.
+    r = run("to-hf", "--input", str(tmp_path / "params"), "--output", str(tmp_path / "exported"))
+    assert r.returncode == 0 and "tokenizer: vocab.txt" in r.stdout, r.stderr
+    from hf_reference import transformers
+
+    filled = transformers.pipeline("fill-mask", model=str(tmp_path / "exported"))("the cat sat on the [MASK] .")
+    assert len(filled) == 5 and all(0 <= p["token"] < 512 for p in filled)
     r = run("from-hf", "--input", "google/mobilebert-uncased", "--output", str(tmp_path / "other"))
     assert r.returncode == 1, r.stderr
     assert r.stderr.startswith("FATAL config error: --input='google/mobilebert-uncased': not a local directory, and "

@@ -54,9 +54,12 @@ def resolve(config: ml_collections.ConfigDict) -> None:
                     where = f"config.distill.{name}"
                     source = model_source.open_source(config.distill[name], where)
                     model = config.teacher_model if name == "teacher" else config.model
-                    tokenizer_record.choose(spec, f"config.data.{field}", source.tokenizer, source.tokenizer_dir,
-                                            f"{where}={config.distill[name]!r}", model.vocab_size,
-                                            f"config.{'teacher_model' if name == 'teacher' else 'model'}.vocab_size")
+                    spec = tokenizer_record.choose(
+                        spec, f"config.data.{field}", source.tokenizer, source.tokenizer_dir,
+                        f"{where}={config.distill[name]!r}", model.vocab_size,
+                        f"config.{'teacher_model' if name == 'teacher' else 'model'}.vocab_size")
+            if spec:
+                config.data[field] = spec
 
 
 def record_tokenizer(config: ml_collections.ConfigDict, workdir: str) -> None:
