@@ -117,15 +117,17 @@ def write_hf_files(record: Optional[dict], record_dir: Optional[str], hf_dir: st
         return []
     out = epath.Path(hf_dir)
     special = dict(unk_token="[UNK]", sep_token="[SEP]", pad_token="[PAD]", cls_token="[CLS]", mask_token="[MASK]")
+    # BERT's inputs, segment ids included (a bare fast tokenizer would leave token_type_ids out).
+    inputs = dict(model_input_names=["input_ids", "token_type_ids", "attention_mask"])
     source = epath.Path(record_dir) / record["file"]
     if record["kind"] == "wordpiece":
         (out / "vocab.txt").write_bytes(source.read_bytes())
         config = dict(tokenizer_class="MobileBertTokenizer", do_lower_case=True, model_max_length=max_length,
-                      **special)
+                      **special, **inputs)
         written = ["vocab.txt"]
     else:
         _write_sentencepiece_json(source, out / "tokenizer.json")
-        config = dict(tokenizer_class="PreTrainedTokenizerFast", model_max_length=max_length, **special)
+        config = dict(tokenizer_class="PreTrainedTokenizerFast", model_max_length=max_length, **special, **inputs)
         written = ["tokenizer.json"]
     (out / "tokenizer_config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
     (out / "special_tokens_map.json").write_text(json.dumps(special, indent=2, sort_keys=True) + "\n")
