@@ -38,7 +38,7 @@ def model_config(config: ml_collections.ConfigDict) -> MobileBertConfig:
     return base.replace(**overrides) if overrides else base
 
 
-def load_backbone(config: ml_collections.ConfigDict) -> Optional[dict[str, np.ndarray]]:
+def init_backbone(config: ml_collections.ConfigDict) -> Optional[dict[str, np.ndarray]]:
     """Flat backbone params ("mobilebert/...") of `config.init_checkpoint` (any model_source kind), or None."""
     if not config.get("init_checkpoint"):
         return None
@@ -108,7 +108,7 @@ def glue_examples(config: ml_collections.ConfigDict, task: glue.GlueTask, split:
 def build_glue_task(config: ml_collections.ConfigDict, workdir: str) -> Task:
     del workdir
     task = glue.get_task(config.task)
-    model_cfg, backbone = model_config(config), load_backbone(config)
+    model_cfg, backbone = model_config(config), init_backbone(config)
     model = MobileBertForSequenceClassification(model_cfg, num_labels=task.num_labels)
     tokenizer = load_tokenizer(config.data.vocab)
     seq_len = config.data.max_seq_length
@@ -138,7 +138,7 @@ def squad_feature_options(config: ml_collections.ConfigDict) -> dict[str, int]:
 
 def build_squad_task(config: ml_collections.ConfigDict, workdir: str) -> Task:
     del workdir
-    model_cfg, backbone = model_config(config), load_backbone(config)
+    model_cfg, backbone = model_config(config), init_backbone(config)
     model = MobileBertForQuestionAnswering(model_cfg)
     tokenizer = load_tokenizer(config.data.vocab)
     options = squad_feature_options(config)
