@@ -38,7 +38,8 @@ from absl import flags
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from mobilebert_jax import flops  # noqa: E402
+from mobilebert_jax import flops, model_source  # noqa: E402
+from mobilebert_jax.config import MobileBertConfig  # noqa: E402
 from mobilebert_jax.distill import pipeline  # noqa: E402
 from mobilebert_jax.distill.evaluate import eval_batches, held_out_metrics  # noqa: E402
 
@@ -69,6 +70,14 @@ VARIANTS = {
     "diagnostic: PD only, half the budget": Variant("pd", steps="pd"),
     "diagnostic: hard labels only (alpha = 1), teacher's embeddings and heads": Variant("pd", {"alpha": 1.0}),
 }
+
+
+def _load(workdir: str, model: ml_collections.ConfigDict):
+    """(config, params) of a finished run, refused if its model is not `model`."""
+    source = model_source.open_source(workdir, workdir)
+    model_source.check_architecture(source, MobileBertConfig.from_dict(model.to_dict()), source.shapes, workdir,
+                                    "the ablation's model")
+    return source.config, model_source.read(source)
 
 
 def _slug(name: str) -> str:
@@ -163,7 +172,7 @@ def main(argv: list[str]) -> None:
     teacher_cfg = pipeline.teacher_config(scale, data_dir)
     teacher_dir = f.teacher
     try:
-        pipeline.load_params(teacher_dir, teacher_cfg.model)
+        _load(teacher_dir, teacher_cfg.model)
         print(f"reusing the teacher in {teacher_dir}", flush=True)
     except Exception as e:  # absent, or another architecture: train one here
         print(f"training a teacher ({type(e).__name__}: {e})", flush=True)
@@ -181,12 +190,12 @@ def main(argv: list[str]) -> None:
 
     batches = eval_batches(teacher_cfg.data, scale.eval_batch_size)
     student = pipeline.student_model(teacher_cfg.model)
-    cfg, params = pipeline.load_params(teacher_dir, teacher_cfg.model)
+    cfg, params = _load(teacher_dir, teacher_cfg.model)
     rows = [dict(variant="(teacher)", runs=[held_out_metrics(cfg, params, batches)])]
     for name, workdirs in finals.items():
         runs = []
         for final in workdirs:
-            cfg, params = pipeline.load_params(final, student)
+            cfg, params = _load(final, student)
             runs.append(held_out_metrics(cfg, params, batches))
         rows.append(dict(variant=name, runs=runs))
     timings["total"] = time.monotonic() - started

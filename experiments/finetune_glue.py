@@ -62,18 +62,21 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.batch_size = 32
     c.microbatches = 1
     epochs = 3 if task in LARGE_TASKS else 5
-    c.total_steps = math.ceil(epochs * TRAIN_SIZES[task] / c.batch_size)
+    # A FieldReference: --config.total_steps=N moves the schedule's length with it.
+    c.total_steps = ml_collections.FieldReference(math.ceil(epochs * TRAIN_SIZES[task] / c.batch_size))
     c.log_every = 50
 
     c.data = ml_collections.ConfigDict(dict(
         source="tsv", glue_dir=os.path.join(SHARED_DATA, "glue"), tfds_data_dir="", skip_malformed=task == "qqp",
-        vocab=os.path.join(SHARED_DATA, "vocab", "bert-uncased-vocab.txt"), max_seq_length=128))
+        # "" = the tokenizer recorded with config.init_checkpoint (an explicit different one is refused);
+        # scratch_vocab: the tokenizer of a model trained from scratch (no init_checkpoint).
+        vocab="", scratch_vocab=os.path.join(SHARED_DATA, "vocab", "bert-uncased-vocab.txt"), max_seq_length=128))
 
     c.optimizer = optim.default_config("adamw")
     c.optimizer.lr = 5e-5
     c.optimizer.schedule.kind = "warmup_linear_decay"
     c.optimizer.schedule.warmup_fraction = 0.1
-    c.optimizer.schedule.total_steps = c.total_steps
+    c.optimizer.schedule.total_steps = c.get_ref("total_steps")
 
     c.mesh = ml_collections.ConfigDict(dict(shape=(-1, 1, 1)))
     c.checkpoint = checkpointing.default_config()
@@ -90,7 +93,6 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         c.total_steps = 200
         c.log_every = 20
         c.optimizer.lr = 1e-3
-        c.optimizer.schedule.total_steps = c.total_steps
         c.checkpoint.every_steps = 100
         c.eval.every_steps = 100
     return c

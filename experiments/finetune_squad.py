@@ -58,20 +58,23 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.model_overrides = ml_collections.ConfigDict()
     c.batch_size = 32
     c.microbatches = 1
-    c.total_steps = math.ceil(5 * TRAIN_QUESTIONS[version] / c.batch_size)
+    # A FieldReference: --config.total_steps=N moves the schedule's length with it.
+    c.total_steps = ml_collections.FieldReference(math.ceil(5 * TRAIN_QUESTIONS[version] / c.batch_size))
     c.log_every = 50
     squad = os.path.join(SHARED_DATA, "squad")
     c.data = ml_collections.ConfigDict(dict(
         source="json", train_file=os.path.join(squad, f"train-v{version}.json"),
         dev_file=os.path.join(squad, f"dev-v{version}.json"), tfds_data_dir="",
-        vocab=os.path.join(SHARED_DATA, "vocab", "bert-uncased-vocab.txt"),
+        # "" = the tokenizer recorded with config.init_checkpoint (an explicit different one is refused);
+        # scratch_vocab: the tokenizer of a model trained from scratch (no init_checkpoint).
+        vocab="", scratch_vocab=os.path.join(SHARED_DATA, "vocab", "bert-uncased-vocab.txt"),
         max_seq_length=384, doc_stride=128, max_query_length=64))
 
     c.optimizer = optim.default_config("adamw")
     c.optimizer.lr = 4e-5
     c.optimizer.schedule.kind = "warmup_linear_decay"
     c.optimizer.schedule.warmup_fraction = 0.1
-    c.optimizer.schedule.total_steps = c.total_steps
+    c.optimizer.schedule.total_steps = c.get_ref("total_steps")
 
     c.mesh = ml_collections.ConfigDict(dict(shape=(-1, 1, 1)))
     c.checkpoint = checkpointing.default_config()
@@ -90,7 +93,6 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         c.batch_size = 16
         c.log_every = 10
         c.optimizer.lr = 1e-3
-        c.optimizer.schedule.total_steps = c.total_steps
         c.checkpoint.every_steps = 50
         c.eval.every_steps = 100
         c.eval.enabled = False  # the dev pass over 10,833 features would dominate a smoke run

@@ -50,7 +50,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.seed = 0
     c.batch_size = 4096  # global, in sequences
     c.microbatches = 1
-    c.total_steps = 500_000
+    c.total_steps = ml_collections.FieldReference(500_000)  # the schedule's length follows an override
     c.log_every = 100
 
     c.data = default_data_config()
@@ -61,7 +61,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.optimizer.lr = 1.5e-3
     c.optimizer.schedule.kind = "warmup_linear_decay"
     c.optimizer.schedule.warmup_steps = 10_000
-    c.optimizer.schedule.total_steps = c.total_steps
+    c.optimizer.schedule.total_steps = c.get_ref("total_steps")
     c.optimizer.schedule.end_lr = 1.5e-7
 
     c.mesh = ml_collections.ConfigDict(dict(shape=(-1, 1, 1)))
@@ -91,7 +91,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         c.optimizer.bias_correction = True
         c.optimizer.schedule.kind = "warmup_linear_decay"
         c.optimizer.schedule.warmup_steps = 60
-        c.optimizer.schedule.total_steps = c.total_steps
+        c.optimizer.schedule.total_steps = c.get_ref("total_steps")
         c.optimizer.schedule.end_lr = 0.0
         c.checkpoint.every_steps = 400
         c.eval.every_steps = 400

@@ -66,6 +66,8 @@ class MobileBertConfig:
     normalization_type: str = "no_norm"
     classifier_activation: bool = False
     classifier_dropout: Optional[float] = None
+    # HF's (PretrainedConfig) option: False gives the MLM head its own [V, E] decoder instead of the word table.
+    tie_word_embeddings: bool = True
     # --- options HF does not have ---
     attention_mask_mode: str = "replace"
     # Epsilon of the embedding norm and each layer's `output.LayerNorm`; None
@@ -140,7 +142,7 @@ class MobileBertConfig:
         d = {name: getattr(self, name) for name in HF_FIELDS}
         d["model_type"] = "mobilebert"
         d["architectures"] = ["MobileBertForPreTraining"]
-        d["tie_word_embeddings"] = True
+        d["tie_word_embeddings"] = self.tie_word_embeddings
         d["mobilebert_jax"] = {
             "attention_mask_mode": self.attention_mask_mode,
             "embedding_and_output_norm_eps": self.embedding_and_output_norm_eps,
@@ -157,6 +159,7 @@ class MobileBertConfig:
             raise ConfigError(f"{source}: model_type is {model_type!r}, expected 'mobilebert'")
         hf_defaults = _HF_DEFAULTS
         kwargs = {name: d.get(name, hf_defaults[name]) for name in HF_FIELDS}
+        kwargs["tie_word_embeddings"] = d.get("tie_word_embeddings", True)
         ours = d.get("mobilebert_jax")
         if ours is None:
             kwargs.update(attention_mask_mode="additive", embedding_and_output_norm_eps=HF_QUIRK_NORM_EPS)
@@ -226,7 +229,7 @@ def _validate(c: MobileBertConfig) -> None:
     if c.embedding_and_output_norm_eps is not None and c.embedding_and_output_norm_eps <= 0:
         fail("embedding_and_output_norm_eps", "must be None or a positive number")
     for field in ("trigram_input", "use_bottleneck", "use_bottleneck_attention", "key_query_shared_bottleneck",
-                  "classifier_activation", "trigram_respects_padding", "remat"):
+                  "classifier_activation", "trigram_respects_padding", "remat", "tie_word_embeddings"):
         if not isinstance(getattr(c, field), bool):
             fail(field, "must be true or false")
     if c.hidden_act not in ACTIVATIONS:

@@ -17,11 +17,16 @@ class CheckpointError(ValueError):
     """A checkpoint or parameter file cannot be used; the message names the file or tensor."""
 
 
+class NonFiniteLossError(ArithmeticError):
+    """Training produced a non-finite loss; the message names the step, the metric and the last good checkpoint."""
+
+
 # (type, kind) in the order they are matched; the kind is the word after FATAL.
 KINDS: tuple[tuple[type, str], ...] = (
     (ConfigError, "config"),
     (DataError, "data"),
     (CheckpointError, "checkpoint"),
+    (NonFiniteLossError, "training"),
     # A path that is not there or not readable is bad input too; the OS error's message names the path.
     ((FileNotFoundError, NotADirectoryError, IsADirectoryError, PermissionError), "file"),
 )

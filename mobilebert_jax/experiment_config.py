@@ -173,6 +173,7 @@ def validate(
         attempt(lambda: partitioning.check_batch_size(config.batch_size, shape, rules, process_count))
     if "optimizer" in config:
         attempt(lambda: optim.build_optimizer(config.optimizer, params=None))
+        attempt(lambda: check_schedule_length(config))
     if "checkpoint" in config:
         attempt(lambda: checkpointing.read_config(config.checkpoint))
     for check in checks:
@@ -181,6 +182,20 @@ def validate(
         # One line (the FATAL convention), every problem in it: fixing them one rerun at a time wastes starts.
         raise ConfigError(f"invalid experiment config ({len(errors)} problem{'s' if len(errors) > 1 else ''}): "
                           + "; ".join(errors))
+
+
+def check_schedule_length(config: ml_collections.ConfigDict) -> None:
+    """The learning-rate schedule ends with the run: an override of one of the two lengths alone is refused.
+
+    The experiment files tie `optimizer.schedule.total_steps` to `total_steps`
+    (an ml_collections FieldReference), so overriding `total_steps` moves both.
+    """
+    schedule = config.optimizer.get("schedule") or {}
+    length, run = schedule.get("total_steps"), config.get("total_steps")
+    if length is not None and run is not None and length != run:
+        raise ConfigError(f"config.optimizer.schedule.total_steps={length} but config.total_steps={run}: the "
+                          f"learning-rate schedule must end with the run; change them together "
+                          f"(--config.total_steps={run} --config.optimizer.schedule.total_steps={run})")
 
 
 def save_resolved(config: ml_collections.ConfigDict, workdir: str) -> None:

@@ -14,7 +14,7 @@ import pytest
 from safetensors.numpy import load_file, save_file
 
 from hf_reference import hf_config, max_abs, randomize_, torch, transformers
-from mobilebert_jax import convert, get_preset
+from mobilebert_jax import convert, get_preset, model_source
 from mobilebert_jax.config import ConfigError
 from mobilebert_jax.convert import names
 
@@ -128,7 +128,8 @@ def test_teacher_export_is_refused_with_reason(tmp_path):
         convert.to_hf(c, params, str(tmp_path / "out"))
     # Our own format holds it.
     convert.save_params(str(tmp_path / "native"), c, params)
-    loaded_config, loaded = convert.load_params(str(tmp_path / "native"))
+    source = model_source.open_source(str(tmp_path / "native"), "test")
+    loaded_config, loaded = source.config, model_source.read(source)
     assert loaded_config == c
     assert loaded["mobilebert"]["encoder"]["layer_1"]["attention"]["self"]["query"]["kernel"].shape == (64, 128)
 
@@ -147,4 +148,7 @@ def test_command_line_roundtrip(hf_dir, tmp_path):
     with torch.no_grad():
         assert max_abs(original(ids).prediction_logits.numpy(), reloaded(ids).prediction_logits.numpy()) == 0.0
     r = run("to-hf", "--input", str(tmp_path / "nowhere"), "--output", str(back))
-    assert r.returncode == 1 and r.stderr.splitlines()[-1].startswith("FATAL ") and "no params.safetensors" in r.stderr
+    assert r.returncode == 1 and r.stderr.splitlines()[-1].startswith("FATAL config error: --input=") and \
+        "no such directory" in r.stderr
+    r = run("from-run", "--input", str(native), "--output", str(back))
+    assert r.returncode == 1 and "is a params dir; from-run takes checkpoint" in r.stderr, r.stderr

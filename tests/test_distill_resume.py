@@ -25,7 +25,7 @@ def _final_params(workdir, student_cfg) -> dict[str, np.ndarray]:
     from flax import traverse_util
 
     from mobilebert_jax import partitioning
-    from mobilebert_jax.distill import sources
+    from mobilebert_jax import model_source
     from mobilebert_jax.modeling import MobileBertForPreTraining
     from test_distill_task import SEQ
 
@@ -34,7 +34,7 @@ def _final_params(workdir, student_cfg) -> dict[str, np.ndarray]:
     shapes = partitioning.unbox_without_constraints(
         jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros((1, SEQ), jnp.int32))["params"]))
     abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=one), shapes)
-    params = sources.read_params(str(workdir), student_cfg, abstract, "final", "config.model")
+    params = model_source.read_checked(str(workdir), student_cfg, abstract, "final", "config.model")
     return {k: np.asarray(v) for k, v in traverse_util.flatten_dict(jax.device_get(params), sep="/").items()}
 
 

@@ -14,6 +14,7 @@ from mobilebert_jax import convert, experiment_config, get_preset
 from mobilebert_jax.config import ConfigError
 from mobilebert_jax.modeling import MobileBertForPreTraining
 from mobilebert_jax.tasks import evaluate, finetuning
+from mobilebert_jax.train import lineage
 from mobilebert_jax.train.trainer import train
 from tests.data_fixtures import require_shared_data
 
@@ -49,6 +50,8 @@ def test_backbone_comes_from_the_checkpoint_and_the_head_is_new(tmp_path):
                           ["params"])
     convert.save_params(str(tmp_path / "pretrained"), model_cfg, pretrained)
     config.init_checkpoint = str(tmp_path / "pretrained")
+    config.data.vocab = config.data.scratch_vocab  # the params directory records no tokenizer
+    lineage.resolve(config)  # what train() does first: config.model becomes the checkpoint's
     task = finetuning.build_glue_task(config, str(tmp_path))
     params = traverse_util.flatten_dict(nn.unbox(task.init_params(jax.random.key(0))), sep="/")
     saved = traverse_util.flatten_dict(pretrained, sep="/")

@@ -29,6 +29,10 @@ CONFIGS = {
                             intermediate_size=80, embedding_size=48, intra_bottleneck_size=48, trigram_input=False,
                             num_feedforward_networks=3, normalization_type="layer_norm", hidden_act="gelu",
                             classifier_activation=True, max_position_embeddings=40, type_vocab_size=3),
+    # An untied MLM decoder (HF's tie_word_embeddings=False): its own [V, E] weight.
+    "untied": get_preset("mobilebert_test", tie_word_embeddings=False),
+    # HF builds an unused `bottleneck.attention` here (use_bottleneck_attention wins over the shared one).
+    "bottleneck_attention": get_preset("mobilebert_tiny_test", key_query_shared_bottleneck=True),
 }
 
 
@@ -177,3 +181,32 @@ def test_parity_check_is_sensitive(tmp_path):
     model = convert.hf.build_model(imported, "MobileBertForPreTraining")
     logits = model.apply({"params": params}, ids, attention_mask=mask, token_type_ids=types)["mlm_logits"]
     assert max_abs(reference, logits) > 2 * TOL
+
+
+@pytest.mark.parametrize("use_bottleneck", [True, False])
+@pytest.mark.parametrize("use_bottleneck_attention", [True, False])
+@pytest.mark.parametrize("key_query_shared_bottleneck", [True, False])
+@pytest.mark.parametrize("tie_word_embeddings", [True, False])
+def test_every_config_hf_can_run_imports_exactly_or_is_refused_naming_the_field(
+        tmp_path, use_bottleneck, use_bottleneck_attention, key_query_shared_bottleneck, tie_word_embeddings):
+    from mobilebert_jax.config import ConfigError
+
+    flags = dict(use_bottleneck=use_bottleneck, use_bottleneck_attention=use_bottleneck_attention,
+                 key_query_shared_bottleneck=key_query_shared_bottleneck, tie_word_embeddings=tie_word_embeddings)
+    base = get_preset("mobilebert_test", num_hidden_layers=1, num_feedforward_networks=1)
+    hf_cfg = hf_config(base, **flags)
+    hf_model = transformers.MobileBertForPreTraining(hf_cfg)
+    randomize_(hf_model, seed=2)
+    ids, mask, types = batch(base)
+    try:
+        hf_out = _hf_outputs(hf_model, ids, mask, types)
+    except RuntimeError:
+        pytest.skip("transformers builds this config but cannot run it (query/key widths disagree)")
+    hf_model.save_pretrained(tmp_path)
+    try:
+        config, params = convert.from_hf(str(tmp_path))
+    except (ConfigError, convert.CheckpointError) as e:
+        assert any(field in str(e) for field in flags), str(e)
+        return
+    ours = _ours("MobileBertForPreTraining", config, params, ids, mask, types)
+    assert max_abs(hf_out.prediction_logits.numpy(), ours["mlm_logits"]) <= TOL

@@ -1,33 +1,53 @@
-"""python -m mobilebert_jax.convert {from-hf,to-hf} --input DIR --output DIR [--architecture NAME]
+"""python -m mobilebert_jax.convert {from-hf,from-run,to-hf} --input SOURCE --output DIR [--architecture NAME]
 
-from-hf: an HF MobileBERT directory -> this project's params directory.
-to-hf:   a params directory -> an HF directory that transformers loads.
+from-hf:  an HF MobileBERT directory or hub id (google/mobilebert-uncased) -> this project's params directory.
+from-run: a trainer workdir (its latest finished checkpoint) or one checkpoint step directory -> a params directory.
+to-hf:    any model (params directory, trainer workdir, checkpoint step, HF directory) -> an HF directory that
+          transformers loads, with the model's tokenizer files (`transformers.pipeline("fill-mask", model=DIR)`).
+
+The tokenizer recorded with the input travels to the output.
 """
 
 from __future__ import annotations
 
 import sys
 
-from mobilebert_jax import cli
-from mobilebert_jax.convert.hf import ARCHITECTURES, from_hf, to_hf
-from mobilebert_jax.convert.native import load_params, save_params
+from mobilebert_jax import cli, model_source
+from mobilebert_jax.config import ConfigError
+from mobilebert_jax.convert.hf import ARCHITECTURES, to_hf
+from mobilebert_jax.convert.native import save_params
+from mobilebert_jax.data import tokenizer_record
+
+# direction -> the source kinds it takes (None: any).
+_KINDS = {"from-hf": ("hf_dir",), "from-run": ("checkpoint",), "to-hf": None}
+
+
+def convert(direction: str, input_spec: str, output: str, architecture: str | None = None) -> str:
+    source = model_source.open_source(input_spec, "--input")
+    kinds = _KINDS[direction]
+    if kinds is not None and source.kind not in kinds:
+        raise ConfigError(f"--input={input_spec!r} is a {source.kind.replace('_', ' ')}; {direction} takes "
+                          f"{' or '.join(k.replace('_', ' ') for k in kinds)} (to-hf takes any model)")
+    params = model_source.read(source)
+    if direction == "to-hf":
+        to_hf(source.config, params, output, architecture)
+        files = tokenizer_record.write_hf_files(source.tokenizer, source.tokenizer_dir, output,
+                                                source.config.max_position_embeddings)
+        return f"wrote {output}" + (f" (tokenizer: {', '.join(files)})" if files else " (no tokenizer recorded)")
+    save_params(output, source.config, params, architecture)
+    tokenizer_record.copy(source.tokenizer, source.tokenizer_dir, output)
+    return f"wrote {output}" + ("" if source.tokenizer else " (the input records no tokenizer)")
 
 
 def main(argv=None) -> int:
     parser = cli.ArgumentParser(prog="python -m mobilebert_jax.convert", description=__doc__)
-    parser.add_argument("direction", choices=("from-hf", "to-hf"))
-    parser.add_argument("--input", required=True, help="directory to read")
+    parser.add_argument("direction", choices=tuple(_KINDS))
+    parser.add_argument("--input", required=True, help="the model to read (a directory, or an HF hub id)")
     parser.add_argument("--output", required=True, help="directory to write")
     parser.add_argument("--architecture", choices=sorted(ARCHITECTURES), default=None,
                         help="model class; inferred from config.json or the tensors when omitted")
     args = parser.parse_args(argv)
-    if args.direction == "from-hf":
-        config, params = from_hf(args.input, args.architecture)
-        save_params(args.output, config, params, args.architecture)
-    else:
-        config, params = load_params(args.input)
-        to_hf(config, params, args.output, args.architecture)
-    print(f"wrote {args.output}")
+    print(convert(args.direction, args.input, args.output, args.architecture))
     return 0
 
 

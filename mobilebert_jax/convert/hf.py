@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 from typing import Any, Optional
 
 import flax.linen as nn
@@ -37,10 +38,15 @@ ARCHITECTURES = {
     "MobileBertModel": (modeling.MobileBertModel, False),
 }
 _TOP_LEVEL = ("mobilebert", "cls", "classifier", "qa_outputs")
-# Present in HF files but not parameters of ours: a buffer and the tied decoder.
-_DERIVED = ("mobilebert.embeddings.position_ids", "cls.predictions.decoder.weight", "cls.predictions.decoder.bias")
+# Present in HF files but not parameters of ours: a buffer and the decoder's bias (HF's alias of
+# `cls.predictions.bias`); the decoder's weight too while it is tied to the word table.
+_DERIVED = ("mobilebert.embeddings.position_ids", "cls.predictions.decoder.bias")
+_TIED_DECODER = "cls.predictions.decoder.weight"
 _UNUSED_TRANSFORMATION = ("mobilebert.embeddings.embedding_transformation.weight",
                           "mobilebert.embeddings.embedding_transformation.bias")
+# HF builds each layer's `bottleneck.attention` whenever key_query_shared_bottleneck is set, but with
+# use_bottleneck_attention the block's attention reads the input bottleneck, so it is never used.
+_UNUSED_BOTTLENECK_ATTENTION = re.compile(r"^mobilebert\.encoder\.layer\.\d+\.bottleneck\.attention\.")
 
 
 def build_model(config: MobileBertConfig, architecture: str, num_labels: int = 2) -> nn.Module:
@@ -115,6 +121,11 @@ def params_from_hf_state(config: MobileBertConfig, state: dict[str, np.ndarray],
     """HF state dict -> our nested params, checked tensor by tensor."""
     if state and not any(k.split(".")[0] in _TOP_LEVEL for k in state):
         state = {f"mobilebert.{k}": v for k, v in state.items()}  # a bare MobileBertModel
+    if not config.tie_word_embeddings and "cls.predictions.decoder.bias" in state:
+        # Untied, transformers >= 5 adds `decoder.bias` (its own parameter, the one it uses) and leaves
+        # `cls.predictions.bias` unused; older versions alias the two.
+        state = dict(state)
+        state["cls.predictions.bias"] = state.pop("cls.predictions.decoder.bias")
     num_labels = 2
     if "classifier.weight" in state:
         num_labels = int(state["classifier.weight"].shape[0])
@@ -123,7 +134,9 @@ def params_from_hf_state(config: MobileBertConfig, state: dict[str, np.ndarray],
     flat: dict[tuple, np.ndarray] = {}
     unexpected = []
     for name, array in state.items():
-        if name in _DERIVED or (name in _UNUSED_TRANSFORMATION and not config.has_embedding_transformation):
+        if name in _DERIVED or (name in _UNUSED_TRANSFORMATION and not config.has_embedding_transformation) \
+                or (name == _TIED_DECODER and config.tie_word_embeddings) \
+                or (_UNUSED_BOTTLENECK_ATTENTION.match(name) and _has_unused_bottleneck_attention(config)):
             continue
         path, transpose = names.hf_to_flax(name)
         if path not in expected:
@@ -150,6 +163,10 @@ def params_from_hf_state(config: MobileBertConfig, state: dict[str, np.ndarray],
         pretty = [f"{names.flax_to_hf(p)[0]} (parameter {'/'.join(p)})" for p in missing]
         raise CheckpointError(f"{source}: missing tensor(s): {pretty}")
     return jax.tree.map(jnp.asarray, traverse_util.unflatten_dict(flat))
+
+
+def _has_unused_bottleneck_attention(config: MobileBertConfig) -> bool:
+    return config.use_bottleneck and config.use_bottleneck_attention and config.key_query_shared_bottleneck
 
 
 def from_hf(path: str, architecture: Optional[str] = None) -> tuple[MobileBertConfig, Params]:
@@ -226,6 +243,15 @@ def to_hf(config: MobileBertConfig, params: Params, path: str, architecture: Opt
         # HF always builds this layer, even where it never uses it.
         state[_UNUSED_TRANSFORMATION[0]] = np.zeros((config.hidden_size, config.embedding_size), np.float32)
         state[_UNUSED_TRANSFORMATION[1]] = np.zeros((config.hidden_size,), np.float32)
+    if not config.tie_word_embeddings and "cls.predictions.bias" in state:
+        state["cls.predictions.decoder.bias"] = state["cls.predictions.bias"]
+    if _has_unused_bottleneck_attention(config):
+        b, h = config.intra_bottleneck_size, config.hidden_size
+        for i in range(config.num_hidden_layers):
+            prefix = f"mobilebert.encoder.layer.{i}.bottleneck.attention."
+            state[prefix + "dense.weight"] = np.zeros((b, h), np.float32)
+            for leaf in ("dense.bias", "LayerNorm.weight", "LayerNorm.bias"):
+                state[prefix + leaf] = np.zeros((b,), np.float32)
 
     os.makedirs(path, exist_ok=True)
     hf_config = config.to_hf_dict()

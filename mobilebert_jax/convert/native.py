@@ -2,7 +2,8 @@
 
 Parameter paths are joined with "/" as tensor names, so the file is readable
 by any safetensors tool and needs no pickle. The trainer's orbax checkpoints
-export to this format, and the converter reads and writes it.
+export to this format (`python -m mobilebert_jax.convert from-run`);
+`mobilebert_jax.model_source` reads it.
 """
 
 from __future__ import annotations
@@ -12,13 +13,12 @@ import os
 
 import flax.linen as nn
 import jax
-import jax.numpy as jnp
 import numpy as np
 from flax import traverse_util
-from safetensors.numpy import load_file, save_file
+from safetensors.numpy import save_file
 
 from mobilebert_jax.config import MobileBertConfig
-from mobilebert_jax.convert.hf import CheckpointError, architecture_of
+from mobilebert_jax.convert.hf import architecture_of
 
 PARAMS_FILE = "params.safetensors"
 
@@ -36,12 +36,3 @@ def save_params(path: str, config: MobileBertConfig, params, architecture: str |
         json.dump(hf, f, indent=2, sort_keys=True)
         f.write("\n")
     return path
-
-
-def load_params(path: str) -> tuple[MobileBertConfig, dict]:
-    weights = os.path.join(path, PARAMS_FILE)
-    if not os.path.isfile(weights):
-        raise CheckpointError(f"{path}: no {PARAMS_FILE}; expected a directory written by save_params")
-    config = MobileBertConfig.from_hf_json(os.path.join(path, "config.json"))
-    flat = load_file(weights)
-    return config, jax.tree.map(jnp.asarray, traverse_util.unflatten_dict(flat, sep="/"))

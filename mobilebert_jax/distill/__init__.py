@@ -4,7 +4,6 @@
 - objective.py   one student + one frozen teacher forward per step -> sums, loss, logged metrics
 - strategies.py  progressive / joint / auxiliary / pd as functions of the step; optimizer groups
 - layers.py      the teacher layer each student layer learns from; width and head checks
-- sources.py     teacher / student parameters from trainer workdirs or params directories, checked
 - task.py        the stage as a Task for the generic trainer (`stage = "distillation"`)
 - experiment.py  the paper's settings and the `:smoke` scale for experiments/distill_*.py
 - pipeline.py    teacher -> progressive -> PD -> scratch baseline -> table and plot, in one command

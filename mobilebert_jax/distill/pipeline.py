@@ -27,15 +27,13 @@ import time
 from typing import Any, Callable
 
 import jax
-import jax.numpy as jnp
 import ml_collections
 from absl import flags
 
-from mobilebert_jax import experiment_config, flops, partitioning, plot
-from mobilebert_jax.config import ConfigError, MobileBertConfig
-from mobilebert_jax.distill import experiment, sources, strategies
+from mobilebert_jax import experiment_config, flops, model_source, plot
+from mobilebert_jax.config import ConfigError
+from mobilebert_jax.distill import experiment, strategies
 from mobilebert_jax.distill.evaluate import eval_batches, held_out_metrics
-from mobilebert_jax.modeling import MobileBertForPreTraining
 
 
 @dataclasses.dataclass(frozen=True)
@@ -186,15 +184,6 @@ def train_stage(name: str, config: ml_collections.ConfigDict, workdir: str, buil
     timings[name] = time.monotonic() - start
 
 
-def load_params(workdir: str, model: ml_collections.ConfigDict) -> tuple[MobileBertConfig, Any]:
-    cfg = MobileBertConfig.from_dict(model.to_dict())
-    one = jax.sharding.SingleDeviceSharding(jax.devices()[0])
-    shapes = partitioning.unbox_without_constraints(jax.eval_shape(
-        lambda: MobileBertForPreTraining(cfg).init(jax.random.key(0), jnp.zeros((1, 8), jnp.int32))["params"]))
-    abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=one), shapes)
-    return cfg, sources.read_params(workdir, cfg, abstract, workdir, "the pipeline's model")
-
-
 def markdown_table(rows: list[dict]) -> str:
     lines = ["| model | backbone params | training steps | held-out MLM accuracy | held-out MLM loss | "
              "held-out NSP accuracy |", "|---|---|---|---|---|---|"]
@@ -230,7 +219,8 @@ def run(workdir: str, scale: Scale = Scale()) -> list[dict]:
             ("MobileBERT after progressive transfer (teacher's heads)", "progressive", pd.model, scale.transfer_steps),
             ("MobileBERT distilled (progressive + PD)", "pd", pd.model, scale.student_steps),
             ("MobileBERT from scratch", "scratch", scratch.model, scale.student_steps)):
-        cfg, params = load_params(dirs[key], model)
+        source = model_source.open_source(dirs[key], f"the pipeline's {key} run")
+        cfg, params = source.config, model_source.read(source)
         rows.append(dict(model=name, params=flops.parameter_count(cfg), steps=steps,
                          **held_out_metrics(cfg, params, batches)))
     timings["evaluation"] = time.monotonic() - start

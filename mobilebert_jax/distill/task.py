@@ -18,10 +18,10 @@ import jax.numpy as jnp
 import ml_collections
 from flax import traverse_util
 
-from mobilebert_jax import flops, partitioning
+from mobilebert_jax import flops, model_source, partitioning
 from mobilebert_jax.config import ConfigError, MobileBertConfig
 from mobilebert_jax.distill import config as distill_config
-from mobilebert_jax.distill import layers, sources, strategies
+from mobilebert_jax.distill import layers, strategies
 from mobilebert_jax.distill.objective import Objective
 from mobilebert_jax.modeling import MobileBertForPreTraining
 from mobilebert_jax.optim import builder as optim_builder
@@ -107,31 +107,31 @@ def distillation_task(config: ml_collections.ConfigDict, make_data: Callable[[],
                               f"{c.max_position_embeddings}")
     student_abstract = _abstract_params(student, seq_len)
     teacher_abstract = _abstract_params(teacher, seq_len)
-    student_shapes = sources.flat_shapes(partitioning.unbox_without_constraints(student_abstract))
-    teacher_shapes = sources.flat_shapes(partitioning.unbox_without_constraints(teacher_abstract))
+    student_shapes = model_source.flat_shapes(partitioning.unbox_without_constraints(student_abstract))
+    teacher_shapes = model_source.flat_shapes(partitioning.unbox_without_constraints(teacher_abstract))
     if d.strategy == "progressive":
         strategies.check_progressive_groups(config.optimizer, student_abstract, num_layers, d.stage_steps)
 
     # Both sources are checked now, before any data work or compilation.
-    teacher_source = sources.open_source(d.teacher, "config.distill.teacher")
-    sources.check_architecture(teacher_source, teacher_cfg, teacher_shapes, "config.distill.teacher",
+    teacher_source = model_source.open_source(d.teacher, "config.distill.teacher")
+    model_source.check_architecture(teacher_source, teacher_cfg, teacher_shapes, "config.distill.teacher",
                                "config.teacher_model")
     student_source = None
     copied: list[str] = []
     if d.student_init:
-        student_source = sources.open_source(d.student_init, "config.distill.student_init")
-        sources.check_architecture(student_source, student_cfg, student_shapes, "config.distill.student_init",
+        student_source = model_source.open_source(d.student_init, "config.distill.student_init")
+        model_source.check_architecture(student_source, student_cfg, student_shapes, "config.distill.student_init",
                                    "config.model")
     elif d.copy_from_teacher:
         copied = _copied_paths(student_shapes, teacher_shapes)
 
     def load_frozen(shardings):
         target = partitioning.with_shardings(teacher_abstract, shardings)
-        return sources.load_params(teacher_source, target)
+        return model_source.read(teacher_source, target)
 
     def initial_params(params, frozen, shardings):
         if student_source is not None:
-            return sources.load_params(student_source, partitioning.with_shardings(student_abstract, shardings))
+            return model_source.read(student_source, partitioning.with_shardings(student_abstract, shardings))
         if copied:
             return jax.jit(lambda p, t: copy_from_teacher(p, t, copied), out_shardings=shardings,
                            donate_argnums=0)(params, frozen)

@@ -3,7 +3,7 @@ r"""Export a fine-tuning run or a bare model to LiteRT (.tflite) or ONNX, in flo
     python -m mobilebert_jax.export --workdir=runs/sst2 --output=sst2.tflite \
         [--format=tflite] [--quantization=float32|dynamic_int8|full_int8] [--calibration_examples=300] \
         [--seq_len=<the run's max_seq_length>] [--batch_size=1] [--step=N]
-    python -m mobilebert_jax.export --params=path/to/params_dir --vocab=vocab.txt --output=mlm.tflite \
+    python -m mobilebert_jax.export --params=path/to/params_dir [--vocab=vocab.txt] --output=mlm.tflite \
         [--quantization=full_int8 --calibration_text=corpus.txt]
 
 `--workdir`: a GLUE or SQuAD fine-tuning run (sequence-classification or span-QA head); full_int8 calibrates
@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import json
 
-import ml_collections
 import numpy as np
 from absl import app, flags
 from etils import epath
@@ -31,7 +30,7 @@ from mobilebert_jax.export import sources
 flags.DEFINE_string("workdir", None, "a fine-tuning run (experiments/finetune_glue.py or finetune_squad.py)")
 flags.DEFINE_string("params", None, "a parameter directory (convert.save_params) or HF directory instead of --workdir")
 flags.DEFINE_string("vocab", None, "with --params: the tokenizer's vocabulary (WordPiece .txt or SentencePiece "
-                                   ".model) to ship next to the model")
+                                   ".model) to ship next to the model (default: the one the model records)")
 flags.DEFINE_string("output", None, "the file to write: .tflite or .onnx", required=True)
 flags.DEFINE_enum("format", None, ["tflite", "onnx"], "default: from --output's suffix")
 flags.DEFINE_enum("quantization", "float32", ["float32", "dynamic_int8", "full_int8"],
@@ -93,17 +92,21 @@ def main(argv) -> None:
     full_int8 = FLAGS.quantization == "full_int8"
     labels, source = None, FLAGS.workdir or FLAGS.params
     if FLAGS.workdir is not None:
-        model, params, config, task = sources.run_model(FLAGS.workdir, FLAGS.step)
-        seq_len, vocab = FLAGS.seq_len or config.data.max_seq_length, config.data.vocab
+        run, task = sources.run_model(FLAGS.workdir, FLAGS.step)
+        model, params, config = run.model, run.params, run.config
+        seq_len, vocab = FLAGS.seq_len or config.data.max_seq_length, run.tokenizer
         labels = task.labels if task is not None else None
-        calibration = sources.run_calibration(config, task, FLAGS.calibration_examples, seq_len) if full_int8 else None
+        calibration = (sources.run_calibration(config, task, vocab, FLAGS.calibration_examples, seq_len)
+                       if full_int8 else None)
     else:
-        if FLAGS.vocab is None:
-            raise ConfigError("--params: give --vocab, the tokenizer vocabulary an app needs next to the model")
         if full_int8 and FLAGS.calibration_text is None:
             raise ConfigError("--quantization=full_int8 with --params needs --calibration_text to calibrate on")
-        model, params = sources.bare_model(FLAGS.params)
-        seq_len, vocab = FLAGS.seq_len or 128, FLAGS.vocab
+        model, params, recorded_vocab = sources.bare_model(FLAGS.params)
+        vocab = FLAGS.vocab or recorded_vocab
+        if vocab is None:
+            raise ConfigError(f"--params={FLAGS.params}: records no tokenizer; give --vocab, the tokenizer vocabulary "
+                              "an app needs next to the model")
+        seq_len = FLAGS.seq_len or 128
         calibration = (sources.text_calibration(FLAGS.calibration_text, vocab, FLAGS.calibration_examples, seq_len)
                        if full_int8 else None)
     print(f"exporting {source} to {fmt} ({FLAGS.quantization}), inputs int32[{FLAGS.batch_size}, {seq_len}]"

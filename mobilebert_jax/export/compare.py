@@ -119,13 +119,14 @@ def main(argv) -> None:
     unknown = sorted(set(FLAGS.forms) - set(FORMS))
     if unknown:
         raise ConfigError(f"--forms: unknown {unknown}; choose from {list(FORMS)}")
-    model, params, config, task = sources.run_model(FLAGS.workdir, FLAGS.step)
+    run, task = sources.run_model(FLAGS.workdir, FLAGS.step)
+    model, params, config = run.model, run.params, run.config
     if task is None:
         raise ConfigError(f"{FLAGS.workdir}: a SQuAD run; this comparison scores GLUE runs")
     seq_len = config.data.max_seq_length
-    calibration = sources.run_calibration(config, task, FLAGS.calibration_examples, seq_len)
+    calibration = sources.run_calibration(config, task, run.tokenizer, FLAGS.calibration_examples, seq_len)
     dev = glue.glue_features(task, finetuning.glue_examples(config, task, task.eval_splits[0]),
-                             load_tokenizer(config.data.vocab), seq_len)
+                             load_tokenizer(run.tokenizer), seq_len)
     output_dir = epath.Path(FLAGS.output_dir or epath.Path(FLAGS.workdir) / "export")
     rows = compare_forms(model, params, task, calibration, dev, output_dir, forms=FLAGS.forms,
                          batch_size=FLAGS.batch_size)

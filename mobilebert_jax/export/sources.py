@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import json
-
-import ml_collections
 import numpy as np
 from etils import epath
 
@@ -12,32 +9,21 @@ from mobilebert_jax.config import ConfigError
 
 
 def run_model(workdir: str, step):
-    """(model, params, run config, task-or-None) of a fine-tuning run."""
-    from mobilebert_jax.modeling import MobileBertForQuestionAnswering, MobileBertForSequenceClassification
-    from mobilebert_jax.tasks import evaluate, finetuning, glue
+    """(the run, its GLUE task or None for SQuAD): model, trained params, config and recorded tokenizer of a
+    fine-tuning run, read from its workdir alone (tasks/evaluate.load_run)."""
+    from mobilebert_jax.tasks import evaluate, glue
 
-    config_file = epath.Path(workdir) / "config.json"
-    if not config_file.exists():
-        raise ConfigError(f"{config_file}: not found; --workdir must be a fine-tuning run")
-    config = ml_collections.ConfigDict(json.loads(config_file.read_text()))
-    model_cfg = finetuning.model_config(config)[0]
-    if config.stage == "glue_finetuning":
-        task = glue.get_task(config.task)
-        model = MobileBertForSequenceClassification(model_cfg, num_labels=task.num_labels)
-    elif config.stage == "squad_finetuning":
-        task, model = None, MobileBertForQuestionAnswering(model_cfg)
-    else:
-        raise ConfigError(f"{config_file}: stage {config.stage!r} is not a fine-tuning run; export a pretrained "
-                          "model with --params")
-    return model, evaluate.restore_params(config, workdir, model, step), config, task
+    run = evaluate.load_run(workdir, step)
+    task = glue.get_task(run.config.task) if run.config.stage == "glue_finetuning" else None
+    return run, task
 
 
-def run_calibration(config, task, count: int, seq_len: int) -> dict[str, np.ndarray]:
+def run_calibration(config, task, tokenizer: str, count: int, seq_len: int) -> dict[str, np.ndarray]:
     from mobilebert_jax.data.tokenizers import load_tokenizer
     from mobilebert_jax.quantization.compare import calibration_rows
     from mobilebert_jax.tasks import finetuning, glue, squad_data
 
-    tokenizer = load_tokenizer(config.data.vocab)
+    tokenizer = load_tokenizer(tokenizer)
     if task is not None:
         train = finetuning.glue_examples(config, task, "train")
         rows = calibration_rows(len(train), count, seed=config.seed)
@@ -59,10 +45,13 @@ def text_calibration(path: str, vocab: str, count: int, seq_len: int) -> dict[st
 
 
 def bare_model(path: str):
-    from mobilebert_jax.convert import hf, native
+    """(model, params, the tokenizer spec it records or None) of any model model_source reads."""
+    from mobilebert_jax import model_source
+    from mobilebert_jax.convert import hf
 
-    if (epath.Path(path) / native.PARAMS_FILE).exists():
-        config, params = native.load_params(path)
-    else:
-        config, params = hf.from_hf(path)
-    return hf.build_model(config, hf.architecture_of(params)), params
+    source = model_source.open_source(path, "--params")
+    params = model_source.read(source)
+    tokenizer = None
+    if source.tokenizer is not None and source.tokenizer_dir is not None:
+        tokenizer = str(epath.Path(source.tokenizer_dir) / source.tokenizer["file"])
+    return hf.build_model(source.config, hf.architecture_of(params)), params, tokenizer

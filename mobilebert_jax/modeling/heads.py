@@ -25,8 +25,10 @@ def gather_positions(h_BxTxH: jax.Array, positions_BxP: jax.Array) -> jax.Array:
 class MLMHead(nn.Module):
     """u = LN(act(h W_t + c)); logits = u[:, :E] E^T + u[:, E:] X + bias.
 
-    A real LayerNorm even in no_norm models; E the tied word table, X the
-    untied [H - E, V] "extra_output_weights" (HF: `cls.predictions.dense`).
+    A real LayerNorm even in no_norm models; E the tied word table (with
+    `tie_word_embeddings=False` a separate `decoder` [E, V], HF's
+    `cls.predictions.decoder`), X the [H - E, V] "extra_output_weights"
+    (HF: `cls.predictions.dense`).
     """
 
     config: MobileBertConfig
@@ -42,7 +44,11 @@ class MLMHead(nn.Module):
         bias = self.param("bias", nn.with_logical_partitioning(nn.initializers.zeros_init(), ("vocab",)),
                           (c.vocab_size,), jnp.float32)
         dtype = primitives.compute_dtype(c)
-        logits = attend(transform[..., :e]) + jnp.einsum("...k,kv->...v", transform[..., e:], extra.astype(dtype))
+        if c.tie_word_embeddings:
+            first = attend(transform[..., :e])
+        else:
+            first = primitives.dense(c, c.vocab_size, ("embed", "vocab"), "decoder", use_bias=False)(transform[..., :e])
+        logits = first + jnp.einsum("...k,kv->...v", transform[..., e:], extra.astype(dtype))
         return (logits + bias.astype(dtype)).astype(jnp.float32)
 
 

@@ -12,14 +12,12 @@ import dataclasses
 import json
 import os
 
-import ml_collections
 from absl import flags
 
 from mobilebert_jax import cli
 from mobilebert_jax.errors import ConfigError
 
 from mobilebert_jax.data.tokenizers import load_tokenizer
-from mobilebert_jax.modeling import MobileBertForSequenceClassification
 from mobilebert_jax.quantization.compare import calibration_rows, compare_glue
 from mobilebert_jax.quantization.ptq import PTQConfig
 from mobilebert_jax.tasks import evaluate, finetuning, glue
@@ -39,14 +37,12 @@ FLAGS = flags.FLAGS
 def main(argv) -> None:
     del argv
     cli.log_libraries_to(FLAGS.workdir)
-    with open(os.path.join(FLAGS.workdir, "config.json")) as f:
-        config = ml_collections.ConfigDict(json.load(f))
+    run = evaluate.load_run(FLAGS.workdir, FLAGS.step)
+    config, model, params = run.config, run.model, run.params
     if config.stage != "glue_finetuning":
         raise ConfigError(f"{FLAGS.workdir}/config.json: stage {config.stage!r}; only GLUE runs are compared here")
     task = glue.get_task(config.task)
-    model = MobileBertForSequenceClassification(finetuning.model_config(config)[0], num_labels=task.num_labels)
-    params = evaluate.restore_params(config, FLAGS.workdir, model, FLAGS.step)
-    tokenizer = load_tokenizer(config.data.vocab)
+    tokenizer = load_tokenizer(run.tokenizer)
     seq_len = config.data.max_seq_length
     train = finetuning.glue_examples(config, task, "train")
     rows = calibration_rows(len(train), FLAGS.calibration_examples, seed=config.seed)

@@ -10,17 +10,18 @@ on dev. Everything lands in `<workdir>/eval/` next to `metrics.json`.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
-from typing import Optional
+from typing import Any, Optional
 
 import flax.linen as nn
 import jax
-import jax.numpy as jnp
 import ml_collections
 from absl import flags
+from etils import epath
 
-from mobilebert_jax import checkpointing, optim
+from mobilebert_jax import model_source
 from mobilebert_jax.errors import ConfigError
 from mobilebert_jax.data.errors import DataError
 from mobilebert_jax.data.tokenizers import load_tokenizer
@@ -28,29 +29,35 @@ from mobilebert_jax.modeling import MobileBertForQuestionAnswering, MobileBertFo
 from mobilebert_jax.tasks import finetuning, glue, glue_metrics, glue_submission, squad_data, squad_metrics
 from mobilebert_jax.tasks.prediction import predict
 from mobilebert_jax.tasks.squad_postprocess import decode_spans
-from mobilebert_jax.train import step as step_lib
+from mobilebert_jax.train import lineage
 
 
-def restore_params(config: ml_collections.ConfigDict, workdir: str, model: nn.Module,
-                   step: Optional[int] = None) -> dict:
-    """The trained parameters of `workdir`'s checkpoint, on one device."""
-    seq_len = config.data.max_seq_length
+@dataclasses.dataclass(frozen=True)
+class FinishedRun:
+    """What a fine-tuning run's workdir alone holds: no init checkpoint or outside tokenizer is read."""
+    config: ml_collections.ConfigDict
+    model: nn.Module
+    params: Any  # numpy, the model's own tree
+    tokenizer: str  # the spec of the run's recorded tokenizer copy
 
-    def init_state(key):
-        params = model.init(key, jnp.zeros((1, seq_len), jnp.int32))["params"]
-        tx = optim.build_optimizer(config.optimizer, params)
-        return nn.meta.unbox(step_lib.TrainState(step=jnp.zeros((), jnp.int32), params=params,
-                                                 opt_state=tx.init(params)))
 
-    device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
-    abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=device),
-                            jax.eval_shape(init_state, jax.random.key(0)))
-    ckpt = checkpointing.Checkpointer.from_config(os.path.join(workdir, "checkpoints"), config.checkpoint)
-    if ckpt.latest_step() is None:
-        raise FileNotFoundError(f"{workdir}/checkpoints: no checkpoint to evaluate")
-    state = ckpt.restore(abstract, step=step)
-    ckpt.close()
-    return state.params
+def load_run(workdir: str, step: Optional[int] = None) -> FinishedRun:
+    """The model, trained parameters (latest checkpoint, or `step`) and tokenizer of a fine-tuning run."""
+    config_file = epath.Path(workdir) / "config.json"
+    if not config_file.exists():
+        raise ConfigError(f"--workdir={workdir!r}: no config.json; expected the workdir of a fine-tuning run")
+    config = ml_collections.ConfigDict(json.loads(config_file.read_text()))
+    model_cfg = finetuning.model_config(config)
+    if config.stage == "glue_finetuning":
+        model = MobileBertForSequenceClassification(model_cfg, num_labels=glue.get_task(config.task).num_labels)
+    elif config.stage == "squad_finetuning":
+        model = MobileBertForQuestionAnswering(model_cfg)
+    else:
+        raise ConfigError(f"--workdir={workdir!r}: stage {config.stage!r} is not a fine-tuning run")
+    where = f"--workdir={workdir!r}" + (f" --step={step}" if step is not None else "")
+    path = epath.Path(workdir) / "checkpoints" / str(step) if step is not None else epath.Path(workdir)
+    params = model_source.read(model_source.open_source(str(path), where))
+    return FinishedRun(config, model, params, lineage.run_tokenizer(workdir, config))
 
 
 def _apply_fn(model, params):
@@ -63,12 +70,10 @@ def _apply_fn(model, params):
     return fn
 
 
-def evaluate_glue(config: ml_collections.ConfigDict, params, output_dir: str, batch_size: int) -> dict:
-    task = glue.get_task(config.task)
-    model_cfg, _ = finetuning.model_config(config)
-    model = MobileBertForSequenceClassification(model_cfg, num_labels=task.num_labels)
-    tokenizer = load_tokenizer(config.data.vocab)
-    fn = _apply_fn(model, params)
+def evaluate_glue(run: FinishedRun, output_dir: str, batch_size: int) -> dict:
+    config, task = run.config, glue.get_task(run.config.task)
+    tokenizer = load_tokenizer(run.tokenizer)
+    fn = _apply_fn(run.model, run.params)
     report = {}
     for split in (*task.eval_splits, *task.test_splits):
         try:
@@ -88,13 +93,12 @@ def evaluate_glue(config: ml_collections.ConfigDict, params, output_dir: str, ba
     return report
 
 
-def evaluate_squad(config: ml_collections.ConfigDict, params, output_dir: str, batch_size: int) -> dict:
-    model_cfg, _ = finetuning.model_config(config)
-    model = MobileBertForQuestionAnswering(model_cfg)
-    tokenizer = load_tokenizer(config.data.vocab)
+def evaluate_squad(run: FinishedRun, output_dir: str, batch_size: int) -> dict:
+    config = run.config
+    tokenizer = load_tokenizer(run.tokenizer)
     examples = finetuning.squad_examples(config, "dev")
     features = squad_data.build_features(examples, tokenizer, **finetuning.squad_feature_options(config))
-    logits = predict(_apply_fn(model, params), features.arrays, batch_size)
+    logits = predict(_apply_fn(run.model, run.params), features.arrays, batch_size)
     version_2 = config.version == "2.0"
     decoded = decode_spans(examples, features, logits["start_logits"], logits["end_logits"], version_2=version_2,
                            n_best_size=config.eval.get("n_best_size", 20),
@@ -112,21 +116,11 @@ def evaluate_squad(config: ml_collections.ConfigDict, params, output_dir: str, b
 
 
 def evaluate_run(workdir: str, step: Optional[int] = None, batch_size: int = 64) -> dict:
-    with open(os.path.join(workdir, "config.json")) as f:
-        config = ml_collections.ConfigDict(json.load(f))
-    if config.stage == "glue_finetuning":
-        task = glue.get_task(config.task)
-        model = MobileBertForSequenceClassification(finetuning.model_config(config)[0], num_labels=task.num_labels)
-        evaluate = evaluate_glue
-    elif config.stage == "squad_finetuning":
-        model = MobileBertForQuestionAnswering(finetuning.model_config(config)[0])
-        evaluate = evaluate_squad
-    else:
-        raise ConfigError(f"{workdir}/config.json: stage {config.stage!r} is not a fine-tuning run")
-    params = restore_params(config, workdir, model, step)
+    run = load_run(workdir, step)
+    evaluate = evaluate_glue if run.config.stage == "glue_finetuning" else evaluate_squad
     output_dir = os.path.join(workdir, "eval")
     os.makedirs(output_dir, exist_ok=True)
-    report = evaluate(config, params, output_dir, batch_size)
+    report = evaluate(run, output_dir, batch_size)
     with open(os.path.join(output_dir, "metrics.json"), "w") as f:
         json.dump(report, f, indent=2)
     return report

@@ -1,16 +1,16 @@
 """GLUE and SQuAD fine-tuning as `Task`s of the generic trainer (`train.trainer.train`).
 
-The model starts from `config.init_checkpoint`: a directory written by
-`convert.save_params` (a distilled or pretrained MobileBERT) or an HF
-MobileBERT directory. Its backbone (`mobilebert/...`) is copied; the task head
-is freshly initialized. With no checkpoint the model is trained from scratch
+The model starts from `config.init_checkpoint`: anything `model_source` reads
+(a distillation or pretraining workdir, a checkpoint step, a params directory,
+an HF directory or hub id). Its backbone (`mobilebert/...`) is copied; the task
+head is freshly initialized. Its tokenizer is the run's unless
+`config.data.vocab` names the same one (train/lineage.py). With no checkpoint the model is trained from scratch
 from `config.model` (smoke runs). `config.model_overrides` replaces fields
 of the checkpoint's config (dropout for fine-tuning, the dtype).
 """
 
 from __future__ import annotations
 
-import os
 from typing import Any, Optional
 
 import flax.linen as nn
@@ -20,7 +20,7 @@ import ml_collections
 import numpy as np
 from flax import traverse_util
 
-from mobilebert_jax import flops
+from mobilebert_jax import flops, model_source
 from mobilebert_jax.config import ConfigError, MobileBertConfig
 from mobilebert_jax.data.tokenizers import load_tokenizer
 from mobilebert_jax.modeling import MobileBertForQuestionAnswering, MobileBertForSequenceClassification
@@ -31,30 +31,23 @@ from mobilebert_jax.train.task import Task
 BACKBONE = "mobilebert"
 
 
-def load_backbone(path: str) -> tuple[MobileBertConfig, dict[str, np.ndarray]]:
-    """(config, flat backbone params "mobilebert/...") from a save_params or HF directory."""
-    from mobilebert_jax import convert
-
-    if not os.path.isdir(path):
-        raise ConfigError(f"config.init_checkpoint={path!r}: not a directory")
-    if os.path.isfile(os.path.join(path, convert.native.PARAMS_FILE)):
-        model_config, params = convert.load_params(path)
-    else:
-        model_config, params = convert.from_hf(path)
-    flat = traverse_util.flatten_dict(nn.unbox(params), sep="/")
-    backbone = {k: np.asarray(v) for k, v in flat.items() if k.startswith(BACKBONE + "/")}
-    if not backbone:
-        raise ConfigError(f"config.init_checkpoint={path!r}: no {BACKBONE}/... parameters in it")
-    return model_config, backbone
-
-
-def model_config(config: ml_collections.ConfigDict) -> tuple[MobileBertConfig, Optional[dict[str, np.ndarray]]]:
+def model_config(config: ml_collections.ConfigDict) -> MobileBertConfig:
+    """`config.model` with `config.model_overrides`; train/lineage.py has made `config.model` the init checkpoint's."""
     overrides = dict(config.get("model_overrides", {}) or {})
-    if config.get("init_checkpoint"):
-        base, backbone = load_backbone(config.init_checkpoint)
-    else:
-        base, backbone = MobileBertConfig.from_dict(config.model.to_dict()), None
-    return (base.replace(**overrides) if overrides else base), backbone
+    base = MobileBertConfig.from_dict(config.model.to_dict())
+    return base.replace(**overrides) if overrides else base
+
+
+def init_backbone(config: ml_collections.ConfigDict) -> Optional[dict[str, np.ndarray]]:
+    """Flat backbone params ("mobilebert/...") of `config.init_checkpoint` (any model_source kind), or None."""
+    if not config.get("init_checkpoint"):
+        return None
+    source = model_source.open_source(config.init_checkpoint, "config.init_checkpoint")
+    flat = traverse_util.flatten_dict(model_source.read(source), sep="/")
+    backbone = {k: v for k, v in flat.items() if k.startswith(BACKBONE + "/")}
+    if not backbone:
+        raise ConfigError(f"config.init_checkpoint={config.init_checkpoint!r}: no {BACKBONE}/... parameters in it")
+    return backbone
 
 
 def with_backbone(fresh_boxed: Any, backbone: Optional[dict[str, np.ndarray]]) -> Any:
@@ -115,7 +108,7 @@ def glue_examples(config: ml_collections.ConfigDict, task: glue.GlueTask, split:
 def build_glue_task(config: ml_collections.ConfigDict, workdir: str) -> Task:
     del workdir
     task = glue.get_task(config.task)
-    model_cfg, backbone = model_config(config)
+    model_cfg, backbone = model_config(config), init_backbone(config)
     model = MobileBertForSequenceClassification(model_cfg, num_labels=task.num_labels)
     tokenizer = load_tokenizer(config.data.vocab)
     seq_len = config.data.max_seq_length
@@ -145,7 +138,7 @@ def squad_feature_options(config: ml_collections.ConfigDict) -> dict[str, int]:
 
 def build_squad_task(config: ml_collections.ConfigDict, workdir: str) -> Task:
     del workdir
-    model_cfg, backbone = model_config(config)
+    model_cfg, backbone = model_config(config), init_backbone(config)
     model = MobileBertForQuestionAnswering(model_cfg)
     tokenizer = load_tokenizer(config.data.vocab)
     options = squad_feature_options(config)

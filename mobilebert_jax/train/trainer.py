@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import math
 import os
 from typing import Any, Callable, Iterator
 
@@ -23,8 +24,9 @@ import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from mobilebert_jax import checkpointing, experiment_config, hardware, optim, partitioning, plot
-from mobilebert_jax.errors import DataError
+from mobilebert_jax.errors import DataError, NonFiniteLossError
 from mobilebert_jax.metrics_writer import MetricsWriter
+from mobilebert_jax.train import lineage
 from mobilebert_jax.train import step as step_lib
 from mobilebert_jax.train.task import Task
 
@@ -119,6 +121,7 @@ FINISHED = "FINISHED"
 def train(config: ml_collections.ConfigDict, workdir: str, build_task: TaskBuilder) -> dict[str, float]:
     """Runs (or resumes) the stage `config` describes in `workdir`; returns the final metrics."""
     # Everything that can be wrong with the config fails here, before any data work or compile.
+    lineage.resolve(config)
     experiment_config.validate(config, jax.device_count(), process_count=jax.process_count())
     os.makedirs(workdir, exist_ok=True)
     experiment_config.save_resolved(config, workdir)
@@ -126,6 +129,7 @@ def train(config: ml_collections.ConfigDict, workdir: str, build_task: TaskBuild
     finished_marker = epath.Path(workdir) / FINISHED
     if jax.process_index() == 0:
         finished_marker.unlink(missing_ok=True)
+    lineage.record_tokenizer(config, workdir)
     mesh = partitioning.make_mesh(config.mesh)
     task = build_task(config, workdir)
     program = build_program(config, task, mesh)
@@ -167,6 +171,16 @@ def train(config: ml_collections.ConfigDict, workdir: str, build_task: TaskBuild
                 batch = partitioning.make_global_batch(next(task.train_iterator), mesh, rules)
                 state, metrics = train_step(state, batch, frozen)
                 done = step + 1
+                # Checked every step (a small host sync) so that a diverged state is never saved.
+                bad = sorted(k for k, v in jax.device_get(metrics).items() if not math.isfinite(float(v)))
+                if bad:
+                    ckpt.wait()
+                    last = ckpt.latest_step()
+                    writer.close()
+                    raise NonFiniteLossError(
+                        f"step {done}: {', '.join(bad)} is not finite; stopped without saving this state. Last good "
+                        + (f"checkpoint: step {last} in {os.path.join(workdir, 'checkpoints')}" if last is not None
+                           else "checkpoint: none (the run diverged before its first save)"))
                 if done == profile.start_step + profile.num_steps and profile.num_steps > 0 and \
                         jax.process_index() == 0:
                     jax.block_until_ready(state)
