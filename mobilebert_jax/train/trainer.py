@@ -22,7 +22,7 @@ import ml_collections
 import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from mobilebert_jax import checkpointing, experiment_config, hardware, optim, partitioning, plot
+from mobilebert_jax import checkpointing, experiment_config, hardware, optim, partitioning, plot, storage
 from mobilebert_jax.errors import DataError
 from mobilebert_jax.metrics_writer import MetricsWriter
 from mobilebert_jax.train import step as step_lib
@@ -120,7 +120,7 @@ def train(config: ml_collections.ConfigDict, workdir: str, build_task: TaskBuild
     """Runs (or resumes) the stage `config` describes in `workdir`; returns the final metrics."""
     # Everything that can be wrong with the config fails here, before any data work or compile.
     experiment_config.validate(config, jax.device_count(), process_count=jax.process_count())
-    os.makedirs(workdir, exist_ok=True)
+    storage.path(workdir).mkdir(parents=True, exist_ok=True)
     experiment_config.save_resolved(config, workdir)
     # FINISHED (written last) tells launch/tpu_run.sh's watch that this run is complete; an older one would lie.
     finished_marker = epath.Path(workdir) / FINISHED
