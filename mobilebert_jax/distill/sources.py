@@ -22,9 +22,9 @@ from typing import Any
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
-from etils import epath
 from flax import traverse_util
 
+from mobilebert_jax import storage
 from mobilebert_jax.config import ConfigError, MobileBertConfig
 from mobilebert_jax.convert import native
 
@@ -47,7 +47,7 @@ def open_source(path: str, where: str) -> Source:
     if not path:
         raise ConfigError(f"{where} is empty; expected a trainer workdir, a checkpoint step directory or a params "
                           f"directory")
-    if os.path.isfile(os.path.join(path, native.PARAMS_FILE)):
+    if storage.path(path, native.PARAMS_FILE).is_file():
         return _params_dir(path, where)
     step_dir = _checkpoint_step_dir(path)
     if step_dir is None:
@@ -63,32 +63,31 @@ def _params_dir(path: str, where: str) -> Source:
         config = MobileBertConfig.from_hf_json(os.path.join(path, "config.json"))
     except ConfigError as e:
         raise ConfigError(f"{where}: {e}") from None
-    with safe_open(os.path.join(path, native.PARAMS_FILE), framework="numpy") as f:
+    with safe_open(storage.local_copy(os.path.join(path, native.PARAMS_FILE)), framework="numpy") as f:
         shapes = {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
     return Source("params_dir", path, config, shapes)
 
 
 def _checkpoint_step_dir(path: str) -> str | None:
-    if os.path.isdir(os.path.join(path, _STATE)):
+    if storage.path(path, _STATE).is_dir():
         return path
-    root = os.path.join(path, _CHECKPOINTS)
-    if not os.path.isdir(root):
+    root = storage.path(path, _CHECKPOINTS)
+    if not root.is_dir():
         return None
     # Orbax renames a step directory to its number only once it is complete.
-    steps = [int(n) for n in os.listdir(root) if n.isdigit() and os.path.isdir(os.path.join(root, n, _STATE))]
+    steps = [int(p.name) for p in root.iterdir() if p.name.isdigit() and (p / _STATE).is_dir()]
     return os.path.join(root, str(max(steps))) if steps else None
 
 
 def _checkpoint(step_dir: str, where: str) -> Source:
     config_file = os.path.join(step_dir, _CONFIG, "config.json")
     try:
-        with open(config_file) as f:
-            model = json.load(f)["model"]
+        model = json.loads(storage.path(config_file).read_text())["model"]
         config = MobileBertConfig.from_dict(model)
     except (OSError, KeyError, ValueError, TypeError) as e:
         raise ConfigError(f"{where}: cannot read the model config of checkpoint {step_dir} from {config_file}: "
                           f"{type(e).__name__}: {e}") from None
-    metadata = ocp.PyTreeCheckpointHandler().metadata(epath.Path(os.path.abspath(step_dir)) / _STATE).tree
+    metadata = ocp.PyTreeCheckpointHandler().metadata(storage.path(storage.absolute(step_dir)) / _STATE).tree
     if "params" not in metadata:
         raise ConfigError(f"{where}: checkpoint {step_dir} holds no 'params' in its train state")
     flat = traverse_util.flatten_dict(metadata["params"], sep="/")
@@ -129,10 +128,10 @@ def load_params(source: Source, abstract_params: Any) -> Any:
     if source.kind == "params_dir":
         from safetensors.numpy import load_file
 
-        flat = load_file(os.path.join(source.path, native.PARAMS_FILE))
+        flat = load_file(storage.local_copy(os.path.join(source.path, native.PARAMS_FILE)))
         params = traverse_util.unflatten_dict(flat, sep="/")
         return jax.tree.map(lambda x, a: jax.device_put(np.asarray(x, a.dtype), a.sharding), params, abstract_params)
-    state_dir = os.path.abspath(os.path.join(source.path, _STATE))
+    state_dir = storage.path(storage.absolute(source.path), _STATE)
     item = {"params": abstract_params}
     restored = ocp.PyTreeCheckpointer().restore(state_dir, args=ocp.args.PyTreeRestore(
         item=item, restore_args=ocp.checkpoint_utils.construct_restore_args(item), partial_restore=True))

@@ -20,7 +20,7 @@ import ml_collections
 import numpy as np
 from flax import traverse_util
 
-from mobilebert_jax import flops
+from mobilebert_jax import flops, storage
 from mobilebert_jax.config import ConfigError, MobileBertConfig
 from mobilebert_jax.data.tokenizers import load_tokenizer
 from mobilebert_jax.modeling import MobileBertForQuestionAnswering, MobileBertForSequenceClassification
@@ -35,9 +35,9 @@ def load_backbone(path: str) -> tuple[MobileBertConfig, dict[str, np.ndarray]]:
     """(config, flat backbone params "mobilebert/...") from a save_params or HF directory."""
     from mobilebert_jax import convert
 
-    if not os.path.isdir(path):
+    if not storage.path(path).is_dir():
         raise ConfigError(f"config.init_checkpoint={path!r}: not a directory")
-    if os.path.isfile(os.path.join(path, convert.native.PARAMS_FILE)):
+    if storage.path(path, convert.native.PARAMS_FILE).is_file():
         model_config, params = convert.load_params(path)
     else:
         model_config, params = convert.from_hf(path)
