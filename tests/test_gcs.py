@@ -23,7 +23,7 @@ import time
 import pytest
 
 from mobilebert_jax import storage
-from tests.gcs_emulator import gcs  # noqa: F401  (the fixture)
+from gcs_emulator import gcs  # noqa: F401  (the fixture)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TEACHER = os.path.join(ROOT, "experiments", "teacher_ib_bert_large.py") + ":smoke"

@@ -20,7 +20,7 @@ import jax.numpy as jnp
 import ml_collections
 from absl import flags
 
-from mobilebert_jax import checkpointing, optim
+from mobilebert_jax import checkpointing, optim, storage
 from mobilebert_jax.errors import ConfigError
 from mobilebert_jax.data.errors import DataError
 from mobilebert_jax.data.tokenizers import load_tokenizer
@@ -112,8 +112,7 @@ def evaluate_squad(config: ml_collections.ConfigDict, params, output_dir: str, b
 
 
 def evaluate_run(workdir: str, step: Optional[int] = None, batch_size: int = 64) -> dict:
-    with open(os.path.join(workdir, "config.json")) as f:
-        config = ml_collections.ConfigDict(json.load(f))
+    config = ml_collections.ConfigDict(json.loads(storage.path(workdir, "config.json").read_text()))
     if config.stage == "glue_finetuning":
         task = glue.get_task(config.task)
         model = MobileBertForSequenceClassification(finetuning.model_config(config)[0], num_labels=task.num_labels)
@@ -125,10 +124,9 @@ def evaluate_run(workdir: str, step: Optional[int] = None, batch_size: int = 64)
         raise ConfigError(f"{workdir}/config.json: stage {config.stage!r} is not a fine-tuning run")
     params = restore_params(config, workdir, model, step)
     output_dir = os.path.join(workdir, "eval")
-    os.makedirs(output_dir, exist_ok=True)
+    storage.path(output_dir).mkdir(parents=True, exist_ok=True)
     report = evaluate(config, params, output_dir, batch_size)
-    with open(os.path.join(output_dir, "metrics.json"), "w") as f:
-        json.dump(report, f, indent=2)
+    storage.path(output_dir, "metrics.json").write_text(json.dumps(report, indent=2))
     return report
 
 

@@ -120,6 +120,7 @@ def train(config: ml_collections.ConfigDict, workdir: str, build_task: TaskBuild
     """Runs (or resumes) the stage `config` describes in `workdir`; returns the final metrics."""
     # Everything that can be wrong with the config fails here, before any data work or compile.
     experiment_config.validate(config, jax.device_count(), process_count=jax.process_count())
+    experiment_config.check_shared_storage(config, workdir, jax.process_count())
     storage.path(workdir).mkdir(parents=True, exist_ok=True)
     experiment_config.save_resolved(config, workdir)
     # FINISHED (written last) tells launch/tpu_run.sh's watch that this run is complete; an older one would lie.
