@@ -6,9 +6,9 @@ be empty and no `gs:` directory may exist anywhere we can see: a gs:// path
 never becomes a local one. Files ArrayRecord needs locally go to the per-host
 scratch directory (MOBILEBERT_JAX_SCRATCH), which the tests point elsewhere.
 
-CI runs `test_teacher_run_on_gcs` (data preparation + a smoke teacher run with
-checkpoints). The rest is marked slow; run everything with
-    python -m pytest -q tests/test_gcs.py -m "slow or not slow"
+CI (`-m "not slow"`) runs `test_teacher_run_on_gcs` (data preparation + a smoke
+teacher run with checkpoints). The rest is marked slow; run it with
+    python -m pytest -q tests/test_gcs.py -m slow
 """
 
 from __future__ import annotations
@@ -88,3 +88,95 @@ def test_teacher_run_on_gcs(gcs, sandbox):
     out = _ok(_run("mobilebert_jax.main", f"--config={TEACHER}", f"--workdir={workdir}", *TINY, *_steps(6),
                    f"--config.data.prepared_dir={data}", sandbox=sandbox))
     assert "resumed from step 6" in out
+
+
+def _teacher(gcs, sandbox) -> tuple[str, str]:
+    """(data, teacher workdir) on gs://: prepared and trained for 6 steps (a finished run only resumes)."""
+    data = _prepare(gcs, sandbox)
+    workdir = gcs.uri("teacher")
+    _ok(_run("mobilebert_jax.main", f"--config={TEACHER}", f"--workdir={workdir}", *TINY, *_steps(6),
+             f"--config.data.prepared_dir={data}", sandbox=sandbox))
+    return data, workdir
+
+
+def _checkpoints(workdir: str) -> list[int]:
+    import fsspec
+    fsspec.filesystem("gcs").invalidate_cache()  # another process writes there
+    root = storage.path(workdir, "checkpoints")
+    return sorted(int(p.name) for p in root.iterdir() if p.name.isdigit()) if root.is_dir() else []
+
+
+def _state(workdir: str, step: int) -> dict:
+    import jax
+    import orbax.checkpoint as ocp
+    from flax import traverse_util
+    tree = ocp.PyTreeCheckpointer().restore(storage.path(workdir, "checkpoints", str(step), "state"))
+    return {k: jax.device_get(v) for k, v in traverse_util.flatten_dict(tree, sep="/").items()}
+
+
+@pytest.mark.slow
+def test_sigkill_mid_run_then_rerun_resumes_bit_exact(gcs, sandbox):
+    import numpy as np
+    data = _prepare(gcs, sandbox)
+    total = 30
+    args = [f"--config={TEACHER}", *TINY, *_steps(total), f"--config.data.prepared_dir={data}"]
+    _ok(_run("mobilebert_jax.main", f"--workdir={gcs.uri('straight')}", *args, sandbox=sandbox))
+
+    killed = gcs.uri("killed")
+    cwd, env = sandbox
+    proc = subprocess.Popen([sys.executable, "-m", "mobilebert_jax.main", f"--workdir={killed}", *args], cwd=cwd,
+                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        while not _checkpoints(killed):  # bounded by the run itself: it ends by step `total`
+            assert proc.poll() is None, "the run ended before its first checkpoint"
+            time.sleep(0.2)
+        proc.send_signal(signal.SIGKILL)  # no chance to save: only finished checkpoints remain
+    finally:
+        proc.wait()
+    stopped = _checkpoints(killed)[-1]
+    assert stopped < total, f"killed too late: the run had reached step {stopped}"
+
+    out = _ok(_run("mobilebert_jax.main", f"--workdir={killed}", *args, sandbox=sandbox))
+    assert f"resumed from step {stopped}" in out
+    straight, resumed = _state(gcs.uri("straight"), total), _state(killed, total)
+    assert straight.keys() == resumed.keys()
+    for k in straight:
+        np.testing.assert_array_equal(resumed[k], straight[k], err_msg=k)
+
+
+@pytest.mark.slow
+def test_distillation_reads_its_teacher_from_gcs(gcs, sandbox):
+    data, teacher = _teacher(gcs, sandbox)
+    workdir = gcs.uri("distill")
+    out = _ok(_run("mobilebert_jax.main", f"--config={ROOT}/experiments/distill_progressive.py:smoke",
+                   f"--workdir={workdir}", f"--config.distill.teacher={teacher}",
+                   "--config.teacher_model.num_hidden_layers=1", "--config.model.num_hidden_layers=1",
+                   "--config.distill.stage_steps=2", "--config.batch_size=8", "--config.log_every=1",
+                   "--config.data.max_seq_length=32", "--config.data.num_shards=4",
+                   f"--config.data.prepared_dir={data}", sandbox=sandbox))
+    assert "step 2/2" in out, out[-2000:]
+    assert any(o.startswith("distill/checkpoints/2/") for o in gcs.list("distill"))
+
+
+@pytest.mark.slow
+def test_glue_finetune_from_a_gcs_checkpoint(gcs, sandbox):
+    glue_dir = os.path.join(ROOT, "..", "shared", "data", "glue")
+    if not os.path.isdir(os.path.join(glue_dir, "MRPC")):
+        pytest.skip("../shared/data/glue/MRPC is absent")
+    import jax
+    import jax.numpy as jnp
+
+    from mobilebert_jax import convert, get_preset
+    from mobilebert_jax.modeling import MobileBertForPreTraining
+    model = get_preset("mobilebert_test", vocab_size=30522, max_position_embeddings=128)
+    params = MobileBertForPreTraining(model).init(jax.random.key(0), jnp.zeros((1, 8), jnp.int32))["params"]
+    init = convert.native.save_params(gcs.uri("init"), model, params)
+    workdir = gcs.uri("mrpc")
+    out = _ok(_run("mobilebert_jax.main", f"--config={ROOT}/experiments/finetune_glue.py:task=mrpc,smoke",
+                   f"--workdir={workdir}", f"--config.init_checkpoint={init}", "--config.total_steps=4",
+                   "--config.optimizer.schedule.total_steps=4", "--config.log_every=2",
+                   "--config.checkpoint.every_steps=4", "--config.eval.every_steps=4", "--config.batch_size=8",
+                   sandbox=sandbox))
+    assert "step 4/4" in out, out[-2000:]
+    objects = gcs.list("mrpc")
+    assert "mrpc/metrics.jsonl" in objects and any(o.startswith("mrpc/checkpoints/4/") for o in objects)
