@@ -151,7 +151,8 @@ def test_distillation_reads_its_teacher_from_gcs(gcs, sandbox):
     out = _ok(_run("mobilebert_jax.main", f"--config={ROOT}/experiments/distill_progressive.py:smoke",
                    f"--workdir={workdir}", f"--config.distill.teacher={teacher}",
                    "--config.teacher_model.num_hidden_layers=1", "--config.model.num_hidden_layers=1",
-                   "--config.distill.stage_steps=2", "--config.batch_size=8", "--config.log_every=1",
+                   "--config.distill.stage_steps=2", "--config.total_steps=2", "--config.batch_size=8",
+                   "--config.log_every=1",
                    "--config.data.max_seq_length=32", "--config.data.num_shards=4",
                    f"--config.data.prepared_dir={data}", sandbox=sandbox))
     assert "step 2/2" in out, out[-2000:]
