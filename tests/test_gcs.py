@@ -100,10 +100,14 @@ def _teacher(gcs, sandbox) -> tuple[str, str]:
 
 
 def _checkpoints(workdir: str) -> list[int]:
+    """The finished checkpoint steps. On Cloud Storage orbax cannot rename a finished step directory into place:
+    a step directory exists while it is written, and `commit_success.txt` in it marks it finished."""
     import fsspec
     fsspec.filesystem("gcs").invalidate_cache()  # another process writes there
     root = storage.path(workdir, "checkpoints")
-    return sorted(int(p.name) for p in root.iterdir() if p.name.isdigit()) if root.is_dir() else []
+    if not root.is_dir():
+        return []
+    return sorted(int(p.name) for p in root.iterdir() if p.name.isdigit() and (p / "commit_success.txt").exists())
 
 
 def _state(workdir: str, step: int) -> dict:
@@ -146,17 +150,18 @@ def test_sigkill_mid_run_then_rerun_resumes_bit_exact(gcs, sandbox):
 
 @pytest.mark.slow
 def test_distillation_reads_its_teacher_from_gcs(gcs, sandbox):
-    data, teacher = _teacher(gcs, sandbox)
+    data = _prepare(gcs, sandbox)
+    teacher = gcs.uri("teacher4")  # the distillation smoke config's teacher: 4 layers
+    _ok(_run("mobilebert_jax.main", f"--config={TEACHER}", f"--workdir={teacher}", *TINY, *_steps(2),
+             "--config.model.num_hidden_layers=4", f"--config.data.prepared_dir={data}", sandbox=sandbox))
     workdir = gcs.uri("distill")
     out = _ok(_run("mobilebert_jax.main", f"--config={ROOT}/experiments/distill_progressive.py:smoke",
-                   f"--workdir={workdir}", f"--config.distill.teacher={teacher}",
-                   "--config.teacher_model.num_hidden_layers=1", "--config.model.num_hidden_layers=1",
-                   "--config.distill.stage_steps=2", "--config.total_steps=2", "--config.batch_size=8",
-                   "--config.log_every=1",
+                   f"--workdir={workdir}", f"--config.distill.teacher={teacher}", "--config.distill.stage_steps=1",
+                   "--config.total_steps=4", "--config.batch_size=8", "--config.log_every=1",
                    "--config.data.max_seq_length=32", "--config.data.num_shards=4",
                    f"--config.data.prepared_dir={data}", sandbox=sandbox))
-    assert "step 2/2" in out, out[-2000:]
-    assert any(o.startswith("distill/checkpoints/2/") for o in gcs.list("distill"))
+    assert "step 4/4" in out, out[-2000:]
+    assert 4 in _checkpoints(workdir)
 
 
 @pytest.mark.slow
