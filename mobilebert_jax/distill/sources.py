@@ -74,8 +74,10 @@ def _checkpoint_step_dir(path: str) -> str | None:
     root = storage.path(path, _CHECKPOINTS)
     if not root.is_dir():
         return None
-    # Orbax renames a step directory to its number only once it is complete.
-    steps = [int(p.name) for p in root.iterdir() if p.name.isdigit() and (p / _STATE).is_dir()]
+    # Locally orbax renames a step directory to its number once it is complete; on gs:// (no rename) the
+    # directory exists while it is written and a commit marker finishes it: ask orbax which are finished.
+    steps = [int(p.name) for p in root.iterdir()
+             if p.name.isdigit() and (p / _STATE).is_dir() and ocp.step.is_checkpoint_finalized(p)]
     return os.path.join(root, str(max(steps))) if steps else None
 
 
