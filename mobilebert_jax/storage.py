@@ -34,7 +34,7 @@ os.environ["EPATH_USE_TF"] = "false"
 
 from etils import epath  # noqa: E402  (after EPATH_USE_TF)
 
-from mobilebert_jax.config import ConfigError  # noqa: E402
+from mobilebert_jax.errors import ConfigError  # noqa: E402
 
 PathLike = Union[str, os.PathLike]
 SCRATCH_ENV = "MOBILEBERT_JAX_SCRATCH"

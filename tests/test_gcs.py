@@ -6,7 +6,7 @@ be empty and no `gs:` directory may exist anywhere we can see: a gs:// path
 never becomes a local one. Files ArrayRecord needs locally go to the per-host
 scratch directory (MOBILEBERT_JAX_SCRATCH), which the tests point elsewhere.
 
-CI (`-m "not slow"`) runs `test_teacher_run_on_gcs` (data preparation + a smoke
+`-m "not slow"` runs only `test_teacher_run_on_gcs` (data preparation + a smoke
 teacher run with checkpoints). The rest is marked slow; run it with
     python -m pytest -q tests/test_gcs.py -m slow
 """
