@@ -152,7 +152,7 @@ def test_sigkill_mid_run_then_rerun_resumes_bit_exact(gcs, sandbox):
 def test_distillation_reads_its_teacher_from_gcs(gcs, sandbox):
     data = _prepare(gcs, sandbox)
     teacher = gcs.uri("teacher4")  # the distillation smoke config's teacher: 4 layers
-    _ok(_run("mobilebert_jax.main", f"--config={TEACHER}", f"--workdir={teacher}", *TINY, *_steps(2),
+    _ok(_run("mobilebert_jax.main", f"--config={TEACHER}", f"--workdir={teacher}", *TINY, *_steps(3),
              "--config.model.num_hidden_layers=4", f"--config.data.prepared_dir={data}", sandbox=sandbox))
     workdir = gcs.uri("distill")
     out = _ok(_run("mobilebert_jax.main", f"--config={ROOT}/experiments/distill_progressive.py:smoke",
