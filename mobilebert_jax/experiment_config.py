@@ -37,7 +37,7 @@ from absl import flags
 from etils import epath
 from ml_collections import config_flags
 
-from mobilebert_jax import checkpointing, optim, partitioning
+from mobilebert_jax import checkpointing, optim, partitioning, storage
 from mobilebert_jax.config import ConfigError
 
 _FLAG = "config"
@@ -196,6 +196,18 @@ def check_schedule_length(config: ml_collections.ConfigDict) -> None:
         raise ConfigError(f"config.optimizer.schedule.total_steps={length} but config.total_steps={run}: the "
                           f"learning-rate schedule must end with the run; change them together "
                           f"(--config.total_steps={run} --config.optimizer.schedule.total_steps={run})")
+
+
+def check_shared_storage(config: ml_collections.ConfigDict, workdir: str, process_count: int) -> None:
+    """With several processes (a pod's hosts), the workdir and the prepared data must be on shared storage.
+
+    Every host writes its checkpoint shards into the workdir and reads the data
+    process 0 prepared; on a local path each host would see only its own disk.
+    """
+    storage.require_shared("--workdir", workdir, process_count)
+    data = config.get("data")
+    if data is not None and data.get("prepared_dir"):
+        storage.require_shared("config.data.prepared_dir", data.prepared_dir, process_count)
 
 
 def save_resolved(config: ml_collections.ConfigDict, workdir: str) -> None:

@@ -23,6 +23,8 @@ import jax
 import numpy as np
 import tensorboardX
 
+from mobilebert_jax import storage
+
 
 class ProgressLine:
     """Formats progress lines with a smoothed step rate (exponential moving average)."""
@@ -89,11 +91,12 @@ class MetricsWriter:
         self._tb = self._jsonl = None
         if not self.active:
             return
-        os.makedirs(workdir, exist_ok=True)
+        storage.path(workdir).mkdir(parents=True, exist_ok=True)
         if tensorboard:
+            # tensorboardX writes gs:// event files itself (google-cloud-storage), local ones with open().
             self._tb = tensorboardX.SummaryWriter(logdir=os.path.join(workdir, "tensorboard"))
         if jsonl:
-            self._jsonl = open(os.path.join(workdir, "metrics.jsonl"), "a")
+            self._jsonl = storage.open_append(os.path.join(workdir, "metrics.jsonl"))
 
     def write(self, step: int, metrics: Mapping[str, float], progress: bool = True) -> None:
         """Records scalar metrics for `step`; prints a progress line unless `progress=False` (e.g. eval)."""

@@ -34,6 +34,7 @@ import orbax.checkpoint as ocp
 from etils import epath
 from flax import traverse_util
 
+from mobilebert_jax import storage
 from mobilebert_jax.config import ConfigError, MobileBertConfig
 from mobilebert_jax.convert.native import PARAMS_FILE
 from mobilebert_jax.data import tokenizer_record
@@ -141,8 +142,10 @@ def _checkpoint_step_dir(path: epath.Path) -> Optional[epath.Path]:
     root = path / _CHECKPOINTS
     if not root.is_dir():
         return None
-    # Orbax renames a step directory to its number only once it is complete.
-    steps = [int(p.name) for p in root.iterdir() if p.name.isdigit() and (p / _STATE).is_dir()]
+    # Locally orbax renames a step directory to its number once it is complete; on gs:// (no rename) the
+    # directory exists while it is written and a commit marker finishes it: ask orbax which are finished.
+    steps = [int(p.name) for p in root.iterdir()
+             if p.name.isdigit() and (p / _STATE).is_dir() and ocp.step.is_checkpoint_finalized(p)]
     return root / str(max(steps)) if steps else None
 
 
@@ -227,15 +230,9 @@ def read_checked(spec: str, expected: MobileBertConfig, abstract_params: Any, wh
 
 
 def _absolute(path: epath.Path) -> epath.Path:
-    return path if "://" in str(path) else epath.Path(os.path.abspath(str(path)))
+    return epath.Path(storage.absolute(path))
 
 
 def _local(path: epath.Path) -> str:
-    """safetensors reads local files only; a remote file is copied to a temporary one first."""
-    if "://" not in str(path):
-        return str(path)
-    import tempfile
-
-    local = os.path.join(tempfile.mkdtemp(prefix="mobilebert_jax_"), path.name)
-    epath.Path(local).write_bytes(path.read_bytes())
-    return local
+    """safetensors reads local files only; a remote file is read from a local copy."""
+    return storage.local_copy(path)

@@ -2,7 +2,8 @@
 
 The stage is progressive transfer (the IB-BERT teacher a frozen argument of the step, a stage boundary at step
 4) with the real data pipeline: process 0 prepares the bundled corpus, every process loads its own half of each
-global batch. The pytest process (8 devices from conftest) trains the reference in-process; the workers are
+global batch. Storage is laid out like a pod's: the teacher, the prepared data and the workdir are on (emulated,
+tests/gcs_emulator.py) gs://, and each process has only its own local scratch directory, as separate hosts do. The pytest process (8 devices from conftest) trains the reference in-process; the workers are
 this file run as a script, each with its own process id, the coordinator on localhost and
 JAX_NUM_CPU_DEVICES=4, the way launch/tpu_run.sh starts the trainer on every host of a pod.
 """
@@ -20,6 +21,8 @@ import time
 import numpy as np
 import pytest
 from limits import HANG_S
+
+from gcs_emulator import gcs  # noqa: F401  (the fixture)
 
 TESTS = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(TESTS)
@@ -40,12 +43,12 @@ def _config(root):
     from test_distill_task import make_config
 
     teacher, student = tiny_models()
-    c = make_config("progressive", os.path.join(root, "teacher"), teacher, student, stage_steps=STAGE_STEPS)
+    c = make_config("progressive", f"{root}/teacher", teacher, student, stage_steps=STAGE_STEPS)
     c.mesh.shape = MESH
     c.batch_size = 8
     c.data.max_seq_length = 32
     c.data.max_predictions_per_seq = 4
-    c.data.prepared_dir = os.path.join(root, "data")  # prepared once, read by every run
+    c.data.prepared_dir = f"{root}/data"  # prepared once, read by every run
     c.eval.num_batches = 0
     c.checkpoint.every_steps = 2
     c.checkpoint.keep_last = 10
@@ -59,11 +62,12 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_workers(root, workdir, port: int, slow: float = 0.0) -> list[subprocess.Popen]:
+def start_workers(root, workdir, port: int, scratch, slow: float = 0.0) -> list[subprocess.Popen]:
     procs = []
     for i in range(2):
         env = dict(os.environ, JAX_COORDINATOR_ADDRESS=f"localhost:{port}", JAX_NUM_PROCESSES="2",
-                   JAX_PROCESS_ID=str(i), JAX_NUM_CPU_DEVICES="4", JAX_PLATFORMS="cpu", SLOW_STEP_SECONDS=str(slow))
+                   JAX_PROCESS_ID=str(i), JAX_NUM_CPU_DEVICES="4", JAX_PLATFORMS="cpu", SLOW_STEP_SECONDS=str(slow),
+                   MOBILEBERT_JAX_SCRATCH=str(scratch / f"host_{i}"))
         env.pop("XLA_FLAGS", None)
         procs.append(subprocess.Popen([sys.executable, __file__, str(root), str(workdir)], env=env, cwd=REPO,
                                       stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
@@ -85,16 +89,28 @@ def finish(procs, timeout=HANG_S) -> list[str]:
     return outs
 
 
+def _fresh(uri: str):
+    """`uri` as a path, with gcsfs's listing cache dropped: other processes write there."""
+    import fsspec
+
+    from mobilebert_jax import storage
+    fsspec.filesystem("gcs").invalidate_cache()
+    return storage.path(uri)
+
+
 def _data_states(step_dir) -> dict[str, int]:
     out = {}
-    for name in sorted(os.listdir(os.path.join(step_dir, "data"))):
-        if name.endswith(".json"):
-            with open(os.path.join(step_dir, "data", name)) as f:
-                out[name] = json.load(f)["state"]
+    for path in sorted(_fresh(f"{step_dir}/data").iterdir()):
+        if path.name.endswith(".json"):
+            out[path.name] = json.loads(path.read_text())["state"]
     return out
 
 
-def test_two_processes_preempted_on_one_host_resume_and_equal_one_process(tmp_path):
+def _steps(workdir) -> list[int]:
+    return sorted(int(p.name) for p in _fresh(f"{workdir}/checkpoints").iterdir() if p.name.isdigit())
+
+
+def test_two_processes_preempted_on_one_host_resume_and_equal_one_process(tmp_path, gcs):
     from test_distill_resume import _final_params as final_student
     from test_distill_task import save_teacher
 
@@ -102,39 +118,60 @@ def test_two_processes_preempted_on_one_host_resume_and_equal_one_process(tmp_pa
     from mobilebert_jax.distill.task import build_distillation_task
     from mobilebert_jax.train.trainer import train
 
-    save_teacher(tmp_path / "teacher", tiny_models()[0])
-    c = _config(str(tmp_path))
+    root = gcs.uri("multihost")
+    save_teacher(f"{root}/teacher", tiny_models()[0])
+    c = _config(root)
     metrics = train(c, str(tmp_path / "single"), build_distillation_task)  # also prepares the workers' data
     assert metrics["stage"] == LAYERS - 1  # progressive transfer went through both stages
 
-    multi = tmp_path / "multi"
-    procs = start_workers(tmp_path, multi, free_port(), slow=0.4)
-    deadline = time.time() + 300
-    while not os.path.isdir(multi / "checkpoints" / "2"):
+    multi = f"{root}/multi"
+    procs = start_workers(root, multi, free_port(), tmp_path / "scratch", slow=0.4)
+    hung = time.time() + HANG_S  # only against a hang
+    while not _fresh(f"{multi}/checkpoints/2").is_dir():
         assert all(p.poll() is None for p in procs), finish(procs)
-        assert time.time() < deadline, "no checkpoint at step 2"
-        time.sleep(0.1)
+        if time.time() > hung:
+            for p in procs:
+                p.kill()
+            pytest.fail("no checkpoint at step 2:\n" + "\n".join(p.communicate()[0][-3000:] for p in procs))
+        time.sleep(0.2)
     procs[1].send_signal(signal.SIGTERM)  # a maintenance event on the second host only
     out0, _ = finish(procs)
 
-    steps = sorted(int(n) for n in os.listdir(multi / "checkpoints") if n.isdigit())
-    stopped = steps[-1]
+    stopped = _steps(multi)[-1]
     assert 2 < stopped < TOTAL, out0
     assert f"preempted: saved a checkpoint at step {stopped}" in out0
     # Both hosts stopped after the same step, each having read its own half of every batch so far.
-    states = _data_states(multi / "checkpoints" / str(stopped))
+    states = _data_states(f"{multi}/checkpoints/{stopped}")
     assert sorted(states) == ["process_0-of-2.json", "process_1-of-2.json"]
     assert states["process_0-of-2.json"] == states["process_1-of-2.json"], states
 
-    out0, _ = finish(start_workers(tmp_path, multi, free_port()))
+    out0, _ = finish(start_workers(root, multi, free_port(), tmp_path / "scratch"))
     assert f"resumed from step {stopped}" in out0
 
-    assert os.path.isdir(multi / "checkpoints" / str(TOTAL))
+    assert TOTAL in _steps(multi)
     student = MobileBertConfig.from_dict(c.model.to_dict())
     single, resumed = final_student(tmp_path / "single", student), final_student(multi, student)
     assert single.keys() == resumed.keys()
     for k in single:
         np.testing.assert_allclose(resumed[k], single[k], rtol=1e-5, atol=1e-6, err_msg=k)
+
+
+@pytest.mark.parametrize("field", ["--workdir", "config.data.prepared_dir"])
+def test_local_paths_with_several_processes_are_refused(tmp_path, field):
+    from mobilebert_jax import experiment_config
+    from mobilebert_jax.config import ConfigError
+
+    c = _config("gs://bucket/run")
+    workdir = "gs://bucket/run/multi"
+    if field == "--workdir":
+        workdir = str(tmp_path / "multi")
+    else:
+        c.data.prepared_dir = str(tmp_path / "data")
+    experiment_config.check_shared_storage(c, workdir, process_count=1)  # one host: local is fine
+    with pytest.raises(ConfigError, match=rf"{field}='{tmp_path}/.*' is a local path, but 2 processes .*"
+                                          r"Use shared storage \(gs://"):
+        experiment_config.check_shared_storage(c, workdir, process_count=2)
+    assert not os.listdir(tmp_path)
 
 
 def test_incomplete_settings_name_what_is_missing(monkeypatch):

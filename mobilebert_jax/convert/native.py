@@ -9,13 +9,13 @@ export to this format (`python -m mobilebert_jax.convert from-run`);
 from __future__ import annotations
 
 import json
-import os
 
 import flax.linen as nn
 import jax
 import numpy as np
 from flax import traverse_util
-from safetensors.numpy import save_file
+from etils import epath
+from safetensors.numpy import save
 
 from mobilebert_jax.config import MobileBertConfig
 from mobilebert_jax.convert.hf import architecture_of
@@ -25,14 +25,12 @@ PARAMS_FILE = "params.safetensors"
 
 def save_params(path: str, config: MobileBertConfig, params, architecture: str | None = None) -> str:
     params = nn.unbox(params)
-    os.makedirs(path, exist_ok=True)
+    epath.Path(path).mkdir(parents=True, exist_ok=True)  # local or gs://
     flat = traverse_util.flatten_dict(params, sep="/")
     arrays = {k: np.ascontiguousarray(np.asarray(jax.device_get(v), np.float32)) for k, v in flat.items()}
     arch = architecture or architecture_of(params)
-    save_file(arrays, os.path.join(path, PARAMS_FILE), metadata={"architecture": arch})
+    epath.Path(path, PARAMS_FILE).write_bytes(save(arrays, metadata={"architecture": arch}))
     hf = config.to_hf_dict()
     hf["architectures"] = [arch]
-    with open(os.path.join(path, "config.json"), "w") as f:
-        json.dump(hf, f, indent=2, sort_keys=True)
-        f.write("\n")
+    epath.Path(path, "config.json").write_text(json.dumps(hf, indent=2, sort_keys=True) + "\n")
     return path

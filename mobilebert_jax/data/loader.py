@@ -20,6 +20,7 @@ import grain
 import ml_collections
 import numpy as np
 
+from mobilebert_jax import storage
 from mobilebert_jax.data import records
 from mobilebert_jax.data.errors import DataError
 from mobilebert_jax.data.manifest import load_manifest
@@ -145,7 +146,8 @@ def make_pretraining_dataset(data_config: ml_collections.ConfigDict, *, split: s
         raise DataError(f"{data_config.prepared_dir} has no {split!r} split (held_out_fraction="
                         f"{settings['held_out_fraction']}); splits: {sorted(manifest['splits'])}")
     info = manifest["splits"][split]
-    paths = [f"{data_config.prepared_dir}/{name}" for name in info["shards"]]
+    # ArrayRecord opens local files only: gs:// shards are read from this host's scratch copy.
+    paths = [storage.local_copy(f"{data_config.prepared_dir}/{name}") for name in info["shards"]]
     source = grain.sources.ArrayRecordDataSource(paths)
     if len(source) != info["instances"]:
         raise DataError(f"{data_config.prepared_dir}: the {split} shards hold {len(source)} instances, the "

@@ -6,6 +6,7 @@ import json
 import os
 from typing import Any
 
+from mobilebert_jax import storage
 from mobilebert_jax.data.errors import DataError
 
 FORMAT_VERSION = 1
@@ -14,17 +15,12 @@ SETTINGS = "settings.json"  # written first, so a restarted run can tell whether
 
 
 def write_json_atomic(path: str, obj: Any) -> None:
-    tmp = path + ".tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(obj, f, indent=1, sort_keys=True)
-        f.write("\n")
-    os.replace(tmp, path)
+    storage.write_text_atomic(path, json.dumps(obj, indent=1, sort_keys=True) + "\n")
 
 
 def read_json(path: str) -> Any:
     try:
-        with open(path, encoding="utf-8") as f:
-            return json.load(f)
+        return json.loads(storage.path(path).read_text(encoding="utf-8"))
     except json.JSONDecodeError as e:
         raise DataError(f"{path}:{e.lineno}: not valid JSON ({e.msg}); delete the prepared directory and "
                         "prepare again") from None
@@ -43,8 +39,8 @@ def load_manifest(prepared_dir: str) -> dict[str, Any]:
     if not prepared_dir:
         raise DataError("data.prepared_dir is not set; run `python -m mobilebert_jax.data.prepare` and set it")
     path = os.path.join(prepared_dir, MANIFEST)
-    if not os.path.isfile(path):
-        partial = os.path.isfile(os.path.join(prepared_dir, SETTINGS))
+    if not storage.path(path).is_file():
+        partial = storage.path(os.path.join(prepared_dir, SETTINGS)).is_file()
         raise DataError(f"{path} not found: the preparation of {prepared_dir} "
                         f"{'did not finish; run it again to complete it' if partial else 'never ran'}")
     manifest = read_json(path)

@@ -30,6 +30,7 @@ import numpy as np
 from array_record.python.array_record_module import ArrayRecordWriter
 from tqdm import tqdm
 
+from mobilebert_jax import storage
 from mobilebert_jax.data import manifest as manifest_lib
 from mobilebert_jax.data import records
 from mobilebert_jax.data.errors import DataError
@@ -51,14 +52,14 @@ def prepare(data_config: ml_collections.ConfigDict, output_dir: str) -> dict[str
     tokenizer = load_tokenizer(data_config.tokenizer)
     settings = _settings(data_config, tokenizer)
     manifest_path = os.path.join(output_dir, manifest_lib.MANIFEST)
-    if os.path.isfile(manifest_path):
+    if storage.path(manifest_path).is_file():
         manifest = manifest_lib.load_manifest(output_dir)
         manifest_lib.check_same_settings(manifest_path, manifest["settings"], settings)
         logging.info("reusing prepared data in %s", output_dir)
         return manifest
-    os.makedirs(os.path.join(output_dir, DOCUMENTS_DIR), exist_ok=True)
+    storage.path(output_dir, DOCUMENTS_DIR).mkdir(parents=True, exist_ok=True)
     settings_path = os.path.join(output_dir, manifest_lib.SETTINGS)
-    if os.path.isfile(settings_path):
+    if storage.path(settings_path).is_file():
         manifest_lib.check_same_settings(settings_path, manifest_lib.read_json(settings_path), settings)
         logging.info("continuing the unfinished preparation in %s", output_dir)
     else:
@@ -138,7 +139,7 @@ def _check_same_plan(output_dir: str, units: Sequence[WorkUnit]) -> None:
     """A restart must see the corpus it started on, or finished units would number documents wrongly."""
     path = os.path.join(output_dir, DOCUMENTS_DIR, "plan.json")
     plan = [u.describe() for u in units] + [f"{len(units)} units"]
-    if os.path.isfile(path):
+    if storage.path(path).is_file():
         found = manifest_lib.read_json(path)
         if found != plan:
             changed = next((f"{a!r} became {b!r}" for a, b in zip(found, plan) if a != b), "")
@@ -156,7 +157,7 @@ def _run_stage(name: str, tasks: Sequence[Task], *, workers: int, unit: str, cou
     results: dict[int, dict[str, Any]] = {}
     pending = []
     for i, (_, _, done) in enumerate(tasks):
-        if os.path.isfile(done):
+        if storage.path(done).is_file():
             results[i] = manifest_lib.read_json(done)
         else:
             pending.append(i)
@@ -214,9 +215,18 @@ def _tokenize_unit(unit: WorkUnit, index: int, output_dir: str, tokenizer_spec: 
                    token_dtype: str) -> dict[str, Any]:
     tokenizer = _tokenizer(tokenizer_spec)
     skips = SkipLog()
-    counts = {"documents": 0, "sentences": 0, "tokens": 0}
     path = _unit_path(output_dir, index)
-    writer = ArrayRecordWriter(path + ".array_record.tmp", ARRAY_RECORD_OPTIONS)
+    with storage.staged_write(path + ".array_record") as local:
+        counts = _write_unit(local, unit, tokenizer, skips, max_line_bytes, token_dtype)
+    result = {**counts, "unit": unit.describe(), "skipped": skips.to_dict()}
+    manifest_lib.write_json_atomic(path + ".json", result)
+    return result
+
+
+def _write_unit(local: str, unit: WorkUnit, tokenizer: Tokenizer, skips: SkipLog, max_line_bytes: int,
+                token_dtype: str) -> dict[str, int]:
+    counts = {"documents": 0, "sentences": 0, "tokens": 0}
+    writer = ArrayRecordWriter(local, ARRAY_RECORD_OPTIONS)
     for doc_no, document in enumerate(read_unit(unit, skips, max_line_bytes=max_line_bytes)):
         sentences = [np.asarray(ids, np.int32) for ids in tokenizer.encode_batch(document)]
         kept = [s for s in sentences if len(s)]
@@ -231,10 +241,7 @@ def _tokenize_unit(unit: WorkUnit, index: int, output_dir: str, tokenizer_spec: 
         counts["sentences"] += len(kept)
         counts["tokens"] += sum(len(s) for s in kept)
     writer.close()
-    os.replace(path + ".array_record.tmp", path + ".array_record")
-    result = {**counts, "unit": unit.describe(), "skipped": skips.to_dict()}
-    manifest_lib.write_json_atomic(path + ".json", result)
-    return result
+    return counts
 
 
 def _corpus_totals(unit_counts: Sequence[dict[str, Any]]) -> dict[str, Any]:
@@ -265,7 +272,7 @@ class _DocumentReader:
 
     def __init__(self, paths: Sequence[str], token_dtype: str):
         import grain
-        self._source = grain.sources.ArrayRecordDataSource(list(paths))
+        self._source = grain.sources.ArrayRecordDataSource([storage.local_copy(p) for p in paths])
         self._token_dtype = token_dtype
 
     def __len__(self) -> int:
@@ -282,7 +289,15 @@ def _instances_shard(split: str, shard: int, num_shards: int, output_dir: str, d
     mine = docs[len(docs) * shard // num_shards: len(docs) * (shard + 1) // num_shards]
     counts = {"instances": 0, "random_next": 0, "tokens": 0}
     path = _shard_path(output_dir, split, shard, num_shards)
-    writer = ArrayRecordWriter(path + ".array_record.tmp", ARRAY_RECORD_OPTIONS)
+    with storage.staged_write(path + ".array_record") as local:
+        _write_instances(local, mine, docs, reader, settings, counts)
+    manifest_lib.write_json_atomic(path + ".json", {**counts, "documents": int(len(mine))})
+    return counts
+
+
+def _write_instances(local: str, mine: np.ndarray, docs: np.ndarray, reader: "_DocumentReader",
+                     settings: dict[str, Any], counts: dict[str, int]) -> None:
+    writer = ArrayRecordWriter(local, ARRAY_RECORD_OPTIONS)
     for dupe in range(settings["dupe_factor"]):
         for doc_index in mine.tolist():
             for instance in create_instances_from_document(
@@ -293,9 +308,6 @@ def _instances_shard(split: str, shard: int, num_shards: int, output_dir: str, d
                 counts["random_next"] += int(instance.is_random_next)
                 counts["tokens"] += len(instance.tokens_a) + len(instance.tokens_b)
     writer.close()
-    os.replace(path + ".array_record.tmp", path + ".array_record")
-    manifest_lib.write_json_atomic(path + ".json", {**counts, "documents": int(len(mine))})
-    return counts
 
 
 def data_config_from_flags(flag_values: Any) -> ml_collections.ConfigDict:

@@ -30,7 +30,7 @@ import jax
 import ml_collections
 from absl import flags
 
-from mobilebert_jax import experiment_config, flops, model_source, plot
+from mobilebert_jax import experiment_config, flops, model_source, plot, storage
 from mobilebert_jax.config import ConfigError
 from mobilebert_jax.distill import experiment, strategies
 from mobilebert_jax.distill.evaluate import eval_batches, held_out_metrics
@@ -235,10 +235,9 @@ def run(workdir: str, scale: Scale = Scale()) -> list[dict]:
     report = (f"{table}\n\n{verdict}\n\nWall time: " + ", ".join(f"{k} {v:.0f}s" for k, v in timings.items())
               + f" on {jax.device_count()} {jax.devices()[0].platform} device(s).\nCurves: "
               + ", ".join(os.path.join(d, plot.CURVES_PNG) for d in dirs.values()) + "\n")
-    with open(os.path.join(workdir, "results.md"), "w") as f:
-        f.write(report)
-    with open(os.path.join(workdir, "results.json"), "w") as f:
-        json.dump(dict(rows=rows, timings=timings, scale=dataclasses.asdict(scale)), f, indent=2)
+    storage.path(workdir, "results.md").write_text(report)
+    storage.path(workdir, "results.json").write_text(
+        json.dumps(dict(rows=rows, timings=timings, scale=dataclasses.asdict(scale)), indent=2))
     print("\n" + report, flush=True)
     return rows
 

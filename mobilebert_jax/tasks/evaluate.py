@@ -21,7 +21,7 @@ import ml_collections
 from absl import flags
 from etils import epath
 
-from mobilebert_jax import model_source
+from mobilebert_jax import model_source, storage
 from mobilebert_jax.errors import ConfigError
 from mobilebert_jax.data.errors import DataError
 from mobilebert_jax.data.tokenizers import load_tokenizer
@@ -119,10 +119,9 @@ def evaluate_run(workdir: str, step: Optional[int] = None, batch_size: int = 64)
     run = load_run(workdir, step)
     evaluate = evaluate_glue if run.config.stage == "glue_finetuning" else evaluate_squad
     output_dir = os.path.join(workdir, "eval")
-    os.makedirs(output_dir, exist_ok=True)
+    storage.path(output_dir).mkdir(parents=True, exist_ok=True)
     report = evaluate(run, output_dir, batch_size)
-    with open(os.path.join(output_dir, "metrics.json"), "w") as f:
-        json.dump(report, f, indent=2)
+    storage.path(output_dir, "metrics.json").write_text(json.dumps(report, indent=2))
     return report
 
 

@@ -11,6 +11,7 @@ from typing import Sequence
 
 import numpy as np
 
+from mobilebert_jax import storage
 from mobilebert_jax.data.errors import DataError
 from mobilebert_jax.tasks.glue import STSB_RANGE, GlueExample, GlueTask
 
@@ -31,10 +32,8 @@ def write_submission(task: GlueTask, split: str, examples: Sequence[GlueExample]
         raise DataError(f"GLUE {task.name}: {split!r} is not a test split ({list(task.test_splits)})")
     if len(examples) != len(preds_N):
         raise ValueError(f"GLUE {task.name} {split}: {len(examples)} examples but {len(preds_N)} predictions")
-    os.makedirs(output_dir, exist_ok=True)
+    storage.path(output_dir).mkdir(parents=True, exist_ok=True)
     path = os.path.join(output_dir, task.test_splits[split])
-    with open(path, "w", encoding="utf-8", newline="") as f:
-        f.write("index\tprediction\n")
-        for example, prediction in zip(examples, preds_N):
-            f.write(f"{example.guid}\t{format_prediction(task, prediction)}\n")
+    lines = [f"{example.guid}\t{format_prediction(task, prediction)}\n" for example, prediction in zip(examples, preds_N)]
+    storage.path(path).write_text("index\tprediction\n" + "".join(lines), encoding="utf-8")
     return path

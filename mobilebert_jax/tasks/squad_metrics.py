@@ -18,6 +18,7 @@ import re
 import string
 from typing import Optional, Sequence
 
+from mobilebert_jax import storage
 from mobilebert_jax.data.errors import DataError
 from mobilebert_jax.tasks.squad_data import SquadExample, read_squad_json, squad_json_version
 
@@ -145,14 +146,12 @@ def choose_null_threshold(examples: Sequence[SquadExample], best_span: dict[str,
 def write_predictions(output_dir: str, predictions: dict[str, str],
                       null_odds: Optional[dict[str, float]] = None) -> list[str]:
     """`predictions.json` (and `null_odds.json`), the files the official scripts read; returns their paths."""
-    os.makedirs(output_dir, exist_ok=True)
+    storage.path(output_dir).mkdir(parents=True, exist_ok=True)
     paths = [os.path.join(output_dir, "predictions.json")]
-    with open(paths[0], "w", encoding="utf-8") as f:
-        json.dump(predictions, f, indent=2, ensure_ascii=False)
+    storage.path(paths[0]).write_text(json.dumps(predictions, indent=2, ensure_ascii=False), encoding="utf-8")
     if null_odds is not None:
         paths.append(os.path.join(output_dir, "null_odds.json"))
-        with open(paths[1], "w", encoding="utf-8") as f:
-            json.dump({q: float(v) for q, v in null_odds.items()}, f, indent=2)
+        storage.path(paths[1]).write_text(json.dumps({q: float(v) for q, v in null_odds.items()}, indent=2))
     return paths
 
 

@@ -38,7 +38,7 @@ from typing import Any, Callable, Optional, Sequence
 
 from etils import epath
 
-from mobilebert_jax import cli, experiment_config
+from mobilebert_jax import cli, experiment_config, storage
 from mobilebert_jax.config import ConfigError
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -127,8 +127,7 @@ def build(path: str, root: str) -> Sweep:
     """The sweep's runs, every run's config loaded and checked."""
     sweep = load_sweep_file(path)
     name = os.path.splitext(os.path.basename(path))[0]
-    if "://" not in root:
-        root = os.path.abspath(root)
+    root = storage.absolute(root)
     fixed = dict(sweep.get("fixed") or {})
     derive: Optional[Callable[[dict], dict]] = sweep.get("derive")
     runs = []

@@ -23,7 +23,7 @@ import ml_collections
 import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from mobilebert_jax import checkpointing, experiment_config, hardware, optim, partitioning, plot
+from mobilebert_jax import checkpointing, experiment_config, hardware, optim, partitioning, plot, storage
 from mobilebert_jax.errors import DataError, NonFiniteLossError
 from mobilebert_jax.metrics_writer import MetricsWriter
 from mobilebert_jax.train import lineage
@@ -123,7 +123,8 @@ def train(config: ml_collections.ConfigDict, workdir: str, build_task: TaskBuild
     # Everything that can be wrong with the config fails here, before any data work or compile.
     lineage.resolve(config)
     experiment_config.validate(config, jax.device_count(), process_count=jax.process_count())
-    os.makedirs(workdir, exist_ok=True)
+    experiment_config.check_shared_storage(config, workdir, jax.process_count())
+    storage.path(workdir).mkdir(parents=True, exist_ok=True)
     experiment_config.save_resolved(config, workdir)
     # FINISHED (written last) tells launch/tpu_run.sh's watch that this run is complete; an older one would lie.
     finished_marker = epath.Path(workdir) / FINISHED

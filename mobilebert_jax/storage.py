@@ -1,0 +1,163 @@
+"""Local and gs:// paths, the same either way: etils.epath plus what it lacks.
+
+Every file the project reads or writes goes through `epath.Path` (what orbax
+uses). This module adds the few things epath does not do:
+
+- `local_copy` / `staged_write`: ArrayRecord's C++ reader and writer (riegeli
+  file descriptors) only open local files. gs:// shards are read from a copy in
+  this host's scratch directory and written there first, then uploaded. The
+  scratch directory is `$MOBILEBERT_JAX_SCRATCH`, else `<tmp>/mobilebert_jax`:
+  per host, disposable, never the place a result is kept.
+- `write_text_atomic`: a local file is written beside and renamed (a reader
+  never sees half a file); a Cloud Storage object is atomic by itself.
+- `open_append`: Cloud Storage objects cannot be appended to; a remote log is
+  kept in memory and the whole object rewritten (as tensorboardX does for its
+  gs:// event files), at most every `upload_every_s` and on close.
+- `require_shared`: with several processes (hosts) every one of them must see
+  the data and the workdir; a local path would be one per host.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import os
+import shutil
+import tempfile
+import time
+import uuid
+from typing import Callable, Iterator, TextIO, Union
+
+# etils picks TensorFlow's gfile for gs:// whenever TensorFlow is importable (the `test` extra installs it) and
+# fsspec/gcsfs otherwise. Always use gcsfs, so gs:// behaves the same (and reads STORAGE_EMULATOR_HOST) either way.
+os.environ["EPATH_USE_TF"] = "false"
+
+from etils import epath  # noqa: E402  (after EPATH_USE_TF)
+
+from mobilebert_jax.errors import ConfigError  # noqa: E402
+
+PathLike = Union[str, os.PathLike]
+SCRATCH_ENV = "MOBILEBERT_JAX_SCRATCH"
+
+
+def path(p: PathLike, *parts: PathLike) -> epath.Path:
+    """`p` (joined with `parts`) as an `epath.Path`; a local relative path stays relative, as `open` resolves it."""
+    return epath.Path(p, *parts)
+
+
+def is_remote(p: PathLike) -> bool:
+    """True for gs:// (or any other URL scheme epath supports): never a local directory."""
+    return "://" in os.fspath(p)
+
+
+def absolute(p: PathLike) -> str:
+    """An absolute local path, or the URL unchanged (`os.path.abspath('gs://b')` would make it local)."""
+    return os.fspath(p) if is_remote(p) else os.path.abspath(p)
+
+
+def scratch_dir() -> str:
+    """This host's scratch directory for local copies of remote files (created on first use)."""
+    root = os.environ.get(SCRATCH_ENV) or os.path.join(tempfile.gettempdir(), "mobilebert_jax")
+    os.makedirs(root, exist_ok=True)
+    return root
+
+
+def write_text_atomic(p: PathLike, text: str) -> None:
+    target = path(p)
+    if is_remote(p):
+        target.write_text(text)
+        return
+    tmp = target.with_name(f"{target.name}.tmp-{uuid.uuid4().hex[:8]}")
+    tmp.write_text(text)
+    os.replace(tmp, target)
+
+
+def local_copy(p: PathLike) -> str:
+    """A local file with the bytes of `p`: `p` itself when local, else a copy cached in `scratch_dir()`.
+
+    The cache is keyed by the URL and checked by size, so a rerun reuses it and a
+    replaced object of another size is fetched again.
+    """
+    if not is_remote(p):
+        return os.fspath(p)
+    src = path(p)
+    scheme, rest = os.fspath(p).split("://", 1)
+    local = os.path.join(scratch_dir(), "cache", scheme, rest)
+    size = src.stat().length
+    if os.path.isfile(local) and os.path.getsize(local) == size:
+        return local
+    os.makedirs(os.path.dirname(local), exist_ok=True)
+    tmp = f"{local}.tmp-{uuid.uuid4().hex[:8]}"
+    with src.open("rb") as fin, open(tmp, "wb") as fout:
+        shutil.copyfileobj(fin, fout, length=8 << 20)
+    os.replace(tmp, local)
+    return local
+
+
+@contextlib.contextmanager
+def staged_write(p: PathLike) -> Iterator[str]:
+    """Yields a local file name to write `p` through; on success it becomes `p` whole.
+
+    Local: a temporary beside `p`, renamed. Remote: a scratch file, uploaded
+    (an object appears only when its upload completes) and removed.
+    """
+    if not is_remote(p):
+        tmp = f"{os.fspath(p)}.tmp"
+        yield tmp
+        os.replace(tmp, p)
+        return
+    fd, tmp = tempfile.mkstemp(prefix="staged-", dir=scratch_dir())
+    os.close(fd)
+    try:
+        yield tmp
+        with open(tmp, "rb") as fin, path(p).open("wb") as fout:
+            shutil.copyfileobj(fin, fout, length=8 << 20)
+    finally:
+        os.remove(tmp)
+
+
+def require_shared(field: str, value: PathLike, process_count: int) -> None:
+    """With several processes, `value` (config field or flag `field`) must be shared storage, not a local path."""
+    if process_count > 1 and value and not is_remote(value):
+        raise ConfigError(
+            f"{field}={os.fspath(value)!r} is a local path, but {process_count} processes (hosts) run: each would "
+            "have its own copy on its own disk, and a recreated VM loses it. Use shared storage (gs://bucket/...).")
+
+
+class _RemoteAppender(io.TextIOBase):
+    """Appends text to a Cloud Storage object by rewriting it (throttled); what it held before is kept."""
+
+    def __init__(self, p: PathLike, upload_every_s: float, clock: Callable[[], float]):
+        self._path = path(p)
+        self._text = io.StringIO()
+        if self._path.is_file():
+            self._text.write(self._path.read_text(encoding="utf-8"))
+        self._every, self._clock = upload_every_s, clock
+        self._uploaded_at = None
+        self._dirty = False
+
+    def write(self, text: str) -> int:
+        self._dirty = True
+        return self._text.write(text)
+
+    def flush(self) -> None:
+        now = self._clock()
+        if self._dirty and (self._uploaded_at is None or now - self._uploaded_at >= self._every):
+            self._upload(now)
+
+    def _upload(self, now: float) -> None:
+        self._path.write_text(self._text.getvalue(), encoding="utf-8")
+        self._uploaded_at, self._dirty = now, False
+
+    def close(self) -> None:
+        if not self.closed:
+            if self._dirty:
+                self._upload(self._clock())
+            super().close()
+
+
+def open_append(p: PathLike, upload_every_s: float = 30.0, clock: Callable[[], float] = time.monotonic) -> TextIO:
+    """A text file to append lines to: local `open(p, "a")`; remote, see `_RemoteAppender`."""
+    if not is_remote(p):
+        return open(p, "a", encoding="utf-8")
+    return _RemoteAppender(p, upload_every_s, clock)

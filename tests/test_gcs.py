@@ -1,0 +1,188 @@
+"""Runs on gs:// paths against a Cloud Storage emulator on 127.0.0.1 (tests/gcs_emulator.py).
+
+Each command runs as a pod user would start it, in a subprocess whose working
+directory is an empty temporary directory; afterwards that directory must still
+be empty and no `gs:` directory may exist anywhere we can see: a gs:// path
+never becomes a local one. Files ArrayRecord needs locally go to the per-host
+scratch directory (MOBILEBERT_JAX_SCRATCH), which the tests point elsewhere.
+
+`-m "not slow"` runs only `test_teacher_run_on_gcs` (data preparation + a smoke
+teacher run with checkpoints). The rest is marked slow; run it with
+    python -m pytest -q tests/test_gcs.py -m slow
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from mobilebert_jax import storage
+from gcs_emulator import gcs  # noqa: F401  (the fixture)
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TEACHER = os.path.join(ROOT, "experiments", "teacher_ib_bert_large.py") + ":smoke"
+DATA = ["--max_seq_length=32", "--num_shards=4"]
+TINY = ["--config.optimizer.schedule.warmup_steps=2", "--config.log_every=2",
+        "--config.eval.every_steps=3", "--config.eval.num_batches=1", "--config.eval.batch_size=8",
+        "--config.batch_size=8", "--config.data.max_seq_length=32", "--config.model.num_hidden_layers=1",
+        "--config.checkpoint.every_steps=3"]
+
+
+def _steps(n: int) -> list[str]:
+    return [f"--config.total_steps={n}", f"--config.optimizer.schedule.total_steps={n}"]
+
+
+@pytest.fixture
+def sandbox(tmp_path):
+    """(cwd, env): an empty working directory and a scratch directory outside it."""
+    cwd = tmp_path / "cwd"
+    cwd.mkdir()
+    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+    env["MOBILEBERT_JAX_SCRATCH"] = str(tmp_path / "scratch")
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (ROOT, env.get("PYTHONPATH")) if p)
+    yield cwd, env
+    assert not os.listdir(cwd), f"written to the working directory: {os.listdir(cwd)}"
+    for where in (tmp_path, ROOT):
+        leaked = [os.path.join(r, d) for r, dirs, _ in os.walk(where) for d in dirs if d == "gs:"]
+        assert not leaked, f"a gs:// path became a local directory: {leaked}"
+
+
+def _run(module: str, *args: str, sandbox) -> subprocess.CompletedProcess:
+    cwd, env = sandbox
+    return subprocess.run([sys.executable, "-m", module, *args], cwd=cwd, env=env, capture_output=True, text=True,
+                          timeout=900)
+
+
+def _ok(r: subprocess.CompletedProcess) -> str:
+    assert r.returncode == 0, "\n".join(l for l in (r.stdout[-2000:] + r.stderr[-20000:]).splitlines() if "Traceback" in l or "Error" in l or l.startswith("  File") or l.startswith("FATAL"))
+    return r.stdout
+
+
+def _prepare(gcs, sandbox) -> str:
+    data = gcs.uri("data32")
+    _ok(_run("mobilebert_jax.data.prepare", f"--output_dir={data}", *DATA, sandbox=sandbox))
+    return data
+
+
+def test_teacher_run_on_gcs(gcs, sandbox):
+    data = _prepare(gcs, sandbox)
+    objects = gcs.list("data32")
+    assert "data32/manifest.json" in objects and "data32/train-00000-of-00004.array_record" in objects
+    workdir = gcs.uri("teacher")
+    out = _ok(_run("mobilebert_jax.main", f"--config={TEACHER}", f"--workdir={workdir}", *TINY, *_steps(6),
+                   f"--config.data.prepared_dir={data}", sandbox=sandbox))
+    assert "step 6/6 | loss" in out and f"checkpoints in {workdir}/checkpoints" in out
+    objects = gcs.list("teacher")
+    assert {"teacher/config.json", "teacher/config.py", "teacher/metrics.jsonl"} <= set(objects)
+    assert any(o.startswith("teacher/checkpoints/6/") for o in objects)
+    assert any(o.startswith("teacher/tensorboard/events.out.tfevents") for o in objects)
+    metrics = [json.loads(line) for line in storage.path(workdir, "metrics.jsonl").read_text().splitlines()]
+    assert [m["step"] for m in metrics if "mlm_loss" in m and "learning_rate" in m][-1] == 6
+    # Again: the run is complete and resumes from its last gs:// checkpoint.
+    out = _ok(_run("mobilebert_jax.main", f"--config={TEACHER}", f"--workdir={workdir}", *TINY, *_steps(6),
+                   f"--config.data.prepared_dir={data}", sandbox=sandbox))
+    assert "resumed from step 6" in out
+
+
+def _teacher(gcs, sandbox) -> tuple[str, str]:
+    """(data, teacher workdir) on gs://: prepared and trained for 6 steps (a finished run only resumes)."""
+    data = _prepare(gcs, sandbox)
+    workdir = gcs.uri("teacher")
+    _ok(_run("mobilebert_jax.main", f"--config={TEACHER}", f"--workdir={workdir}", *TINY, *_steps(6),
+             f"--config.data.prepared_dir={data}", sandbox=sandbox))
+    return data, workdir
+
+
+def _checkpoints(workdir: str) -> list[int]:
+    """The finished checkpoint steps. On Cloud Storage orbax cannot rename a finished step directory into place:
+    a step directory exists while it is written, and `commit_success.txt` in it marks it finished."""
+    import fsspec
+    fsspec.filesystem("gcs").invalidate_cache()  # another process writes there
+    root = storage.path(workdir, "checkpoints")
+    if not root.is_dir():
+        return []
+    return sorted(int(p.name) for p in root.iterdir() if p.name.isdigit() and (p / "commit_success.txt").exists())
+
+
+def _state(workdir: str, step: int) -> dict:
+    import jax
+    import orbax.checkpoint as ocp
+    from flax import traverse_util
+    tree = ocp.PyTreeCheckpointer().restore(storage.path(workdir, "checkpoints", str(step), "state"))
+    return {k: jax.device_get(v) for k, v in traverse_util.flatten_dict(tree, sep="/").items()}
+
+
+@pytest.mark.slow
+def test_sigkill_mid_run_then_rerun_resumes_bit_exact(gcs, sandbox):
+    import numpy as np
+    data = _prepare(gcs, sandbox)
+    total = 30
+    args = [f"--config={TEACHER}", *TINY, *_steps(total), f"--config.data.prepared_dir={data}"]
+    _ok(_run("mobilebert_jax.main", f"--workdir={gcs.uri('straight')}", *args, sandbox=sandbox))
+
+    killed = gcs.uri("killed")
+    cwd, env = sandbox
+    proc = subprocess.Popen([sys.executable, "-m", "mobilebert_jax.main", f"--workdir={killed}", *args], cwd=cwd,
+                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        while not _checkpoints(killed):  # bounded by the run itself: it ends by step `total`
+            assert proc.poll() is None, "the run ended before its first checkpoint"
+            time.sleep(0.2)
+        proc.send_signal(signal.SIGKILL)  # no chance to save: only finished checkpoints remain
+    finally:
+        proc.wait()
+    stopped = _checkpoints(killed)[-1]
+    assert stopped < total, f"killed too late: the run had reached step {stopped}"
+
+    out = _ok(_run("mobilebert_jax.main", f"--workdir={killed}", *args, sandbox=sandbox))
+    assert f"resumed from step {stopped}" in out
+    straight, resumed = _state(gcs.uri("straight"), total), _state(killed, total)
+    assert straight.keys() == resumed.keys()
+    for k in straight:
+        np.testing.assert_array_equal(resumed[k], straight[k], err_msg=k)
+
+
+@pytest.mark.slow
+def test_distillation_reads_its_teacher_from_gcs(gcs, sandbox):
+    data = _prepare(gcs, sandbox)
+    teacher = gcs.uri("teacher4")  # the distillation smoke config's teacher: 4 layers
+    _ok(_run("mobilebert_jax.main", f"--config={TEACHER}", f"--workdir={teacher}", *TINY, *_steps(3),
+             "--config.model.num_hidden_layers=4", f"--config.data.prepared_dir={data}", sandbox=sandbox))
+    workdir = gcs.uri("distill")
+    out = _ok(_run("mobilebert_jax.main", f"--config={ROOT}/experiments/distill_progressive.py:smoke",
+                   f"--workdir={workdir}", f"--config.distill.teacher={teacher}", "--config.distill.stage_steps=1",
+                   "--config.total_steps=4", "--config.batch_size=8", "--config.log_every=1",
+                   "--config.data.max_seq_length=32", "--config.data.num_shards=4",
+                   f"--config.data.prepared_dir={data}", sandbox=sandbox))
+    assert "step 4/4" in out, out[-2000:]
+    assert 4 in _checkpoints(workdir)
+
+
+@pytest.mark.slow
+def test_glue_finetune_from_a_gcs_checkpoint(gcs, sandbox):
+    glue_dir = os.path.join(ROOT, "..", "shared", "data", "glue")
+    if not os.path.isdir(os.path.join(glue_dir, "MRPC")):
+        pytest.skip("../shared/data/glue/MRPC is absent")
+    import jax
+    import jax.numpy as jnp
+
+    from mobilebert_jax import convert, get_preset
+    from mobilebert_jax.modeling import MobileBertForPreTraining
+    model = get_preset("mobilebert_test", vocab_size=30522, max_position_embeddings=128)
+    params = MobileBertForPreTraining(model).init(jax.random.key(0), jnp.zeros((1, 8), jnp.int32))["params"]
+    init = convert.native.save_params(gcs.uri("init"), model, params)
+    workdir = gcs.uri("mrpc")
+    out = _ok(_run("mobilebert_jax.main", f"--config={ROOT}/experiments/finetune_glue.py:task=mrpc,smoke",
+                   f"--workdir={workdir}", f"--config.init_checkpoint={init}", "--config.total_steps=4",
+                   "--config.optimizer.schedule.total_steps=4", "--config.log_every=2",
+                   "--config.checkpoint.every_steps=4", "--config.eval.every_steps=4", "--config.batch_size=8",
+                   sandbox=sandbox))
+    assert "step 4/4" in out, out[-2000:]
+    objects = gcs.list("mrpc")
+    assert "mrpc/metrics.jsonl" in objects and any(o.startswith("mrpc/checkpoints/4/") for o in objects)
