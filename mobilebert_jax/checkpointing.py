@@ -38,7 +38,6 @@ import json
 import re
 import signal
 import sys
-import threading
 import time
 from typing import Any, Iterable, Mapping, Optional, Protocol, Sequence
 
@@ -46,11 +45,11 @@ import jax
 import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
-from absl import logging
 from etils import epath
 from jax.experimental import multihost_utils
 from orbax.checkpoint import checkpoint_managers as policies
 
+from mobilebert_jax import preemption
 from mobilebert_jax.config import ConfigError
 # The project's one error type for unreadable or unwritable checkpoints: main reports it as `FATAL checkpoint error`.
 from mobilebert_jax.convert.hf import CheckpointError
@@ -416,9 +415,11 @@ def _decode_data_state(saved: Any, where: str) -> Any:
 class PreemptionGuard:
     """Turns SIGTERM into "stop at the next step boundary".
 
-    Single process: a signal handler sets a flag. Multi-host: each host gets
-    SIGTERM at a different moment, so a local flag would stop them at
-    different steps and hang the next collective; there JAX's preemption
+    Single process: `preemption.handle` sets `preemption.STOP`, a flag
+    shared with any handler installed earlier (`main` installs it before
+    importing JAX), so a SIGTERM during set-up is not lost. Multi-host: each
+    host gets SIGTERM at a different moment, so a local flag would stop them
+    at different steps and hang the next collective; there JAX's preemption
     service (on after `jax.distributed.initialize()`) catches the signal and
     `reached_preemption_sync_point(step)` turns true on every host at the
     same step. No Python handler is installed then, so as not to replace the
@@ -431,24 +432,21 @@ class PreemptionGuard:
                     ckpt.save(step, state, data_iterator, force=True)
                     ckpt.wait()
                     break
+
+    Closing the outermost guard clears the flag; a guard nested in one that
+    is still open (or in `main`'s handler) leaves it set, so that a SIGTERM
+    also stops the stages that would follow.
     """
 
     def __init__(self, signals: Iterable[int] = (signal.SIGTERM,)):
-        self._event = threading.Event()
         self._multihost = jax.process_count() > 1
         self._previous: dict[int, Any] = {}
         if not self._multihost:
-            for sig in signals:
-                self._previous[sig] = signal.signal(sig, self._handle)
-
-    def _handle(self, signum: int, frame: Any) -> None:
-        del frame
-        logging.warning("received signal %d: will save and stop after the current step", signum)
-        self._event.set()
+            self._previous = preemption.install(tuple(signals))
 
     def should_stop(self, step: int) -> bool:
         if not self._multihost:
-            return self._event.is_set()
+            return preemption.STOP.is_set()
         try:
             return multihost_utils.reached_preemption_sync_point(step)
         except RuntimeError as e:
@@ -456,9 +454,12 @@ class PreemptionGuard:
                                f"service enabled (jax_enable_preemption_service): {e}") from None
 
     def close(self) -> None:
+        outermost = bool(self._previous) and all(h is not preemption.handle for h in self._previous.values())
         for sig, handler in self._previous.items():
             signal.signal(sig, handler)
         self._previous.clear()
+        if outermost:
+            preemption.STOP.clear()
 
     def __enter__(self) -> "PreemptionGuard":
         return self

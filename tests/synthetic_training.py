@@ -1,12 +1,13 @@
 """A pretraining Task on synthetic batches, for testing the trainer without the data pipeline.
 
 Batch i is a pure function of (seed, i); the iterator's state is i, so resume is exact.
-Also a script: python tests/synthetic_training.py WORKDIR [--config.x=y ...] runs the trainer
-and writes the final parameters to WORKDIR/final_params.npz.
+Also a script: python tests/synthetic_training.py WORKDIR [TOTAL_STEPS [x.y=VALUE ...]] runs the
+trainer (VALUE a Python literal) and writes the final parameters to WORKDIR/final_params.npz.
 """
 
 from __future__ import annotations
 
+import ast
 import os
 import sys
 import time
@@ -104,6 +105,7 @@ def main(argv: list[str]) -> None:
 
     workdir = argv[1]
     c = config(total_steps=int(argv[2])) if len(argv) > 2 else config()
+    c.update_from_flattened_dict({k: ast.literal_eval(v) for k, v in (a.split("=", 1) for a in argv[3:])})
     if os.environ.get("SLOW_STEP_SECONDS"):  # lets a test interrupt the run between steps
         original = SyntheticBatches.__next__
 
@@ -143,4 +145,8 @@ def final_params(workdir: str, c) -> dict | None:
 
 if __name__ == "__main__":
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    from mobilebert_jax import preemption
+
+    preemption.install()  # as mobilebert_jax.main does
+    print("STARTED", flush=True)
     main(sys.argv)
