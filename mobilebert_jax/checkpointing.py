@@ -152,6 +152,7 @@ class Checkpointer:
             items[DATA] = ocp.args.JsonSave(_encode_data_state(data_iterator.get_state()))
         if self._config is not None:
             items[CONFIG] = ocp.args.JsonSave(self._config)
+        self._finish_previous()  # orbax would wait for it too; waiting here names the right step if it failed
         try:
             started = self._manager.save(step, args=ocp.args.Composite(**items), force=True)
         except Exception as e:  # orbax/tensorstore raise plain ValueError/OSError/Exception for storage failures
@@ -165,11 +166,19 @@ class Checkpointer:
             return
         try:
             self._manager.check_for_errors()
-            if not self._manager.is_saving_in_progress():
-                self._manager.wait_until_finished()  # returns at once; re-raises the finalize thread's error
-                self._saving = None
         except Exception as e:
             raise self._save_error(self._saving, e) from None
+        if not self._manager.is_saving_in_progress():
+            self._finish_previous()  # returns at once; re-raises an error of the finalize thread
+
+    def _finish_previous(self) -> None:
+        if self._saving is None:
+            return
+        try:
+            self._manager.wait_until_finished()
+        except Exception as e:
+            raise self._save_error(self._saving, e) from None
+        self._saving = None
 
     def _save_error(self, step: int, error: Exception) -> CheckpointError:
         kept = [s for s in self._manager.all_steps() if s != step]
@@ -253,11 +262,8 @@ class Checkpointer:
 
     def wait(self) -> None:
         """Blocks until every started save is on disk (and old checkpoints are pruned); raises if one failed."""
-        try:
-            self._manager.wait_until_finished()
-        except Exception as e:
-            raise self._save_error(self._saving if self._saving is not None else -1, e) from None
-        self.check()
+        self._finish_previous()
+        self._manager.wait_until_finished()
 
     def close(self) -> None:
         self._manager.close()

@@ -21,7 +21,7 @@ STOP = threading.Event()
 def handle(signum: int, frame: Any) -> None:
     del frame
     if not STOP.is_set():
-        print(f"received signal {signum}: will stop at the next step boundary and save a checkpoint",
+        print(f"received signal {signum}: will stop at the next step boundary (saving a checkpoint if a step ran)",
               file=sys.stderr, flush=True)
     STOP.set()
 

@@ -121,7 +121,7 @@ def main(argv: list[str]) -> None:
 
 
 def final_params(workdir: str, c) -> dict | None:
-    """The latest checkpoint's parameters as 'a/b/c' -> array, if the run reached total_steps."""
+    """The latest checkpoint's parameters as 'a/b/c' -> array, if there is one and the run reached total_steps."""
     import flax.linen as nn
     import jax
     from flax import traverse_util
@@ -136,9 +136,9 @@ def final_params(workdir: str, c) -> dict | None:
         return nn.meta.unbox(TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params)))
 
     manager = checkpointing.Checkpointer.from_config(os.path.join(workdir, "checkpoints"), c.checkpoint)
-    state = manager.restore(jax.eval_shape(init))
+    state = manager.restore(jax.eval_shape(init)) if manager.latest_step() is not None else None
     manager.close()
-    if int(state.step) != c.total_steps:
+    if state is None or int(state.step) != c.total_steps:
         return None
     return {"/".join(k): np.asarray(v) for k, v in traverse_util.flatten_dict(jax.device_get(state.params)).items()}
 
