@@ -181,6 +181,10 @@ class Checkpointer:
         self._saving = None
 
     def _save_error(self, step: int, error: Exception) -> CheckpointError:
+        try:
+            self._manager.reload()  # from the directory: orbax's own list may already lack steps it meant to prune
+        except Exception:  # the storage may fail to list too; the message then uses orbax's list
+            pass
         kept = [s for s in self._manager.all_steps() if s != step]
         return CheckpointError(f"saving checkpoint step {step} in {self.directory} failed: {_first_line(error)}; "
                                f"the run stops here; earlier checkpoints are untouched "
