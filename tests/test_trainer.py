@@ -165,7 +165,7 @@ def test_sigterm_before_the_first_step_exits_cleanly(tmp_path):
     while (line := proc.stdout.readline()) and line.strip() != "STARTED":  # the handler is installed
         pass
     proc.send_signal(signal.SIGTERM)
-    out, _ = proc.communicate(timeout=600)
+    out, _ = proc.communicate(timeout=1800)
     assert proc.returncode == 0, out
     assert "stopped by a signal before step 1: nothing new to save" in out, out
     assert not os.path.exists(tmp_path / "final_params.npz")
@@ -180,11 +180,11 @@ def test_second_run_is_refused_and_a_killed_run_loses_at_most_an_interval_plus_a
     every = 2
     overrides = ["checkpoint.async_save=True", "log_every=1"]
     first = _run(tmp_path, slow=0.3, wait=False, overrides=overrides)
-    _wait_for_checkpoint(tmp_path, 2, first)
+    _wait_for_checkpoint(tmp_path, 2, first, timeout=1800)
     second = _run(tmp_path, wait=False, overrides=overrides)
-    out, _ = second.communicate(timeout=600)
+    out, _ = second.communicate(timeout=1800)
     assert second.returncode != 0 and f"is in use by host {socket.gethostname()} pid {first.pid}" in out, out
-    _wait_for_checkpoint(tmp_path, 4, first)
+    _wait_for_checkpoint(tmp_path, 4, first, timeout=1800)
     first.kill()
     first.communicate(timeout=60)
     reached = max(_metrics_steps(tmp_path))
@@ -207,9 +207,9 @@ def test_a_full_disk_stops_the_run_at_the_failed_save(tmp_path):
         pytest.skip(f"cannot mount a small tmpfs to fill up (needs root): {mounted.stderr.strip()}")
     try:
         proc = _run(disk, slow=0.3, wait=False, overrides=["checkpoint.async_save=True", "log_every=1"])
-        _wait_for_checkpoint(disk, 2, proc)
+        _wait_for_checkpoint(disk, 2, proc, timeout=1800)
         subprocess.run(["fallocate", "-l", "1T", str(disk / "filler")], capture_output=True)  # fills what is left
-        out, _ = proc.communicate(timeout=600)
+        out, _ = proc.communicate(timeout=1800)
         assert proc.returncode != 0, out
         failed = int(re.search(r"saving checkpoint step (\d+) in .* failed: .*(No space left|RESOURCE_EXHAUSTED)",
                                out)[1])
