@@ -199,24 +199,27 @@ def test_second_run_is_refused_and_a_killed_run_loses_at_most_an_interval_plus_a
 
 
 def test_a_full_disk_stops_the_run_at_the_failed_save(tmp_path):
-    disk = tmp_path / "disk"
-    disk.mkdir()
-    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64m", "tmpfs", str(disk)], capture_output=True,
-                             text=True)
+    checkpoints = tmp_path / "checkpoints"  # only the checkpoints on the small disk: the metrics still get written
+    checkpoints.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64m", "tmpfs", str(checkpoints)],
+                             capture_output=True, text=True)
     if mounted.returncode != 0:
         pytest.skip(f"cannot mount a small tmpfs to fill up (needs root): {mounted.stderr.strip()}")
+    overrides = ["checkpoint.async_save=True", "log_every=1"]
     try:
-        proc = _run(disk, slow=0.3, wait=False, overrides=["checkpoint.async_save=True", "log_every=1"])
-        _wait_for_checkpoint(disk, 2, proc, timeout=1800)
-        subprocess.run(["fallocate", "-l", "1T", str(disk / "filler")], capture_output=True)  # fills what is left
+        proc = _run(tmp_path, slow=0.3, wait=False, overrides=overrides)
+        _wait_for_checkpoint(tmp_path, 2, proc, timeout=1800)
+        free = os.statvfs(checkpoints)
+        with open(checkpoints / "filler", "wb") as f:  # takes every free block
+            os.posix_fallocate(f.fileno(), 0, free.f_bavail * free.f_frsize)
         out, _ = proc.communicate(timeout=1800)
         assert proc.returncode != 0, out
         failed = int(re.search(r"saving checkpoint step (\d+) in .* failed: .*(No space left|RESOURCE_EXHAUSTED)",
                                out)[1])
         assert "earlier checkpoints are untouched" in out
-        assert max(_metrics_steps(disk)) <= failed + 2  # stopped at the next save at the latest, not an interval on
-        (disk / "filler").unlink()
-        out = _run(disk, overrides=["checkpoint.async_save=True", "log_every=1"])  # previous checkpoints resume
+        assert max(_metrics_steps(tmp_path)) <= failed + 2  # stopped at the next save at the latest
+        (checkpoints / "filler").unlink()
+        out = _run(tmp_path, overrides=overrides)  # the checkpoints before the failed save resume
         assert "resumed from step" in out
     finally:
-        subprocess.run(["umount", "-l", str(disk)], check=False)
+        subprocess.run(["umount", "-l", str(checkpoints)], check=False)
