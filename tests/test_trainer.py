@@ -21,6 +21,7 @@ import pytest
 
 import synthetic_training
 from mobilebert_jax import experiment_config
+from mobilebert_jax import workdir as workdir_lib
 from mobilebert_jax.config import ConfigError
 from mobilebert_jax.train.trainer import train
 from limits import HANG_S
@@ -179,12 +180,14 @@ def _metrics_steps(workdir):
 def test_second_run_is_refused_and_a_killed_run_loses_at_most_an_interval_plus_a_save_in_flight(tmp_path, straight):
     every = 2
     overrides = ["checkpoint.async_save=True", "log_every=1"]
-    first = _run(tmp_path, slow=0.3, wait=False, overrides=overrides)
+    first = _run(tmp_path, slow=1.0, wait=False, overrides=overrides)
     _wait_for_checkpoint(tmp_path, 2, first, timeout=1800)
-    second = _run(tmp_path, wait=False, overrides=overrides)
-    out, _ = second.communicate(timeout=1800)
-    assert second.returncode != 0 and f"is in use by host {socket.gethostname()} pid {first.pid}" in out, out
-    _wait_for_checkpoint(tmp_path, 4, first, timeout=1800)
+    c = synthetic_training.config(total_steps=TOTAL)
+    c.update_from_flattened_dict({"checkpoint.async_save": True, "log_every": 1})
+    holder = f"is in use by host {socket.gethostname()} pid {first.pid}"
+    with pytest.raises(workdir_lib.WorkdirInUseError, match=holder):
+        train(c, str(tmp_path), _never)  # the same run again, while the first holds the workdir
+    assert first.poll() is None, "the first run ended before it could be killed mid-run; make its steps slower"
     first.kill()
     first.communicate(timeout=60)
     reached = max(_metrics_steps(tmp_path))
