@@ -1,9 +1,8 @@
 """The workdir lock on gs://: tensorstore's conditional writes against the storage emulator (tests/gcs_emulator.py).
 
-What the emulator (gcp-storage-emulator) cannot show is tested on local disk only (tests/test_workdir.py): it
-ignores the ifGenerationMatch preconditions of tensorstore's uploads (so two racing creators, or a takeover noticed
-by the holder's heartbeat, look like successes there), and its media reads carry no x-goog-generation header (so a
-stale lock cannot be replaced on the condition of the generation read). Real GCS does both.
+What the emulator cannot show is tested on local disk only (tests/test_workdir.py): it ignores the
+ifGenerationMatch precondition of a write with a stale generation, so racing creators, or a takeover noticed by the
+holder's heartbeat, look like successes there. Real GCS refuses such writes.
 """
 
 import json
@@ -40,3 +39,9 @@ def test_the_lock_works_on_gcs(gcs):
         assert record()["heartbeat"] > first  # refreshed by conditional writes
         lock.check()
     assert gcs.list("locked-run") == []
+
+    # A crashed run's lock on another host, its heartbeat old: taken over.
+    store.write("LOCK", json.dumps({"host": "another-host", "pid": 1, "started": 0,
+                                    "heartbeat": time.time() - 3600})).result()
+    with workdir_lib.WorkdirLock(workdir):
+        assert record()["host"] != "another-host"
