@@ -50,9 +50,7 @@ from jax.experimental import multihost_utils
 from orbax.checkpoint import checkpoint_managers as policies
 
 from mobilebert_jax import preemption
-from mobilebert_jax.config import ConfigError
-# The project's one error type for unreadable or unwritable checkpoints: main reports it as `FATAL checkpoint error`.
-from mobilebert_jax.convert.hf import CheckpointError
+from mobilebert_jax.errors import CheckpointError, ConfigError
 
 STATE, DATA, CONFIG = "state", "data", "config"
 CORRUPT_DIR = "corrupt"  # where unreadable steps are moved, as <step>-<UTC time>

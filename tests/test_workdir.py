@@ -35,8 +35,9 @@ def test_a_second_holder_is_refused_naming_the_first(tmp_path):
 def _write_lock(path, **fields):
     record = {"host": socket.gethostname(), "pid": os.getpid(), "started": time.time(), "heartbeat": time.time(),
               "command": "an earlier run"} | fields
-    with open(os.path.join(path, workdir_lib.LOCK_KEY), "w") as f:
+    with open(os.path.join(path, "LOCK.new"), "w") as f:
         json.dump(record, f)
+    os.replace(os.path.join(path, "LOCK.new"), os.path.join(path, workdir_lib.LOCK_KEY))  # never seen half-written
 
 
 def test_a_lock_of_a_dead_process_on_this_host_is_taken_over(tmp_path, capfd):
