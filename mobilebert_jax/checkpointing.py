@@ -14,6 +14,18 @@ checkpoint interrupted by a crash is never listed or restored; leftover
 temporary directories are deleted when the next Checkpointer opens the
 directory.
 
+Restoring without an explicit step tries the newest checkpoint first; one
+that cannot be read (a truncated or missing file, unparsable metadata) is
+moved aside into `corrupt/<step>-<time>` (never deleted) with a warning
+naming the step and the file, and the next newest is tried. Multi-host: every
+process reports whether it could read its part, and the step is used only if
+all could (`_all_processes`), so all restore the same step.
+
+A save that fails (disk full, permission, storage error) raises
+`CheckpointError` naming the step: at once for a synchronous save, and at the
+next `save`/`check`/`wait` for an asynchronous one. The checkpoints before it
+stay as they were (orbax prunes old steps only after a save has committed).
+
 Config fields read here (`config.checkpoint`): every_steps, keep_last,
 keep_steps (milestones kept forever), keep_period (also keep every N-th
 step; optional), async_save.
@@ -23,21 +35,25 @@ from __future__ import annotations
 
 import base64
 import json
+import re
 import signal
-import threading
+import sys
+import time
 from typing import Any, Iterable, Mapping, Optional, Protocol, Sequence
 
 import jax
 import ml_collections
+import numpy as np
 import orbax.checkpoint as ocp
-from absl import logging
 from etils import epath
 from jax.experimental import multihost_utils
 from orbax.checkpoint import checkpoint_managers as policies
 
-from mobilebert_jax.config import ConfigError
+from mobilebert_jax import preemption
+from mobilebert_jax.errors import CheckpointError, ConfigError
 
 STATE, DATA, CONFIG = "state", "data", "config"
+CORRUPT_DIR = "corrupt"  # where unreadable steps are moved, as <step>-<UTC time>
 CHECKPOINT_FIELDS = ("every_steps", "keep_last", "keep_steps", "keep_period", "async_save")
 
 
@@ -103,6 +119,7 @@ class Checkpointer:
         registry.add(CONFIG, ocp.args.JsonRestore, ocp.JsonCheckpointHandler(filename="config.json"))
         self.directory = epath.Path(directory).absolute() if "://" not in str(directory) else epath.Path(directory)
         self._manager = ocp.CheckpointManager(self.directory, options=options, handler_registry=registry)
+        self._saving: Optional[int] = None  # the step of the save that may still be in flight
 
     @classmethod
     def from_config(cls, directory: str, ckpt_cfg: Any, config: Any = None) -> "Checkpointer":
@@ -123,6 +140,7 @@ class Checkpointer:
         the arrays are copied off the devices, so the state may be donated to
         the next step; the files are written in the background.
         """
+        self.check()
         if step == self._manager.latest_step():
             return False  # e.g. the final save right after a periodic one
         if not force and not self._manager.should_save(step):
@@ -132,30 +150,112 @@ class Checkpointer:
             items[DATA] = ocp.args.JsonSave(_encode_data_state(data_iterator.get_state()))
         if self._config is not None:
             items[CONFIG] = ocp.args.JsonSave(self._config)
-        return self._manager.save(step, args=ocp.args.Composite(**items), force=True)
+        self._finish_previous()  # orbax would wait for it too; waiting here names the right step if it failed
+        try:
+            started = self._manager.save(step, args=ocp.args.Composite(**items), force=True)
+        except Exception as e:  # orbax/tensorstore raise plain ValueError/OSError/Exception for storage failures
+            raise self._save_error(step, e) from None
+        self._saving = step
+        return started
+
+    def check(self) -> None:
+        """Raises CheckpointError if an asynchronous save has failed; cheap, so call it every step."""
+        if self._saving is None:
+            return
+        try:
+            self._manager.check_for_errors()
+        except Exception as e:
+            raise self._save_error(self._saving, e) from None
+        if not self._manager.is_saving_in_progress():
+            self._finish_previous()  # returns at once; re-raises an error of the finalize thread
+
+    def _finish_previous(self) -> None:
+        if self._saving is None:
+            return
+        try:
+            self._manager.wait_until_finished()
+        except Exception as e:
+            raise self._save_error(self._saving, e) from None
+        self._saving = None
+
+    def _save_error(self, step: int, error: Exception) -> CheckpointError:
+        try:
+            self._manager.reload()  # from the directory: orbax's own list may already lack steps it meant to prune
+        except Exception:  # the storage may fail to list too; the message then uses orbax's list
+            pass
+        kept = [s for s in self._manager.all_steps() if s != step]
+        return CheckpointError(f"saving checkpoint step {step} in {self.directory} failed: {_first_line(error)}; "
+                               f"the run stops here; earlier checkpoints are untouched "
+                               f"(latest intact: {max(kept) if kept else 'none'})")
 
     def restore(self, abstract_state: Any, step: Optional[int] = None,
                 data_iterator: Optional[StatefulIterator] = None) -> Any:
-        """The train state at `step` (default: latest), placed as `abstract_state` says.
+        """The train state at `step` (default: the newest readable one), placed as `abstract_state` says.
 
         `abstract_state` holds `jax.ShapeDtypeStruct`s with the shardings of
         the current mesh (`partitioning.with_shardings`), which may differ
         from the mesh the checkpoint was written on. `data_iterator`, if
-        given, is rewound with `set_state`.
+        given, is rewound with `set_state`. Without `step`, an unreadable
+        newest checkpoint is moved aside and the one before it is tried.
         """
-        step = self._step_or_latest(step)
+        if step is not None:
+            self._step_or_latest(step)
+            restored, problems = self._try_restore(step, abstract_state, data_iterator)
+            if problems:
+                raise CheckpointError(f"checkpoint step {step} in {self.directory} cannot be read: "
+                                      f"{'; '.join(problems)}")
+            return restored
+        moved = []
+        while (step := self._manager.latest_step()) is not None:
+            restored, problems = self._try_restore(step, abstract_state, data_iterator)
+            if not problems:
+                return restored
+            moved.append(self._move_aside(step, problems))
+            self._manager.reload()
+        if moved:
+            raise CheckpointError(f"no intact checkpoint in {self.directory}: every step was unreadable and was moved "
+                                  f"to {self.directory / CORRUPT_DIR}; start over in a new workdir, or repair one")
+        raise FileNotFoundError(f"no finished checkpoint in {self.directory}")
+
+    def _try_restore(self, step: int, abstract_state: Any, data_iterator: Optional[StatefulIterator]
+                     ) -> tuple[Any, list[str]]:
+        """(state, []), or (None, what is wrong with `step`, as every process agrees)."""
+        step_dir = self.directory / str(step)
         items = {STATE: ocp.args.StandardRestore(abstract_state)}
         if data_iterator is not None:
+            _check_data_state_layout(step_dir)
             items[DATA] = ocp.args.JsonRestore()
+        # Files checked before any array is read, and agreed on, so no process enters orbax's restore barrier alone.
+        problems = _all_processes(_inspect(step_dir, data_iterator is not None))
+        if problems:
+            return None, problems
+        problem = None
         try:
             restored = self._manager.restore(step, args=ocp.args.Composite(**items))
-        except (FileNotFoundError, KeyError) as e:  # orbax: KeyError for a missing item
-            raise FileNotFoundError(f"checkpoint {self.directory}/{step} lacks what was asked for ({e}); the data "
-                                    f"iterator state is per process: was it written by {jax.process_count()} "
-                                    f"process(es), and with a data iterator?") from None
+        except Exception as e:  # tensorstore and orbax raise ValueError, OSError or plain Exception
+            problem = _storage_problem(e, step_dir)
+            if problem is None:
+                raise  # not an unreadable file (e.g. a shape that differs from the model's): a bug, not corruption
+        # An array file cut short shows only while reading it; a process that fails there leaves the others
+        # waiting in orbax's barrier until it times out (DEADLINE_EXCEEDED, counted as unreadable), then all agree.
+        problems = _all_processes(problem)
+        if problems:
+            return None, problems
         if data_iterator is not None:
-            data_iterator.set_state(_decode_data_state(restored[DATA], f"{self.directory}/{step}/{DATA}"))
-        return restored[STATE]
+            data_iterator.set_state(_decode_data_state(restored[DATA], f"{step_dir}/{DATA}"))
+        return restored[STATE], None
+
+    def _move_aside(self, step: int, problems: list[str]) -> str:
+        """Moves an unreadable step to corrupt/<step>-<time> (process 0; the others wait); returns the new path."""
+        target = self.directory / CORRUPT_DIR / f"{step}-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}"
+        if jax.process_index() == 0:
+            print(f"WARNING: checkpoint step {step} is unreadable: {'; '.join(problems)}; moving it to {target} "
+                  "and trying the one before", file=sys.stderr, flush=True)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            (self.directory / str(step)).rename(target)
+        if jax.process_count() > 1:
+            multihost_utils.sync_global_devices(f"checkpoint_moved_aside_{step}")
+        return str(target)
 
     def restore_config(self, step: Optional[int] = None) -> dict:
         """The experiment config saved with `step` (default: latest), as a plain dict."""
@@ -163,7 +263,8 @@ class Checkpointer:
         return self._manager.restore(step, args=ocp.args.Composite(**{CONFIG: ocp.args.JsonRestore()}))[CONFIG]
 
     def wait(self) -> None:
-        """Blocks until every started save is on disk (and old checkpoints are pruned)."""
+        """Blocks until every started save is on disk (and old checkpoints are pruned); raises if one failed."""
+        self._finish_previous()
         self._manager.wait_until_finished()
 
     def close(self) -> None:
@@ -184,6 +285,86 @@ class Checkpointer:
             raise FileNotFoundError(f"no finished checkpoint for step {step} in {self.directory}; "
                                     f"available: {list(self._manager.all_steps())}")
         return step
+
+
+def _inspect(step_dir: epath.Path, with_data: bool) -> Optional[str]:
+    """The first missing or unparsable file of this process's part of `step_dir`, found without reading arrays."""
+    required = [step_dir / STATE / "_METADATA"]
+    if list((step_dir / STATE).glob("ocdbt.process_*")):
+        required.append(step_dir / STATE / "manifest.ocdbt")  # the root of the OCDBT database
+        required += [p / "manifest.ocdbt" for p in (step_dir / STATE).glob("ocdbt.process_*")]
+    if with_data:
+        required.append(step_dir / DATA / f"process_{jax.process_index()}-of-{jax.process_count()}.json")
+    for path in required:
+        if not path.exists():
+            return f"{path} is missing"
+        if path.name.endswith(".json") or path.name == "_METADATA":
+            try:
+                json.loads(path.read_text())
+            except (ValueError, UnicodeDecodeError) as e:
+                return f"{path} is not valid JSON ({e})"
+        elif path.stat().length == 0:
+            return f"{path} is empty"
+    return None
+
+
+def _check_data_state_layout(step_dir: epath.Path) -> None:
+    """Raises if `step_dir` has no data-iterator state for this many processes (not corruption: a different setup)."""
+    if not (step_dir / DATA).exists():
+        raise CheckpointError(f"checkpoint {step_dir} holds no data iterator state: it was written without a data "
+                              "iterator")
+    ours = f"process_{jax.process_index()}-of-{jax.process_count()}.json"
+    written = sorted(p.name for p in (step_dir / DATA).glob("process_*-of-*.json"))
+    if written and not any(name.endswith(f"-of-{jax.process_count()}.json") for name in written):
+        raise CheckpointError(f"checkpoint {step_dir}: the data iterator state is per process and was written by "
+                              f"another number of processes ({', '.join(written)}), not {ours}; resume with the "
+                              "process count that wrote it")
+
+
+# What tensorstore, orbax and json say when a file is missing, cut short or garbled (as opposed to a target that
+# does not fit the checkpoint, which is a bug or a config change and must not move a checkpoint aside).
+_STORAGE_CODES = re.compile(r"\b(OUT_OF_RANGE|NOT_FOUND|DATA_LOSS|FAILED_PRECONDITION|DEADLINE_EXCEEDED)\b|"
+                            r"[Cc]hecksum|Error (reading|decoding)|[Nn]ot found|does not exist")
+
+
+def _storage_problem(error: BaseException, step_dir: epath.Path) -> Optional[str]:
+    """The innermost error in `error`'s chain that says a file is unreadable, as one line; None if none does.
+
+    Tensorstore names the OCDBT key it could not read, not the file; a cut-short data file is found by the size it
+    reports.
+    """
+    found = None
+    seen = set()
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        if isinstance(error, (FileNotFoundError, json.JSONDecodeError, UnicodeDecodeError)) or \
+                _STORAGE_CODES.search(str(error)):
+            found = error
+        error = error.__cause__ or error.__context__
+    if found is None:
+        return None
+    message = _first_line(found)
+    if size := re.search(r"value of size (\d+)", message):
+        cut = [str(p) for p in (step_dir / STATE).glob("ocdbt.process_*/d/*") if p.stat().length == int(size[1])]
+        if cut:
+            message += f" (cut short: {', '.join(cut)})"
+    return message
+
+
+def _all_processes(problem: Optional[str]) -> list[str]:
+    """Every process's problem with a step (empty if none had one), so that all processes decide alike."""
+    if jax.process_count() == 1:
+        return [problem] if problem else []
+    encoded = (problem or "").encode()[:1000].ljust(1000, b" ")
+    gathered = multihost_utils.process_allgather(np.frombuffer(encoded, np.uint8))
+    return [f"process {i}: {bytes(row).decode(errors='replace').strip()}" for i, row in enumerate(gathered)
+            if bytes(row).strip()]
+
+
+def _first_line(error: BaseException) -> str:
+    """An error's message without tensorstore's multi-kilobyte spec dumps."""
+    text = re.split(r" \[tensorstore_spec|\n", str(error), maxsplit=1)[0].strip()
+    return f"{type(error).__name__}: {text[:500]}"
 
 
 def read_config(ckpt_cfg: Any) -> dict[str, Any]:
@@ -242,9 +423,11 @@ def _decode_data_state(saved: Any, where: str) -> Any:
 class PreemptionGuard:
     """Turns SIGTERM into "stop at the next step boundary".
 
-    Single process: a signal handler sets a flag. Multi-host: each host gets
-    SIGTERM at a different moment, so a local flag would stop them at
-    different steps and hang the next collective; there JAX's preemption
+    Single process: `preemption.handle` sets `preemption.STOP`, a flag
+    shared with any handler installed earlier (`main` installs it before
+    importing JAX), so a SIGTERM during set-up is not lost. Multi-host: each
+    host gets SIGTERM at a different moment, so a local flag would stop them
+    at different steps and hang the next collective; there JAX's preemption
     service (on after `jax.distributed.initialize()`) catches the signal and
     `reached_preemption_sync_point(step)` turns true on every host at the
     same step. No Python handler is installed then, so as not to replace the
@@ -257,24 +440,21 @@ class PreemptionGuard:
                     ckpt.save(step, state, data_iterator, force=True)
                     ckpt.wait()
                     break
+
+    Closing the outermost guard clears the flag; a guard nested in one that
+    is still open (or in `main`'s handler) leaves it set, so that a SIGTERM
+    also stops the stages that would follow.
     """
 
     def __init__(self, signals: Iterable[int] = (signal.SIGTERM,)):
-        self._event = threading.Event()
         self._multihost = jax.process_count() > 1
         self._previous: dict[int, Any] = {}
         if not self._multihost:
-            for sig in signals:
-                self._previous[sig] = signal.signal(sig, self._handle)
-
-    def _handle(self, signum: int, frame: Any) -> None:
-        del frame
-        logging.warning("received signal %d: will save and stop after the current step", signum)
-        self._event.set()
+            self._previous = preemption.install(tuple(signals))
 
     def should_stop(self, step: int) -> bool:
         if not self._multihost:
-            return self._event.is_set()
+            return preemption.STOP.is_set()
         try:
             return multihost_utils.reached_preemption_sync_point(step)
         except RuntimeError as e:
@@ -282,9 +462,12 @@ class PreemptionGuard:
                                f"service enabled (jax_enable_preemption_service): {e}") from None
 
     def close(self) -> None:
+        outermost = bool(self._previous) and all(h is not preemption.handle for h in self._previous.values())
         for sig, handler in self._previous.items():
             signal.signal(sig, handler)
         self._previous.clear()
+        if outermost:
+            preemption.STOP.clear()
 
     def __enter__(self) -> "PreemptionGuard":
         return self

@@ -24,7 +24,7 @@ import os
 import jax
 from absl import flags
 
-from mobilebert_jax import cli, experiment_config, multihost
+from mobilebert_jax import cli, experiment_config, multihost, preemption
 from mobilebert_jax.config import ConfigError
 from mobilebert_jax.distill import pipeline
 
@@ -87,6 +87,7 @@ def main(parsed) -> None:
 
 def run() -> None:
     """Console-script entry point (`mobilebert-jax`)."""
+    preemption.install()  # from here on a SIGTERM stops the run cleanly, even before training starts
     cli.run_absl(main, flags_parser=_parse, doc=__doc__)
 
 

@@ -1,12 +1,13 @@
 """A pretraining Task on synthetic batches, for testing the trainer without the data pipeline.
 
 Batch i is a pure function of (seed, i); the iterator's state is i, so resume is exact.
-Also a script: python tests/synthetic_training.py WORKDIR [--config.x=y ...] runs the trainer
-and writes the final parameters to WORKDIR/final_params.npz.
+Also a script: python tests/synthetic_training.py WORKDIR [TOTAL_STEPS [x.y=VALUE ...]] runs the
+trainer (VALUE a Python literal) and writes the final parameters to WORKDIR/final_params.npz.
 """
 
 from __future__ import annotations
 
+import ast
 import os
 import sys
 import time
@@ -104,6 +105,7 @@ def main(argv: list[str]) -> None:
 
     workdir = argv[1]
     c = config(total_steps=int(argv[2])) if len(argv) > 2 else config()
+    c.update_from_flattened_dict({k: ast.literal_eval(v) for k, v in (a.split("=", 1) for a in argv[3:])})
     if os.environ.get("SLOW_STEP_SECONDS"):  # lets a test interrupt the run between steps
         original = SyntheticBatches.__next__
 
@@ -119,7 +121,7 @@ def main(argv: list[str]) -> None:
 
 
 def final_params(workdir: str, c) -> dict | None:
-    """The latest checkpoint's parameters as 'a/b/c' -> array, if the run reached total_steps."""
+    """The latest checkpoint's parameters as 'a/b/c' -> array, if there is one and the run reached total_steps."""
     import flax.linen as nn
     import jax
     from flax import traverse_util
@@ -134,13 +136,17 @@ def final_params(workdir: str, c) -> dict | None:
         return nn.meta.unbox(TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params)))
 
     manager = checkpointing.Checkpointer.from_config(os.path.join(workdir, "checkpoints"), c.checkpoint)
-    state = manager.restore(jax.eval_shape(init))
+    state = manager.restore(jax.eval_shape(init)) if manager.latest_step() is not None else None
     manager.close()
-    if int(state.step) != c.total_steps:
+    if state is None or int(state.step) != c.total_steps:
         return None
     return {"/".join(k): np.asarray(v) for k, v in traverse_util.flatten_dict(jax.device_get(state.params)).items()}
 
 
 if __name__ == "__main__":
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    from mobilebert_jax import preemption
+
+    preemption.install()  # as mobilebert_jax.main does
+    print("STARTED", flush=True)
     main(sys.argv)

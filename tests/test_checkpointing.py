@@ -201,5 +201,101 @@ def test_restoring_data_state_that_was_never_saved_says_so(tmp_path):
     with checkpointing.Checkpointer(str(tmp_path), every_steps=1, keep_last=1) as ckpt:
         ckpt.save(1, state)
         ckpt.wait()
-        with pytest.raises(FileNotFoundError, match="the data iterator state is per process"):
+        with pytest.raises(checkpointing.CheckpointError, match="holds no data iterator state"):
             ckpt.restore(abstract_of(state), data_iterator=FakeIterator(None))
+
+
+def corrupt(step_dir, kind):
+    """Damages checkpoint `step_dir` as a crash or a storage fault might; returns the damaged file."""
+    if kind == "truncated array file":
+        path = max((step_dir / "state").glob("ocdbt.process_0/d/*"), key=lambda p: p.stat().st_size)
+        os.truncate(path, 100)
+    elif kind == "deleted manifest.ocdbt":
+        path = step_dir / "state" / "manifest.ocdbt"
+        path.unlink()
+    elif kind == "emptied _METADATA":
+        path = step_dir / "state" / "_METADATA"
+        path.write_text("")
+    elif kind == "deleted data file":
+        path = step_dir / "data" / "process_0-of-1.json"
+        path.unlink()
+    return path
+
+
+CORRUPTIONS = ["truncated array file", "deleted manifest.ocdbt", "emptied _METADATA", "deleted data file"]
+
+
+def _save_steps(directory, steps, state_of):
+    with checkpointing.Checkpointer(str(directory), every_steps=1, keep_last=10) as ckpt:
+        for step in steps:
+            ckpt.save(step, state_of(step), FakeIterator({"position": step}))
+        ckpt.wait()
+
+
+@pytest.mark.parametrize("corruption", CORRUPTIONS)
+def test_restore_moves_an_unreadable_latest_step_aside_and_uses_the_one_before(tmp_path, capfd, corruption):
+    state_of = lambda step: {"w": jnp.arange(100_000.0) + step}  # noqa: E731
+    _save_steps(tmp_path, (1, 2), state_of)
+    bad_file = corrupt(tmp_path / "2", corruption)
+    with checkpointing.Checkpointer(str(tmp_path), every_steps=1, keep_last=10) as ckpt:
+        it = FakeIterator(None)
+        restored = ckpt.restore(abstract_of(state_of(0)), data_iterator=it)
+        assert list(ckpt.all_steps()) == [1]
+    assert_bitwise_equal(restored, state_of(1))
+    assert it.state == {"position": 1}
+    err = capfd.readouterr().err
+    assert "checkpoint step 2 is unreadable" in err and bad_file.name in err, err
+    moved = list((tmp_path / "corrupt").iterdir())
+    assert len(moved) == 1 and moved[0].name.startswith("2-"), moved  # moved aside, never deleted
+    assert (moved[0] / "state").is_dir() and not (tmp_path / "2").exists()
+
+
+def test_no_intact_checkpoint_is_an_error_naming_the_directory(tmp_path):
+    state_of = lambda step: {"w": jnp.arange(4.0) + step}  # noqa: E731
+    _save_steps(tmp_path, (1, 2), state_of)
+    for step in (1, 2):
+        (tmp_path / str(step) / "state" / "_METADATA").write_text("{")
+    with checkpointing.Checkpointer(str(tmp_path), every_steps=1, keep_last=10) as ckpt:
+        with pytest.raises(checkpointing.CheckpointError, match=f"no intact checkpoint in {tmp_path}"):
+            ckpt.restore(abstract_of(state_of(0)))
+    assert sorted(p.name.split("-")[0] for p in (tmp_path / "corrupt").iterdir()) == ["1", "2"]
+
+
+def test_a_target_that_does_not_fit_is_an_error_not_corruption(tmp_path):
+    _save_steps(tmp_path, (1,), lambda step: {"w": jnp.arange(4.0)})
+    with checkpointing.Checkpointer(str(tmp_path), every_steps=1, keep_last=10) as ckpt:
+        with pytest.raises(ValueError):
+            ckpt.restore({"w": jax.ShapeDtypeStruct((5,), jnp.float32,
+                                                    sharding=jax.sharding.SingleDeviceSharding(jax.devices()[0]))})
+        assert list(ckpt.all_steps()) == [1]  # a model that changed must not move good checkpoints aside
+    assert not (tmp_path / "corrupt").exists()
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 3 MiB tmpfs (needs root; skipped otherwise), unmounted afterwards."""
+    mount = tmp_path / "disk"
+    mount.mkdir()
+    result = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=3m", "tmpfs", str(mount)], capture_output=True,
+                            text=True)
+    if result.returncode != 0:
+        pytest.skip(f"cannot mount a small tmpfs to fill up (needs root): {result.stderr.strip()}")
+    yield mount
+    subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+@pytest.mark.parametrize("async_save", [True, False])
+def test_a_save_that_runs_out_of_space_stops_naming_the_step(small_disk, async_save):
+    small, big = {"w": jnp.ones((100_000,))}, {"w": jnp.arange(2_000_000.0)}  # 0.4 MB fits, 8 MB does not
+    # keep_last=1: the save of step 2 would remove step 1, but only once it has committed
+    ckpt = checkpointing.Checkpointer(str(small_disk / "ckpt"), every_steps=1, keep_last=1, async_save=async_save)
+    ckpt.save(1, small)
+    ckpt.wait()
+    with pytest.raises(checkpointing.CheckpointError,
+                       match=r"saving checkpoint step 2 in .* failed: .*(No space left|RESOURCE_EXHAUSTED).*"
+                             r"latest intact: 1"):
+        ckpt.save(2, big)
+        ckpt.wait()  # an asynchronous save's failure shows here at the latest (or at the next save or check)
+    with checkpointing.Checkpointer(str(small_disk / "ckpt"), every_steps=1, keep_last=5) as again:
+        assert list(again.all_steps()) == [1]
+        assert_bitwise_equal(again.restore(abstract_of(small)), small)

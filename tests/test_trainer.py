@@ -6,9 +6,12 @@ in-process runs see conftest's 8.
 
 from __future__ import annotations
 
+import json
 import os
 import re
+import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -18,6 +21,7 @@ import pytest
 
 import synthetic_training
 from mobilebert_jax import experiment_config
+from mobilebert_jax import workdir as workdir_lib
 from mobilebert_jax.config import ConfigError
 from mobilebert_jax.train.trainer import train
 from limits import HANG_S
@@ -26,12 +30,12 @@ SCRIPT = os.path.join(os.path.dirname(__file__), "synthetic_training.py")
 TOTAL = 8
 
 
-def _run(workdir, steps=TOTAL, slow=None, wait=True):
+def _run(workdir, steps=TOTAL, slow=None, wait=True, overrides=()):
     env = dict(os.environ)
     env.pop("XLA_FLAGS", None)
     if slow:
         env["SLOW_STEP_SECONDS"] = str(slow)
-    proc = subprocess.Popen([sys.executable, SCRIPT, str(workdir), str(steps)], env=env,
+    proc = subprocess.Popen([sys.executable, SCRIPT, str(workdir), str(steps), *overrides], env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     if wait:
         out, _ = proc.communicate(timeout=HANG_S)
@@ -128,3 +132,97 @@ def test_unknown_override_is_named(tmp_path):
         experiment_config.load_experiment(
             os.path.join(os.path.dirname(__file__), "..", "experiments", "teacher_ib_bert_large.py") + ":smoke",
             ["--config.optimizer.lrr=1e-3"])
+
+
+@pytest.fixture(scope="module")
+def in_process(tmp_path_factory):
+    """An uninterrupted in-process run (conftest's 8 devices) and its final parameters."""
+    workdir = str(tmp_path_factory.mktemp("in_process"))
+    c = synthetic_training.config(total_steps=TOTAL)
+    train(c, workdir, synthetic_training.build_synthetic_task)
+    return workdir, synthetic_training.final_params(workdir, c)
+
+
+@pytest.mark.parametrize("corruption", ["truncated array file", "deleted manifest.ocdbt", "emptied _METADATA",
+                                        "deleted data file"])
+def test_resume_past_a_corrupt_latest_checkpoint_is_exact(tmp_path, in_process, capfd, corruption):
+    from test_checkpointing import corrupt
+
+    straight_workdir, straight_params = in_process
+    workdir = tmp_path / "run"
+    shutil.copytree(straight_workdir, workdir)
+    bad = corrupt(workdir / "checkpoints" / str(TOTAL), corruption)
+    c = synthetic_training.config(total_steps=TOTAL)
+    train(c, str(workdir), synthetic_training.build_synthetic_task)  # the same command again
+    out, err = capfd.readouterr()
+    assert f"checkpoint step {TOTAL} is unreadable" in err and bad.name in err, err
+    assert f"resumed from step {TOTAL - 2}" in out, out
+    assert [p.name.split("-")[0] for p in (workdir / "checkpoints" / "corrupt").iterdir()] == [str(TOTAL)]
+    _assert_bitwise_equal(synthetic_training.final_params(str(workdir), c), straight_params)
+
+
+def test_sigterm_before_the_first_step_exits_cleanly(tmp_path):
+    proc = _run(tmp_path, wait=False)
+    while (line := proc.stdout.readline()) and line.strip() != "STARTED":  # the handler is installed
+        pass
+    proc.send_signal(signal.SIGTERM)
+    out, _ = proc.communicate(timeout=1800)
+    assert proc.returncode == 0, out
+    assert "stopped by a signal before step 1: nothing new to save" in out, out
+    assert not os.path.exists(tmp_path / "final_params.npz")
+
+
+def _metrics_steps(workdir):
+    with open(os.path.join(workdir, "metrics.jsonl")) as f:
+        return [json.loads(line)["step"] for line in f if line.strip()]
+
+
+def test_second_run_is_refused_and_a_killed_run_loses_at_most_an_interval_plus_a_save_in_flight(tmp_path, straight):
+    every = 2
+    overrides = ["checkpoint.async_save=True", "log_every=1"]
+    first = _run(tmp_path, slow=1.0, wait=False, overrides=overrides)
+    _wait_for_checkpoint(tmp_path, 2, first, timeout=1800)
+    c = synthetic_training.config(total_steps=TOTAL)
+    c.update_from_flattened_dict({"checkpoint.async_save": True, "log_every": 1})
+    holder = f"is in use by host {socket.gethostname()} pid {first.pid}"
+    with pytest.raises(workdir_lib.WorkdirInUseError, match=holder):
+        train(c, str(tmp_path), _never)  # the same run again, while the first holds the workdir
+    assert first.poll() is None, "the first run ended before it could be killed mid-run; make its steps slower"
+    first.kill()
+    first.communicate(timeout=60)
+    reached = max(_metrics_steps(tmp_path))
+    out = _run(tmp_path, overrides=overrides)  # takes the dead run's lock over and resumes
+    assert f"pid {first.pid}" in out and "no longer exists" in out, out
+    resumed = int(re.search(r"resumed from step (\d+)", out)[1])
+    # The save of the last multiple of `every` may still have been in flight (then not committed); the one before
+    # it had committed, since orbax finishes a save before it starts the next.
+    in_flight = reached - reached // every * every
+    assert reached - resumed <= every + in_flight, (reached, resumed)
+    _assert_bitwise_equal(_params(tmp_path), straight)
+
+
+def test_a_full_disk_stops_the_run_at_the_failed_save(tmp_path):
+    checkpoints = tmp_path / "checkpoints"  # only the checkpoints on the small disk: the metrics still get written
+    checkpoints.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64m", "tmpfs", str(checkpoints)],
+                             capture_output=True, text=True)
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a small tmpfs to fill up (needs root): {mounted.stderr.strip()}")
+    overrides = ["checkpoint.async_save=True", "log_every=1"]
+    try:
+        proc = _run(tmp_path, slow=0.3, wait=False, overrides=overrides)
+        _wait_for_checkpoint(tmp_path, 2, proc, timeout=1800)
+        free = os.statvfs(checkpoints)
+        with open(checkpoints / "filler", "wb") as f:  # takes every free block
+            os.posix_fallocate(f.fileno(), 0, free.f_bavail * free.f_frsize)
+        out, _ = proc.communicate(timeout=1800)
+        assert proc.returncode != 0, out
+        failed = int(re.search(r"saving checkpoint step (\d+) in .* failed: .*(No space left|RESOURCE_EXHAUSTED)",
+                               out)[1])
+        assert "earlier checkpoints are untouched" in out
+        assert max(_metrics_steps(tmp_path)) <= failed + 2  # stopped at the next save at the latest
+        (checkpoints / "filler").unlink()
+        out = _run(tmp_path, overrides=overrides)  # the checkpoints before the failed save resume
+        assert "resumed from step" in out
+    finally:
+        subprocess.run(["umount", "-l", str(checkpoints)], check=False)

@@ -24,6 +24,7 @@ import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from mobilebert_jax import checkpointing, experiment_config, hardware, optim, partitioning, plot, storage
+from mobilebert_jax import workdir as workdir_lib
 from mobilebert_jax.errors import DataError, NonFiniteLossError
 from mobilebert_jax.metrics_writer import MetricsWriter
 from mobilebert_jax.train import lineage
@@ -119,11 +120,23 @@ FINISHED = "FINISHED"
 
 
 def train(config: ml_collections.ConfigDict, workdir: str, build_task: TaskBuilder) -> dict[str, float]:
-    """Runs (or resumes) the stage `config` describes in `workdir`; returns the final metrics."""
-    # Everything that can be wrong with the config fails here, before any data work or compile.
-    lineage.resolve(config)
-    experiment_config.validate(config, jax.device_count(), process_count=jax.process_count())
-    experiment_config.check_shared_storage(config, workdir, jax.process_count())
+    """Runs (or resumes) the stage `config` describes in `workdir`; returns the final metrics.
+
+    From here on a SIGTERM stops the run cleanly (before the first step, if it comes that early); the workdir is
+    locked against a second run, and a config other than the one it was started with is refused.
+    """
+    with checkpointing.PreemptionGuard():  # catches a SIGTERM during set-up; the loop's guard sees it too
+        # Everything that can be wrong with the config fails here, before any data work or compile.
+        lineage.resolve(config)
+        experiment_config.validate(config, jax.device_count(), process_count=jax.process_count())
+        experiment_config.check_shared_storage(config, workdir, jax.process_count())
+        with workdir_lib.WorkdirLock(workdir) as lock:
+            workdir_lib.check_config_unchanged(config, workdir)
+            return _train(config, workdir, build_task, lock)
+
+
+def _train(config: ml_collections.ConfigDict, workdir: str, build_task: TaskBuilder,
+           lock: workdir_lib.WorkdirLock) -> dict[str, float]:
     storage.path(workdir).mkdir(parents=True, exist_ok=True)
     experiment_config.save_resolved(config, workdir)
     # FINISHED (written last) tells launch/tpu_run.sh's watch that this run is complete; an older one would lie.
@@ -166,6 +179,12 @@ def train(config: ml_collections.ConfigDict, workdir: str, build_task: TaskBuild
         profile = config.profile
         final_metrics: dict[str, float] = {}
         with checkpointing.PreemptionGuard() as guard:
+            if guard.should_stop(first_step):  # signalled during set-up: stop before compiling the step
+                ckpt.close()
+                writer.close()
+                _log(f"stopped by a signal before step {first_step + 1}: nothing new to save; rerun the same "
+                     "command to continue")
+                return final_metrics
             for step in range(first_step, total_steps):
                 if step == profile.start_step and profile.num_steps > 0 and jax.process_index() == 0:
                     jax.profiler.start_trace(os.path.join(workdir, "profile"))
@@ -204,6 +223,7 @@ def train(config: ml_collections.ConfigDict, workdir: str, build_task: TaskBuild
                     writer.write(done, {f"eval/{k}": v for k, v in eval_metrics.items()}, progress=False)
                     _log(f"eval at step {done}: " + ", ".join(f"{k} {v:.4f}" for k, v in eval_metrics.items()))
                     final_metrics.update({f"eval/{k}": v for k, v in eval_metrics.items()})
+                lock.check()
                 if ckpt.save(done, state, data_iterator=task.train_iterator):
                     _log(f"checkpoint {done}: saving in the background")
                 if guard.should_stop(done):

@@ -1,0 +1,95 @@
+"""One run per workdir: the lock (taken, refused, stale, taken over) and the config a workdir may resume with."""
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+
+import ml_collections
+import pytest
+
+from mobilebert_jax import ConfigError
+from mobilebert_jax import workdir as workdir_lib
+
+
+def _record(path):
+    with open(os.path.join(path, workdir_lib.LOCK_KEY)) as f:
+        return json.load(f)
+
+
+def test_a_second_holder_is_refused_naming_the_first(tmp_path):
+    with workdir_lib.WorkdirLock(str(tmp_path)) as lock:
+        holder = _record(tmp_path)
+        assert holder["host"] == socket.gethostname() and holder["pid"] == os.getpid()
+        with pytest.raises(workdir_lib.WorkdirInUseError,
+                           match=f"in use by host {socket.gethostname()} pid {os.getpid()} .*last heartbeat"):
+            workdir_lib.WorkdirLock(str(tmp_path)).acquire()
+        lock.check()
+    assert not os.path.exists(tmp_path / workdir_lib.LOCK_KEY)  # released
+    with workdir_lib.WorkdirLock(str(tmp_path)):  # free again
+        pass
+
+
+def _write_lock(path, **fields):
+    record = {"host": socket.gethostname(), "pid": os.getpid(), "started": time.time(), "heartbeat": time.time(),
+              "command": "an earlier run"} | fields
+    with open(os.path.join(path, "LOCK.new"), "w") as f:
+        json.dump(record, f)
+    os.replace(os.path.join(path, "LOCK.new"), os.path.join(path, workdir_lib.LOCK_KEY))  # never seen half-written
+
+
+def test_a_lock_of_a_dead_process_on_this_host_is_taken_over(tmp_path, capfd):
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    _write_lock(tmp_path, pid=int(dead.stdout))
+    with workdir_lib.WorkdirLock(str(tmp_path)):
+        assert _record(tmp_path)["pid"] == os.getpid()
+    assert f"its process {int(dead.stdout)} on this host no longer exists" in capfd.readouterr().err
+
+
+def test_a_lock_without_heartbeat_expires(tmp_path, capfd):
+    _write_lock(tmp_path, host="another-host", pid=1, heartbeat=time.time() - 700)
+    with workdir_lib.WorkdirLock(str(tmp_path), stale_after_seconds=600):
+        assert _record(tmp_path)["pid"] == os.getpid()
+    assert "taking over the lock" in capfd.readouterr().err
+    _write_lock(tmp_path, host="another-host", pid=1, heartbeat=time.time() - 100)  # fresh: still held
+    with pytest.raises(workdir_lib.WorkdirInUseError, match="in use by host another-host pid 1"):
+        workdir_lib.WorkdirLock(str(tmp_path), stale_after_seconds=600).acquire()
+
+
+def test_heartbeat_keeps_the_lock_fresh_and_notices_a_takeover(tmp_path):
+    with workdir_lib.WorkdirLock(str(tmp_path), heartbeat_seconds=0.05) as lock:
+        first = _record(tmp_path)["heartbeat"]
+        for _ in range(600):  # up to a minute: bounded by progress, not by a tight time limit
+            if _record(tmp_path)["heartbeat"] > first:
+                break
+            time.sleep(0.1)
+        assert _record(tmp_path)["heartbeat"] > first
+        _write_lock(tmp_path, host="another-host", pid=1)  # another run took it over (as if ours had gone stale)
+        with pytest.raises(workdir_lib.WorkdirInUseError, match="taken over by host another-host pid 1"):
+            for _ in range(600):
+                lock.check()
+                time.sleep(0.1)
+    assert _record(tmp_path)["host"] == "another-host"  # the other run's lock is left alone
+
+
+def _config(**fields):
+    c = ml_collections.ConfigDict(dict(seed=0, total_steps=10, optimizer=dict(lr=1e-3), mesh=dict(shape=(8, 1, 1)),
+                                       checkpoint=dict(every_steps=5), fn=_config))
+    c.update_from_flattened_dict(fields)
+    return c
+
+
+def test_resuming_with_another_config_is_refused_naming_the_fields(tmp_path):
+    workdir_lib.check_config_unchanged(_config(), str(tmp_path))  # nothing recorded yet
+    (tmp_path / "config.json").write_text(_config().to_json_best_effort(indent=2, sort_keys=True))
+    workdir_lib.check_config_unchanged(_config(), str(tmp_path))
+    workdir_lib.check_config_unchanged(  # fields that may change on resume
+        _config(total_steps=20, **{"mesh.shape": (2, 2, 2), "checkpoint.every_steps": 1}), str(tmp_path))
+    with pytest.raises(ConfigError, match=r"config.optimizer.lr: 0.001 recorded, now 0.002; config.seed: 0 "
+                                          r"recorded, now 1\. Use a new --workdir"):
+        workdir_lib.check_config_unchanged(_config(seed=1, **{"optimizer.lr": 2e-3}), str(tmp_path))
+    (tmp_path / "config.json").write_text("{")
+    with pytest.raises(ConfigError, match="config.json: not valid JSON"):
+        workdir_lib.check_config_unchanged(_config(), str(tmp_path))
