@@ -129,7 +129,7 @@ def _hf_dir(path: epath.Path, where: str) -> Source:
     try:
         config, params = from_hf(str(path))
     except (CheckpointError, ConfigError) as e:
-        raise ConfigError(f"{where}: {e}") from None
+        raise type(e)(f"{where}: {e}") from None  # keeps the FATAL kind (checkpoint vs config)
     flat = {k: np.asarray(v) for k, v in traverse_util.flatten_dict(params, sep="/").items()}
     record = tokenizer_record.from_hf_dir(path)
     return Source("hf_dir", str(path), config, {k: v.shape for k, v in flat.items()}, record,
