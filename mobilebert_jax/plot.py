@@ -141,7 +141,7 @@ def plot_run(workdir: str, out: Optional[str] = None, title: str = "") -> str:
         for step in stage_boundaries(train):
             ax.axvline(step, color="grey", linestyle=":", linewidth=0.8)
         ax.set_yscale("log")
-        ax.set_title("per-layer transfer loss (weighted)", fontsize=10)
+        ax.set_title("per-layer transfer loss (weighted, scaled)", fontsize=10)
         ax.legend(fontsize=7, ncol=2 if len(layers) > 6 else 1)
     for ax in flat[:n]:
         ax.set_xlabel("step", fontsize=8)

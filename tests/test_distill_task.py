@@ -6,6 +6,7 @@ teacher is written to disk and read back as the trainer would.
 
 from __future__ import annotations
 
+import os
 import re
 
 import flax.linen as nn
@@ -16,10 +17,12 @@ import numpy as np
 import pytest
 from flax import traverse_util
 
-from mobilebert_jax import get_preset, optim
+from mobilebert_jax import experiment_config, get_preset, optim
 from mobilebert_jax.config import ConfigError
 from mobilebert_jax.convert import native
+from mobilebert_jax.distill import config as distill_config
 from mobilebert_jax.distill import experiment, strategies
+from mobilebert_jax.distill.objective import Objective
 from mobilebert_jax.distill import task as distill_task
 from mobilebert_jax.modeling import MobileBertForPreTraining
 from mobilebert_jax.optim import multipliers
@@ -278,7 +281,15 @@ def test_layer_loss_matches_numpy_with_reference_weights(progressive):
     lt, ls = log_softmax(at), log_softmax(as_)
     kl = (np.exp(lt) * (lt - ls)).sum(-1).mean(1)  # [B, T]: mean over heads
     attention = np.mean(kl[m])
-    np.testing.assert_allclose(loss, 100 * fmt + 5000 * mean + 5 * var + attention, rtol=1e-4)
+    # TF1's scaling (the default): the summed layer losses divided by the number of layers, 3.
+    np.testing.assert_allclose(loss, (100 * fmt + 5000 * mean + 5 * var + attention) / 3, rtol=1e-4)
+    # Logged besides the KL: TF1's attention cross-entropy, KL + the teacher's entropy.
+    metrics = task.summarize_fn(sums)
+    np.testing.assert_allclose(float(metrics[f"layer_{stage}/attention"]), attention, rtol=1e-4)
+    ce = (-np.exp(lt) * ls).sum(-1).mean(1)
+    np.testing.assert_allclose(float(metrics[f"layer_{stage}/attention_ce"]), np.mean(ce[m]), rtol=1e-4)
+    np.testing.assert_allclose(float(metrics[f"layer_{stage}/loss"]), loss, rtol=1e-6)
+    assert float(metrics[f"layer_{stage - 1}/attention_ce"]) == 0.0  # gated like the KL
 
 
 @pytest.mark.parametrize("strategy", ["joint", "auxiliary", "pd"])
@@ -335,3 +346,127 @@ def test_progressive_needs_a_group_per_layer(progressive):
     del c.optimizer.groups["layer_2"]
     with pytest.raises(ConfigError, match="encoder layer 2 .* is in group 'default'"):
         build(c)
+
+
+EMBEDDING_NORM = "mobilebert/embeddings/LayerNorm/"
+
+
+def _run_steps(c, task, steps: int):
+    """`steps` training steps from a fresh start; the final parameters."""
+    tx = optim.build_optimizer(c.optimizer, jax.eval_shape(task.init_params, jax.random.key(0)))
+    state, frozen = init_state(task, c, tx)
+    fn = jax.jit(step_lib.make_train_step(task.make_sums_fn(False), tx, totals_fn=task.totals_fn,
+                                          loss_fn=task.loss_fn, summarize_fn=task.summarize_fn, uses_context=True,
+                                          step_metrics_fn=task.step_metrics_fn))
+    batches = PaddedBatches(c.model.vocab_size, BATCH, seed=3)
+    initial = flat(state.params)
+    for _ in range(steps):
+        state, _ = fn(state, next(batches), frozen)
+    return initial, flat(state.params)
+
+
+@pytest.fixture(scope="module")
+def short_progressive(tmp_path_factory):
+    teacher_cfg, student_cfg = tiny_models(layers=2)
+    teacher_dir = save_teacher(tmp_path_factory.mktemp("teacher"), teacher_cfg)
+    return lambda **distill: make_config("progressive", teacher_dir, teacher_cfg, student_cfg, stage_steps=3,
+                                         **distill)
+
+
+def test_embedding_norm_frozen_through_progressive_transfer_by_default(short_progressive):
+    """TF1: the student's embedding norm keeps its initial value, bit for bit, through every stage."""
+    c = short_progressive()
+    assert c.distill.train_embedding_norm_in_transfer is False
+    initial, final = _run_steps(c, build(c, evaluate=False), 6)  # both stages of 3 steps
+    norm = [k for k in initial if k.startswith(EMBEDDING_NORM)]
+    assert norm
+    for k in norm:
+        np.testing.assert_array_equal(final[k], initial[k], err_msg=k)
+    for i in range(2):  # while every layer trained
+        assert any(not np.array_equal(final[k], initial[k]) for k in initial
+                   if k.startswith(f"mobilebert/encoder/layer_{i}/"))
+
+
+def test_embedding_norm_trains_with_layer_0_when_asked(short_progressive):
+    """train_embedding_norm_in_transfer=True is the earlier behaviour: the norm in layer 0's group, bit for bit."""
+    c = short_progressive(train_embedding_norm_in_transfer=True)
+    initial, final = _run_steps(c, build(c, evaluate=False), 6)
+    norm = [k for k in initial if k.startswith(EMBEDDING_NORM)]
+    assert any(not np.array_equal(final[k], initial[k]) for k in norm)
+    # The earlier config: no group of its own, the norm matched by layer 0's pattern.
+    old = ml_collections.ConfigDict(c.to_dict())
+    del old.optimizer.groups["embedding_norm"]
+    old.optimizer.groups.layer_0.pattern = "^(mobilebert/encoder/layer_0/|" + EMBEDDING_NORM + ")"
+    _, old_final = _run_steps(old, build(c, evaluate=False), 6)
+    for k in final:
+        np.testing.assert_array_equal(final[k], old_final[k], err_msg=k)
+
+
+@pytest.mark.parametrize("train", [False, True])
+def test_embedding_norm_in_joint_transfer(tmp_path, train):
+    teacher_cfg, student_cfg = tiny_models(layers=2)
+    c = make_config("joint", save_teacher(tmp_path / "teacher", teacher_cfg), teacher_cfg, student_cfg,
+                    train_embedding_norm_in_transfer=train)
+    initial, final = _run_steps(c, build(c, evaluate=False), 3)  # past the warm-up's rate-0 first step
+    changed = [not np.array_equal(final[k], initial[k]) for k in initial if k.startswith(EMBEDDING_NORM)]
+    assert any(changed) == train
+
+
+def test_embedding_norm_option_follows_command_line_overrides():
+    """The groups refer to the field, so an override after the experiment file ran takes effect."""
+    path = os.path.join(experiment.REPO_ROOT, "experiments", "distill_progressive.py")
+    for value, scale in (("false", 0.0), ("true", 3.0)):
+        c = experiment_config.load_experiment(path, [f"--config.distill.train_embedding_norm_in_transfer={value}"])
+        assert c.optimizer.groups.embedding_norm.multiplier.scale == scale
+    c = experiment_config.load_experiment(os.path.join(experiment.REPO_ROOT, "experiments", "distill_joint.py"),
+                                          ["--config.distill.train_embedding_norm_in_transfer=true"])
+    assert c.optimizer.groups.embedding_norm.multiplier == 1.0
+
+
+def test_embedding_norm_option_must_agree_with_the_optimizer(short_progressive):
+    c = short_progressive()
+    c.optimizer.groups.embedding_norm.multiplier.scale = 3.0  # trains, though the field says frozen
+    with pytest.raises(ConfigError, match="train_embedding_norm_in_transfer=False, but .*LayerNorm.* is trained by "
+                                          "config.optimizer.groups.embedding_norm"):
+        build(c)
+    c = short_progressive(train_embedding_norm_in_transfer=True)
+    c.optimizer.exclude = tuple(c.optimizer.exclude) + ("^" + EMBEDDING_NORM,)
+    with pytest.raises(ConfigError, match="train_embedding_norm_in_transfer=True, but .* is frozen by "
+                                          "config.optimizer.exclude"):
+        build(c)
+
+
+def test_paper_configs_default_to_tf1():
+    for strategy in distill_config.STRATEGIES:
+        for arg in (None, "smoke"):
+            d = experiment.get_config(strategy, arg).distill
+            assert d.layer_loss_scaling == "tf1" and d.train_embedding_norm_in_transfer is False, (strategy, arg)
+
+
+@pytest.mark.parametrize("scaling,factors", [("tf1", [1 / 3, 1 / 3, 1 / 3]), ("tf2", [1, 1 / 2, 1 / 3]),
+                                             ("none", [1, 1, 1])])
+def test_layer_loss_scaling(scaling, factors):
+    """none / TF1's 1/L / TF2's 1/(l+1) on each layer's weighted loss, in the optimized and the logged loss."""
+    d = distill_config.read(dict(distill_config.default_config("joint").to_dict(), teacher="T",
+                                 layer_loss_scaling=scaling))
+    objective = Objective(distill=d, num_layers=3, layer_map=(0, 1, 2))
+    sums = {"tokens": jnp.asarray(4.0)}
+    expected_layers = []
+    for i in range(3):
+        values = {"feature_map": 0.1 * (i + 1), "mean": 1e-4, "variance": 0.5 + i, "attention": 2.0 + i}
+        sums.update({f"layer_{i}/{k}": jnp.asarray(4.0 * v) for k, v in values.items()})
+        sums[f"layer_{i}/attention_ce"] = jnp.asarray(4.0 * (values["attention"] + 1.0))
+        weighted = 100 * values["feature_map"] + 5000 * values["mean"] + 5 * values["variance"] + values["attention"]
+        expected_layers.append(factors[i] * weighted)
+    loss = objective.loss(sums, {"tokens": jnp.asarray(4.0)})
+    np.testing.assert_allclose(float(loss), sum(expected_layers), rtol=1e-6)
+    metrics = objective.summarize(sums)
+    for i in range(3):
+        np.testing.assert_allclose(float(metrics[f"layer_{i}/loss"]), expected_layers[i], rtol=1e-6)
+        np.testing.assert_allclose(float(metrics[f"layer_{i}/attention_ce"]), 3.0 + i, rtol=1e-6)
+    np.testing.assert_allclose(float(metrics["loss"]), float(loss), rtol=1e-6)
+
+
+def test_layer_loss_scaling_is_checked():
+    with pytest.raises(ConfigError, match=r"config.distill.layer_loss_scaling='tf3': choose one of"):
+        distill_config.read(dict(distill_config.default_config().to_dict(), teacher="T", layer_loss_scaling="tf3"))

@@ -14,6 +14,13 @@ Fields (defaults are REFERENCE section 3 and 4):
                     so `--config.distill.last_stage=l` runs one stage at a time in the same workdir
   lower_layer_multiplier  progressive: learning-rate factor of the layers below the current stage
                     (TF1: 0.1 of the current layer's; 0 freezes them)
+  train_embedding_norm_in_transfer  whether the student's embedding norm (not copied from the teacher)
+                    trains during layer-wise transfer (progressive, joint). False (TF1): its learning rate
+                    is 0 until PD, as TF1's LAMB gave rate 0 to every variable outside the encoder layers;
+                    True: it trains with layer 0 (progressive) or at the base rate (joint)
+  layer_loss_scaling  how each layer's transfer loss is scaled: "tf1" (divided by the number of student
+                    layers L, TF1's `extra_loss * factor / num_layers`), "tf2" (layer l's divided by l + 1,
+                    0-based, the TF2 Model Garden's per-stage division), "none"
   layer_map         teacher layer (0-based) each student layer learns from; () = the same layer
                     when the depths match, else spread evenly (student layer i -> ceil((i+1) Lt/Ls) - 1)
   include_padding   False: padded positions are left out of the layer losses; True: TF1's means over
@@ -36,9 +43,10 @@ from mobilebert_jax.optim import config as cfg_lib
 STRATEGIES = ("progressive", "joint", "auxiliary", "pd")
 WEIGHT_NAMES = ("feature_map", "mean", "variance", "attention", "mlm", "nsp")
 LAYER_WEIGHTS = ("feature_map", "mean", "variance", "attention")
+LAYER_LOSS_SCALINGS = ("tf1", "tf2", "none")
 FIELDS = ("strategy", "teacher", "student_init", "copy_from_teacher", "stage_steps", "last_stage",
-          "lower_layer_multiplier", "layer_map", "include_padding", "student_dropout", "alpha", "temperature",
-          "weights")
+          "lower_layer_multiplier", "train_embedding_norm_in_transfer", "layer_loss_scaling", "layer_map",
+          "include_padding", "student_dropout", "alpha", "temperature", "weights")
 
 
 def default_config(strategy: str = "progressive") -> ml_collections.ConfigDict:
@@ -52,6 +60,8 @@ def default_config(strategy: str = "progressive") -> ml_collections.ConfigDict:
         stage_steps=10_000,
         last_stage=ml_collections.config_dict.placeholder(int),
         lower_layer_multiplier=0.1,
+        train_embedding_norm_in_transfer=False,
+        layer_loss_scaling="tf1",
         layer_map=(),
         include_padding=False,
         student_dropout=False,
@@ -70,6 +80,8 @@ class DistillConfig:
     stage_steps: int
     last_stage: int | None
     lower_layer_multiplier: float
+    train_embedding_norm_in_transfer: bool
+    layer_loss_scaling: str
     layer_map: tuple[int, ...]
     include_padding: bool
     student_dropout: bool
@@ -86,6 +98,10 @@ class DistillConfig:
     def pd(self) -> bool:
         return self.strategy in ("auxiliary", "pd")
 
+    def layer_loss_scale(self, layer: int, num_layers: int) -> float:
+        """The factor on layer `layer`'s (0-based) weighted transfer loss, of `num_layers` student layers."""
+        return {"tf1": 1.0 / num_layers, "tf2": 1.0 / (layer + 1), "none": 1.0}[self.layer_loss_scaling]
+
 
 def read(cfg: Any, where: str = "config.distill") -> DistillConfig:
     """`config.distill` checked field by field; errors name the field."""
@@ -98,7 +114,7 @@ def read(cfg: Any, where: str = "config.distill") -> DistillConfig:
     if not d["teacher"]:
         raise ConfigError(f"{where}.teacher is required: a teacher workdir, checkpoint step directory or "
                           f"params directory")
-    for field in ("copy_from_teacher", "include_padding", "student_dropout"):
+    for field in ("copy_from_teacher", "include_padding", "student_dropout", "train_embedding_norm_in_transfer"):
         if not isinstance(d[field], bool):
             raise ConfigError(f"{where}.{field}={d[field]!r}: must be true or false")
     stage_steps = cfg_lib.step_count(d["stage_steps"], f"{where}.stage_steps", allow_zero=False)
@@ -106,6 +122,9 @@ def read(cfg: Any, where: str = "config.distill") -> DistillConfig:
     if last_stage is not None:
         last_stage = cfg_lib.step_count(last_stage, f"{where}.last_stage")
     lower = cfg_lib.positive_number(d["lower_layer_multiplier"], f"{where}.lower_layer_multiplier", allow_zero=True)
+    if d["layer_loss_scaling"] not in LAYER_LOSS_SCALINGS:
+        raise ConfigError(f"{where}.layer_loss_scaling={d['layer_loss_scaling']!r}: choose one of "
+                          f"{list(LAYER_LOSS_SCALINGS)}")
     layer_map = d["layer_map"]
     if isinstance(layer_map, (str, bytes)) or not isinstance(layer_map, (list, tuple)) or not all(
             isinstance(i, int) and not isinstance(i, bool) for i in layer_map):
@@ -118,6 +137,8 @@ def read(cfg: Any, where: str = "config.distill") -> DistillConfig:
     weights = {k: cfg_lib.positive_number(v, f"{where}.weights.{k}", allow_zero=True) for k, v in weights.items()}
     return DistillConfig(strategy=d["strategy"], teacher=d["teacher"], student_init=d["student_init"],
                          copy_from_teacher=d["copy_from_teacher"], stage_steps=stage_steps, last_stage=last_stage,
-                         lower_layer_multiplier=lower, layer_map=tuple(layer_map),
+                         lower_layer_multiplier=lower,
+                         train_embedding_norm_in_transfer=d["train_embedding_norm_in_transfer"],
+                         layer_loss_scaling=d["layer_loss_scaling"], layer_map=tuple(layer_map),
                          include_padding=d["include_padding"], student_dropout=d["student_dropout"], alpha=alpha,
                          temperature=temperature, weights=weights)

@@ -20,11 +20,30 @@ import jax.numpy as jnp
 FEATURE_NORM_EPS = 1e-12
 
 
+def shifted_moments(x_BxTxH: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """Per-token (shift, mean - shift, variance) over the last axis, accurate in float32 at any offset.
+
+    Two passes in float32 lose the variance of features with a large common
+    offset and a small spread (1e7 + N(0, 1) is off by 10%; NoNorm activations
+    reach 2.5e7): the rounding error of the mean, about offset * 1e-7, enters the
+    variance squared. So the features are first shifted by that float32 mean
+    (held constant: any shift leaves the moments' values and gradients
+    unchanged). The subtraction is exact for values within a factor of 2 of the
+    shift, and the moments of the small centred values are then accurate
+    (the corrected two-pass algorithm). Returned as shift + offset, so that a
+    difference of two means can be taken without cancelling the large parts.
+    """
+    shift = jax.lax.stop_gradient(jnp.mean(x_BxTxH, axis=-1, keepdims=True))
+    centred = x_BxTxH - shift
+    offset = jnp.mean(centred, axis=-1, keepdims=True)
+    var = jnp.mean(jnp.square(centred - offset), axis=-1)
+    return shift[..., 0], offset[..., 0], var
+
+
 def parameter_free_layer_norm(x_BxTxH: jax.Array, eps: float = FEATURE_NORM_EPS) -> jax.Array:
-    """(x - mean) / sqrt(var + eps) over the last axis, with no scale or offset."""
-    mean = jnp.mean(x_BxTxH, axis=-1, keepdims=True)
-    var = jnp.mean(jnp.square(x_BxTxH - mean), axis=-1, keepdims=True)
-    return (x_BxTxH - mean) * jax.lax.rsqrt(var + eps)
+    """(x - mean) / sqrt(var + eps) over the last axis, with no scale or offset (moments as `shifted_moments`)."""
+    shift, offset, var = shifted_moments(x_BxTxH)
+    return (x_BxTxH - shift[..., None] - offset[..., None]) * jax.lax.rsqrt(var[..., None] + eps)
 
 
 def feature_map_sum(student_BxTxH: jax.Array, teacher_BxTxH: jax.Array, token_weights_BxT: jax.Array) -> jax.Array:
@@ -40,31 +59,34 @@ def mean_variance_sums(student_BxTxH: jax.Array, teacher_BxTxH: jax.Array,
     """Mean and variance transfer, layer to layer: sums over scored tokens of
     (mu^T - mu^S)^2 and |var^T - var^S|, the statistics taken per token over the
     hidden axis of the raw (unnormalized) features."""
-    s = student_BxTxH.astype(jnp.float32)
-    t = jax.lax.stop_gradient(teacher_BxTxH).astype(jnp.float32)
-    mu_s, mu_t = jnp.mean(s, axis=-1), jnp.mean(t, axis=-1)
-    var_s = jnp.mean(jnp.square(s - mu_s[..., None]), axis=-1)
-    var_t = jnp.mean(jnp.square(t - mu_t[..., None]), axis=-1)
+    shift_s, offset_s, var_s = shifted_moments(student_BxTxH.astype(jnp.float32))
+    shift_t, offset_t, var_t = shifted_moments(jax.lax.stop_gradient(teacher_BxTxH).astype(jnp.float32))
+    # The large shifts cancel first (exactly, when they are within a factor of 2), then the small offsets.
+    mean_diff = (shift_t - shift_s) + (offset_t - offset_s)
     w = token_weights_BxT
-    return jnp.sum(jnp.square(mu_t - mu_s) * w), jnp.sum(jnp.abs(var_t - var_s) * w)
+    return jnp.sum(jnp.square(mean_diff) * w), jnp.sum(jnp.abs(var_t - var_s) * w)
 
 
-def attention_sum(student_scores_BxNxTxT: jax.Array, teacher_scores_BxNxTxT: jax.Array,
-                  token_weights_BxT: jax.Array) -> jax.Array:
-    """AT: sum over scored queries of mean over heads of KL(P^T || P^S) over the keys.
+def attention_sums(student_scores_BxNxTxT: jax.Array, teacher_scores_BxNxTxT: jax.Array,
+                   token_weights_BxT: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """AT: sums over scored queries of the mean over heads of KL(P^T || P^S) and of the
+    cross-entropy -sum P^T log P^S over the keys.
 
     P = softmax of the masked pre-softmax scores s' (the model's output), so
-    the key mask is whatever the model's mask mode did to them. TF1 minimizes
-    the cross-entropy -sum P^T log P^S, which is this KL plus the teacher's
-    entropy: the same gradient, but a KL is 0 when the maps agree.
+    the key mask is whatever the model's mask mode did to them. The two differ
+    by the teacher's entropy, so they have the same gradient: the KL is what is
+    optimized and is 0 when the maps agree; the cross-entropy is what TF1
+    minimized and logged (and the paper plots).
     """
     log_p_s = jax.nn.log_softmax(student_scores_BxNxTxT.astype(jnp.float32), axis=-1)
     log_p_t = jax.nn.log_softmax(jax.lax.stop_gradient(teacher_scores_BxNxTxT).astype(jnp.float32), axis=-1)
     p_t = jnp.exp(log_p_t)
     # Keys the additive mask drove to probability 0 contribute 0 (not 0 * -inf).
-    kl_BxNxT = jnp.sum(jnp.where(p_t > 0, p_t * (log_p_t - log_p_s), 0.0), axis=-1)
-    per_query_BxT = jnp.mean(kl_BxNxT, axis=1)
-    return jnp.sum(per_query_BxT * token_weights_BxT)
+    scored = p_t > 0
+    kl_BxNxT = jnp.sum(jnp.where(scored, p_t * (log_p_t - log_p_s), 0.0), axis=-1)
+    ce_BxNxT = jnp.sum(jnp.where(scored, -p_t * log_p_s, 0.0), axis=-1)
+    w = token_weights_BxT
+    return jnp.sum(jnp.mean(kl_BxNxT, axis=1) * w), jnp.sum(jnp.mean(ce_BxNxT, axis=1) * w)
 
 
 def distillation_mlm_sum(student_logits_BxPxV: jax.Array, teacher_logits_BxPxV: jax.Array | None, ids_BxP: jax.Array,

@@ -4,6 +4,8 @@ Sums (added over microbatches, divided by whole-batch totals in `loss`):
   tokens                         scored positions (the layer losses' denominator)
   layer_{i}/{component}          component in feature_map, mean, variance, attention; already
                                  multiplied by layer i's gate at this step (0 outside its stage)
+  layer_{i}/attention_ce         with attention: TF1's attention cross-entropy (KL + the teacher's
+                                 entropy), gated the same way; logged, never optimized
   pd_mlm_sum                     PD's soft-target masked-LM cross-entropy (weighted)
   mlm_*, nsp_*                   hard-label MLM / NSP sums (train/losses.py), whenever the heads run
 The heads run when PD is on, and always in evaluation (so a transfer stage
@@ -81,8 +83,10 @@ class Objective:
                         if "variance" in self.components:
                             sums[f"layer_{i}/variance"] = gates[i] * var
                     if attention:
-                        sums[f"layer_{i}/attention"] = gates[i] * distill_losses.attention_sum(
-                            s["attention_scores"][i], t["attention_scores"][j], w_BxT)
+                        kl, ce = distill_losses.attention_sums(s["attention_scores"][i], t["attention_scores"][j],
+                                                               w_BxT)
+                        sums[f"layer_{i}/attention"] = gates[i] * kl
+                        sums[f"layer_{i}/attention_ce"] = gates[i] * ce
             if heads:
                 sums.update(train_losses.masked_lm_sums(s["mlm_logits"], batch["masked_lm_ids"],
                                                         batch["masked_lm_weights"]))
@@ -100,12 +104,16 @@ class Objective:
                 "mlm": jnp.sum(batch["masked_lm_weights"].astype(jnp.float32)) + train_losses.MLM_DENOMINATOR_EPS,
                 "nsp": jnp.asarray(batch["next_sentence_labels"].shape[0], jnp.float32)}
 
+    def layer_scale(self, layer: int) -> float:
+        """The factor on layer `layer`'s weighted transfer loss (`config.distill.layer_loss_scaling`)."""
+        return self.distill.layer_loss_scale(layer, self.num_layers)
+
     def loss(self, sums: Sums, totals: dict[str, jax.Array]) -> jax.Array:
         w = self.distill.weights
         total = jnp.zeros((), jnp.float32)
         for i in range(self.num_layers):
             for k in self.components:
-                total = total + w[k] * sums[f"layer_{i}/{k}"] / totals["tokens"]
+                total = total + self.layer_scale(i) * w[k] * sums[f"layer_{i}/{k}"] / totals["tokens"]
         if self.distill.pd:
             total = total + w["mlm"] * sums["pd_mlm_sum"] / totals["mlm"]
             total = total + w["nsp"] * sums["nsp_loss_sum"] / totals["nsp"]
@@ -122,6 +130,10 @@ class Objective:
                 for k in self.components:
                     out[f"layer_{i}/{k}"] = sums[f"layer_{i}/{k}"] / tokens
                     layer = layer + w[k] * out[f"layer_{i}/{k}"]
+                if "attention" in self.components:
+                    out[f"layer_{i}/attention_ce"] = sums[f"layer_{i}/attention_ce"] / tokens
+                # What the layer adds to the optimized loss: weighted, then scaled as TF1 (or TF2) did.
+                layer = self.layer_scale(i) * layer
                 out[f"layer_{i}/loss"] = layer
                 transfer = transfer + layer
             out["transfer_loss"] = transfer

@@ -31,6 +31,8 @@ COPIED_FROM_TEACHER = (
     r"^mobilebert/embeddings/(word_embeddings|position_embeddings|token_type_embeddings|embedding_transformation)/",
     r"^cls/",
 )
+# The student's embedding norm: trained (or not, `train_embedding_norm_in_transfer`) during layer-wise transfer.
+EMBEDDING_NORM = "mobilebert/embeddings/LayerNorm/"
 # TF1 scales the current stage's learning rate by 3 (with bg(t) on top).
 PROGRESSIVE_SCALE = 3.0
 _LAYER_PATH = re.compile(r"^mobilebert/encoder/layer_(\d+)/")
@@ -53,23 +55,34 @@ def layer_gates(strategy: str, step: jax.Array, num_layers: int, stage_steps: in
     return jnp.zeros((num_layers,), jnp.float32)
 
 
-def progressive_groups(num_layers: int, stage_steps: Any, lower_layer_multiplier: Any) -> ml_collections.ConfigDict:
-    """`config.optimizer.groups` for progressive transfer: one group per encoder layer.
+def progressive_groups(num_layers: int, stage_steps: Any, lower_layer_multiplier: Any,
+                       train_embedding_norm: Any = False) -> ml_collections.ConfigDict:
+    """`config.optimizer.groups` for progressive transfer: one group per encoder layer, and the embedding norm's.
 
-    `stage_steps` and `lower_layer_multiplier` may be FieldReferences into
-    `config.distill`, so overriding those fields keeps the groups in step.
-    The student's embedding norm (not copied from the teacher) trains with
-    layer 0, the first layer it feeds.
+    `stage_steps`, `lower_layer_multiplier` and `train_embedding_norm` may be
+    FieldReferences into `config.distill`, so overriding those fields keeps the
+    groups in step. The student's embedding norm (not copied from the teacher)
+    follows layer 0's multiplier when it trains, and has multiplier 0 (an update
+    of exactly 0, moments held at 0) when it does not: TF1's LAMB gave every
+    variable outside `bert/encoder/layer_*` rate 0 and gate 0 in these stages.
     """
+    def progressive(layer: int, scale: Any) -> ml_collections.ConfigDict:
+        return ml_collections.ConfigDict(dict(kind="progressive", layer=layer, stage_steps=stage_steps, scale=scale,
+                                              below=lower_layer_multiplier))
+
     groups = ml_collections.ConfigDict()
     for i in range(num_layers):
-        pattern = "^(" + layer_prefix(i) + ("|mobilebert/embeddings/LayerNorm/" if i == 0 else "") + ")"
         groups[f"layer_{i}"] = ml_collections.ConfigDict(dict(
-            pattern=pattern,
-            multiplier=ml_collections.ConfigDict(dict(kind="progressive", layer=i, stage_steps=stage_steps,
-                                                      scale=PROGRESSIVE_SCALE, below=lower_layer_multiplier)),
-            reset_state_when_zero=True))
+            pattern="^" + layer_prefix(i), multiplier=progressive(i, PROGRESSIVE_SCALE), reset_state_when_zero=True))
+    groups["embedding_norm"] = ml_collections.ConfigDict(dict(
+        pattern="^" + EMBEDDING_NORM, multiplier=progressive(0, PROGRESSIVE_SCALE * _as_float(train_embedding_norm)),
+        reset_state_when_zero=True))
     return groups
+
+
+def _as_float(flag: Any) -> Any:
+    """1.0 / 0.0 for a bool, or a FieldReference that follows a bool field."""
+    return flag.to_float() if isinstance(flag, ml_collections.FieldReference) else float(flag)
 
 
 def first_layer_paths(abstract_params: Any) -> dict[int, str]:
@@ -102,10 +115,50 @@ def check_progressive_groups(opt_cfg: Any, abstract_params: Any, num_layers: int
                 f"for it (build the groups with mobilebert_jax.distill.strategies.progressive_groups)")
 
 
+def check_embedding_norm(opt_cfg: Any, abstract_params: Any, train: bool) -> None:
+    """In layer-wise transfer, the embedding norm's multiplier must be 0 at every step exactly when `train` is False."""
+    path = next((p for p in _param_paths(abstract_params) if p.startswith(EMBEDDING_NORM)), None)
+    if path is None:  # a student without an embedding norm parameter
+        return
+    if any(re.search(p, path) for p in opt_cfg.exclude):
+        frozen, where = True, "config.optimizer.exclude"
+    else:
+        groups = optim_builder.parse_groups(opt_cfg.groups, "config.optimizer.groups")
+        group = next((g for g in groups if g.pattern.search(path)), None)
+        where = f"config.optimizer.groups.{group.name}" if group else "the default group (multiplier 1)"
+        if group is None:
+            frozen = False
+        elif callable(group.multiplier):
+            # Step-dependent: taken as frozen when 0 at each of the first steps (layer 0's rule is not).
+            steps = jnp.arange(0, 64, dtype=jnp.int32)
+            frozen = bool(jnp.all(jax.vmap(group.multiplier)(steps) == 0))
+        else:
+            frozen = group.multiplier == 0.0
+    if frozen == train:
+        raise ConfigError(
+            f"config.distill.train_embedding_norm_in_transfer={train}, but {path!r} is "
+            f"{'frozen' if frozen else 'trained'} by {where}; build config.optimizer.groups with "
+            f"mobilebert_jax.distill.strategies.optimizer_settings, which follows that field")
+
+
+def _param_paths(abstract_params: Any) -> list[str]:
+    out: list[str] = []
+    optim_paths.map_with_path(lambda path, _: out.append(path), abstract_params)
+    return out
+
+
 def optimizer_settings(c: ml_collections.ConfigDict, strategy: str, num_layers: int) -> None:
-    """Sets `c.optimizer.groups` and `c.optimizer.exclude` for `strategy` (experiment files call this)."""
+    """Sets `c.optimizer.groups` and `c.optimizer.exclude` for `strategy` (experiment files call this).
+
+    The groups follow `c.distill`'s fields through references, so command-line
+    overrides of those fields take effect."""
+    train_norm = c.distill.get_ref("train_embedding_norm_in_transfer")
     if strategy == "progressive":
         c.optimizer.groups = progressive_groups(num_layers, c.distill.get_ref("stage_steps"),
-                                                c.distill.get_ref("lower_layer_multiplier"))
+                                                c.distill.get_ref("lower_layer_multiplier"), train_norm)
+    if strategy == "joint":
+        # Joint transfer trains every layer at the base rate; the embedding norm at that rate or not at all.
+        c.optimizer.groups = ml_collections.ConfigDict(dict(embedding_norm=ml_collections.ConfigDict(dict(
+            pattern="^" + EMBEDDING_NORM, multiplier=_as_float(train_norm)))))
     if strategy in ("progressive", "joint"):
         c.optimizer.exclude = COPIED_FROM_TEACHER

@@ -111,6 +111,8 @@ def distillation_task(config: ml_collections.ConfigDict, make_data: Callable[[],
     teacher_shapes = model_source.flat_shapes(partitioning.unbox_without_constraints(teacher_abstract))
     if d.strategy == "progressive":
         strategies.check_progressive_groups(config.optimizer, student_abstract, num_layers, d.stage_steps)
+    if d.strategy in ("progressive", "joint"):
+        strategies.check_embedding_norm(config.optimizer, student_abstract, d.train_embedding_norm_in_transfer)
 
     # Both sources are checked now, before any data work or compilation.
     teacher_source = model_source.open_source(d.teacher, "config.distill.teacher")
