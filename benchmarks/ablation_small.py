@@ -11,6 +11,8 @@ Objectives (progressive transfer, then PD, one term removed):
   without AT   attention-transfer weight 0
   without FMT  feature-map, mean and variance weights 0 (the feature-based terms together)
   without PD   the second stage uses hard labels only (alpha = 1): plain MLM + NSP
+  pre-TF1 settings  the student's embedding norm trained with layer 0 and the layer losses unscaled, as the
+                    project did before following TF1 (every other variant: norm frozen until PD, losses / L)
 Diagnostics (why "no transfer" does as well as it does at this scale):
   PD only, half the budget    PD for the PD steps alone: does transfer give PD a better start than none?
   hard labels only            alpha = 1 for the whole budget from the teacher's embeddings and heads: how much
@@ -55,6 +57,7 @@ class Variant:
 
 
 WITHOUT_FMT = {"weights": {"feature_map": 0.0, "mean": 0.0, "variance": 0.0}}
+PRE_TF1 = {"train_embedding_norm_in_transfer": True, "layer_loss_scaling": "none"}
 VARIANTS = {
     # The paper's strategy comparison: the same student budget for each.
     "progressive": Variant("progressive", then_pd={}),
@@ -65,6 +68,9 @@ VARIANTS = {
     "progressive, without AT": Variant("progressive", {"weights": {"attention": 0.0}}, then_pd={}),
     "progressive, without FMT": Variant("progressive", WITHOUT_FMT, then_pd={}),
     "progressive, without PD": Variant("progressive", then_pd={"alpha": 1.0}),
+    # What following TF1 changed: the embedding norm trained with layer 0 and unscaled layer losses (the
+    # project's settings before; every other variant runs with TF1's: norm frozen until PD, losses / L).
+    "progressive, pre-TF1 settings": Variant("progressive", PRE_TF1, then_pd={}),
     # Diagnostics for "no transfer": is transfer a better start for PD than none (the same PD steps)?
     # Does PD's gain come from the teacher's soft labels or from starting with its embeddings and heads?
     "diagnostic: PD only, half the budget": Variant("pd", steps="pd"),

@@ -1,5 +1,6 @@
 r"""Joint knowledge transfer (REFERENCE section 4): every layer's transfer loss at once for the 240K transfer steps,
-embeddings and heads copied from the teacher and frozen; then PD (experiments/distill_pd.py with
+embeddings and heads copied from the teacher and frozen, the student's embedding norm too (TF1's rule for
+layer-wise transfer; --config.distill.train_embedding_norm_in_transfer=true trains it); then PD (experiments/distill_pd.py with
 --config.distill.student_init=THIS_WORKDIR). The learning rate warms up over 10K steps to 1.5e-3 and decays linearly to
 1.5e-7 (the PD recipe; REFERENCE gives none for this stage).
 

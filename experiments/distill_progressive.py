@@ -12,6 +12,8 @@ One stage at a time (each command continues the same workdir and stops at the en
     python -m mobilebert_jax.main --config=experiments/distill_progressive.py --workdir=... --config.distill.last_stage=l
 
 Lower layers frozen instead of at a tenth of the rate: --config.distill.lower_layer_multiplier=0.
+TF1's defaults (REFERENCE: the student's embedding norm frozen until PD, each layer loss divided by the 24 layers);
+the alternatives: --config.distill.train_embedding_norm_in_transfer=true, --config.distill.layer_loss_scaling=tf2|none.
 
 Smoke (after the teacher smoke run, which writes runs/teacher_smoke):
 

@@ -44,6 +44,11 @@ def test_every_variant_spends_the_same_student_budget(ablation):
         if len(stages) == 2:
             assert stages[1][1].distill.student_init == stages[0][2]
         assert {c.distill.teacher for _, c, _ in stages} == {"T"}
+        # Every variant runs with TF1's defaults (REFERENCE: TF1 is the reference for the released numbers).
+        for _, c, _ in stages:
+            d = distill_config.read(c.distill)
+            tf1 = d.layer_loss_scaling == "tf1" and not d.train_embedding_norm_in_transfer
+            assert tf1 == (name != "progressive, pre-TF1 settings" or d.strategy == "pd"), name
 
 
 def test_variants_change_only_what_their_names_say(ablation):
@@ -54,6 +59,9 @@ def test_variants_change_only_what_their_names_say(ablation):
     assert weights("progressive, without AT") == {**full, "attention": 0.0}
     assert weights("progressive, without FMT") == {**full, "feature_map": 0.0, "mean": 0.0, "variance": 0.0}
     assert alpha("progressive", 1) == 0.5 and alpha("progressive, without PD", 1) == 1.0
+    pre = distill_config.read(_stages(ablation, "progressive, pre-TF1 settings")[0][1].distill)
+    assert (pre.train_embedding_norm_in_transfer, pre.layer_loss_scaling) == (True, "none")
+    assert pre.weights == full
     hard = "diagnostic: hard labels only (alpha = 1), teacher's embeddings and heads"
     assert alpha(hard, 0) == 1.0 and _stages(ablation, hard)[0][1].distill.strategy == "pd"
     assert [c.distill.strategy for _, c, _ in _stages(ablation, "joint")] == ["joint", "pd"]

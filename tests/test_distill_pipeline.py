@@ -42,6 +42,10 @@ def test_stage_configs_chain_and_validate(teacher):
     optim.build_optimizer(progressive.optimizer, abstract)
     assert tuple(progressive.optimizer.exclude) == strategies.COPIED_FROM_TEACHER
     assert distill_config.read(progressive.distill).weights == distill_config.read(pd.distill).weights
+    # TF1's defaults: layer losses divided by the layer count, the embedding norm frozen until PD.
+    d = distill_config.read(progressive.distill)
+    assert d.layer_loss_scaling == "tf1" and not d.train_embedding_norm_in_transfer
+    strategies.check_embedding_norm(progressive.optimizer, abstract, train=False)
 
 
 def test_ablation_overrides_reach_config_distill(teacher):
