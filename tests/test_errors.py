@@ -201,7 +201,7 @@ CASES = [
      lambda tmp: _from_hf(_hf_dir(tmp, {WE: _word_embeddings(TINY, value=np.nan)}))),
     ("convert from-hf: directory that does not exist", "checkpoint", "expected an HF model directory",
      lambda tmp: _from_hf(str(tmp / "nowhere"))),
-    ("convert to-hf: directory without params", "", "no params.safetensors",
+    ("convert to-hf: directory without a model", "config", "no such directory",
      ["mobilebert_jax.convert", "to-hf", "--input={tmp}/nowhere", "--output={tmp}/out"]),
     # Evaluation, quantization, export and plots of a run
     ("tasks.evaluate: workdir without a run", "file", "config.json",

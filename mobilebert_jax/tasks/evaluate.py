@@ -45,15 +45,15 @@ def load_run(workdir: str, step: Optional[int] = None) -> FinishedRun:
     """The model, trained parameters (latest checkpoint, or `step`) and tokenizer of a fine-tuning run."""
     config_file = epath.Path(workdir) / "config.json"
     if not config_file.exists():
-        raise ConfigError(f"--workdir={workdir!r}: no config.json; expected the workdir of a fine-tuning run")
+        raise FileNotFoundError(f"--workdir={workdir!r}: no config.json; expected the workdir of a fine-tuning run")
     config = ml_collections.ConfigDict(json.loads(config_file.read_text()))
+    if config.get("stage") not in ("glue_finetuning", "squad_finetuning"):
+        raise ConfigError(f"--workdir={workdir!r}: stage {config.get('stage')!r} is not a fine-tuning run")
     model_cfg = finetuning.model_config(config)
     if config.stage == "glue_finetuning":
         model = MobileBertForSequenceClassification(model_cfg, num_labels=glue.get_task(config.task).num_labels)
-    elif config.stage == "squad_finetuning":
-        model = MobileBertForQuestionAnswering(model_cfg)
     else:
-        raise ConfigError(f"--workdir={workdir!r}: stage {config.stage!r} is not a fine-tuning run")
+        model = MobileBertForQuestionAnswering(model_cfg)
     where = f"--workdir={workdir!r}" + (f" --step={step}" if step is not None else "")
     path = epath.Path(workdir) / "checkpoints" / str(step) if step is not None else epath.Path(workdir)
     params = model_source.read(model_source.open_source(str(path), where))
