@@ -37,8 +37,10 @@ from mobilebert_jax import experiment_config, hardware, partitioning
 from mobilebert_jax.config import ConfigError
 from mobilebert_jax.tools import install_libtpu, stand_ins
 
-flags.DEFINE_string("topology", None, "TPU topology as JAX names it: GENERATION:SHAPE, e.g. v3:8x16 (256 cores), "
-                                      "v3:2x2 (8 cores), v4:4x4x4, v5e:16x16")
+flags.DEFINE_string("topology", None, "TPU slice as JAX names it, GENERATION:SHAPE (chips, x by y [by z]): v3:8x16 "
+                                      "(v3-256: 256 cores), v3:2x2 (v3-8), v4:4x4x8 (v4-256: 128 chips), v5p:4x4x4 "
+                                      "(v5p-128: 64 chips), v5e:16x16 (v5litepod-256), v6e:4x4 (v6e-16); v4 and "
+                                      "v5p compile as megacore (one device per chip), as they run")
 flags.DEFINE_float("mfu", 0.4, "model FLOPs utilization at which step and run times are predicted")
 flags.DEFINE_string("json_out", None, "also write the results to this JSON file")
 flags.DEFINE_string("scratch", None, "directory for the stand-in inputs (default: a temporary one)")
@@ -84,11 +86,23 @@ def prepare_libtpu() -> None:
     jax.config.update("jax_platforms", "cpu")
 
 
+# Generations whose chips hold two TensorCores that JAX drives as one device ("megacore"), as a real slice does;
+# libtpu's compile-only topology would otherwise list each TensorCore (two devices per chip), a layout
+# `mesh_utils.create_device_mesh` refuses for v4 and no v4 or v5p job runs with.
+MEGACORE_GENERATIONS = ("v4", "v5p")
+GENERATIONS = ("v2", "v3", "v4", "v5e", "v5p", "v6e")
+
+
 def topology_devices(topology: str) -> list:
     from jax.experimental import topologies
 
+    generation = topology.split(":", 1)[0]
+    if ":" not in topology or generation not in GENERATIONS:
+        raise ConfigError(f"--topology={topology!r}: must be GENERATION:SHAPE with GENERATION one of "
+                          f"{list(GENERATIONS)}, e.g. v3:8x16, v4:4x4x8, v5e:16x16")
+    options = {"chip_config_name": "megacore"} if generation in MEGACORE_GENERATIONS else {}
     try:
-        return list(topologies.get_topology_desc(topology, "tpu").devices)
+        return list(topologies.get_topology_desc(topology, "tpu", **options).devices)
     except Exception as e:  # libtpu reports a bad name as a generic runtime error
         raise ConfigError(f"--topology={topology!r}: {e}") from None
 
