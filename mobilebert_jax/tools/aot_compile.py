@@ -37,10 +37,18 @@ from mobilebert_jax import experiment_config, hardware, partitioning
 from mobilebert_jax.config import ConfigError
 from mobilebert_jax.tools import install_libtpu, stand_ins
 
-flags.DEFINE_string("topology", None, "TPU slice as JAX names it, GENERATION:SHAPE (chips, x by y [by z]): v3:8x16 "
-                                      "(v3-256: 256 cores), v3:2x2 (v3-8), v4:4x4x8 (v4-256: 128 chips), v5p:4x4x4 "
-                                      "(v5p-128: 64 chips), v5e:16x16 (v5litepod-256), v6e:4x4 (v6e-16); v4 and "
-                                      "v5p compile as megacore (one device per chip), as they run")
+# The slices --help names (each one is checked by tests/test_aot_compile.py): JAX's name, what Cloud TPU calls it.
+TOPOLOGY_EXAMPLES = (
+    ("v3:8x16", "v3-256, the paper's 256 cores"),
+    ("v3:2x2", "v3-8"),
+    ("v4:4x4x8", "v4-256, 128 chips"),
+    ("v5p:4x4x4", "v5p-128, 64 chips"),
+    ("v5e:16x16", "v5litepod-256"),
+    ("v6e:4x4", "v6e-16"),
+)
+flags.DEFINE_string("topology", None, "TPU slice as JAX names it, GENERATION:SHAPE in chips, e.g. " +
+                    ", ".join(f"{name} ({what})" for name, what in TOPOLOGY_EXAMPLES) +
+                    "; v4 and v5p compile as megacore (one JAX device per chip), as they run")
 flags.DEFINE_float("mfu", 0.4, "model FLOPs utilization at which step and run times are predicted")
 flags.DEFINE_string("json_out", None, "also write the results to this JSON file")
 flags.DEFINE_string("scratch", None, "directory for the stand-in inputs (default: a temporary one)")
