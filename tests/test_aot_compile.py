@@ -140,3 +140,26 @@ def test_every_topology_in_the_help_resolves():
                      "v5p:4x4x4": [64, 16, "TPU v5"], "v5e:16x16": [256, 64, "TPU v5 lite"],
                      "v6e:4x4": [16, 4, "TPU v6 lite"]}
     assert [t for t, _ in TOPOLOGY_EXAMPLES] == list(found)
+
+
+@needs_libtpu
+def test_nocompile_reports_what_fsdp_and_a_bfloat16_teacher_hold_per_device(tmp_path):
+    from mobilebert_jax import experiment_config
+
+    config = experiment_config.load_experiment("experiments/distill_pd.py:smoke")
+    student, teacher = _param_count(config.model), _param_count(config.teacher_model)
+    held = {}
+    for name, mesh, dtype in (("dp", "(-1, 1, 1)", "float32"), ("fsdp", "(1, -1, 1)", "bfloat16")):
+        out = tmp_path / f"{name}.json"
+        proc = aot("--config=experiments/distill_pd.py:smoke", "--topology=v3:2x2", "--nocompile",
+                   f"--config.mesh.shape={mesh}", f"--config.distill.teacher_dtype={dtype}", f"--json_out={out}")
+        assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
+        assert "not compiled (--nocompile)" in proc.stdout and f"({dtype})" in proc.stdout
+        held[name] = json.loads(out.read_text())
+        assert held[name]["compiled"] is False and held[name]["frozen_dtype"] == dtype
+    # Data parallel: the whole student with LAMB's two moments (and a few step counters), the float32 teacher.
+    assert 12 * student <= held["dp"]["state_bytes"] <= 12 * student + 64
+    assert held["dp"]["frozen_bytes"] == 4 * teacher
+    # fsdp over 8 cores: an eighth of each, give or take the few small dimensions that do not split.
+    assert held["fsdp"]["state_bytes"] < 12 * student / 4
+    assert held["fsdp"]["frozen_bytes"] < 2 * teacher / 4

@@ -2,7 +2,13 @@ r"""Compile a stage's real train step for a TPU topology, without TPU hardware, 
 
     python -m mobilebert_jax.tools.install_libtpu    # the TPU compiler, once (or set TPU_LIBRARY_PATH to a libtpu.so)
     python -m mobilebert_jax.tools.aot_compile --config=experiments/distill_progressive.py --topology=v3:8x16 \
-        [--mfu=0.4] [--json_out=FILE] [--config.FIELD=VALUE ...]
+        [--mfu=0.4] [--json_out=FILE] [--nocompile] [--config.FIELD=VALUE ...]
+    python -m mobilebert_jax.tools.aot_compile --config=experiments/teacher_ib_bert_large.py:smoke \
+        --topology=v4:2x2x1 --config.mesh.shape='(1,-1,1)'
+
+Every current generation: v2, v3 (a JAX device is a TensorCore), v4 and v5p
+(megacore: a device is a chip, as jobs run there), v5e, v6e; --topology's
+help lists slice names.
 
 The step is built by the trainer's own code (`trainer.build_program`: mesh,
 logical shardings, the jitted step with its frozen teacher argument and
@@ -15,7 +21,8 @@ to the donated state, temporaries, generated code, and their total against
 the device's HBM; per step: XLA's FLOPs (cost analysis, recomputation
 included) and the model's FLOPs (the analytic count MFU uses); and the step
 time and run time (config.total_steps) the model FLOPs take at --mfu of the
-devices' peak (hardware.py).
+devices' peak (hardware.py). First, from the shardings alone, what one device
+holds of the train state and of the frozen teacher; --nocompile stops there.
 """
 
 from __future__ import annotations
