@@ -64,7 +64,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.optimizer.schedule.total_steps = c.get_ref("total_steps")
     c.optimizer.schedule.end_lr = 1.5e-7
 
-    c.mesh = ml_collections.ConfigDict(dict(shape=(-1, 1, 1)))
+    # Fully sharded (fsdp over every core): each core keeps 1/N of the parameters and LAMB moments instead of all
+    # of them, for the same FLOPs (docs/scale_out.md). The smoke run below stays data parallel.
+    c.mesh = ml_collections.ConfigDict(dict(shape=(1, -1, 1)))
     c.checkpoint = checkpointing.default_config()
     c.checkpoint.every_steps = 5_000
     c.checkpoint.keep_last = 3
@@ -73,6 +75,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
 
     if smoke:
         c.model_preset = "ib_bert_smoke"
+        c.mesh.shape = (-1, 1, 1)
         # Dropout only slows learning when a run sees ~1M tokens once.
         model = get_preset("ib_bert_large", vocab_size=4000, hidden_size=128, intra_bottleneck_size=256,
                            intermediate_size=512, embedding_size=64, num_hidden_layers=4, num_attention_heads=4,

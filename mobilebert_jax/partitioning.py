@@ -58,7 +58,9 @@ DEFAULT_RULES: Rules = (
     ("bottleneck", "fsdp"),
     ("trigram", "fsdp"),
     ("transform", "fsdp"),
-    ("extra_embed", None),
+    # The MLM head's extra output kernel [hidden - embed, vocab] is, with the word embeddings, the largest
+    # tensor of a MobileBERT; 30522 = 2 x 15261 rows split over no mesh, so its other dimension takes fsdp.
+    ("extra_embed", "fsdp"),
     ("position", None),
     ("token_type", None),
     ("classes", None),

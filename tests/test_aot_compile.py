@@ -1,5 +1,6 @@
 """tools/aot_compile: the smoke PD stage (teacher in the step, two parameter sources stood in) compiled for TPU v3:2x2
-by libtpu on this CPU-only machine, its memory checked against the state it must hold, and errors named.
+by libtpu on this CPU-only machine, its memory checked against the state it must hold; a one-layer teacher compiled
+with fsdp for every TPU generation (v4 and v5p as megacore); every slice --help names resolved; errors named.
 
 Needs libtpu (the `aot` extra, or TPU_LIBRARY_PATH); the full-size table is docs/scale_out.md's benchmark command.
 """
@@ -84,6 +85,7 @@ def test_smoke_pd_compiles_for_v3_2x2_and_its_memory_holds_the_state(tmp_path):
 @pytest.mark.parametrize("args,message", [
     (["--topology=v3:3x7"], "--topology='v3:3x7'"),
     (["--topology=v3:2x2", "--config.mesh.shape=(3, 1, 1)"], "config.mesh.shape=(3, 1, 1) covers 3 devices, but 8"),
+    (["--topology=v7x:2x2"], "--topology='v7x:2x2': must be GENERATION:SHAPE with GENERATION one of"),
 ])
 def test_config_errors_are_named_before_compiling(args, message):
     proc = aot("--config=experiments/teacher_ib_bert_large.py:smoke", *args)
@@ -94,3 +96,70 @@ def test_missing_libtpu_is_named():
     env = {**os.environ, "TPU_LIBRARY_PATH": "/nonexistent/libtpu.so"}
     proc = aot("--config=experiments/teacher_ib_bert_large.py:smoke", "--topology=v3:2x2", env=env)
     assert proc.returncode == 1 and "TPU_LIBRARY_PATH='/nonexistent/libtpu.so' is not a file" in proc.stderr
+
+
+# (topology, JAX devices, device kind, HBM per device in GiB): v4 and v5p are megacore (one device per chip).
+GENERATIONS = [("v3:2x2", 8, "TPU v3", 16), ("v4:2x2x1", 4, "TPU v4", 32), ("v5p:2x2x1", 4, "TPU v5", 95),
+               ("v5e:2x2", 4, "TPU v5 lite", 16), ("v6e:2x2", 4, "TPU v6 lite", 32)]
+
+
+@needs_libtpu
+@pytest.mark.parametrize("topology,devices,kind,hbm_gib", GENERATIONS, ids=[g[0] for g in GENERATIONS])
+def test_one_layer_teacher_compiles_with_fsdp_for_each_generation(tmp_path, topology, devices, kind, hbm_gib):
+    out = tmp_path / "result.json"
+    tiny = ["--config.model.num_hidden_layers=1", "--config.data.max_seq_length=32",
+            "--config.data.max_predictions_per_seq=4", "--config.batch_size=8"]
+    proc = aot("--config=experiments/teacher_ib_bert_large.py:smoke", f"--topology={topology}",
+               "--config.mesh.shape=(1, -1, 1)", *tiny, f"--json_out={out}")
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
+    r = json.loads(out.read_text())
+    assert (r["devices"], r["device_kind"], r["hbm_bytes"], r["fits"]) == (devices, kind, hbm_gib << 30, True)
+    assert r["mesh"] == {"data": 1, "fsdp": devices, "tensor": 1}
+    assert r["model_flops_per_step"] <= r["xla_flops_per_step"] <= 3 * r["model_flops_per_step"]
+    # fsdp: each device holds its shard of the parameters and LAMB moments, not the whole state.
+    from mobilebert_jax import experiment_config
+
+    config = experiment_config.load_experiment("experiments/teacher_ib_bert_large.py:smoke")
+    config.model.num_hidden_layers = 1
+    assert r["argument_bytes"] < 4 * 3 * _param_count(config.model) / 2
+
+
+@needs_libtpu
+def test_every_topology_in_the_help_resolves():
+    from mobilebert_jax.tools.aot_compile import TOPOLOGY_EXAMPLES
+
+    script = ("import json; from mobilebert_jax.tools import aot_compile as a; a.prepare_libtpu(); "
+              "print(json.dumps({t: [len(d := a.topology_devices(t)), len({x.process_index for x in d}), "
+              "d[0].device_kind] for t, _ in a.TOPOLOGY_EXAMPLES}))")
+    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+    proc = subprocess.run([sys.executable, "-c", script], cwd=REPO, env=env, capture_output=True, text=True,
+                          timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    found = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert found == {"v3:8x16": [256, 32, "TPU v3"], "v3:2x2": [8, 1, "TPU v3"], "v4:4x4x8": [128, 32, "TPU v4"],
+                     "v5p:4x4x4": [64, 16, "TPU v5"], "v5e:16x16": [256, 64, "TPU v5 lite"],
+                     "v6e:4x4": [16, 4, "TPU v6 lite"]}
+    assert [t for t, _ in TOPOLOGY_EXAMPLES] == list(found)
+
+
+@needs_libtpu
+def test_nocompile_reports_what_fsdp_and_a_bfloat16_teacher_hold_per_device(tmp_path):
+    from mobilebert_jax import experiment_config
+
+    config = experiment_config.load_experiment("experiments/distill_pd.py:smoke")
+    student, teacher = _param_count(config.model), _param_count(config.teacher_model)
+    held = {}
+    for name, mesh, dtype in (("dp", "(-1, 1, 1)", "float32"), ("fsdp", "(1, -1, 1)", "bfloat16")):
+        out = tmp_path / f"{name}.json"
+        proc = aot("--config=experiments/distill_pd.py:smoke", "--topology=v3:2x2", "--nocompile",
+                   f"--config.mesh.shape={mesh}", f"--config.distill.teacher_dtype={dtype}", f"--json_out={out}")
+        assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
+        assert "not compiled (--nocompile)" in proc.stdout and f"({dtype})" in proc.stdout
+        held[name] = json.loads(out.read_text())
+        assert held[name]["compiled"] is False and held[name]["frozen_dtype"] == dtype
+    # Data parallel: the whole student with LAMB's two moments (and a few step counters), the float32 teacher.
+    assert 12 * student <= held["dp"]["state_bytes"] <= 12 * student + 64
+    assert held["dp"]["frozen_bytes"] == 4 * teacher
+    # fsdp over 8 cores: an eighth of each, give or take the few small dimensions that do not split.
+    assert held["fsdp"]["state_bytes"] < 12 * student / 4
+    assert held["fsdp"]["frozen_bytes"] < 2 * teacher / 4

@@ -42,7 +42,7 @@ DEFAULT_SPECS = {
     "word": P("tensor", "fsdp"), "trigram": P(None, "fsdp"), "position": P(None, "fsdp"),
     "token_type": P(None, "fsdp"), "down": P("fsdp", None), "query": P("fsdp", "tensor"),
     "ffn_in": P("fsdp", "tensor"), "ffn_out": P("tensor", "fsdp"), "up": P(None, "fsdp"), "norm": P(None),
-    "transform": P("fsdp", None), "extra": P(None, "tensor"), "cls": P("fsdp", None),
+    "transform": P("fsdp", None), "extra": P("fsdp", "tensor"), "cls": P("fsdp", None),
 }
 
 
@@ -52,7 +52,7 @@ def abstract_params():
 
 @pytest.mark.parametrize("shape, changed", [
     ((8, 1, 1), {}),
-    ((2, 4, 1), {"word": P("tensor", None)}),  # 6 rows do not split over fsdp=4
+    ((2, 4, 1), {"word": P("tensor", None), "extra": P(None, "tensor")}),  # 6 and 10 rows do not split over fsdp=4
     ((2, 2, 2), {}),
 ])
 def test_param_specs(shape, changed):
@@ -65,7 +65,7 @@ def test_param_specs(shape, changed):
 
 def test_strict_refuses_an_uneven_split():
     mesh = partitioning.make_mesh({"shape": (2, 4, 1)})
-    with pytest.raises(ConfigError, match=r"\['params'\]\['word'\]: dimension 1 \(size 6\) does not split over mesh axes fsdp"):
+    with pytest.raises(ConfigError, match=r"\['params'\]\['extra'\]: dimension 0 \(size 10\) does not split over mesh axes fsdp"):
         partitioning.logical_shardings(abstract_params(), mesh, strict=True)
 
 

@@ -26,6 +26,10 @@ Fields (defaults are REFERENCE section 3 and 4):
   include_padding   False: padded positions are left out of the layer losses; True: TF1's means over
                     every position of the padded batch
   student_dropout   TF1 runs the student without dropout during distillation (False)
+  teacher_dtype     float32 | bfloat16: how the frozen teacher's parameters are held in device memory and
+                    passed to the step (stored checkpoints are cast on load). With the teacher's compute
+                    dtype bfloat16 its matmuls and embeddings round the parameters to bfloat16 either way;
+                    only the norms' scales and biases and the output biases differ (docs/scale_out.md)
   alpha, temperature  PD's target: alpha * onehot + (1 - alpha) * softmax(teacher logits / temperature)
   weights           feature_map, mean, variance, attention (per layer), mlm (PD), nsp
 """
@@ -46,7 +50,8 @@ LAYER_WEIGHTS = ("feature_map", "mean", "variance", "attention")
 LAYER_LOSS_SCALINGS = ("tf1", "tf2", "none")
 FIELDS = ("strategy", "teacher", "student_init", "copy_from_teacher", "stage_steps", "last_stage",
           "lower_layer_multiplier", "train_embedding_norm_in_transfer", "layer_loss_scaling", "layer_map",
-          "include_padding", "student_dropout", "alpha", "temperature", "weights")
+          "include_padding", "student_dropout", "alpha", "temperature", "weights", "teacher_dtype")
+TEACHER_DTYPES = ("float32", "bfloat16")
 
 
 def default_config(strategy: str = "progressive") -> ml_collections.ConfigDict:
@@ -68,6 +73,7 @@ def default_config(strategy: str = "progressive") -> ml_collections.ConfigDict:
         alpha=0.5,
         temperature=1.0,
         weights=dict(feature_map=100.0, mean=5000.0, variance=5.0, attention=1.0, mlm=1.0, nsp=1.0),
+        teacher_dtype="float32",
     ))
 
 
@@ -88,6 +94,7 @@ class DistillConfig:
     alpha: float
     temperature: float
     weights: dict[str, float]
+    teacher_dtype: str = "float32"
 
     @property
     def layer_losses(self) -> bool:
@@ -133,6 +140,8 @@ def read(cfg: Any, where: str = "config.distill") -> DistillConfig:
     if alpha > 1:
         raise ConfigError(f"{where}.alpha={alpha!r}: must be in [0, 1]")
     temperature = cfg_lib.positive_number(d["temperature"], f"{where}.temperature")
+    if d["teacher_dtype"] not in TEACHER_DTYPES:
+        raise ConfigError(f"{where}.teacher_dtype={d['teacher_dtype']!r}: choose one of {list(TEACHER_DTYPES)}")
     weights = cfg_lib.read(d["weights"], WEIGHT_NAMES, f"{where}.weights", default_config().weights.to_dict())
     weights = {k: cfg_lib.positive_number(v, f"{where}.weights.{k}", allow_zero=True) for k, v in weights.items()}
     return DistillConfig(strategy=d["strategy"], teacher=d["teacher"], student_init=d["student_init"],
@@ -141,4 +150,4 @@ def read(cfg: Any, where: str = "config.distill") -> DistillConfig:
                          train_embedding_norm_in_transfer=d["train_embedding_norm_in_transfer"],
                          layer_loss_scaling=d["layer_loss_scaling"], layer_map=tuple(layer_map),
                          include_padding=d["include_padding"], student_dropout=d["student_dropout"], alpha=alpha,
-                         temperature=temperature, weights=weights)
+                         temperature=temperature, weights=weights, teacher_dtype=d["teacher_dtype"])

@@ -101,7 +101,10 @@ def get_config(strategy: str, arg: str | None) -> ml_collections.ConfigDict:
         _pd_schedule(c, warmup=max(1, c.total_steps // 50) if smoke else PAPER_WARMUP_STEPS)
     strategies.optimizer_settings(c, strategy, num_layers)
 
-    c.mesh = ml_collections.ConfigDict(dict(shape=(-1, 1, 1)))
+    # Paper scale: fully sharded (fsdp over every core) and a bfloat16 frozen teacher, each core holding 1/N of the
+    # student's state and of the teacher for the same FLOPs; why, measured, in docs/scale_out.md. Smoke: data parallel.
+    c.mesh = ml_collections.ConfigDict(dict(shape=(1, -1, 1)))
+    c.distill.teacher_dtype = "bfloat16"
     c.checkpoint = checkpointing.default_config()
     c.checkpoint.every_steps = 5_000
     c.checkpoint.keep_last = 3
@@ -110,6 +113,8 @@ def get_config(strategy: str, arg: str | None) -> ml_collections.ConfigDict:
     c.profile = ml_collections.ConfigDict(dict(start_step=-1, num_steps=0))
 
     if smoke:
+        c.mesh.shape = (-1, 1, 1)
+        c.distill.teacher_dtype = "float32"
         c.batch_size = 16
         c.log_every = 10
         c.data.corpus = "builtin:python_docs"

@@ -57,7 +57,8 @@ def _copied_paths(student_shapes: dict, teacher_shapes: dict) -> list[str]:
 def copy_from_teacher(student_params, teacher_params, copied: list[str]):
     flat = traverse_util.flatten_dict(student_params, sep="/")
     teacher_flat = traverse_util.flatten_dict(teacher_params, sep="/")
-    flat.update({k: teacher_flat[k] for k in copied})
+    # A bfloat16 teacher (config.distill.teacher_dtype) still hands the student float32 parameters.
+    flat.update({k: teacher_flat[k].astype(flat[k].dtype) for k in copied})
     return traverse_util.unflatten_dict(flat, sep="/")
 
 
@@ -107,6 +108,9 @@ def distillation_task(config: ml_collections.ConfigDict, make_data: Callable[[],
                               f"{c.max_position_embeddings}")
     student_abstract = _abstract_params(student, seq_len)
     teacher_abstract = _abstract_params(teacher, seq_len)
+    # The frozen tree as the step receives it: boxes (logical names) kept, parameters in config.distill.teacher_dtype.
+    frozen_abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, jnp.dtype(d.teacher_dtype)),
+                                   teacher_abstract)
     student_shapes = model_source.flat_shapes(partitioning.unbox_without_constraints(student_abstract))
     teacher_shapes = model_source.flat_shapes(partitioning.unbox_without_constraints(teacher_abstract))
     if d.strategy == "progressive":
@@ -128,7 +132,7 @@ def distillation_task(config: ml_collections.ConfigDict, make_data: Callable[[],
         copied = _copied_paths(student_shapes, teacher_shapes)
 
     def load_frozen(shardings):
-        target = partitioning.with_shardings(teacher_abstract, shardings)
+        target = partitioning.with_shardings(frozen_abstract, shardings)
         return model_source.read(teacher_source, target)
 
     def initial_params(params, frozen, shardings):
@@ -170,7 +174,7 @@ def distillation_task(config: ml_collections.ConfigDict, make_data: Callable[[],
                           f"teacher {flops.parameter_count(teacher_cfg):,}, {teacher_cfg.num_hidden_layers} layers "
                           f"from {teacher_source.path}; layer map {list(layer_map)}"),
         uses_context=True,
-        frozen_abstract=teacher_abstract,
+        frozen_abstract=frozen_abstract,
         load_frozen=load_frozen,
         initial_params=initial_params,
         step_metrics_fn=step_metrics,

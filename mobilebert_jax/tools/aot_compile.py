@@ -2,7 +2,13 @@ r"""Compile a stage's real train step for a TPU topology, without TPU hardware, 
 
     python -m mobilebert_jax.tools.install_libtpu    # the TPU compiler, once (or set TPU_LIBRARY_PATH to a libtpu.so)
     python -m mobilebert_jax.tools.aot_compile --config=experiments/distill_progressive.py --topology=v3:8x16 \
-        [--mfu=0.4] [--json_out=FILE] [--config.FIELD=VALUE ...]
+        [--mfu=0.4] [--json_out=FILE] [--nocompile] [--config.FIELD=VALUE ...]
+    python -m mobilebert_jax.tools.aot_compile --config=experiments/teacher_ib_bert_large.py:smoke \
+        --topology=v4:2x2x1 --config.mesh.shape='(1,-1,1)'
+
+Every current generation: v2, v3 (a JAX device is a TensorCore), v4 and v5p
+(megacore: a device is a chip, as jobs run there), v5e, v6e; --topology's
+help lists slice names.
 
 The step is built by the trainer's own code (`trainer.build_program`: mesh,
 logical shardings, the jitted step with its frozen teacher argument and
@@ -15,13 +21,15 @@ to the donated state, temporaries, generated code, and their total against
 the device's HBM; per step: XLA's FLOPs (cost analysis, recomputation
 included) and the model's FLOPs (the analytic count MFU uses); and the step
 time and run time (config.total_steps) the model FLOPs take at --mfu of the
-devices' peak (hardware.py).
+devices' peak (hardware.py). First, from the shardings alone, what one device
+holds of the train state and of the frozen teacher; --nocompile stops there.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 import re
 import sys
@@ -37,8 +45,20 @@ from mobilebert_jax import experiment_config, hardware, partitioning
 from mobilebert_jax.config import ConfigError
 from mobilebert_jax.tools import install_libtpu, stand_ins
 
-flags.DEFINE_string("topology", None, "TPU topology as JAX names it: GENERATION:SHAPE, e.g. v3:8x16 (256 cores), "
-                                      "v3:2x2 (8 cores), v4:4x4x4, v5e:16x16")
+# The slices --help names (each one is checked by tests/test_aot_compile.py): JAX's name, what Cloud TPU calls it.
+TOPOLOGY_EXAMPLES = (
+    ("v3:8x16", "v3-256, the paper's 256 cores"),
+    ("v3:2x2", "v3-8"),
+    ("v4:4x4x8", "v4-256, 128 chips"),
+    ("v5p:4x4x4", "v5p-128, 64 chips"),
+    ("v5e:16x16", "v5litepod-256"),
+    ("v6e:4x4", "v6e-16"),
+)
+flags.DEFINE_string("topology", None, "TPU slice as JAX names it, GENERATION:SHAPE in chips, e.g. " +
+                    ", ".join(f"{name} ({what})" for name, what in TOPOLOGY_EXAMPLES) +
+                    "; v4 and v5p compile as megacore (one JAX device per chip), as they run")
+flags.DEFINE_bool("compile", True, "--nocompile: stop after building the step and report only what each device holds "
+                  "of the train state and the frozen teacher, from their shardings (seconds, not minutes)")
 flags.DEFINE_float("mfu", 0.4, "model FLOPs utilization at which step and run times are predicted")
 flags.DEFINE_string("json_out", None, "also write the results to this JSON file")
 flags.DEFINE_string("scratch", None, "directory for the stand-in inputs (default: a temporary one)")
@@ -84,13 +104,32 @@ def prepare_libtpu() -> None:
     jax.config.update("jax_platforms", "cpu")
 
 
+# Generations whose chips hold two TensorCores that JAX drives as one device ("megacore"), as a real slice does;
+# libtpu's compile-only topology would otherwise list each TensorCore (two devices per chip), a layout
+# `mesh_utils.create_device_mesh` refuses for v4 and no v4 or v5p job runs with.
+MEGACORE_GENERATIONS = ("v4", "v5p")
+GENERATIONS = ("v2", "v3", "v4", "v5e", "v5p", "v6e")
+
+
 def topology_devices(topology: str) -> list:
     from jax.experimental import topologies
 
+    generation = topology.split(":", 1)[0]
+    if ":" not in topology or generation not in GENERATIONS:
+        raise ConfigError(f"--topology={topology!r}: must be GENERATION:SHAPE with GENERATION one of "
+                          f"{list(GENERATIONS)}, e.g. v3:8x16, v4:4x4x8, v5e:16x16")
+    options = {"chip_config_name": "megacore"} if generation in MEGACORE_GENERATIONS else {}
     try:
-        return list(topologies.get_topology_desc(topology, "tpu").devices)
+        return list(topologies.get_topology_desc(topology, "tpu", **options).devices)
     except Exception as e:  # libtpu reports a bad name as a generic runtime error
         raise ConfigError(f"--topology={topology!r}: {e}") from None
+
+
+def per_device_bytes(abstract, shardings) -> int:
+    """Bytes the fullest device holds of `abstract` placed by `shardings` (before TPU tile padding)."""
+    leaves = jax.tree.leaves(partitioning.unbox_without_constraints(abstract))
+    return sum(math.prod(s.shard_shape(x.shape)) * x.dtype.itemsize
+               for x, s in zip(leaves, jax.tree.leaves(shardings), strict=True))
 
 
 @dataclasses.dataclass
@@ -103,6 +142,12 @@ class Result:
     mesh: dict
     batch_size: int
     microbatches: int
+    # From the shardings: the train state (parameters, optimizer state) and the frozen teacher on one device.
+    state_bytes: int
+    frozen_bytes: int
+    frozen_dtype: Optional[str]
+    compiled: bool
+    # From the compiled step (0 when --nocompile):
     argument_bytes: int
     output_bytes: int  # outputs not aliased to (donated) arguments
     temp_bytes: int
@@ -119,12 +164,13 @@ class Result:
 
     @property
     def fits(self) -> Optional[bool]:
-        return None if self.hbm_bytes is None else self.total_bytes <= self.hbm_bytes
+        return None if self.hbm_bytes is None or not self.compiled else self.total_bytes <= self.hbm_bytes
 
 
 def compile_stage(config: ml_collections.ConfigDict, topology: str, scratch: str, mfu: float = 0.4,
-                  config_name: str = "") -> Result:
-    """Compiles `config`'s train step for `topology` (prepare_libtpu() first) and measures it."""
+                  config_name: str = "", compile_step: bool = True) -> Result:
+    """Compiles `config`'s train step for `topology` (prepare_libtpu() first) and measures it; with
+    `compile_step=False`, only what the shardings place on each device."""
     from mobilebert_jax.main import task_builder
     from mobilebert_jax.train import trainer
 
@@ -143,6 +189,17 @@ def compile_stage(config: ml_collections.ConfigDict, topology: str, scratch: str
     frozen = None
     if task.frozen_abstract is not None:
         frozen = partitioning.with_shardings(task.frozen_abstract, program.frozen_shardings)
+    held = dict(state_bytes=per_device_bytes(program.abstract_state, program.shardings),
+                frozen_bytes=0 if frozen is None else per_device_bytes(task.frozen_abstract, program.frozen_shardings),
+                frozen_dtype=None if frozen is None else str(jax.tree.leaves(frozen)[0].dtype))
+    kind = devices[0].device_kind
+    header = dict(config=config_name, topology=topology, devices=len(devices), hosts=hosts, device_kind=kind,
+                  mesh=dict(mesh.shape), batch_size=config.batch_size, microbatches=config.microbatches,
+                  hbm_bytes=hbm_bytes(kind), mfu=mfu, total_steps=config.total_steps, **held)
+    if not compile_step:
+        return Result(**header, compiled=False, argument_bytes=0, output_bytes=0, temp_bytes=0, code_bytes=0,
+                      total_bytes=0, xla_flops_per_step=0.0, model_flops_per_step=0.0, step_seconds=None,
+                      run_seconds=None, compile_seconds=0.0)
 
     start = time.perf_counter()
     with program.context():
@@ -154,19 +211,16 @@ def compile_stage(config: ml_collections.ConfigDict, topology: str, scratch: str
     cost = cost[0] if isinstance(cost, (list, tuple)) else cost
     outputs = memory.output_size_in_bytes - memory.alias_size_in_bytes
     total = memory.argument_size_in_bytes + outputs + memory.temp_size_in_bytes + memory.generated_code_size_in_bytes
-    kind = devices[0].device_kind
     model_flops = float(task.train_flops_per_example) * config.batch_size
     peak = hardware.peak_flops(kind, dtype=config.model.get("dtype", "bfloat16"))
     step_seconds = None if peak is None else model_flops / (mfu * peak * len(devices))
     return Result(
-        config=config_name, topology=topology, devices=len(devices), hosts=hosts, device_kind=kind,
-        mesh=dict(mesh.shape), batch_size=config.batch_size, microbatches=config.microbatches,
+        **header, compiled=True,
         argument_bytes=memory.argument_size_in_bytes, output_bytes=outputs, temp_bytes=memory.temp_size_in_bytes,
-        code_bytes=memory.generated_code_size_in_bytes, total_bytes=total, hbm_bytes=hbm_bytes(kind),
+        code_bytes=memory.generated_code_size_in_bytes, total_bytes=total,
         # cost_analysis describes one device's partition of the SPMD program.
-        xla_flops_per_step=float(cost.get("flops", 0.0)) * len(devices), model_flops_per_step=model_flops, mfu=mfu,
-        step_seconds=step_seconds, total_steps=config.total_steps,
-        run_seconds=None if step_seconds is None else step_seconds * config.total_steps,
+        xla_flops_per_step=float(cost.get("flops", 0.0)) * len(devices), model_flops_per_step=model_flops,
+        step_seconds=step_seconds, run_seconds=None if step_seconds is None else step_seconds * config.total_steps,
         compile_seconds=compile_seconds)
 
 
@@ -187,9 +241,17 @@ def _duration(seconds: Optional[float]) -> str:
 
 def report(r: Result) -> str:
     verdict = {True: "fits", False: "DOES NOT FIT", None: "HBM unknown"}[r.fits]
+    held = f"  held per device (from the shardings): train state {_gib(r.state_bytes)}"
+    if r.frozen_dtype is not None:
+        held += f", frozen teacher {_gib(r.frozen_bytes)} ({r.frozen_dtype})"
     lines = [
         f"{r.config} on {r.topology}: {r.devices} x {r.device_kind} ({r.hosts} hosts), mesh {r.mesh}, "
         f"global batch {r.batch_size}" + (f" in {r.microbatches} microbatches" if r.microbatches > 1 else ""),
+        held,
+    ]
+    if not r.compiled:
+        return "\n".join(lines + ["  not compiled (--nocompile)"])
+    lines += [
         f"  memory per device: arguments {_gib(r.argument_bytes)}, outputs (not aliased) {_gib(r.output_bytes)}, "
         f"temporaries {_gib(r.temp_bytes)}, code {_gib(r.code_bytes)}",
         f"  total {_gib(r.total_bytes)} of {_gib(r.hbm_bytes)} HBM: {verdict}",
@@ -211,7 +273,8 @@ def main(parsed) -> None:
             raise ConfigError("--topology is required, e.g. --topology=v3:8x16")
         prepare_libtpu()
         with tempfile.TemporaryDirectory(prefix="aot_") as tmp:
-            result = compile_stage(config, FLAGS.topology, FLAGS.scratch or tmp, FLAGS.mfu, config_name=spec or "")
+            result = compile_stage(config, FLAGS.topology, FLAGS.scratch or tmp, FLAGS.mfu, config_name=spec or "",
+                                   compile_step=FLAGS.compile)
     except ConfigError as e:
         print(f"FATAL config error: {e}", file=sys.stderr)
         sys.exit(1)
