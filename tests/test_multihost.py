@@ -148,7 +148,7 @@ def test_two_processes_preempted_on_one_host_resume_and_equal_one_process(tmp_pa
     out0, _ = finish(start_workers(root, multi, free_port(), tmp_path / "scratch"))
     assert f"resumed from step {stopped}" in out0
 
-    assert TOTAL in _steps(multi)
+    assert TOTAL in _steps(multi), out0
     student = MobileBertConfig.from_dict(c.model.to_dict())
     single, resumed = final_student(tmp_path / "single", student), final_student(multi, student)
     assert single.keys() == resumed.keys()

@@ -242,7 +242,8 @@ def _pod_env(tmp_path, image, **extra) -> dict[str, str]:
 
 def _train_args(run: str, total: int = TOTAL) -> list[str]:
     return ["--", "--config=experiments/teacher_ib_bert_large.py:smoke", f"--workdir={run}",
-            f"--config.total_steps={total}", f"--config.checkpoint.every_steps={EVERY}",
+            f"--config.total_steps={total}", "--config.optimizer.schedule.warmup_steps=2",
+            f"--config.checkpoint.every_steps={EVERY}",
             "--config.eval.num_batches=0", "--config.log_every=2"]
 
 

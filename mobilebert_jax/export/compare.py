@@ -99,13 +99,17 @@ def markdown(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
-flags.DEFINE_string("workdir", None, "a GLUE fine-tuning run", required=True)
-flags.DEFINE_string("output_dir", None, "where the exported files go (default: <workdir>/export)")
-flags.DEFINE_integer("step", None, "checkpoint step (default: latest)")
-flags.DEFINE_integer("calibration_examples", 300, "training examples every int8 form calibrates on")
-flags.DEFINE_integer("batch_size", 1, "the exported graphs' fixed batch size (1, as an app runs them)")
-flags.DEFINE_list("forms", list(FORMS), f"forms to compare, from {list(FORMS)}")
 FLAGS = flags.FLAGS
+
+
+def define_flags() -> None:
+    """Called only when run as a command: tests and benchmarks import compare_forms next to other tools' flags."""
+    flags.DEFINE_string("workdir", None, "a GLUE fine-tuning run", required=True)
+    flags.DEFINE_string("output_dir", None, "where the exported files go (default: <workdir>/export)")
+    flags.DEFINE_integer("step", None, "checkpoint step (default: latest)")
+    flags.DEFINE_integer("calibration_examples", 300, "training examples every int8 form calibrates on")
+    flags.DEFINE_integer("batch_size", 1, "the exported graphs' fixed batch size (1, as an app runs them)")
+    flags.DEFINE_list("forms", list(FORMS), f"forms to compare, from {list(FORMS)}")
 
 
 def main(argv) -> None:
@@ -140,4 +144,5 @@ def main(argv) -> None:
 if __name__ == "__main__":
     from mobilebert_jax import cli
 
+    define_flags()
     cli.run_absl(main)
