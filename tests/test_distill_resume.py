@@ -56,7 +56,13 @@ def run_three(root: str) -> None:
                     student_cfg, stage_steps=STAGE_STEPS)
     c.distill.last_stage = LAST_STAGE
     c.checkpoint.every_steps = 4
-    c.data.tokenizer = ""  # synthetic batches of the tiny vocabulary; the default tokenizer's 4,000 ids would not fit
+    # The batches are synthetic ids of the tiny vocabulary: a WordPiece vocabulary of that size is the run's tokenizer
+    # (the default one's 4,000 ids would not fit the model, and the test teacher records none).
+    vocab = os.path.join(root, "vocab.txt")
+    with open(vocab, "w") as f:
+        specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+        f.write("\n".join(specials + [f"w{i}" for i in range(teacher_cfg.vocab_size - len(specials))]) + "\n")
+    c.data.tokenizer = vocab
     assert c.total_steps == (LAST_STAGE + 1) * STAGE_STEPS
     builder = lambda config, workdir: build(config, evaluate=False)  # noqa: E731
 
