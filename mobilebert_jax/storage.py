@@ -33,13 +33,6 @@ from typing import Callable, Iterator, TextIO, Union
 os.environ["EPATH_USE_TF"] = "false"
 
 from etils import epath  # noqa: E402  (after EPATH_USE_TF)
-from fsspec import config as fsspec_config  # noqa: E402
-
-# gcsfs caches directory listings per filesystem instance, but checkpoints are written by tensorstore (and by other
-# hosts), never through that instance: a cached listing of `checkpoints/` would miss the steps written since, and a
-# reader would restore an older step. Every gs:// listing goes to the server.
-for _protocol in ("gs", "gcs"):
-    fsspec_config.conf.setdefault(_protocol, {})["use_listings_cache"] = False
 
 from mobilebert_jax.errors import ConfigError  # noqa: E402
 

@@ -89,25 +89,29 @@ def finish(procs, timeout=HANG_S) -> list[str]:
     return outs
 
 
-def _fresh(uri: str):
-    """`uri` as a path, with gcsfs's listing cache dropped: other processes write there."""
-    import fsspec
+def _listing():
+    """A gcsfs filesystem that lists from the server every time: the workers write there, not this process."""
+    import gcsfs
 
-    from mobilebert_jax import storage
-    fsspec.filesystem("gcs").invalidate_cache()
-    return storage.path(uri)
+    return gcsfs.GCSFileSystem(skip_instance_cache=True, use_listings_cache=False)
+
+
+def _is_dir(uri: str) -> bool:
+    return _listing().isdir(uri)
 
 
 def _data_states(step_dir) -> dict[str, int]:
+    fs = _listing()
     out = {}
-    for path in sorted(_fresh(f"{step_dir}/data").iterdir()):
-        if path.name.endswith(".json"):
-            out[path.name] = json.loads(path.read_text())["state"]
+    for name in sorted(fs.ls(f"{step_dir}/data", detail=False)):
+        if name.endswith(".json"):
+            out[name.rsplit("/", 1)[-1]] = json.loads(fs.cat(name))["state"]
     return out
 
 
 def _steps(workdir) -> list[int]:
-    return sorted(int(p.name) for p in _fresh(f"{workdir}/checkpoints").iterdir() if p.name.isdigit())
+    names = [n.rstrip("/").rsplit("/", 1)[-1] for n in _listing().ls(f"{workdir}/checkpoints", detail=False)]
+    return sorted(int(n) for n in names if n.isdigit())
 
 
 def test_two_processes_preempted_on_one_host_resume_and_equal_one_process(tmp_path, gcs):
@@ -127,7 +131,7 @@ def test_two_processes_preempted_on_one_host_resume_and_equal_one_process(tmp_pa
     multi = f"{root}/multi"
     procs = start_workers(root, multi, free_port(), tmp_path / "scratch", slow=0.4)
     hung = time.time() + HANG_S  # only against a hang
-    while not _fresh(f"{multi}/checkpoints/2").is_dir():
+    while not _is_dir(f"{multi}/checkpoints/2"):
         assert all(p.poll() is None for p in procs), finish(procs)
         if time.time() > hung:
             for p in procs:

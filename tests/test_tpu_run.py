@@ -16,7 +16,10 @@ import subprocess
 import time
 
 import pytest
+from gcs_emulator import gcs  # noqa: F401  (the fixture: a pod's hosts share the workdir on gs://)
 from limits import HANG_S
+
+from mobilebert_jax import storage
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCRIPT = os.path.join(REPO, "launch", "tpu_run.sh")
@@ -253,13 +256,14 @@ def _calls(root: str) -> list[list[str]]:
 
 
 @pytest.mark.slow
-def test_simulated_pod_installs_from_the_package_index_on_a_bare_image(tmp_path):
+def test_simulated_pod_installs_from_the_package_index_on_a_bare_image(tmp_path, gcs):  # noqa: F811
     """A bare VM image: tpu_run.sh's install step gets uv from the package index, makes the venv with a Python
-    >= 3.11 and installs this checkout with its pinned jax (the CPU variant here), then the run trains on it."""
-    run = str(tmp_path / "run")
+    >= 3.11 and installs this checkout with its pinned jax (the CPU variant here, with the gcs extra), then the
+    run trains on it, its workdir on (emulated) Cloud Storage as every multi-host run's must be."""
+    run = gcs.uri("pod-install", tmp_path.name)
     image = tmp_path / "image"
     image.mkdir()
-    env = _pod_env(tmp_path, image, FAKE_GCLOUD_WORKERS="2", TPU_PIP_SPEC="-e .",
+    env = _pod_env(tmp_path, image, FAKE_GCLOUD_WORKERS="2", TPU_PIP_SPEC="-e .[gcs]",
                    # A pip/uv cache shared between runs keeps this cheap; never a Python download here.
                    UV_CACHE_DIR=os.environ.get("UV_CACHE_DIR") or os.path.join(os.path.expanduser("~"), ".cache",
                                                                                "uv"),
@@ -267,7 +271,7 @@ def test_simulated_pod_installs_from_the_package_index_on_a_bare_image(tmp_path)
     root = env["FAKE_GCLOUD_ROOT"]
     try:
         out = tpu_run("start", *_train_args(run, total=EVERY), env=env, timeout=HANG_S).stdout
-        assert out.count("setting up ~/mobilebert-jax-venv (Python 3.11, -e .)") == 2, out
+        assert out.count("setting up ~/mobilebert-jax-venv (Python 3.11, -e .[gcs])") == 2, out
         assert out.count("venv ready: Python 3.11") == 2, out
         for home in glob.glob(os.path.join(root, "pod", "workers", "worker-*")):
             venv = os.path.join(home, "mobilebert-jax-venv")
@@ -276,20 +280,20 @@ def test_simulated_pod_installs_from_the_package_index_on_a_bare_image(tmp_path)
                                      "import importlib.metadata as m; print(m.version('jax'), m.version('jaxlib'))"],
                                     capture_output=True, text=True, check=True).stdout.split()
             assert freeze == [_setup_py_pins()["JAX"]] * 2
-            assert open(os.path.join(home, ".mobilebert-jax-setup")).read().strip() == setup_stamp("-e .")
+            assert open(os.path.join(home, ".mobilebert-jax-setup")).read().strip() == setup_stamp("-e .[gcs]")
         pids = _pids(root)
         _wait(lambda: not any(map(_alive, pids)), "the run to finish")
-        assert open(os.path.join(run, "FINISHED")).read().strip() == str(EVERY)
+        assert storage.path(run, "FINISHED").read_text().strip() == str(EVERY)
     finally:
         subprocess.run(["gcloud", "compute", "tpus", "queued-resources", "delete", "pod", "--zone=local-a",
                         "--force", "--quiet"], env=env, capture_output=True)
 
 
-def test_simulated_multislice_pod_is_watched_through_a_preemption(tmp_path):
+def test_simulated_multislice_pod_is_watched_through_a_preemption(tmp_path, gcs):  # noqa: F811
     """Two slices (queued resource with --node_count=2, one worker each: processes 0 and 1 of one job); `watch`
     starts the run, the spot capacity is preempted after the first checkpoint (every process killed, the queued
     resource SUSPENDED), and the watch requests it again and restarts until the trainer writes FINISHED."""
-    run, logs = str(tmp_path / "run"), str(tmp_path / "logs")
+    run, logs = gcs.uri("pod-watch", tmp_path.name), str(tmp_path / "logs")  # two hosts: shared storage
     image = tmp_path / "image"  # the VM image holds the project's environment, already set up (see the test above)
     image.mkdir()
     (image / "mobilebert-jax-venv").symlink_to(os.path.join(REPO, ".venv"))
@@ -300,13 +304,13 @@ def test_simulated_multislice_pod_is_watched_through_a_preemption(tmp_path):
     watch = subprocess.Popen([SCRIPT, "watch", *_train_args(run)], env=env, stdout=subprocess.PIPE,
                              stderr=subprocess.STDOUT, text=True)
     try:
-        _wait(lambda: os.path.isdir(os.path.join(run, "checkpoints", str(EVERY))) or watch.poll() is not None,
+        _wait(lambda: storage.path(run, "checkpoints", str(EVERY)).is_dir() or watch.poll() is not None,
               f"checkpoint {EVERY}")
         assert watch.poll() is None, watch.stdout.read()
         pids = _pids(root, "pod-0") + _pids(root, "pod-1")
         assert len(pids) == 2 and all(map(_alive, pids))
         subprocess.run(["gcloud", "fake-preempt", "pod"], env=env, check=True)  # every process killed at once
-        done = sorted(int(n) for n in os.listdir(os.path.join(run, "checkpoints")) if n.isdigit())
+        done = sorted(int(p.name) for p in storage.path(run, "checkpoints").iterdir() if p.name.isdigit())
         assert done and done[-1] < TOTAL
         out, _ = watch.communicate(timeout=HANG_S)
         assert watch.returncode == 0, out
@@ -314,7 +318,7 @@ def test_simulated_multislice_pod_is_watched_through_a_preemption(tmp_path):
         assert "slice pod is SUSPENDED: deleting and requesting it again" in out
         assert "watch: the run finished" in out
         assert out.count("venv up to date") == 4  # the image's stamp matches: no install, before and after
-        assert open(os.path.join(run, "FINISHED")).read().strip() == str(TOTAL)
+        assert storage.path(run, "FINISHED").read_text().strip() == str(TOTAL)
 
         tpu_run("fetch-logs", logs, env=env)
         names = sorted(os.listdir(logs))
