@@ -39,7 +39,7 @@ import re
 import signal
 import sys
 import time
-from typing import Any, Iterable, Mapping, Optional, Protocol, Sequence
+from typing import Any, Callable, Iterable, Mapping, Optional, Protocol, Sequence
 
 import jax
 import ml_collections
@@ -162,21 +162,22 @@ class Checkpointer:
         """Raises CheckpointError if an asynchronous save has failed; cheap, so call it every step."""
         if self._saving is None:
             return
-        try:
-            self._manager.check_for_errors()
-        except Exception as e:
-            raise self._save_error(self._saving, e) from None
+        self._raise_as_save_error(self._manager.check_for_errors)
         if not self._manager.is_saving_in_progress():
             self._finish_previous()  # returns at once; re-raises an error of the finalize thread
 
     def _finish_previous(self) -> None:
         if self._saving is None:
             return
-        try:
-            self._manager.wait_until_finished()
-        except Exception as e:
-            raise self._save_error(self._saving, e) from None
+        self._raise_as_save_error(self._manager.wait_until_finished)
         self._saving = None
+
+    def _raise_as_save_error(self, orbax_call: Callable[[], Any]) -> None:
+        """Runs `orbax_call`; a failure of the save in flight becomes a CheckpointError naming its step."""
+        try:
+            orbax_call()
+        except Exception as e:  # orbax/tensorstore raise plain ValueError/OSError/Exception for storage failures
+            raise self._save_error(self._saving, e) from None
 
     def _save_error(self, step: int, error: Exception) -> CheckpointError:
         try:

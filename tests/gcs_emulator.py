@@ -23,11 +23,11 @@ import json
 import os
 import socket
 import subprocess
-import sys
 import time
 import urllib.request
 
 import pytest
+from limits import HANG_S
 
 BUCKET = "mobilebert-test"
 
@@ -100,4 +100,4 @@ def gcs(tmp_path_factory):
             else:
                 os.environ[k] = v
         proc.terminate()
-        proc.wait(timeout=30)
+        proc.wait(timeout=HANG_S)  # after terminate(): only a hang waits long

@@ -133,7 +133,7 @@ def test_every_topology_in_the_help_resolves():
               "d[0].device_kind] for t, _ in a.TOPOLOGY_EXAMPLES}))")
     env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
     proc = subprocess.run([sys.executable, "-c", script], cwd=REPO, env=env, capture_output=True, text=True,
-                          timeout=600)
+                          timeout=HANG_S)
     assert proc.returncode == 0, proc.stderr[-3000:]
     found = json.loads(proc.stdout.strip().splitlines()[-1])
     assert found == {"v3:8x16": [256, 32, "TPU v3"], "v3:2x2": [8, 1, "TPU v3"], "v4:4x4x8": [128, 32, "TPU v4"],

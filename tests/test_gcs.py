@@ -21,6 +21,7 @@ import sys
 import time
 
 import pytest
+from limits import HANG_S
 
 from mobilebert_jax import storage
 from gcs_emulator import gcs  # noqa: F401  (the fixture)
@@ -56,7 +57,7 @@ def sandbox(tmp_path):
 def _run(module: str, *args: str, sandbox) -> subprocess.CompletedProcess:
     cwd, env = sandbox
     return subprocess.run([sys.executable, "-m", module, *args], cwd=cwd, env=env, capture_output=True, text=True,
-                          timeout=900)
+                          timeout=HANG_S)
 
 
 def _ok(r: subprocess.CompletedProcess) -> str:

@@ -19,6 +19,7 @@ import sys
 
 import numpy as np
 import pytest
+from limits import HANG_S
 
 from tests.data_fixtures import SHARED_DATA, require_shared_data
 
@@ -30,7 +31,7 @@ TOY = ["--teacher_steps=4", "--stage_steps=2", "--pd_steps=2", "--layers=2", f"-
 
 def _run(*args):
     env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
-    r = subprocess.run([sys.executable, "-m", *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=3600)
+    r = subprocess.run([sys.executable, "-m", *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=HANG_S)
     assert r.returncode == 0, f"{' '.join(args)}\n{r.stdout[-2000:]}\n{r.stderr[-3000:]}"
     return r
 

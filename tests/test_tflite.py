@@ -16,6 +16,7 @@ import flax.linen as nn
 import jax
 import numpy as np
 import pytest
+from limits import HANG_S
 
 pytest.importorskip("tensorflow")
 pytest.importorskip("ai_edge_litert")
@@ -131,7 +132,7 @@ def test_int8_agrees_with_float_on_the_sst2_dev_set(tmp_path):
 def _cli(*args, cwd=ROOT):
     env = dict(os.environ, PYTHONPATH=str(ROOT))
     result = subprocess.run([sys.executable, "-m", "mobilebert_jax.export", *args], cwd=cwd, env=env,
-                            capture_output=True, text=True, timeout=900)
+                            capture_output=True, text=True, timeout=HANG_S)
     assert result.returncode == 0, result.stderr[-3000:]
     return result.stdout
 
@@ -171,7 +172,7 @@ def test_cli_exports_a_finetuned_run_with_vocab_metadata_and_the_docs_example_ru
 
     # The docs' interpreter example, run as written next to the exported files.
     result = subprocess.run([sys.executable, "-c", _docs_example()], cwd=app_dir, capture_output=True, text=True,
-                            timeout=300, env=dict(os.environ, PYTHONPATH=str(ROOT)))
+                            timeout=HANG_S, env=dict(os.environ, PYTHONPATH=str(ROOT)))
     assert result.returncode == 0, result.stderr[-3000:]
     assert re.search(r"label \d, probabilities \[", result.stdout), result.stdout
 
