@@ -192,7 +192,8 @@ def _train(config: ml_collections.ConfigDict, workdir: str, build_task: TaskBuil
                 state, metrics = train_step(state, batch, frozen)
                 done = step + 1
                 # Checked every step (a small host sync) so that a diverged state is never saved.
-                bad = sorted(k for k, v in jax.device_get(metrics).items() if not math.isfinite(float(v)))
+                step_scalars = {k: float(v) for k, v in jax.device_get(metrics).items()}
+                bad = sorted(k for k, v in step_scalars.items() if not math.isfinite(v))
                 if bad:
                     ckpt.wait()
                     last = ckpt.latest_step()
@@ -206,7 +207,7 @@ def _train(config: ml_collections.ConfigDict, workdir: str, build_task: TaskBuil
                     jax.block_until_ready(state)
                     jax.profiler.stop_trace()
                 if done % config.log_every == 0 or done == total_steps:
-                    scalars = {k: float(v) for k, v in jax.device_get(metrics).items()}
+                    scalars = dict(step_scalars)  # fetched once above
                     rate = writer.steps_per_second
                     if rate:
                         scalars["examples_per_second"] = rate * config.batch_size
