@@ -8,7 +8,9 @@ MobileBERT's paper reports TFLite latency on a Pixel 4 at batch 1 and sequence 1
 measures the same quantity on this machine's CPU for every (model, runtime, thread count): a sequence
 classifier (2 labels, random weights, random ids) exported by this project (LiteRT float32, dynamic-range
 int8, full int8; ONNX float32, dynamic int8 and full int8 (QDQ) on onnxruntime) and HF transformers on PyTorch (float32,
-`MobileBertForSequenceClassification` with the same config; `BertForSequenceClassification` for BERT-base).
+`MobileBertForSequenceClassification` with the same config; `BertForSequenceClassification` for BERT-base) and
+the project's own JAX forward (`export.model_function` under `jax.jit`; XLA sizes its CPU thread pool to the
+machine once per process, so the JAX row is like-for-like only where `--threads` equals the core count).
 
 Fairness: OMP_WAIT_POLICY=PASSIVE (set before any runtime loads, so no runtime's idle threads spin and steal
 cores from the next one), each runtime's thread count set explicitly (LiteRT `num_threads`, onnxruntime
@@ -41,7 +43,7 @@ flags.DEFINE_list("presets", ["mobilebert", "mobilebert_tiny", "bert_base"], "mo
 flags.DEFINE_list("threads", ["4", "2"], "thread counts (the paper: 4)")
 RUNTIMES = ("litert_float32", "litert_dynamic_int8", "litert_full_int8", "onnx_float32", "onnx_dynamic_int8",
             "onnx_full_int8",
-            "torch_float32")
+            "torch_float32", "jax_float32")
 flags.DEFINE_list("runtimes", list(RUNTIMES), f"from {list(RUNTIMES)}")
 flags.DEFINE_integer("seq_len", 128, "tokens per sequence")
 flags.DEFINE_integer("runs", 100, "timed interleaved rounds")
@@ -112,6 +114,14 @@ def _runner(runtime: str, preset: str, threads: int, model, params, torch_model)
         session = ort.InferenceSession(_exported(preset, model, params, runtime), options,
                                        providers=["CPUExecutionProvider"])
         return lambda: session.run(None, inputs)
+    if runtime == "jax_float32":
+        from mobilebert_jax.export import model_function
+
+        # XLA's CPU client sizes its thread pool once per process (all cores); it cannot follow `threads`,
+        # so only the row whose thread count equals the machine's cores is a like-for-like comparison.
+        forward = jax.jit(model_function(model, params))
+        jax_inputs = {k: jax.device_put(v) for k, v in inputs.items()}
+        return lambda: jax.block_until_ready(forward(**jax_inputs))
     import torch
 
     torch_inputs = {"input_ids": torch.from_numpy(inputs["input_ids"].astype(np.int64)),
