@@ -1,4 +1,7 @@
-"""The speed benchmarks run end to end on a tiny model and print every row they promise (not their speed)."""
+"""The speed benchmarks run end to end on a tiny model and print every row they promise (not their speed).
+
+Slow (a LiteRT conversion, torch, two compiles): `python -m pytest -q -m slow tests/test_benchmarks.py`.
+"""
 
 import os
 import re
@@ -20,6 +23,7 @@ def _run(script, *args):
     return proc.stdout
 
 
+@pytest.mark.slow
 def test_inference_benchmark_prints_a_median_for_every_runtime_and_thread_count(tmp_path):
     pytest.importorskip("ai_edge_litert")
     pytest.importorskip("torch")
@@ -33,6 +37,7 @@ def test_inference_benchmark_prints_a_median_for_every_runtime_and_thread_count(
     assert os.path.exists(tmp_path / "mobilebert_test_s32_float32.tflite")
 
 
+@pytest.mark.slow
 def test_train_step_benchmark_reports_both_sides_and_the_peak_fraction():
     pytest.importorskip("torch")
     out = _run("train_step.py", "--preset=mobilebert_test", "--batch_size=2", "--seq_len=32", "--predictions=4",
