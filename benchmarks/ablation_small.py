@@ -40,7 +40,7 @@ from absl import flags
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from mobilebert_jax import flops, model_source  # noqa: E402
+from mobilebert_jax import flops, model_source, preemption  # noqa: E402
 from mobilebert_jax.config import MobileBertConfig  # noqa: E402
 from mobilebert_jax.distill import pipeline  # noqa: E402
 from mobilebert_jax.distill.evaluate import eval_batches, held_out_metrics  # noqa: E402
@@ -112,14 +112,15 @@ def variant_stages(name: str, seed: int, scale: pipeline.Scale, teacher_model, t
 
 
 def run_variant(name: str, seed: int, scale: pipeline.Scale, teacher_model, teacher_dir: str, data_dir: str,
-                workdir: str, timings: dict) -> str:
-    """Trains one variant with one seed; returns the workdir holding its final student."""
+                workdir: str, timings: dict) -> Optional[str]:
+    """Trains one variant with one seed; returns the workdir holding its final student (None: a signal stopped it)."""
     from mobilebert_jax.distill.task import build_distillation_task
 
     start = time.monotonic()
     stages = variant_stages(name, seed, scale, teacher_model, teacher_dir, data_dir, workdir)
     for stage, config, stage_dir in stages:
-        pipeline.train_stage(stage, config, stage_dir, build_distillation_task, {})
+        if not pipeline.train_stage(stage, config, stage_dir, build_distillation_task, {}):
+            return None
     timings[name] = timings.get(name, 0.0) + time.monotonic() - start
     return stages[-1][2]
 
@@ -171,6 +172,8 @@ def main(argv: list[str]) -> None:
     f = flags.FLAGS
     from mobilebert_jax.train.pretraining import build_pretraining_task
 
+    preemption.install()  # a SIGTERM stops the current stage and the variants after it (pipeline.train_stage)
+
     started = time.monotonic()
     scale = pipeline.Scale()
     data_dir = os.path.join(f.workdir, "data")
@@ -183,7 +186,8 @@ def main(argv: list[str]) -> None:
     except Exception as e:  # absent, or another architecture: train one here
         print(f"training a teacher ({type(e).__name__}: {e})", flush=True)
         teacher_dir = os.path.join(f.workdir, "teacher")
-        pipeline.train_stage("teacher", teacher_cfg, teacher_dir, build_pretraining_task, timings)
+        if not pipeline.train_stage("teacher", teacher_cfg, teacher_dir, build_pretraining_task, timings):
+            return
 
     by_slug = {_slug(name): name for name in VARIANTS}  # names hold commas, which a list flag splits on
     unknown = sorted(set(f.only) - set(by_slug))
@@ -191,8 +195,12 @@ def main(argv: list[str]) -> None:
         raise SystemExit(f"--only: unknown variant(s) {unknown}; choose from {sorted(by_slug)}")
     names = [by_slug[slug] for slug in f.only] or list(VARIANTS)
     seeds = [int(x) for x in f.seeds]
-    finals = {name: [run_variant(name, seed, scale, teacher_cfg.model, teacher_dir, data_dir, f.workdir, timings)
-                     for seed in seeds] for name in names}
+    finals = {}
+    for name in names:
+        finals[name] = [run_variant(name, seed, scale, teacher_cfg.model, teacher_dir, data_dir, f.workdir, timings)
+                        for seed in seeds if not preemption.STOP.is_set()]
+        if preemption.STOP.is_set():  # a stage stopped early: no table from unfinished runs
+            return
 
     batches = eval_batches(teacher_cfg.data, scale.eval_batch_size)
     student = pipeline.student_model(teacher_cfg.model)

@@ -65,3 +65,22 @@ def test_markdown_table():
 def test_scale_defaults_fit_the_positions(teacher):
     assert teacher.model.max_position_embeddings == SCALE.seq_len
     assert SCALE.max_predictions == int(np.ceil(0.15 * SCALE.seq_len))
+
+
+def test_a_signal_during_a_stage_stops_the_pipeline_before_the_next_stage_and_the_table(tmp_path, monkeypatch):
+    import threading
+
+    from mobilebert_jax import preemption
+    from mobilebert_jax.train import trainer
+
+    monkeypatch.setattr(preemption, "STOP", threading.Event())
+    trained = []
+
+    def train(config, workdir, build_task):  # the teacher stage gets SIGTERM: it saves and returns early
+        trained.append(workdir)
+        preemption.STOP.set()
+
+    monkeypatch.setattr(trainer, "train", train)
+    assert pipeline.run(str(tmp_path)) == []
+    assert trained == [str(tmp_path / "teacher")]
+    assert not (tmp_path / "results.md").exists()

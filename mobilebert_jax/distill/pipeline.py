@@ -30,7 +30,7 @@ import jax
 import ml_collections
 from absl import flags
 
-from mobilebert_jax import experiment_config, flops, model_source, plot, storage
+from mobilebert_jax import experiment_config, flops, model_source, plot, preemption, storage
 from mobilebert_jax.config import ConfigError
 from mobilebert_jax.distill import experiment, strategies
 from mobilebert_jax.distill.evaluate import eval_batches, held_out_metrics
@@ -175,13 +175,23 @@ def scratch_config(scale: Scale, teacher: ml_collections.ConfigDict, data_dir: s
 
 
 def train_stage(name: str, config: ml_collections.ConfigDict, workdir: str, build_task: Callable,
-                timings: dict[str, float]) -> None:
+                timings: dict[str, float]) -> bool:
+    """Trains (or resumes) one stage; False when a signal stopped it early, with its checkpoint saved.
+
+    The stages after it read its final model, so a caller stops there: the flag that stopped this stage stays set
+    (the entry points install `preemption`'s handler first) and would stop each later stage before its first step.
+    """
     from mobilebert_jax.train.trainer import train
 
     print(f"\n=== {name}: {workdir} ===", flush=True)
     start = time.monotonic()
     train(config, workdir, build_task)
     timings[name] = time.monotonic() - start
+    if preemption.STOP.is_set():
+        print(f"stopped during {name} by a signal: its checkpoint is saved; rerun the same command to continue",
+              flush=True)
+        return False
+    return True
 
 
 def markdown_table(rows: list[dict]) -> str:
@@ -194,6 +204,7 @@ def markdown_table(rows: list[dict]) -> str:
 
 
 def run(workdir: str, scale: Scale = Scale()) -> list[dict]:
+    """Every stage (each resumed where it stopped), then the table; [] when a signal stopped a stage."""
     from mobilebert_jax.distill.task import build_distillation_task
     from mobilebert_jax.train.pretraining import build_pretraining_task
 
@@ -203,13 +214,18 @@ def run(workdir: str, scale: Scale = Scale()) -> list[dict]:
     dirs = {k: os.path.join(workdir, k) for k in ("teacher", "progressive", "pd", "scratch")}
 
     teacher_cfg = teacher_config(scale, data_dir)
-    train_stage("teacher pretraining", teacher_cfg, dirs["teacher"], build_pretraining_task, timings)
+    if not train_stage("teacher pretraining", teacher_cfg, dirs["teacher"], build_pretraining_task, timings):
+        return []
     progressive = distill_config("progressive", scale, teacher_cfg.model, dirs["teacher"], data_dir)
-    train_stage("progressive knowledge transfer", progressive, dirs["progressive"], build_distillation_task, timings)
+    if not train_stage("progressive knowledge transfer", progressive, dirs["progressive"], build_distillation_task,
+                       timings):
+        return []
     pd = distill_config("pd", scale, teacher_cfg.model, dirs["teacher"], data_dir, student_init=dirs["progressive"])
-    train_stage("pretraining distillation", pd, dirs["pd"], build_distillation_task, timings)
+    if not train_stage("pretraining distillation", pd, dirs["pd"], build_distillation_task, timings):
+        return []
     scratch = scratch_config(scale, teacher_cfg.model, data_dir)
-    train_stage("student from scratch", scratch, dirs["scratch"], build_pretraining_task, timings)
+    if not train_stage("student from scratch", scratch, dirs["scratch"], build_pretraining_task, timings):
+        return []
 
     start = time.monotonic()
     batches = eval_batches(teacher_cfg.data, scale.eval_batch_size)
@@ -261,6 +277,7 @@ def main(argv: list[str]) -> None:
 
     del argv
     cli.log_libraries_to(flags.FLAGS.workdir)
+    preemption.install()  # a SIGTERM stops the current stage and every stage after it (see train_stage)
     run(flags.FLAGS.workdir, dataclasses.replace(Scale(), **scale_overrides()))
 
 
