@@ -18,9 +18,13 @@ Commands:
                Running `start` again after a preemption resumes the run from its latest checkpoint in --workdir.
   watch        `start`, then poll every --poll seconds until the run has finished: when the slice is
                preempted (queued resource SUSPENDED/FAILED, a node PREEMPTED/TERMINATED) it is requested again
-               and the run restarted from its checkpoint, at most --max_restarts times. The run has finished
-               when process 0 exits with status 0 and the trainer's marker WORKDIR/FINISHED exists; a non-zero
-               exit status ends the watch with that status and the log's last lines.
+               and the run restarted from its checkpoint, at most --max_restarts times. One preemption is one
+               restart: when process 0 stops before the end on a slice that still looks healthy (a preemption
+               ends the processes before the slice's state shows it), the slice is checked for --settle
+               seconds first, and restarted on a new slice if it turns out preempted, in place otherwise.
+               The run has finished when process 0 exits with status 0 and the trainer's marker
+               WORKDIR/FINISHED exists; a non-zero exit status ends the watch with that status and the log's
+               last lines.
   logs         show the logs: --worker=N follows worker N's log of the first slice (default 0); --worker=all
                prints the last lines of every worker's log
   fetch-logs DIR  copy every worker's log into the local directory DIR
@@ -50,6 +54,8 @@ Options (each also read from the environment variable in brackets):
   --python=VERSION      the Python the workers' venv is made with, by uv [TPU_PYTHON] (default 3.11)
   --poll=SECONDS        for start and watch: seconds between state checks [TPU_POLL] (default 30)
   --max_restarts=N      for watch: how many times the run may be restarted [TPU_MAX_RESTARTS] (default 20)
+  --settle=SECONDS      for watch: how long a slice that looks healthy is checked after process 0 stopped before
+                        the end, before the run is restarted there [TPU_SETTLE] (default 120)
   --dry_run             print the gcloud commands instead of running them; the slice is taken to be absent,
                         so `start` shows its creation
   -h, --help            this text
@@ -86,6 +92,7 @@ PIP_SPEC=${TPU_PIP_SPEC:--e .[tpu]}
 PYTHON=${TPU_PYTHON:-3.11}
 POLL=${TPU_POLL:-30}
 MAX_RESTARTS=${TPU_MAX_RESTARTS:-20}
+SETTLE=${TPU_SETTLE:-120}
 WORKER=0
 GRACE=120
 DRY_RUN=0
@@ -113,6 +120,7 @@ while [[ $# -gt 0 ]]; do
     --python=*) PYTHON=${1#*=} ;;
     --poll=*) POLL=${1#*=} ;;
     --max_restarts=*) MAX_RESTARTS=${1#*=} ;;
+    --settle=*) SETTLE=${1#*=} ;;
     --dry_run) DRY_RUN=1 ;;
     --) shift; TRAIN_ARGS=("$@"); break ;;
     -*) die "unknown option $1 (see --help)" ;;
@@ -131,6 +139,7 @@ done
 [[ "$GRACE" =~ ^[0-9]+$ ]] || die "--grace=$GRACE: must be a whole number of seconds"
 [[ "$POLL" =~ ^[0-9]+([.][0-9]+)?$ ]] || die "--poll=$POLL: must be a number of seconds"
 [[ "$MAX_RESTARTS" =~ ^[0-9]+$ ]] || die "--max_restarts=$MAX_RESTARTS: must be a whole number"
+[[ "$SETTLE" =~ ^[0-9]+$ ]] || die "--settle=$SETTLE: must be a whole number of seconds"
 [[ "$NODE_COUNT" =~ ^[1-9][0-9]*$ ]] || die "--node_count=$NODE_COUNT: must be a whole number >= 1"
 [[ "$WORKER" == all || "$WORKER" =~ ^[0-9]+$ ]] || die "--worker=$WORKER: must be a worker index or all"
 [[ "$PYTHON" =~ ^3\.[0-9]+(\.[0-9]+)?$ ]] || die "--python=$PYTHON: must be a Python version such as 3.11"
@@ -391,6 +400,27 @@ train_workdir() {
   done
 }
 
+# The slice's health once it has settled: checked every --poll seconds until it shows trouble or --settle
+# seconds have passed. A preemption ends the processes first (the VM is going down, or the trainer saved on the
+# notice's SIGTERM and exited 0) and shows in the slice's state only later, a poll or more apart: node PREEMPTED,
+# then the queued resource SUSPENDED.
+settled_health() {
+  local health deadline=$((SECONDS + SETTLE))
+  while true; do
+    health=$(slice_health)
+    if [[ "$health" != ok || "$SECONDS" -ge "$deadline" ]]; then echo "$health"; return; fi
+    sleep "$POLL"
+  done
+}
+
+# The watch's state machine, one poll at a time (docs/scale_out.md, "Watch"):
+#   slice unhealthy                          -> restart (ensure_slice deletes and requests it again)
+#   healthy, process 0 running (or no answer) -> poll again
+#   healthy, finished / stopped              -> exit 0;  exited N > 0 -> exit N with the log's end
+#   healthy, process 0 gone or exited 0      -> settled_health: unhealthy within --settle -> restart (a preemption:
+#                                               one restart, on a new slice); still healthy -> restart in place
+# Every restart is counted once against --max_restarts; requesting the slice again (however many polls the
+# queued resource takes to go from ACTIVE through SUSPENDED to absent) is part of that one restart.
 watch_run() {
   local workdir restarts=0 health state
   workdir=$(train_workdir)
@@ -407,7 +437,10 @@ watch_run() {
         running|unknown|"") continue ;;
         finished) echo "watch: the run finished (process 0 exited 0, $workdir/FINISHED exists)"; return 0 ;;
         stopped) echo "watch: the run was stopped (tpu_run.sh stop); not restarting it"; return 0 ;;
-        "exited 0"|gone) health="process 0 stopped before the end ($state)" ;;
+        "exited 0"|gone)
+          echo "watch: process 0 stopped before the end ($state); checking the slice for up to ${SETTLE}s"
+          health=$(settled_health)
+          [[ "$health" == ok ]] && health="process 0 stopped before the end ($state) on a healthy slice" ;;
         exited*)
           echo "watch: the run failed: process 0 ${state}; its log ends with:" >&2
           tpu ssh "${NODES[0]}" "${LOCATION[@]}" --worker=0 --command="tail -n 30 $LOGS/$RUN-*.log" >&2 || true
