@@ -16,7 +16,10 @@ tensor-parallel names before `hidden`, a kernel [hidden, mlp] becomes
 Config fields read here (`config.mesh`):
   shape      (data, fsdp, tensor); one entry may be -1 = all remaining devices
   dcn_shape  optional: how much of each axis crosses slices of a multi-slice
-             TPU job (default: data = number of slices, the others 1)
+             TPU job (default: data = number of slices, the others 1). On
+             CPU and GPU, whose devices carry no slice index, each process
+             stands in for a slice, and only when dcn_shape asks for more
+             than one (MaxText's `process_is_granule`)
   rules      optional: [(logical name, mesh axes or None), ...]; replaces the
              default rule of the same name, new names are appended
 
@@ -112,24 +115,42 @@ def make_mesh(mesh_cfg: Any, devices: Optional[Sequence[jax.Device]] = None) -> 
     physical interconnect; across the slices of a multi-slice TPU job,
     `create_hybrid_device_mesh` keeps the slow data-center network on the
     axes `dcn_shape` names (by default only `data`, whose traffic is one
-    gradient all-reduce per step).
+    gradient all-reduce per step). TPU devices say which slice they are on
+    (`slice_index`); CPU and GPU devices do not, and there an explicit
+    `dcn_shape` makes each process one slice, as MaxText does: how the
+    two-process tests exercise the multi-slice mesh.
     """
     fields = _mesh_fields(mesh_cfg)
     devices = list(jax.devices() if devices is None else devices)
     shape = resolve_mesh_shape(fields["shape"], len(devices))
-    num_slices = 1 + max(getattr(d, "slice_index", 0) for d in devices)
+    dcn = fields.get("dcn_shape")
+    if dcn is not None and (isinstance(dcn, str) or not isinstance(dcn, Sequence) or len(dcn) != len(MESH_AXES)
+                            or any(isinstance(d, bool) or not isinstance(d, int) or d <= 0 for d in dcn)):
+        raise ConfigError(f"config.mesh.dcn_shape={dcn!r}: must be {len(MESH_AXES)} positive integers, one per axis "
+                          f"of {MESH_AXES}")
+    process_is_granule = not all(hasattr(d, "slice_index") for d in devices)
+    if not process_is_granule:
+        num_slices = 1 + max(d.slice_index for d in devices)
+    elif dcn is not None and math.prod(dcn) > 1:
+        num_slices = len({d.process_index for d in devices})
+    else:
+        num_slices = 1
     if num_slices == 1:
-        if fields.get("dcn_shape") not in (None, (1, 1, 1), [1, 1, 1]):
-            raise ConfigError(f"config.mesh.dcn_shape={fields['dcn_shape']!r} is set, but the devices form one slice")
+        if dcn is not None and math.prod(dcn) > 1:
+            granule = "slice" if not process_is_granule else "process (these devices have no slice index)"
+            raise ConfigError(f"config.mesh.dcn_shape={tuple(dcn)!r} asks for {math.prod(dcn)} slices, but the "
+                              f"devices form one slice: all {len(devices)} are on one {granule}")
         return Mesh(mesh_utils.create_device_mesh(shape, devices), MESH_AXES)
-    dcn = tuple(fields.get("dcn_shape") or (num_slices, 1, 1))
-    if len(dcn) != len(MESH_AXES) or math.prod(dcn) != num_slices:
-        raise ConfigError(f"config.mesh.dcn_shape={dcn!r}: must be {len(MESH_AXES)} integers whose product is the "
-                          f"number of slices ({num_slices})")
+    dcn = tuple(dcn or (num_slices, 1, 1))
+    granules = "slices" if not process_is_granule else "processes, each standing in for a slice"
+    if math.prod(dcn) != num_slices:
+        raise ConfigError(f"config.mesh.dcn_shape={dcn!r}: its product must be the number of slices: the devices "
+                          f"are on {num_slices} {granules}")
     if any(s % d for s, d in zip(shape, dcn)):
         raise ConfigError(f"config.mesh.dcn_shape={dcn!r} does not divide config.mesh.shape={shape!r} axis by axis")
     ici = tuple(s // d for s, d in zip(shape, dcn))
-    return Mesh(mesh_utils.create_hybrid_device_mesh(ici, dcn, devices), MESH_AXES)
+    return Mesh(mesh_utils.create_hybrid_device_mesh(ici, dcn, devices, process_is_granule=process_is_granule),
+                MESH_AXES)
 
 
 def logical_rules(mesh_cfg: Any = None) -> Rules:

@@ -62,14 +62,16 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_workers(root, workdir, port: int, scratch, slow: float = 0.0) -> list[subprocess.Popen]:
+def start_workers(args: list[str], port: int, scratch, slow: float = 0.0) -> list[subprocess.Popen]:
+    """Two processes of one job running this file with `args`: [ROOT, WORKDIR] (the distillation run) or
+    ["dcn", WORKDIR] (the two-slice run)."""
     procs = []
     for i in range(2):
         env = dict(os.environ, JAX_COORDINATOR_ADDRESS=f"localhost:{port}", JAX_NUM_PROCESSES="2",
                    JAX_PROCESS_ID=str(i), JAX_NUM_CPU_DEVICES="4", JAX_PLATFORMS="cpu", SLOW_STEP_SECONDS=str(slow),
                    MOBILEBERT_JAX_SCRATCH=str(scratch / f"host_{i}"))
         env.pop("XLA_FLAGS", None)
-        procs.append(subprocess.Popen([sys.executable, __file__, str(root), str(workdir)], env=env, cwd=REPO,
+        procs.append(subprocess.Popen([sys.executable, __file__, *map(str, args)], env=env, cwd=REPO,
                                       stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
     return procs
 
@@ -129,7 +131,7 @@ def test_two_processes_preempted_on_one_host_resume_and_equal_one_process(tmp_pa
     assert metrics["stage"] == LAYERS - 1  # progressive transfer went through both stages
 
     multi = f"{root}/multi"
-    procs = start_workers(root, multi, free_port(), tmp_path / "scratch", slow=0.4)
+    procs = start_workers([root, multi], free_port(), tmp_path / "scratch", slow=0.4)
     hung = time.time() + HANG_S  # only against a hang
     while not _is_dir(f"{multi}/checkpoints/2"):
         assert all(p.poll() is None for p in procs), finish(procs)
@@ -149,7 +151,7 @@ def test_two_processes_preempted_on_one_host_resume_and_equal_one_process(tmp_pa
     assert sorted(states) == ["process_0-of-2.json", "process_1-of-2.json"]
     assert states["process_0-of-2.json"] == states["process_1-of-2.json"], states
 
-    out0, _ = finish(start_workers(root, multi, free_port(), tmp_path / "scratch"))
+    out0, _ = finish(start_workers([root, multi], free_port(), tmp_path / "scratch"))
     assert f"resumed from step {stopped}" in out0
 
     assert TOTAL in _steps(multi), out0
@@ -158,6 +160,55 @@ def test_two_processes_preempted_on_one_host_resume_and_equal_one_process(tmp_pa
     assert single.keys() == resumed.keys()
     for k in single:
         np.testing.assert_allclose(resumed[k], single[k], rtol=1e-5, atol=1e-6, err_msg=k)
+
+
+DCN_STEPS = 2
+
+
+def _dcn_config(dcn_shape=None):
+    """The synthetic pretraining task (tests/synthetic_training.py) on mesh (data 2, fsdp 4); with `dcn_shape`,
+    data crosses the slices."""
+    import synthetic_training
+
+    c = synthetic_training.config(total_steps=DCN_STEPS)
+    c.mesh.shape = (2, 4, 1)
+    if dcn_shape is not None:
+        c.mesh.dcn_shape = dcn_shape
+    c.checkpoint.every_steps = DCN_STEPS
+    c.eval.num_batches = 0
+    return c
+
+
+def test_two_processes_as_two_slices_match_one_slice(tmp_path, gcs):
+    """Multislice without TPUs: CPU devices carry no slice index, so with `config.mesh.dcn_shape=(2, 1, 1)` each
+    process is one slice (MaxText's process_is_granule) and the data axis crosses the data-center network. Each
+    process's devices must form its own data row, each process's half of the global batch must land on its own
+    devices in the global order, and two training steps must give the one-process, one-slice result."""
+    import synthetic_training
+
+    from mobilebert_jax.train.trainer import train
+
+    single = _dcn_config()
+    train(single, str(tmp_path / "single"), synthetic_training.build_synthetic_task)
+    reference = synthetic_training.final_params(str(tmp_path / "single"), single)
+
+    workdir = gcs.uri("dcn", tmp_path.name)
+    procs = start_workers(["dcn", workdir], free_port(), tmp_path / "scratch")
+    outs = finish(procs)
+    layouts = [json.loads(line[4:]) for out in outs for line in out.splitlines() if line.startswith("DCN ")]
+    assert sorted(x["process"] for x in layouts) == [0, 1], outs
+    for layout in layouts:
+        # Mesh (data, fsdp, tensor): data row i is all of process i's devices.
+        assert layout["mesh_processes"] == [[0, 0, 0, 0], [1, 1, 1, 1]], layout
+        p = layout["process"]
+        assert layout["batch_rows_here"] == [[r, r + 1] for r in range(4 * p, 4 * p + 4)], layout
+        assert layout["global_batch_is_the_whole_batch"], layout
+    assert f"step {DCN_STEPS}/{DCN_STEPS}" in outs[0]
+
+    resumed = synthetic_training.final_params(workdir, _dcn_config((2, 1, 1)))
+    assert resumed is not None and reference.keys() == resumed.keys()
+    for k in reference:
+        np.testing.assert_allclose(resumed[k], reference[k], rtol=1e-5, atol=1e-6, err_msg=k)
 
 
 @pytest.mark.parametrize("field", ["--workdir", "config.data.prepared_dir"])
@@ -221,6 +272,36 @@ def _worker(root: str, workdir: str) -> None:
     train(_config(root), workdir, build_distillation_task)
 
 
+def _dcn_worker(workdir: str) -> None:
+    """One process (one "slice") of the DCN test: reports the mesh and where its batch rows land, then trains."""
+    sys.path.insert(0, TESTS)
+    from mobilebert_jax import multihost
+
+    multihost.initialize()
+    import jax
+    import synthetic_training
+    from jax.experimental import multihost_utils
+
+    from mobilebert_jax import partitioning
+    from mobilebert_jax.train.trainer import train
+
+    c = _dcn_config((2, 1, 1))
+    mesh = partitioning.make_mesh(c.mesh)
+    vocab = c.model.vocab_size
+    local = next(synthetic_training.SyntheticBatches(vocab, c.batch_size, c.seed, jax.process_index(),
+                                                     jax.process_count()))
+    ids = partitioning.make_global_batch(local, mesh)["input_ids"]
+    whole = next(synthetic_training.SyntheticBatches(vocab, c.batch_size, c.seed))["input_ids"]
+    gathered = multihost_utils.process_allgather(ids, tiled=True)
+    print("DCN " + json.dumps({
+        "process": jax.process_index(),
+        "mesh_processes": [[d.process_index for d in row.flat] for row in mesh.devices],
+        "batch_rows_here": sorted([s.index[0].start, s.index[0].stop] for s in ids.addressable_shards),
+        "global_batch_is_the_whole_batch": bool(np.array_equal(gathered, whole)),
+    }), flush=True)
+    train(c, workdir, synthetic_training.build_synthetic_task)
+
+
 class _Slow:
     """A data iterator that takes `seconds` per batch; state as the wrapped one's."""
 
@@ -243,4 +324,7 @@ class _Slow:
 
 if __name__ == "__main__":
     sys.path.insert(0, REPO)
-    _worker(sys.argv[1], sys.argv[2])
+    if sys.argv[1] == "dcn":
+        _dcn_worker(sys.argv[2])
+    else:
+        _worker(sys.argv[1], sys.argv[2])

@@ -93,8 +93,13 @@ def test_mesh_config_errors():
         partitioning.make_mesh({"shap": (8, 1, 1)})
     with pytest.raises(ConfigError, match="config.mesh.shape is required"):
         partitioning.make_mesh({})
-    with pytest.raises(ConfigError, match="config.mesh.dcn_shape=.* the devices form one slice"):
+    # CPU devices have no slice index: each process would be a slice, and the 8 devices here are one process.
+    with pytest.raises(ConfigError, match=r"config.mesh.dcn_shape=\(2, 1, 1\) asks for 2 slices, but the devices "
+                                          r"form one slice: all 8 are on one process"):
         partitioning.make_mesh({"shape": (8, 1, 1), "dcn_shape": (2, 1, 1)})
+    with pytest.raises(ConfigError, match=r"config.mesh.dcn_shape=\(2, 1\): must be 3 positive integers"):
+        partitioning.make_mesh({"shape": (8, 1, 1), "dcn_shape": (2, 1)})
+    assert dict(partitioning.make_mesh({"shape": (8, 1, 1), "dcn_shape": (1, 1, 1)}).shape)["data"] == 8
 
 
 def test_batch_size_checks():
