@@ -440,7 +440,7 @@ watch_run() {
         "exited 0"|gone)
           echo "watch: process 0 stopped before the end ($state); checking the slice for up to ${SETTLE}s"
           health=$(settled_health)
-          [[ "$health" == ok ]] && health="process 0 stopped before the end ($state) on a healthy slice" ;;
+          if [[ "$health" == ok ]]; then health="process 0 stopped before the end ($state) on a healthy slice"; fi ;;
         exited*)
           echo "watch: the run failed: process 0 ${state}; its log ends with:" >&2
           tpu ssh "${NODES[0]}" "${LOCATION[@]}" --worker=0 --command="tail -n 30 $LOGS/$RUN-*.log" >&2 || true
