@@ -16,10 +16,22 @@ directory.
 
 Restoring without an explicit step tries the newest checkpoint first; one
 that cannot be read (a truncated or missing file, unparsable metadata) is
-moved aside into `corrupt/<step>-<time>` (never deleted) with a warning
-naming the step and the file, and the next newest is tried. Multi-host: every
-process reports whether it could read its part, and the step is used only if
-all could (`_all_processes`), so all restore the same step.
+moved aside to `corrupt-<step>-<time>` beside the steps (never deleted) with
+a warning naming the step and the file, and the next newest is tried.
+Multi-host: every process reports whether it could read its part, and the
+step is used only if all could (`_all_processes`), so all restore the same
+step.
+
+Listings on gs:// (gcsfs caches them per process; storage.forget_listings):
+the steps are listed afresh whenever orbax lists them here (opening the
+directory, after a step was moved aside, after a failed save), since other
+hosts and tensorstore write there unseen by this process's cache. A moved
+step stays a sibling of the steps, not inside a `corrupt/` folder: on Cloud
+Storage a folder exists only through its objects (epath's rename refuses a
+destination folder that does not exist yet), and orbax deletes any
+directory there without a `commit_success.txt` as an unfinished save when it
+opens the directory; the moved step keeps its own commit file, and its name
+is no step number.
 
 A save that fails (disk full, permission, storage error) raises
 `CheckpointError` naming the step: at once for a synchronous save, and at the
@@ -49,11 +61,11 @@ from etils import epath
 from jax.experimental import multihost_utils
 from orbax.checkpoint import checkpoint_managers as policies
 
-from mobilebert_jax import preemption
+from mobilebert_jax import preemption, storage
 from mobilebert_jax.errors import CheckpointError, ConfigError
 
 STATE, DATA, CONFIG = "state", "data", "config"
-CORRUPT_DIR = "corrupt"  # where unreadable steps are moved, as <step>-<UTC time>
+CORRUPT_PREFIX = "corrupt-"  # unreadable steps are moved to <directory>/corrupt-<step>-<UTC time>
 CHECKPOINT_FIELDS = ("every_steps", "keep_last", "keep_steps", "keep_period", "async_save")
 
 
@@ -118,6 +130,7 @@ class Checkpointer:
         registry.add(CONFIG, ocp.args.JsonSave, ocp.JsonCheckpointHandler(filename="config.json"))
         registry.add(CONFIG, ocp.args.JsonRestore, ocp.JsonCheckpointHandler(filename="config.json"))
         self.directory = epath.Path(directory).absolute() if "://" not in str(directory) else epath.Path(directory)
+        storage.forget_listings(self.directory)  # orbax lists the steps now: other processes may have saved since
         self._manager = ocp.CheckpointManager(self.directory, options=options, handler_registry=registry)
         self._saving: Optional[int] = None  # the step of the save that may still be in flight
 
@@ -181,7 +194,7 @@ class Checkpointer:
 
     def _save_error(self, step: int, error: Exception) -> CheckpointError:
         try:
-            self._manager.reload()  # from the directory: orbax's own list may already lack steps it meant to prune
+            self._reload()  # from the directory: orbax's own list may already lack steps it meant to prune
         except Exception:  # the storage may fail to list too; the message then uses orbax's list
             pass
         kept = [s for s in self._manager.all_steps() if s != step]
@@ -212,10 +225,10 @@ class Checkpointer:
             if not problems:
                 return restored
             moved.append(self._move_aside(step, problems))
-            self._manager.reload()
+            self._reload()
         if moved:
             raise CheckpointError(f"no intact checkpoint in {self.directory}: every step was unreadable and was moved "
-                                  f"to {self.directory / CORRUPT_DIR}; start over in a new workdir, or repair one")
+                                  f"aside ({', '.join(moved)}); start over in a new workdir, or repair one")
         raise FileNotFoundError(f"no finished checkpoint in {self.directory}")
 
     def _try_restore(self, step: int, abstract_state: Any, data_iterator: Optional[StatefulIterator]
@@ -246,13 +259,17 @@ class Checkpointer:
             data_iterator.set_state(_decode_data_state(restored[DATA], f"{step_dir}/{DATA}"))
         return restored[STATE], None
 
+    def _reload(self) -> None:
+        """orbax's list of steps, from the directory as it is now (not from this process's cached listing)."""
+        storage.forget_listings(self.directory)
+        self._manager.reload()
+
     def _move_aside(self, step: int, problems: list[str]) -> str:
-        """Moves an unreadable step to corrupt/<step>-<time> (process 0; the others wait); returns the new path."""
-        target = self.directory / CORRUPT_DIR / f"{step}-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}"
+        """Moves an unreadable step to corrupt-<step>-<time> (process 0; the others wait); returns the new path."""
+        target = self.directory / f"{CORRUPT_PREFIX}{step}-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}"
         if jax.process_index() == 0:
             print(f"WARNING: checkpoint step {step} is unreadable: {'; '.join(problems)}; moving it to {target} "
                   "and trying the one before", file=sys.stderr, flush=True)
-            target.parent.mkdir(parents=True, exist_ok=True)
             (self.directory / str(step)).rename(target)
         if jax.process_count() > 1:
             multihost_utils.sync_global_devices(f"checkpoint_moved_aside_{step}")

@@ -64,6 +64,7 @@ def open_source(spec: str, where: str) -> Source:
     """Finds what `spec` holds and reads its model config and parameter shapes (the values only for HF)."""
     if not spec:
         raise ConfigError(f"{where} is empty; expected {KINDS}")
+    storage.forget_listings(spec)  # another process may have written it since (a pipeline's stage, a pod's run)
     path = epath.Path(spec)
     if not path.exists():
         if not _HUB_ID.match(spec) or spec.startswith("."):

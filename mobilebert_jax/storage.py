@@ -15,6 +15,9 @@ uses). This module adds the few things epath does not do:
   gs:// event files), at most every `upload_every_s` and on close.
 - `require_shared`: with several processes (hosts) every one of them must see
   the data and the workdir; a local path would be one per host.
+- `forget_listings`: gcsfs caches directory listings for the life of the
+  process and keeps them right only for its own writes; call it before
+  listing what tensorstore or another process may have written since.
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ from typing import Callable, Iterator, TextIO, Union
 os.environ["EPATH_USE_TF"] = "false"
 
 from etils import epath  # noqa: E402  (after EPATH_USE_TF)
+from etils.epath import backend as epath_backend  # noqa: E402
 
 from mobilebert_jax.errors import ConfigError  # noqa: E402
 
@@ -114,6 +118,23 @@ def staged_write(p: PathLike) -> Iterator[str]:
             shutil.copyfileobj(fin, fout, length=8 << 20)
     finally:
         os.remove(tmp)
+
+
+def forget_listings(p: PathLike) -> None:
+    """Drops the directory listings this process has cached at, above and under `p` (local paths: nothing).
+
+    epath reaches gs:// through one gcsfs filesystem per process, which caches every listing it makes and
+    answers later listings and existence checks under that directory from it (`use_listings_cache`). Its own
+    writes update the cache; writes by tensorstore (orbax's arrays) and by other processes (the other hosts of a
+    pod, an earlier stage run as a subprocess) do not. The next listing of `p` then goes to the server.
+    """
+    if not is_remote(p):
+        return
+    fs = epath_backend.fsspec_backend.fs(os.fspath(p))  # the instance epath itself uses
+    root = fs._strip_protocol(os.fspath(p)).rstrip("/")
+    fs.invalidate_cache(root)  # `p` and every directory above it
+    for key in [k for k in fs.dircache if k.startswith(root + "/")]:
+        fs.dircache.pop(key, None)
 
 
 def require_shared(field: str, value: PathLike, process_count: int) -> None:

@@ -91,6 +91,69 @@ def test_teacher_run_on_gcs(gcs, sandbox):
     assert "resumed from step 6" in out
 
 
+def _copy_as_another_process(src: str, dst: str) -> None:
+    """Copies every object under `src` to `dst` through a gcsfs client of its own: as another process (another host
+    of a pod, a stage run as a subprocess) writes, unseen by this process's cached listings."""
+    import gcsfs
+    other = gcsfs.GCSFileSystem(skip_instance_cache=True, use_listings_cache=False)
+    for name in other.find(src):
+        other.pipe(dst + name[len(src.removeprefix("gs://")):], other.cat(name))
+
+
+def test_a_long_lived_process_sees_the_steps_others_saved(gcs):
+    """gcsfs (epath's gs:// backend) caches each listing for the life of the process. Without
+    `storage.forget_listings` where steps are listed, a process that once listed `checkpoints/` kept that list:
+    a new Checkpointer there, and model_source's latest step, missed a step another process had saved since."""
+    import jax.numpy as jnp
+
+    from mobilebert_jax import checkpointing, get_preset, model_source
+    workdir = gcs.uri("listings")
+    checkpoints = f"{workdir}/checkpoints"
+    config = {"model": get_preset("mobilebert_test").to_dict()}  # what model_source reads of a checkpoint
+    with checkpointing.Checkpointer(checkpoints, every_steps=1, keep_last=10, async_save=False,
+                                    config=config) as ckpt:
+        ckpt.save(2, {"params": {"w": jnp.arange(4.0)}})
+    with checkpointing.Checkpointer(checkpoints, every_steps=1, keep_last=10) as ckpt:
+        assert list(ckpt.all_steps()) == [2]  # listed here, and cached
+    _copy_as_another_process(f"{checkpoints}/2", f"{checkpoints}/4")
+    assert model_source.open_source(workdir, "test").path == f"{checkpoints}/4"
+    _copy_as_another_process(f"{checkpoints}/2", f"{checkpoints}/6")
+    with checkpointing.Checkpointer(checkpoints, every_steps=1, keep_last=10) as ckpt:
+        assert list(ckpt.all_steps()) == [2, 4, 6]
+
+
+def test_an_unreadable_step_on_gcs_is_moved_aside_and_kept(gcs):
+    """The fallback past an unreadable newest step, on gs://. It used to fail there: epath's rename refused the
+    destination folder `checkpoints/corrupt/` (on Cloud Storage a folder exists only through its objects), and a
+    folder there without `commit_success.txt` is what orbax deletes as an unfinished save when it next opens the
+    directory. The moved step is a sibling now, and it survives that clean-up."""
+    import gcsfs
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+    from test_checkpointing import abstract_of
+
+    from mobilebert_jax import checkpointing
+    checkpoints = gcs.uri("fallback", "checkpoints")
+    state_of = lambda step: {"w": jnp.arange(1000.0) + step}  # noqa: E731
+    with checkpointing.Checkpointer(checkpoints, every_steps=1, keep_last=10, async_save=False) as ckpt:
+        for step in (1, 2):
+            ckpt.save(step, state_of(step))
+    other = gcsfs.GCSFileSystem(skip_instance_cache=True, use_listings_cache=False)
+    other.pipe(f"{checkpoints}/2/state/_METADATA", b"")  # emptied, as a storage fault might leave it
+    one_device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+    with checkpointing.Checkpointer(checkpoints, every_steps=1, keep_last=10) as ckpt:
+        restored = ckpt.restore(abstract_of(state_of(0), one_device))
+        assert list(ckpt.all_steps()) == [1]
+    np.testing.assert_array_equal(restored["w"], state_of(1)["w"])
+    with checkpointing.Checkpointer(checkpoints, every_steps=1, keep_last=10, async_save=False) as ckpt:
+        ckpt.save(3, state_of(3))  # waits for orbax's clean-up of unfinished saves, started when it opened
+        assert list(ckpt.all_steps()) == [1, 3]
+    moved = [n.rsplit("/", 1)[-1] for n in other.ls(checkpoints) if n.rsplit("/", 1)[-1].startswith("corrupt-")]
+    assert len(moved) == 1 and moved[0].startswith("corrupt-2-"), moved
+    assert other.exists(f"{checkpoints}/{moved[0]}/state/_METADATA")
+
+
 def _teacher(gcs, sandbox) -> tuple[str, str]:
     """(data, teacher workdir) on gs://: prepared and trained for 6 steps (a finished run only resumes)."""
     data = _prepare(gcs, sandbox)
@@ -103,8 +166,7 @@ def _teacher(gcs, sandbox) -> tuple[str, str]:
 def _checkpoints(workdir: str) -> list[int]:
     """The finished checkpoint steps. On Cloud Storage orbax cannot rename a finished step directory into place:
     a step directory exists while it is written, and `commit_success.txt` in it marks it finished."""
-    import fsspec
-    fsspec.filesystem("gcs").invalidate_cache()  # another process writes there
+    storage.forget_listings(workdir)  # another process writes there
     root = storage.path(workdir, "checkpoints")
     if not root.is_dir():
         return []
@@ -115,6 +177,7 @@ def _state(workdir: str, step: int) -> dict:
     import jax
     import orbax.checkpoint as ocp
     from flax import traverse_util
+    storage.forget_listings(workdir)  # written by another process since this one last listed it
     tree = ocp.PyTreeCheckpointer().restore(storage.path(workdir, "checkpoints", str(step), "state"))
     return {k: jax.device_get(v) for k, v in traverse_util.flatten_dict(tree, sep="/").items()}
 

@@ -157,7 +157,7 @@ def test_resume_past_a_corrupt_latest_checkpoint_is_exact(tmp_path, in_process, 
     out, err = capfd.readouterr()
     assert f"checkpoint step {TOTAL} is unreadable" in err and bad.name in err, err
     assert f"resumed from step {TOTAL - 2}" in out, out
-    assert [p.name.split("-")[0] for p in (workdir / "checkpoints" / "corrupt").iterdir()] == [str(TOTAL)]
+    assert [p.name.split("-")[1] for p in (workdir / "checkpoints").glob("corrupt-*")] == [str(TOTAL)]
     _assert_bitwise_equal(synthetic_training.final_params(str(workdir), c), straight_params)
 
 
