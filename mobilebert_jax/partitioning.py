@@ -17,7 +17,7 @@ Config fields read here (`config.mesh`):
   shape      (data, fsdp, tensor); one entry may be -1 = all remaining devices
   dcn_shape  optional: how much of each axis crosses slices of a multi-slice
              TPU job (default: data = number of slices, the others 1). On
-             CPU and GPU, whose devices carry no slice index, each process
+             CPU and GPU, where every device reports slice 0, each process
              stands in for a slice, and only when dcn_shape asks for more
              than one (MaxText's `process_is_granule`)
   rules      optional: [(logical name, mesh axes or None), ...]; replaces the
@@ -116,9 +116,9 @@ def make_mesh(mesh_cfg: Any, devices: Optional[Sequence[jax.Device]] = None) -> 
     `create_hybrid_device_mesh` keeps the slow data-center network on the
     axes `dcn_shape` names (by default only `data`, whose traffic is one
     gradient all-reduce per step). TPU devices say which slice they are on
-    (`slice_index`); CPU and GPU devices do not, and there an explicit
-    `dcn_shape` makes each process one slice, as MaxText does: how the
-    two-process tests exercise the multi-slice mesh.
+    (`slice_index`); CPU and GPU devices all report slice 0, and there an
+    explicit `dcn_shape` makes each process one slice, as MaxText does: how
+    the two-process tests exercise the multi-slice mesh.
     """
     fields = _mesh_fields(mesh_cfg)
     devices = list(jax.devices() if devices is None else devices)
@@ -128,7 +128,7 @@ def make_mesh(mesh_cfg: Any, devices: Optional[Sequence[jax.Device]] = None) -> 
                             or any(isinstance(d, bool) or not isinstance(d, int) or d <= 0 for d in dcn)):
         raise ConfigError(f"config.mesh.dcn_shape={dcn!r}: must be {len(MESH_AXES)} positive integers, one per axis "
                           f"of {MESH_AXES}")
-    process_is_granule = not all(hasattr(d, "slice_index") for d in devices)
+    process_is_granule = any(d.platform != "tpu" for d in devices)
     if not process_is_granule:
         num_slices = 1 + max(d.slice_index for d in devices)
     elif dcn is not None and math.prod(dcn) > 1:
@@ -137,7 +137,7 @@ def make_mesh(mesh_cfg: Any, devices: Optional[Sequence[jax.Device]] = None) -> 
         num_slices = 1
     if num_slices == 1:
         if dcn is not None and math.prod(dcn) > 1:
-            granule = "slice" if not process_is_granule else "process (these devices have no slice index)"
+            granule = "slice" if not process_is_granule else "process (off TPU a process stands in for a slice)"
             raise ConfigError(f"config.mesh.dcn_shape={tuple(dcn)!r} asks for {math.prod(dcn)} slices, but the "
                               f"devices form one slice: all {len(devices)} are on one {granule}")
         return Mesh(mesh_utils.create_device_mesh(shape, devices), MESH_AXES)

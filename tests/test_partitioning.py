@@ -93,7 +93,7 @@ def test_mesh_config_errors():
         partitioning.make_mesh({"shap": (8, 1, 1)})
     with pytest.raises(ConfigError, match="config.mesh.shape is required"):
         partitioning.make_mesh({})
-    # CPU devices have no slice index: each process would be a slice, and the 8 devices here are one process.
+    # Off TPU each process would be a slice, and the 8 CPU devices here are one process.
     with pytest.raises(ConfigError, match=r"config.mesh.dcn_shape=\(2, 1, 1\) asks for 2 slices, but the devices "
                                           r"form one slice: all 8 are on one process"):
         partitioning.make_mesh({"shape": (8, 1, 1), "dcn_shape": (2, 1, 1)})
