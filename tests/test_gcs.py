@@ -176,10 +176,10 @@ def _checkpoints(workdir: str) -> list[int]:
 def _state(workdir: str, step: int) -> dict:
     import jax
     import orbax.checkpoint as ocp
-    from flax import traverse_util
     storage.forget_listings(workdir)  # written by another process since this one last listed it
     tree = ocp.PyTreeCheckpointer().restore(storage.path(workdir, "checkpoints", str(step), "state"))
-    return {k: jax.device_get(v) for k, v in traverse_util.flatten_dict(tree, sep="/").items()}
+    # Every leaf, also those inside the optimizer state's lists and tuples (flatten_dict stops at dicts).
+    return {jax.tree_util.keystr(k): jax.device_get(v) for k, v in jax.tree_util.tree_flatten_with_path(tree)[0]}
 
 
 @pytest.mark.slow
