@@ -246,6 +246,8 @@ def test_glue_finetune_from_a_gcs_checkpoint(gcs, sandbox):
                    f"--workdir={workdir}", f"--config.init_checkpoint={init}", "--config.total_steps=4",
                    "--config.optimizer.schedule.total_steps=4", "--config.log_every=2",
                    "--config.checkpoint.every_steps=4", "--config.eval.every_steps=4", "--config.batch_size=8",
+                   # The params directory records no tokenizer; the model has BERT's uncased vocabulary.
+                   f"--config.data.vocab={os.path.join(ROOT, '..', 'shared', 'data', 'vocab', 'bert-uncased-vocab.txt')}",
                    sandbox=sandbox))
     assert "step 4/4" in out, out[-2000:]
     objects = gcs.list("mrpc")
