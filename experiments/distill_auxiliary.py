@@ -6,11 +6,13 @@ embeddings and heads and trains everything. Warm-up over 10K steps to 1.5e-3, li
     python -m mobilebert_jax.main --config=experiments/distill_auxiliary.py:smoke --workdir=runs/distill_auxiliary_smoke
 
 Every field can be overridden (--config.distill.weights.attention=0, --config.distill.layer_map='(1, 3, 5)', ...);
-the fields are described in mobilebert_jax/distill/config.py, the shared settings in mobilebert_jax/distill/experiment.py.
+the fields are described in mobilebert_jax/distill/config.py, the shared settings in distill_common.py.
 """
 
-from mobilebert_jax.distill import experiment
+import os
+
+from mobilebert_jax.experiment_config import load_module
 
 
 def get_config(arg=None):
-    return experiment.get_config("auxiliary", arg)
+    return load_module(os.path.join(os.path.dirname(__file__), "distill_common.py")).get_config("auxiliary", arg)

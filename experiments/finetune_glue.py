@@ -25,9 +25,12 @@ import os
 
 import ml_collections
 
-from mobilebert_jax import checkpointing, optim
+from mobilebert_jax import optim
 from mobilebert_jax.config import get_preset
+from mobilebert_jax.errors import ConfigError
+from mobilebert_jax.experiment_config import load_module
 
+common = load_module(os.path.join(os.path.dirname(__file__), "common.py"))
 SHARED_DATA = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "..", "shared", "data")
 # Training examples in the GLUE release (sets the step count before any data is read).
 TRAIN_SIZES = {"cola": 8551, "sst2": 67349, "mrpc": 3668, "stsb": 5749, "qqp": 363846, "mnli": 392702,
@@ -35,22 +38,11 @@ TRAIN_SIZES = {"cola": 8551, "sst2": 67349, "mrpc": 3668, "stsb": 5749, "qqp": 3
 LARGE_TASKS = ("sst2", "qqp", "mnli", "qnli")
 
 
-def _parse(arg: str | None) -> tuple[str, bool]:
-    task, smoke = None, False
-    for part in filter(None, (arg or "").split(",")):
-        if part == "smoke":
-            smoke = True
-        elif part.startswith("task="):
-            task = part[len("task="):].lower().replace("-", "")
-        else:
-            raise ValueError(f"finetune_glue.py: unknown argument {part!r}; use task=NAME[,smoke]")
-    if task not in TRAIN_SIZES:
-        raise ValueError(f"finetune_glue.py needs task=NAME with NAME one of {sorted(TRAIN_SIZES)}, got {arg!r}")
-    return task, smoke
-
-
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-    task, smoke = _parse(arg)
+    args = common.parse_arg(arg, "finetune_glue.py", task="", smoke=False)
+    task, smoke = args.task.lower().replace("-", ""), args.smoke
+    if task not in TRAIN_SIZES:
+        raise ConfigError(f"finetune_glue.py needs task=NAME with NAME one of {sorted(TRAIN_SIZES)}, got {arg!r}")
     c = ml_collections.ConfigDict()
     c.stage = "glue_finetuning"
     c.task = task
@@ -78,13 +70,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.optimizer.schedule.warmup_fraction = 0.1
     c.optimizer.schedule.total_steps = c.get_ref("total_steps")
 
-    c.mesh = ml_collections.ConfigDict(dict(shape=(-1, 1, 1)))
-    c.checkpoint = checkpointing.default_config()
-    c.checkpoint.every_steps = 1000
-    c.checkpoint.keep_last = 2
-    c.eval = ml_collections.ConfigDict(dict(enabled=True, every_steps=1000, batch_size=64))
-    c.profile = ml_collections.ConfigDict(dict(start_step=-1, num_steps=0))
-
+    every = 100 if smoke else 1000
+    common.trainer_sections(c, mesh=common.DATA_PARALLEL, checkpoint_every=every, keep_last=2, enabled=True,
+                            every_steps=every, batch_size=64)
     if smoke:
         c.model_preset = "mobilebert_test"
         c.model = ml_collections.ConfigDict(
@@ -93,6 +81,4 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         c.total_steps = 200
         c.log_every = 20
         c.optimizer.lr = 1e-3
-        c.checkpoint.every_steps = 100
-        c.eval.every_steps = 100
     return c

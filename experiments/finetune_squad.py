@@ -25,29 +25,21 @@ import os
 
 import ml_collections
 
-from mobilebert_jax import checkpointing, optim
+from mobilebert_jax import optim
 from mobilebert_jax.config import get_preset
+from mobilebert_jax.errors import ConfigError
+from mobilebert_jax.experiment_config import load_module
 
+common = load_module(os.path.join(os.path.dirname(__file__), "common.py"))
 SHARED_DATA = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "..", "shared", "data")
 TRAIN_QUESTIONS = {"1.1": 87599, "2.0": 130319}
 
 
-def _parse(arg: str | None) -> tuple[str, bool]:
-    version, smoke = None, False
-    for part in filter(None, (arg or "").split(",")):
-        if part == "smoke":
-            smoke = True
-        elif part.startswith("version="):
-            version = part[len("version="):].removeprefix("v")
-        else:
-            raise ValueError(f"finetune_squad.py: unknown argument {part!r}; use version=1.1|2.0[,smoke]")
-    if version not in TRAIN_QUESTIONS:
-        raise ValueError(f"finetune_squad.py needs version=1.1 or version=2.0, got {arg!r}")
-    return version, smoke
-
-
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-    version, smoke = _parse(arg)
+    args = common.parse_arg(arg, "finetune_squad.py", version="", smoke=False)
+    version, smoke = args.version.removeprefix("v"), args.smoke
+    if version not in TRAIN_QUESTIONS:
+        raise ConfigError(f"finetune_squad.py needs version=1.1 or version=2.0, got {arg!r}")
     c = ml_collections.ConfigDict()
     c.stage = "squad_finetuning"
     c.version = version
@@ -76,14 +68,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.optimizer.schedule.warmup_fraction = 0.1
     c.optimizer.schedule.total_steps = c.get_ref("total_steps")
 
-    c.mesh = ml_collections.ConfigDict(dict(shape=(-1, 1, 1)))
-    c.checkpoint = checkpointing.default_config()
-    c.checkpoint.every_steps = 2000
-    c.checkpoint.keep_last = 2
-    c.eval = ml_collections.ConfigDict(dict(enabled=True, every_steps=2000, batch_size=64, n_best_size=20,
-                                            max_answer_length=30))
-    c.profile = ml_collections.ConfigDict(dict(start_step=-1, num_steps=0))
-
+    # The smoke run skips evaluation: the dev pass over 10,833 features would dominate it.
+    common.trainer_sections(c, mesh=common.DATA_PARALLEL, checkpoint_every=50 if smoke else 2000, keep_last=2,
+                            enabled=not smoke, every_steps=100 if smoke else 2000, batch_size=64, n_best_size=20,
+                            max_answer_length=30)
     if smoke:
         c.model_preset = "mobilebert_test"
         c.model = ml_collections.ConfigDict(
@@ -93,7 +81,4 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         c.batch_size = 16
         c.log_every = 10
         c.optimizer.lr = 1e-3
-        c.checkpoint.every_steps = 50
-        c.eval.every_steps = 100
-        c.eval.enabled = False  # the dev pass over 10,833 features would dominate a smoke run
     return c

@@ -30,17 +30,20 @@ Any field can be overridden on the command line, e.g. --config.total_steps=1000 
 
 from __future__ import annotations
 
+import os
+
 import ml_collections
 
-from mobilebert_jax import checkpointing, optim
+from mobilebert_jax import optim
 from mobilebert_jax.config import get_preset
 from mobilebert_jax.data.config import default_data_config
+from mobilebert_jax.experiment_config import load_module
+
+common = load_module(os.path.join(os.path.dirname(__file__), "common.py"))
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-    if arg not in (None, "", "smoke"):
-        raise ValueError(f"teacher_ib_bert_large.py takes no argument or ':smoke', got {arg!r}")
-    smoke = arg == "smoke"
+    smoke = common.parse_arg(arg, "teacher_ib_bert_large.py", smoke=False).smoke
     c = ml_collections.ConfigDict()
     c.stage = "teacher_pretraining"
     c.model_preset = "ib_bert_large"
@@ -64,18 +67,15 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.optimizer.schedule.total_steps = c.get_ref("total_steps")
     c.optimizer.schedule.end_lr = 1.5e-7
 
-    # Fully sharded (fsdp over every core): each core keeps 1/N of the parameters and LAMB moments instead of all
-    # of them, for the same FLOPs (docs/scale_out.md). The smoke run below stays data parallel.
-    c.mesh = ml_collections.ConfigDict(dict(shape=(1, -1, 1)))
-    c.checkpoint = checkpointing.default_config()
-    c.checkpoint.every_steps = 5_000
-    c.checkpoint.keep_last = 3
-    c.eval = ml_collections.ConfigDict(dict(every_steps=10_000, batch_size=256, num_batches=20))
-    c.profile = ml_collections.ConfigDict(dict(start_step=-1, num_steps=0))  # e.g. start_step=100, num_steps=5
-
-    if smoke:
+    if not smoke:
+        # Fully sharded (fsdp over every core): each core keeps 1/N of the parameters and LAMB moments instead of
+        # all of them, for the same FLOPs (docs/scale_out.md).
+        common.trainer_sections(c, mesh=common.FSDP, checkpoint_every=5_000, keep_last=3, every_steps=10_000,
+                                batch_size=256, num_batches=20)
+    else:
+        common.trainer_sections(c, mesh=common.DATA_PARALLEL, checkpoint_every=400, keep_last=3, every_steps=400,
+                                batch_size=64, num_batches=2)
         c.model_preset = "ib_bert_smoke"
-        c.mesh.shape = (-1, 1, 1)
         # Dropout only slows learning when a run sees ~1M tokens once.
         model = get_preset("ib_bert_large", vocab_size=4000, hidden_size=128, intra_bottleneck_size=256,
                            intermediate_size=512, embedding_size=64, num_hidden_layers=4, num_attention_heads=4,
@@ -83,11 +83,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         c.batch_size = 32
         c.total_steps = 1200
         c.log_every = 50
-        c.data.corpus = "builtin:python_docs"
-        c.data.tokenizer = "builtin:python_docs_sentencepiece"
+        common.embedded_corpus(c.data)
         c.data.max_seq_length = 64
         c.data.max_predictions_per_seq = 10
-        c.data.num_shards = 4
         # See the docstring: at this scale LAMB stays on the unigram plateau for longer than the run.
         c.optimizer = optim.default_config("adamw")
         c.optimizer.lr = 1e-3
@@ -96,9 +94,5 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         c.optimizer.schedule.warmup_steps = 60
         c.optimizer.schedule.total_steps = c.get_ref("total_steps")
         c.optimizer.schedule.end_lr = 0.0
-        c.checkpoint.every_steps = 400
-        c.eval.every_steps = 400
-        c.eval.batch_size = 64
-        c.eval.num_batches = 2
     c.model = ml_collections.ConfigDict(model.to_dict())
     return c

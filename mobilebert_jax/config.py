@@ -105,10 +105,6 @@ class MobileBertConfig:
         return self.hidden_size
 
     @property
-    def head_dim(self) -> int:
-        return self.true_hidden_size // self.num_attention_heads
-
-    @property
     def has_embedding_transformation(self) -> bool:
         return self.trigram_input or self.embedding_size != self.hidden_size
 

@@ -4,7 +4,8 @@ An experiment file defines `get_config(arg=None) -> ml_collections.ConfigDict`
 (ml_collections' `DEFINE_config_file` convention, which this module uses
 underneath). Overrides are `--config.optimizer.lr=1e-3` (or without the
 `--config.` prefix); a field that does not exist, or a value of the wrong
-type, is an error naming the field.
+type, is an error naming the field. Experiment files share code through
+files next to them (`experiments/common.py`), read with `load_module`.
 
 Trainer fields `validate` checks (other sections belong to their owners):
   config.mesh        see partitioning.py
@@ -23,12 +24,14 @@ from __future__ import annotations
 
 import datetime
 import difflib
+import importlib.util
 import os
 import pprint
 import re
 import shlex
 import subprocess
 import sys
+import types
 from typing import Any, Callable, Optional, Sequence
 
 import jax
@@ -61,6 +64,20 @@ def load_experiment(spec: str, overrides: Sequence[str] = ()) -> ml_collections.
     for original, field, _ in parsed:
         _check_field_exists(base, field, original)
     return _parse(spec, [f"--{_FLAG}.{field}={value}" for _, field, value in parsed])
+
+
+def load_module(path: str) -> types.ModuleType:
+    """The Python file `path` as a module, loaded afresh on each call.
+
+    How an experiment file uses the files next to it (`os.path.join(os.path.dirname(__file__), "common.py")`):
+    experiments/ is a directory of files named on the command line, not a package on sys.path.
+    """
+    if not os.path.isfile(path):
+        raise ConfigError(f"experiment module {path!r} not found")
+    spec = importlib.util.spec_from_file_location(os.path.splitext(os.path.basename(path))[0], path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def _parse(spec: str, override_args: list[str]) -> ml_collections.ConfigDict:
@@ -134,18 +151,8 @@ def absl_flags_parser(argv: list[str]) -> tuple[ml_collections.ConfigDict, list[
     return config, flags.FLAGS(rest)
 
 
-def validate(
-    config: ml_collections.ConfigDict,
-    device_count: int,
-    *,
-    process_count: int = 1,
-    checks: Sequence[Callable[[ml_collections.ConfigDict], None]] = (),
-) -> None:
-    """Every check that must fail before anything compiles; all failures are reported together.
-
-    `checks` are further callables (the data pipeline's, the train step's)
-    that raise ConfigError.
-    """
+def validate(config: ml_collections.ConfigDict, device_count: int, *, process_count: int = 1) -> None:
+    """Every check that must fail before anything compiles; all failures are reported together."""
     errors: list[str] = []
 
     def attempt(fn: Callable[[], Any]) -> Any:
@@ -176,8 +183,6 @@ def validate(
         attempt(lambda: check_schedule_length(config))
     if "checkpoint" in config:
         attempt(lambda: checkpointing.read_config(config.checkpoint))
-    for check in checks:
-        attempt(lambda: check(config))
     if errors:
         # One line (the FATAL convention), every problem in it: fixing them one rerun at a time wastes starts.
         raise ConfigError(f"invalid experiment config ({len(errors)} problem{'s' if len(errors) > 1 else ''}): "

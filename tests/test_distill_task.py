@@ -21,7 +21,7 @@ from mobilebert_jax import experiment_config, get_preset, optim
 from mobilebert_jax.config import ConfigError
 from mobilebert_jax.convert import native
 from mobilebert_jax.distill import config as distill_config
-from mobilebert_jax.distill import experiment, strategies
+from mobilebert_jax.distill import strategies
 from mobilebert_jax.distill.objective import Objective
 from mobilebert_jax.distill import task as distill_task
 from mobilebert_jax.modeling import MobileBertForPreTraining
@@ -29,7 +29,16 @@ from mobilebert_jax.optim import multipliers
 from mobilebert_jax.train import step as step_lib
 from mobilebert_jax.train.pretraining import PretrainingData
 
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SEQ, PRED, BATCH = 16, 4, 4
+
+
+def distill_experiment(strategy: str, arg: str | None) -> ml_collections.ConfigDict:
+    """experiments/distill_STRATEGY.py[:arg], unlocked for the tests to resize."""
+    spec = os.path.join(REPO, "experiments", f"distill_{strategy}.py") + (f":{arg}" if arg else "")
+    c = experiment_config.load_experiment(spec)
+    c.unlock()
+    return c
 
 
 class PaddedBatches:
@@ -80,7 +89,7 @@ def save_teacher(path, teacher_cfg, seed: int = 1) -> str:
 
 def make_config(strategy: str, teacher_dir: str, teacher_cfg, student_cfg, stage_steps: int = 3,
                 **distill) -> ml_collections.ConfigDict:
-    c = experiment.get_config(strategy, "smoke")
+    c = distill_experiment(strategy, "smoke")
     c.teacher_model = ml_collections.ConfigDict(teacher_cfg.to_dict())
     c.model = ml_collections.ConfigDict(student_cfg.to_dict())
     c.distill.teacher = teacher_dir
@@ -414,11 +423,11 @@ def test_embedding_norm_in_joint_transfer(tmp_path, train):
 
 def test_embedding_norm_option_follows_command_line_overrides():
     """The groups refer to the field, so an override after the experiment file ran takes effect."""
-    path = os.path.join(experiment.REPO_ROOT, "experiments", "distill_progressive.py")
+    path = os.path.join(REPO, "experiments", "distill_progressive.py")
     for value, scale in (("false", 0.0), ("true", 3.0)):
         c = experiment_config.load_experiment(path, [f"--config.distill.train_embedding_norm_in_transfer={value}"])
         assert c.optimizer.groups.embedding_norm.multiplier.scale == scale
-    c = experiment_config.load_experiment(os.path.join(experiment.REPO_ROOT, "experiments", "distill_joint.py"),
+    c = experiment_config.load_experiment(os.path.join(REPO, "experiments", "distill_joint.py"),
                                           ["--config.distill.train_embedding_norm_in_transfer=true"])
     assert c.optimizer.groups.embedding_norm.multiplier == 1.0
 
@@ -439,7 +448,7 @@ def test_embedding_norm_option_must_agree_with_the_optimizer(short_progressive):
 def test_paper_configs_default_to_tf1():
     for strategy in distill_config.STRATEGIES:
         for arg in (None, "smoke"):
-            d = experiment.get_config(strategy, arg).distill
+            d = distill_experiment(strategy, arg).distill
             assert d.layer_loss_scaling == "tf1" and d.train_embedding_norm_in_transfer is False, (strategy, arg)
 
 

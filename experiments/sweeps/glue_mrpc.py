@@ -11,23 +11,17 @@ this file and change TASK (the small ones, CoLA/MRPC/RTE, vary by about 3 points
 {"seed": [...]} axis to see it).
 """
 
-import importlib.util
 import math
 import os
+
+from mobilebert_jax.experiment_config import load_module
 
 TASK = "mrpc"
 BASE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "finetune_glue.py")
 
 
-def _train_size() -> int:
-    spec = importlib.util.spec_from_file_location("finetune_glue", BASE)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.TRAIN_SIZES[TASK]
-
-
 def get_sweep():
-    examples = _train_size()
+    examples = load_module(BASE).TRAIN_SIZES[TASK]
 
     def derive(s):
         steps = math.ceil(s["epochs"] * examples / s["batch_size"])

@@ -32,8 +32,17 @@ from absl import flags
 
 from mobilebert_jax import experiment_config, flops, model_source, plot, preemption, storage
 from mobilebert_jax.config import ConfigError
-from mobilebert_jax.distill import experiment, strategies
+from mobilebert_jax.distill import strategies
 from mobilebert_jax.distill.evaluate import eval_batches, held_out_metrics
+
+# The pipeline chains the smoke experiments of the checkout it runs from (experiments/*.py:smoke), at its own scale.
+EXPERIMENTS = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "experiments")
+
+
+def _smoke_experiment(name: str) -> ml_collections.ConfigDict:
+    c = experiment_config.load_experiment(os.path.join(EXPERIMENTS, name) + ":smoke")
+    c.unlock()
+    return c
 
 
 @dataclasses.dataclass(frozen=True)
@@ -108,7 +117,7 @@ def _no_dropout(model: ml_collections.ConfigDict) -> None:
 
 
 def teacher_config(scale: Scale, data_dir: str) -> ml_collections.ConfigDict:
-    c = experiment_config.load_experiment(experiment.TEACHER_EXPERIMENT + ":smoke").copy_and_resolve_references()
+    c = _smoke_experiment("teacher_ib_bert_large.py").copy_and_resolve_references()
     c.unlock()
     c.model.num_hidden_layers = scale.layers
     c.model.intra_bottleneck_size = scale.teacher_intra_bottleneck_size
@@ -125,7 +134,7 @@ def teacher_config(scale: Scale, data_dir: str) -> ml_collections.ConfigDict:
 
 
 def student_model(teacher: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
-    student = experiment.smoke_student_model(teacher)
+    student = experiment_config.load_module(os.path.join(EXPERIMENTS, "distill_common.py")).smoke_student_model(teacher)
     _no_dropout(student)
     return student
 
@@ -133,7 +142,7 @@ def student_model(teacher: ml_collections.ConfigDict) -> ml_collections.ConfigDi
 def distill_config(strategy: str, scale: Scale, teacher: ml_collections.ConfigDict, teacher_dir: str,
                    data_dir: str, student_init: str = "", **distill: Any) -> ml_collections.ConfigDict:
     """A distillation stage at this scale; `distill` overrides fields of config.distill (ablations)."""
-    c = experiment.get_config(strategy, "smoke")
+    c = _smoke_experiment(f"distill_{strategy}.py")
     c.teacher_model = ml_collections.ConfigDict(teacher.to_dict())
     c.model = student_model(teacher)
     c.distill.teacher = teacher_dir

@@ -19,16 +19,16 @@ from mobilebert_jax.modeling import primitives
 TF1_MASKED_SCORE = -6.0
 
 
-def mask_scores(scores_BxHxTxT: jax.Array, mask_BxT: Optional[jax.Array], mode: str) -> jax.Array:
+def mask_scores(scores_BxNxTxT: jax.Array, mask_BxT: Optional[jax.Array], mode: str) -> jax.Array:
     """Applies the key mask to float32 scores as TF1 ("replace") or HF/TF2 ("additive") did."""
     if mask_BxT is None:
-        return scores_BxHxTxT
-    m = mask_BxT[:, None, None, :].astype(scores_BxHxTxT.dtype)
+        return scores_BxNxTxT
+    m = mask_BxT[:, None, None, :].astype(scores_BxNxTxT.dtype)
     if mode == "replace":
-        return scores_BxHxTxT * m + (1.0 - m) * TF1_MASKED_SCORE
+        return scores_BxNxTxT * m + (1.0 - m) * TF1_MASKED_SCORE
     # finfo.min rather than -inf: a fully padded row then gets a uniform
     # softmax instead of NaN, exactly as HF computes it.
-    return jnp.where(m > 0, scores_BxHxTxT, scores_BxHxTxT + jnp.finfo(scores_BxHxTxT.dtype).min)
+    return jnp.where(m > 0, scores_BxNxTxT, scores_BxNxTxT + jnp.finfo(scores_BxNxTxT.dtype).min)
 
 
 class SelfAttention(nn.Module):
@@ -43,16 +43,16 @@ class SelfAttention(nn.Module):
         v_axis = "bottleneck" if c.value_input_size == c.intra_bottleneck_size and c.use_bottleneck else "hidden"
         width, heads = c.true_hidden_size, c.num_attention_heads
         split = lambda x: x.reshape(*x.shape[:-1], heads, width // heads)  # noqa: E731
-        q_BxTxHxD = split(primitives.dense(c, width, (in_axis, "qkv"), "query")(q_in))
-        k_BxTxHxD = split(primitives.dense(c, width, (in_axis, "qkv"), "key")(k_in))
-        v_BxTxHxD = split(primitives.dense(c, width, (v_axis, "qkv"), "value")(v_in))
+        q_BxTxNxK = split(primitives.dense(c, width, (in_axis, "qkv"), "query")(q_in))
+        k_BxTxNxK = split(primitives.dense(c, width, (in_axis, "qkv"), "key")(k_in))
+        v_BxTxNxK = split(primitives.dense(c, width, (v_axis, "qkv"), "value")(v_in))
 
-        scores = jnp.einsum("bqhd,bkhd->bhqk", q_BxTxHxD, k_BxTxHxD) / jnp.sqrt(float(width // heads)).astype(
-            q_BxTxHxD.dtype)
+        scores = jnp.einsum("bqhd,bkhd->bhqk", q_BxTxNxK, k_BxTxNxK) / jnp.sqrt(float(width // heads)).astype(
+            q_BxTxNxK.dtype)
         # Softmax in float32 also under bfloat16 compute.
-        scores_BxHxTxT = mask_scores(scores.astype(jnp.float32), mask_BxT, c.attention_mask_mode)
-        probs = jax.nn.softmax(scores_BxHxTxT, axis=-1)
+        scores_BxNxTxT = mask_scores(scores.astype(jnp.float32), mask_BxT, c.attention_mask_mode)
+        probs = jax.nn.softmax(scores_BxNxTxT, axis=-1)
         probs = nn.Dropout(c.attention_probs_dropout_prob)(probs, deterministic=deterministic)
-        ctx_BxTxHxD = jnp.einsum("bhqk,bkhd->bqhd", probs.astype(v_BxTxHxD.dtype), v_BxTxHxD)
-        ctx_BxTxW = ctx_BxTxHxD.reshape(*ctx_BxTxHxD.shape[:2], width)
-        return ctx_BxTxW, scores_BxHxTxT
+        ctx_BxTxNxK = jnp.einsum("bhqk,bkhd->bqhd", probs.astype(v_BxTxNxK.dtype), v_BxTxNxK)
+        ctx_BxTxW = ctx_BxTxNxK.reshape(*ctx_BxTxNxK.shape[:2], width)
+        return ctx_BxTxW, scores_BxNxTxT

@@ -25,12 +25,12 @@ class Encoder(nn.Module):
         layer_cls = nn.remat(Layer, static_argnums=(3,)) if c.remat else Layer
         hidden_states, scores = [x_BxTxH], []
         for i in range(c.num_hidden_layers):
-            x_BxTxH, s_BxHxTxT = layer_cls(c, name=f"layer_{i}")(x_BxTxH, mask_BxT, deterministic)
+            x_BxTxH, s_BxNxTxT = layer_cls(c, name=f"layer_{i}")(x_BxTxH, mask_BxT, deterministic)
             x_BxTxH = nn.with_logical_constraint(x_BxTxH, ("batch", "length", "hidden"))
             if output_hidden_states:
                 hidden_states.append(x_BxTxH)
             if output_attention_scores:
-                scores.append(s_BxHxTxT)
+                scores.append(s_BxNxTxT)
         return x_BxTxH, tuple(hidden_states) if output_hidden_states else None, (
             tuple(scores) if output_attention_scores else None)
 
@@ -52,7 +52,7 @@ class Pooler(nn.Module):
 class MobileBertModel(nn.Module):
     """Returns a dict: last_hidden_state [B, T, H], pooled_output [B, H] (when
     the pooler is on), hidden_states (embedding output + L layers, on request)
-    and attention_scores (L maps [B, heads, T, T] of masked pre-softmax scores,
+    and attention_scores (L maps [B, N, T, T] of masked pre-softmax scores,
     on request)."""
 
     config: MobileBertConfig

@@ -77,9 +77,9 @@ class AttentionBlock(nn.Module):
     @nn.compact
     def __call__(self, q_in, k_in, v_in, residual, mask_BxT, deterministic: bool):
         c = self.config
-        ctx, scores_BxHxTxT = SelfAttention(c, name="self")(q_in, k_in, v_in, mask_BxT, deterministic)
+        ctx, scores_BxNxTxT = SelfAttention(c, name="self")(q_in, k_in, v_in, mask_BxT, deterministic)
         out = _AttentionOutput(c, name="output")(ctx, residual, deterministic)
-        return out, scores_BxHxTxT
+        return out, scores_BxNxTxT
 
 
 class _AttentionOutput(nn.Module):
@@ -165,9 +165,9 @@ class Layer(nn.Module):
             q_in, k_in, v_in, residual = Bottleneck(c, name="bottleneck")(x_BxTxH)
         else:
             q_in = k_in = v_in = residual = x_BxTxH
-        h, scores_BxHxTxT = AttentionBlock(c, name="attention")(q_in, k_in, v_in, residual, mask_BxT, deterministic)
+        h, scores_BxNxTxT = AttentionBlock(c, name="attention")(q_in, k_in, v_in, residual, mask_BxT, deterministic)
         for i in range(c.num_feedforward_networks - 1):
             h = FeedForward(c, name=f"ffn_{i}")(h)
         inner = Intermediate(c, name="intermediate")(h)
         y = BlockOutput(c, name="output")(inner, h, x_BxTxH, deterministic)
-        return y, scores_BxHxTxT
+        return y, scores_BxNxTxT

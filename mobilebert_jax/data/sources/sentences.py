@@ -26,7 +26,3 @@ def paragraph_blocks(lines: Iterable[str], *,
         if block and not (drop and drop(block)):
             yield " ".join(l.strip() for l in block)
         block = []
-
-
-def paragraphs_to_sentences(paragraphs: Iterable[str]) -> list[str]:
-    return [s for p in paragraphs for s in split_sentences(p)]

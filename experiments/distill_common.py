@@ -1,12 +1,14 @@
-"""What the four distillation experiment files share: the paper's settings, and the `:smoke` scale.
+"""What the four distillation experiment files (distill_*.py) share: the paper's settings, and the `:smoke` scale.
+
+Not an experiment itself (no get_config of one argument); each distill_STRATEGY.py calls
+`get_config(STRATEGY, arg)` here.
 
 Paper (REFERENCE sections 3-5): MobileBERT student, IB-BERT_LARGE teacher, LAMB at
 1.5e-3, global batch 2048 x 512 tokens, at most 20 masked predictions per
 sequence, 24 x 10K progressive steps (240K) then 500K PD steps (740K).
 
-Smoke: the teacher of `experiments/teacher_ib_bert_large.py:smoke` (read from
-that file, so the two stay in step) and a MobileBERT-shaped student of the
-same inter-block width on the embedded corpus, a few minutes on 2 CPU cores.
+Smoke: the teacher of `teacher_ib_bert_large.py:smoke` (read from that file, so the two stay in step) and
+a MobileBERT-shaped student of the same inter-block width on the embedded corpus, a few minutes on 2 CPU cores.
 """
 
 from __future__ import annotations
@@ -15,14 +17,15 @@ import os
 
 import ml_collections
 
-from mobilebert_jax import checkpointing, optim
+from mobilebert_jax import optim
 from mobilebert_jax.config import get_preset
 from mobilebert_jax.data.config import default_data_config
 from mobilebert_jax.distill import config as distill_config
 from mobilebert_jax.distill import strategies
+from mobilebert_jax.experiment_config import load_module
 
-REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-TEACHER_EXPERIMENT = os.path.join(REPO_ROOT, "experiments", "teacher_ib_bert_large.py")
+HERE = os.path.dirname(__file__)
+common = load_module(os.path.join(HERE, "common.py"))
 
 PAPER_STAGE_STEPS = 10_000  # x 24 layers = 240K transfer steps
 PAPER_TRANSFER_STEPS = 240_000
@@ -36,9 +39,8 @@ SMOKE_WORKDIRS = {s: os.path.join("runs", f"distill_{s}_smoke") for s in distill
 
 
 def smoke_teacher_model() -> ml_collections.ConfigDict:
-    from mobilebert_jax.experiment_config import load_experiment
-
-    return ml_collections.ConfigDict(load_experiment(TEACHER_EXPERIMENT + ":smoke").model.to_dict())
+    teacher = load_module(os.path.join(HERE, "teacher_ib_bert_large.py"))
+    return ml_collections.ConfigDict(teacher.get_config("smoke").model.to_dict())
 
 
 def smoke_student_model(teacher: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
@@ -59,9 +61,7 @@ def _pd_schedule(c: ml_collections.ConfigDict, warmup: int) -> None:
 
 
 def get_config(strategy: str, arg: str | None) -> ml_collections.ConfigDict:
-    if arg not in (None, "", "smoke"):
-        raise ValueError(f"distillation experiment files take no argument or ':smoke', got {arg!r}")
-    smoke = arg == "smoke"
+    smoke = common.parse_arg(arg, f"distill_{strategy}.py", smoke=False).smoke
     c = ml_collections.ConfigDict()
     c.stage = "distillation"
     c.seed = 0
@@ -103,26 +103,17 @@ def get_config(strategy: str, arg: str | None) -> ml_collections.ConfigDict:
 
     # Paper scale: fully sharded (fsdp over every core) and a bfloat16 frozen teacher, each core holding 1/N of the
     # student's state and of the teacher for the same FLOPs; why, measured, in docs/scale_out.md. Smoke: data parallel.
-    c.mesh = ml_collections.ConfigDict(dict(shape=(1, -1, 1)))
-    c.distill.teacher_dtype = "bfloat16"
-    c.checkpoint = checkpointing.default_config()
-    c.checkpoint.every_steps = 5_000
-    c.checkpoint.keep_last = 3
-    c.eval = ml_collections.ConfigDict(dict(every_steps=c.distill.stage_steps if not smoke else 50,
-                                            batch_size=256, num_batches=20))
-    c.profile = ml_collections.ConfigDict(dict(start_step=-1, num_steps=0))
-
-    if smoke:
-        c.mesh.shape = (-1, 1, 1)
+    if not smoke:
+        common.trainer_sections(c, mesh=common.FSDP, checkpoint_every=5_000, keep_last=3,
+                                every_steps=c.distill.stage_steps, batch_size=256, num_batches=20)
+        c.distill.teacher_dtype = "bfloat16"
+    else:
+        common.trainer_sections(c, mesh=common.DATA_PARALLEL, checkpoint_every=50, keep_last=3, every_steps=50,
+                                batch_size=32, num_batches=4)
         c.distill.teacher_dtype = "float32"
         c.batch_size = 16
         c.log_every = 10
-        c.data.corpus = "builtin:python_docs"
-        c.data.tokenizer = "builtin:python_docs_sentencepiece"
+        common.embedded_corpus(c.data)
         c.data.max_seq_length = 128
-        c.data.num_shards = 4
         c.optimizer.lr = 2e-3
-        c.checkpoint.every_steps = 50
-        c.eval.batch_size = 32
-        c.eval.num_batches = 4
     return c
