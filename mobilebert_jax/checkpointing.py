@@ -432,7 +432,7 @@ def _encode_data_state(state: Any) -> dict:
 
 def _decode_data_state(saved: Any, where: str) -> Any:
     if not isinstance(saved, dict) or saved.get("encoding") not in ("json", "base64"):
-        raise ValueError(f"{where}: not a data-iterator state written by this trainer")
+        raise CheckpointError(f"{where}: not a data-iterator state written by this trainer")
     if saved["encoding"] == "base64":
         return base64.b64decode(saved["state"])
     return saved["state"]

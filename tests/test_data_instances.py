@@ -8,7 +8,7 @@ import pytest
 
 from mobilebert_jax.data import records
 from mobilebert_jax.data.loader import make_pretraining_loader
-from mobilebert_jax.data.prepare import prepare
+from mobilebert_jax.data.prepare import _split_documents, prepare
 from mobilebert_jax.data.tokenizers import load_tokenizer
 from tests.data_fixtures import CORPUS, VOCAB, bert_config, require_shared_data
 
@@ -34,13 +34,31 @@ def _documents(out, manifest):
 
 def _instances(out, manifest, split):
     source = grain.sources.ArrayRecordDataSource([f"{out}/{s}" for s in manifest["splits"][split]["shards"]])
-    return [records.decode_instance(source[i], manifest["settings"]["token_dtype"]) for i in range(len(source))]
+    return [records.decode_instance(source[i], manifest["settings"]["token_dtype"], manifest["format_version"])
+            for i in range(len(source))]
 
 
 def _find(haystack: np.ndarray, needle: np.ndarray) -> list[int]:
     """Every start at which `needle` occurs contiguously in `haystack`."""
+    if len(needle) > len(haystack):
+        return []
     windows = np.lib.stride_tricks.sliding_window_view(haystack, len(needle))
     return np.flatnonzero((windows == needle).all(axis=1)).tolist()
+
+
+class _Occurrences:
+    """Where a token sequence occurs in a set of documents: {document: [starts]}, through an index of 3-grams."""
+
+    def __init__(self, docs: dict[int, np.ndarray]):
+        self.docs, self.index = docs, {}
+        for d, tokens in docs.items():
+            for start in range(len(tokens) - 2):
+                self.index.setdefault(tuple(tokens[start:start + 3].tolist()), set()).add(d)
+
+    def __call__(self, needle: np.ndarray) -> dict[int, list[int]]:
+        candidates = self.index.get(tuple(needle[:3].tolist()), set()) if len(needle) >= 3 else self.docs
+        found = {d: _find(self.docs[d], needle) for d in candidates}
+        return {d: starts for d, starts in found.items() if starts}
 
 
 def test_manifest_counts_the_corpus(wikitext):
@@ -57,23 +75,24 @@ def test_manifest_counts_the_corpus(wikitext):
 
 @pytest.mark.parametrize("split", ["train", "eval"])
 def test_segments_come_from_the_right_documents(wikitext, split):
+    """Segment A from a document of the split; B after A in the same document, or (random next) from another
+    document of the same split, never the other split. Records hold no document indices: each segment is looked
+    up in the documents."""
     config, manifest = wikitext
     docs = _documents(config.prepared_dir, manifest)
-    instances = _instances(config.prepared_dir, manifest, split)
-    split_docs = {i.doc_a for i in instances}
+    settings = manifest["settings"]
+    split_docs = _split_documents(len(docs), settings["held_out_fraction"], settings["seed"])[split]
     assert len(split_docs) == manifest["splits"][split]["documents"]
-    for inst in instances[:1500]:
+    occurrences = _Occurrences({int(d): docs[d] for d in split_docs})
+    for inst in _instances(config.prepared_dir, manifest, split)[:1500]:
         assert 1 <= len(inst.tokens_a) and 1 <= len(inst.tokens_b)
         assert len(inst.tokens_a) + len(inst.tokens_b) <= config.max_seq_length - 3
-        starts_a = _find(docs[inst.doc_a], inst.tokens_a)
-        starts_b = _find(docs[inst.doc_b], inst.tokens_b)
-        assert starts_a and starts_b
-        assert inst.doc_b in split_docs  # random segments never cross into the other split
+        in_a, in_b = occurrences(inst.tokens_a), occurrences(inst.tokens_b)
+        assert in_a and in_b  # random segments never cross into the other split
         if inst.is_random_next:
-            assert inst.doc_b != inst.doc_a
+            assert not (len(in_a) == 1 and set(in_b) == set(in_a))
         else:
-            assert inst.doc_b == inst.doc_a
-            assert any(b >= a + len(inst.tokens_a) for a in starts_a for b in starts_b)
+            assert any(b >= a + len(inst.tokens_a) for d in set(in_a) & set(in_b) for a in in_a[d] for b in in_b[d])
 
 
 def test_nsp_balance_and_lengths(wikitext):

@@ -12,10 +12,10 @@ import grain
 import numpy as np
 import pytest
 
-from mobilebert_jax.data.errors import DataError
 from mobilebert_jax.data.loader import make_pretraining_loader, split_size
 from mobilebert_jax.data.masking import FEATURE_DTYPES
 from mobilebert_jax.data.prepare import prepare
+from mobilebert_jax.errors import DataError
 from tests.data_fixtures import data_config
 from limits import HANG_S
 
@@ -175,3 +175,31 @@ def test_worker_processes_give_the_same_batches_and_resume(prepared):
         _assert_same(_take(resumed, 3), expected[3:])
     finally:
         resumed.close()
+
+
+def test_format_1_data_still_loads(prepared, tmp_path):
+    """Format 1 wrote each instance's source document indices before its header; the same batches come out."""
+    import json
+    import shutil
+
+    from array_record.python.array_record_module import ArrayRecordWriter
+
+    from mobilebert_jax.data import manifest as manifest_lib
+    from mobilebert_jax.data.prepare import ARRAY_RECORD_OPTIONS
+
+    old = tmp_path / "format1"
+    shutil.copytree(prepared.prepared_dir, old)
+    manifest = json.loads((old / manifest_lib.MANIFEST).read_text())
+    for split in manifest["splits"].values():
+        for shard in split["shards"]:
+            source = grain.sources.ArrayRecordDataSource([str(old / shard)])
+            writer = ArrayRecordWriter(str(old / f"{shard}.v1"), ARRAY_RECORD_OPTIONS)
+            for i in range(len(source)):  # any indices: nothing reads them
+                writer.write(np.array([i, i + 1], "<i4").tobytes() + source[i])
+            writer.close()
+            (old / f"{shard}.v1").replace(old / shard)
+    (old / manifest_lib.MANIFEST).write_text(json.dumps({**manifest, "format_version": 1}))
+    config = prepared.copy_and_resolve_references()
+    config.prepared_dir = str(old)
+    _assert_same(_take(_loader(config), 3), _take(_loader(prepared), 3))
+    assert prepare(config, str(old))["format_version"] == 1  # a finished format-1 directory is reused as it is

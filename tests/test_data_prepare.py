@@ -12,9 +12,9 @@ import time
 
 import pytest
 
-from mobilebert_jax.data.errors import DataError
 from mobilebert_jax.data.loader import make_pretraining_loader
 from mobilebert_jax.data.prepare import prepare
+from mobilebert_jax.errors import DataError
 from tests.data_fixtures import CORPUS, VOCAB, bert_config, data_config, require_shared_data
 from limits import HANG_S
 

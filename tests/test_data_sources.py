@@ -6,9 +6,9 @@ import re
 
 import pytest
 
-from mobilebert_jax.data.errors import DataError
 from mobilebert_jax.data.sources import SkipLog, plan_units, python_docs, read_unit
 from mobilebert_jax.data.sources.text_files import read_documents
+from mobilebert_jax.errors import DataError
 from tests.data_fixtures import CORPUS, require_shared_data
 
 

@@ -9,8 +9,8 @@ import sys
 import numpy as np
 import pytest
 
-from mobilebert_jax.data.errors import DataError
 from mobilebert_jax.data.tokenizers import SPECIAL_TOKENS, SentencePieceTokenizer, load_tokenizer
+from mobilebert_jax.errors import DataError
 from tests.data_fixtures import CORPUS, VOCAB, corpus_lines, glue_sentences, require_shared_data
 from limits import HANG_S
 

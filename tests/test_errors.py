@@ -118,6 +118,23 @@ def _validate(tmp, *overrides):
     experiment_config.validate(config, jax.device_count())
 
 
+def _longer_than_positions(tmp, stage):
+    """A stage's build with config.data.max_seq_length above the model's max_position_embeddings."""
+    from mobilebert_jax import experiment_config
+    from mobilebert_jax.distill.task import build_distillation_task
+    from mobilebert_jax.train.pretraining import build_pretraining_task
+
+    if stage == "pretraining":  # the check follows data preparation (of a two-document corpus here)
+        config = experiment_config.load_experiment("experiments/teacher_ib_bert_large.py:smoke", [
+            f"--config.data.corpus={_corpus(tmp, SENTENCES.encode())}", f"--config.data.tokenizer={_vocab(tmp)}",
+            "--config.data.max_seq_length=32", "--config.model.max_position_embeddings=16"])
+        build_pretraining_task(config, str(tmp / "run"))
+    else:  # before the teacher is read or data prepared
+        config = experiment_config.load_experiment("experiments/distill_pd.py:smoke",
+                                                   ["--config.model.max_position_embeddings=64"])
+        build_distillation_task(config, str(tmp / "run"))
+
+
 def _evaluate(tmp, stage=None):
     from mobilebert_jax.tasks import evaluate
 
@@ -157,6 +174,12 @@ CASES = [
      lambda tmp: _validate(tmp, "--config.log_every=0")),
     ("global batch not divisible by the data-parallel devices", "config", "batch_size",
      lambda tmp: _validate(tmp, "--config.batch_size=3", "--config.mesh.shape=(-1, 1, 1)")),
+    ("pretraining: sequences longer than the model's positions", "config",
+     "config.data.max_seq_length=32 exceeds config.model.max_position_embeddings=16",
+     lambda tmp: _longer_than_positions(tmp, "pretraining")),
+    ("distillation: sequences longer than the student's positions", "config",
+     "config.data.max_seq_length=128 exceeds config.model.max_position_embeddings=64",
+     lambda tmp: _longer_than_positions(tmp, "distillation")),
     # Pretraining data (data.prepare and the pretraining stage)
     ("corpus path that does not exist", "data", "nowhere.txt",
      lambda tmp: _prepare(tmp, tmp / "nowhere.txt")),

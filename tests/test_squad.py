@@ -7,8 +7,8 @@ import json
 import numpy as np
 import pytest
 
-from mobilebert_jax.data.errors import DataError
 from mobilebert_jax.data.tokenizers import load_tokenizer
+from mobilebert_jax.errors import DataError
 from mobilebert_jax.tasks import squad_data, squad_metrics, squad_postprocess
 from tests.data_fixtures import SHARED_DATA, VOCAB, require_shared_data
 

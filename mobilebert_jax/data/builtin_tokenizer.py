@@ -11,10 +11,10 @@ import logging
 import os
 import tempfile
 
-from mobilebert_jax.data.errors import DataError
 from mobilebert_jax.data.sources import python_docs
 from mobilebert_jax.data.sources.skips import SkipLog
 from mobilebert_jax.data.tokenizers.sentence_piece import train_sentencepiece
+from mobilebert_jax.errors import DataError
 
 BUILTIN_TOKENIZER = "builtin:python_docs_sentencepiece"
 VOCAB_SIZE = 4000

@@ -55,18 +55,16 @@ def create_instances_from_document(
             tokens_a = np.concatenate(chunk[:a_end])
             if len(chunk) == 1 or r.random() < 0.5:
                 is_random_next = True
-                doc_b = _random_other_document(r, doc_index, split_documents)
-                random_document = get_document(doc_b)
+                random_document = get_document(_random_other_document(r, doc_index, split_documents))
                 tokens_b = _take_from(random_document, int(r.integers(0, len(random_document))),
                                       target_seq_length - len(tokens_a))
                 i -= len(chunk) - a_end  # the unused sentences start the next chunk
             else:
                 is_random_next = False
-                doc_b = doc_index
                 tokens_b = np.concatenate(chunk[a_end:])
             tokens_a, tokens_b = _truncate_pair(tokens_a, tokens_b, max_num_tokens, r)
             # Sentences are never empty and max_num_tokens >= 2, so both segments keep a token.
-            instances.append(Instance(tokens_a, tokens_b, is_random_next, doc_index, doc_b))
+            instances.append(Instance(tokens_a, tokens_b, is_random_next))
             chunk, chunk_length = [], 0
         i += 1
     return instances

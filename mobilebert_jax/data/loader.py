@@ -22,11 +22,11 @@ import numpy as np
 
 from mobilebert_jax import storage
 from mobilebert_jax.data import records
-from mobilebert_jax.data.errors import DataError
 from mobilebert_jax.data.manifest import load_manifest
 from mobilebert_jax.data.masking import FEATURE_DTYPES, Masker, stack_features
 from mobilebert_jax.data.randomness import Stream, rng
 from mobilebert_jax.data.tokenizers import load_tokenizer
+from mobilebert_jax.errors import DataError
 
 SPLITS = ("train", "eval")
 
@@ -34,13 +34,14 @@ SPLITS = ("train", "eval")
 class HostBatches:
     """Batch index -> this host's rows of that global batch (a picklable function for grain workers)."""
 
-    def __init__(self, source: Any, num_examples: int, masker: Masker, token_dtype: str, *, seed: int,
-                 dynamic_masking: bool, global_batch_size: int, process_index: int, process_count: int,
+    def __init__(self, source: Any, num_examples: int, masker: Masker, token_dtype: str, format_version: int, *,
+                 seed: int, dynamic_masking: bool, global_batch_size: int, process_index: int, process_count: int,
                  num_positions: Optional[int]):
         self.source = source
         self.num_examples = num_examples
         self.masker = masker
         self.token_dtype = token_dtype
+        self.format_version = format_version  # the manifest's: how the instance records are laid out
         self.seed = seed
         self.dynamic_masking = dynamic_masking
         self.global_batch_size = global_batch_size
@@ -65,7 +66,7 @@ class HostBatches:
         examples = []
         for p, index, record in zip(positions[real].tolist(), indices.tolist(), raw):
             epoch = p // self.num_examples if self.dynamic_masking else 0
-            instance = records.decode_instance(record, self.token_dtype)
+            instance = records.decode_instance(record, self.token_dtype, self.format_version)
             examples.append(self.masker.features(instance, rng(self.seed, Stream.MASKS, epoch, index)))
         examples += [_padding_example(self.masker)] * int((~real).sum())
         return stack_features(examples)
@@ -167,7 +168,8 @@ def make_pretraining_dataset(data_config: ml_collections.ConfigDict, *, split: s
         if num_batches == 0:
             raise DataError(f"the {split} split has {info['instances']} instances: {num_epochs} epoch(s) make no "
                             f"full global batch of {global_batch_size}; use pad_final_batch=True or more data")
-    host_batches = HostBatches(source, info["instances"], masker, settings["token_dtype"], seed=seed,
+    host_batches = HostBatches(source, info["instances"], masker, settings["token_dtype"],
+                               manifest["format_version"], seed=seed,
                                dynamic_masking=data_config.dynamic_masking, global_batch_size=global_batch_size,
                                process_index=process_index, process_count=process_count,
                                num_positions=num_positions)

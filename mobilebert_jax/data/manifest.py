@@ -7,9 +7,11 @@ import os
 from typing import Any
 
 from mobilebert_jax import storage
-from mobilebert_jax.data.errors import DataError
+from mobilebert_jax.errors import DataError
 
-FORMAT_VERSION = 1
+# 2: instance records without their source document indices (records.py); 1 still loads.
+FORMAT_VERSION = 2
+READABLE_VERSIONS = (1, 2)
 MANIFEST = "manifest.json"
 SETTINGS = "settings.json"  # written first, so a restarted run can tell whether it may continue
 
@@ -44,7 +46,7 @@ def load_manifest(prepared_dir: str) -> dict[str, Any]:
         raise DataError(f"{path} not found: the preparation of {prepared_dir} "
                         f"{'did not finish; run it again to complete it' if partial else 'never ran'}")
     manifest = read_json(path)
-    if manifest.get("format_version") != FORMAT_VERSION:
+    if manifest.get("format_version") not in READABLE_VERSIONS:
         raise DataError(f"{path}: format_version {manifest.get('format_version')!r}, this code reads "
-                        f"{FORMAT_VERSION}; prepare the data again")
+                        f"{list(READABLE_VERSIONS)}; prepare the data again")
     return manifest

@@ -33,11 +33,11 @@ from tqdm import tqdm
 from mobilebert_jax import storage
 from mobilebert_jax.data import manifest as manifest_lib
 from mobilebert_jax.data import records
-from mobilebert_jax.data.errors import DataError
 from mobilebert_jax.data.instances import create_instances_from_document
 from mobilebert_jax.data.randomness import Stream, rng
 from mobilebert_jax.data.sources import SkipLog, WorkUnit, plan_units, python_docs, read_unit
 from mobilebert_jax.data.tokenizers import Tokenizer, load_tokenizer
+from mobilebert_jax.errors import DataError
 
 DOCUMENTS_DIR = "documents"
 ARRAY_RECORD_OPTIONS = "group_size:1"  # one record per chunk: fast random access for the loader
@@ -59,11 +59,13 @@ def prepare(data_config: ml_collections.ConfigDict, output_dir: str) -> dict[str
         return manifest
     storage.path(output_dir, DOCUMENTS_DIR).mkdir(parents=True, exist_ok=True)
     settings_path = os.path.join(output_dir, manifest_lib.SETTINGS)
+    # With the record format: finished shards of an older layout must not be continued in this one.
+    started_with = {**settings, "format_version": manifest_lib.FORMAT_VERSION}
     if storage.path(settings_path).is_file():
-        manifest_lib.check_same_settings(settings_path, manifest_lib.read_json(settings_path), settings)
+        manifest_lib.check_same_settings(settings_path, manifest_lib.read_json(settings_path), started_with)
         logging.info("continuing the unfinished preparation in %s", output_dir)
     else:
-        manifest_lib.write_json_atomic(settings_path, settings)
+        manifest_lib.write_json_atomic(settings_path, started_with)
 
     started = time.time()
     units = plan_units(data_config.corpus, corpus_format=data_config.corpus_format,

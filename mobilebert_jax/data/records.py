@@ -1,7 +1,9 @@
 """Byte layouts of the two record kinds stored in ArrayRecord files.
 
 A document: int32 [n_sentences, len_0 .. len_{n-1}] then the tokens.
-An instance: int32 [doc_a, doc_b, is_random_next, len_a, len_b] then the tokens of A and B.
+An instance: int32 [is_random_next, len_a, len_b] then the tokens of A and B. Format 1 (the manifest's
+format_version) wrote the source document indices first, [doc_a, doc_b, is_random_next, len_a, len_b]; nothing
+reads them, and such data still loads.
 Tokens are uint16 when the vocabulary fits, else int32 (the manifest names which).
 """
 
@@ -12,7 +14,11 @@ from typing import Sequence
 
 import numpy as np
 
+from mobilebert_jax.errors import DataError
+
 _HEADER = np.dtype("<i4")
+# Header ints before the tokens of an instance, by the manifest's format_version.
+_INSTANCE_HEADER = {1: 5, 2: 3}
 
 
 def token_dtype_for(vocab_size: int) -> str:
@@ -36,25 +42,24 @@ def decode_document(record: bytes, token_dtype: str) -> list[np.ndarray]:
 
 @dataclasses.dataclass(frozen=True)
 class Instance:
-    """A sentence pair before masking; `doc_a`/`doc_b` are global document indices."""
+    """A sentence pair before masking."""
 
     tokens_a: np.ndarray
     tokens_b: np.ndarray
     is_random_next: bool
-    doc_a: int
-    doc_b: int
 
 
 def encode_instance(instance: Instance, token_dtype: str) -> bytes:
-    header = np.array([instance.doc_a, instance.doc_b, int(instance.is_random_next),
-                       len(instance.tokens_a), len(instance.tokens_b)], dtype=_HEADER)
+    header = np.array([int(instance.is_random_next), len(instance.tokens_a), len(instance.tokens_b)], dtype=_HEADER)
     dtype = np.dtype(token_dtype).newbyteorder("<")
     return header.tobytes() + np.asarray(instance.tokens_a, dtype).tobytes() + np.asarray(instance.tokens_b, dtype).tobytes()
 
 
-def decode_instance(record: bytes, token_dtype: str) -> Instance:
-    doc_a, doc_b, is_random_next, len_a, len_b = np.frombuffer(record, dtype=_HEADER, count=5).tolist()
-    tokens = np.frombuffer(record, dtype=np.dtype(token_dtype).newbyteorder("<"), offset=20).astype(np.int32)
+def decode_instance(record: bytes, token_dtype: str, format_version: int) -> Instance:
+    """An instance written by format `format_version` (the manifest's)."""
+    ints = _INSTANCE_HEADER[format_version]
+    is_random_next, len_a, len_b = np.frombuffer(record, dtype=_HEADER, count=ints).tolist()[-3:]
+    tokens = np.frombuffer(record, dtype=np.dtype(token_dtype).newbyteorder("<"), offset=4 * ints).astype(np.int32)
     if len(tokens) != len_a + len_b:
-        raise ValueError(f"instance record holds {len(tokens)} tokens, header says {len_a}+{len_b}")
-    return Instance(tokens[:len_a], tokens[len_a:], bool(is_random_next), doc_a, doc_b)
+        raise DataError(f"instance record holds {len(tokens)} tokens, header says {len_a}+{len_b}")
+    return Instance(tokens[:len_a], tokens[len_a:], bool(is_random_next))

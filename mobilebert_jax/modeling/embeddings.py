@@ -9,6 +9,7 @@ import jax
 import jax.numpy as jnp
 
 from mobilebert_jax.config import MobileBertConfig
+from mobilebert_jax.errors import ConfigError
 from mobilebert_jax.modeling import primitives
 
 
@@ -52,7 +53,7 @@ class Embeddings(nn.Module):
         c = self.config
         _, seq_len = input_ids_BxT.shape
         if seq_len > c.max_position_embeddings:
-            raise ValueError(f"sequence length {seq_len} exceeds max_position_embeddings={c.max_position_embeddings}")
+            raise ConfigError(f"sequence length {seq_len} exceeds max_position_embeddings={c.max_position_embeddings}")
         if position_ids_BxT is None:
             position_ids_BxT = jnp.arange(seq_len)[None, :]
         if token_type_ids_BxT is None:

@@ -10,6 +10,8 @@ from typing import Iterator
 
 import numpy as np
 
+from mobilebert_jax.errors import ConfigError
+
 Arrays = dict[str, np.ndarray]
 
 
@@ -32,7 +34,8 @@ class ShuffledBatches:
                  process_count: int = 1):
         n = _check(arrays, global_batch_size, process_index, process_count)
         if n < global_batch_size:
-            raise ValueError(f"{n} training examples are fewer than one global batch of {global_batch_size}")
+            raise ConfigError(f"{n} training examples are fewer than one global batch of {global_batch_size} "
+                              f"(config.batch_size)")
         self._arrays, self._batch, self._seed = arrays, global_batch_size, seed
         self._local = global_batch_size // process_count
         self._offset = process_index * self._local

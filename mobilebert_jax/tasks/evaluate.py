@@ -22,9 +22,8 @@ from absl import flags
 from etils import epath
 
 from mobilebert_jax import model_source, storage
-from mobilebert_jax.errors import ConfigError
-from mobilebert_jax.data.errors import DataError
 from mobilebert_jax.data.tokenizers import load_tokenizer
+from mobilebert_jax.errors import ConfigError, DataError
 from mobilebert_jax.modeling import MobileBertForQuestionAnswering, MobileBertForSequenceClassification
 from mobilebert_jax.tasks import finetuning, glue, glue_metrics, glue_submission, squad_data, squad_metrics
 from mobilebert_jax.tasks.prediction import predict

@@ -11,6 +11,8 @@ from typing import Optional, Sequence
 
 import numpy as np
 
+from mobilebert_jax.errors import ConfigError
+
 from mobilebert_jax.data.tokenizers.base import Tokenizer
 
 FeatureArrays = dict[str, np.ndarray]
@@ -36,7 +38,8 @@ def encode_pair(ids_a: list[int], ids_b: Optional[list[int]], *, cls_id: int, se
     """(token ids, segment ids) of one truncated, unpadded pair."""
     specials = 3 if ids_b is not None else 2
     if max_seq_length <= specials:
-        raise ValueError(f"max_seq_length={max_seq_length} leaves no room for text next to {specials} special tokens")
+        raise ConfigError(f"config.data.max_seq_length={max_seq_length} leaves no room for text next to {specials} "
+                          f"special tokens")
     a, b = truncate_pair(ids_a, ids_b, max_seq_length - specials)
     ids = [cls_id, *a, sep_id]
     segments = [0] * len(ids)

@@ -23,8 +23,8 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-from mobilebert_jax.data.errors import DataError
 from mobilebert_jax.data.tokenizers.base import Tokenizer
+from mobilebert_jax.errors import DataError
 from mobilebert_jax.tasks.features import FeatureArrays, encode_pairs
 
 # GLUE's test files can hold long sentences; the csv module's default field limit is 128 KiB.

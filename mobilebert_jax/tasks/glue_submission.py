@@ -12,7 +12,7 @@ from typing import Sequence
 import numpy as np
 
 from mobilebert_jax import storage
-from mobilebert_jax.data.errors import DataError
+from mobilebert_jax.errors import DataError
 from mobilebert_jax.tasks.glue import STSB_RANGE, GlueExample, GlueTask
 
 

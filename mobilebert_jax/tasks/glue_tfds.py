@@ -11,7 +11,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Optional
 
-from mobilebert_jax.data.errors import DataError
+from mobilebert_jax.errors import DataError
 from mobilebert_jax.tasks.glue import STSB_RANGE, GlueExample, GlueTask
 from mobilebert_jax.tasks.tfds_reader import SourceOpener, as_text, field, open_tfds_source
 

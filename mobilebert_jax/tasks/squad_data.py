@@ -17,8 +17,8 @@ from typing import Any, Optional, Sequence
 
 import numpy as np
 
-from mobilebert_jax.data.errors import DataError
 from mobilebert_jax.data.tokenizers.base import Tokenizer
+from mobilebert_jax.errors import ConfigError, DataError
 from mobilebert_jax.tasks.features import pad_rows
 from mobilebert_jax.tasks.tfds_reader import SourceOpener, as_text, field, open_tfds_source
 
@@ -207,8 +207,8 @@ def build_features(examples: Sequence[SquadExample], tokenizer: Tokenizer, *, ma
     """One feature per context window; start/end positions from each example's first (aligned) answer."""
     window = max_seq_length - max_query_length - 3
     if window <= 0 or doc_stride <= 0:
-        raise ValueError(f"max_seq_length={max_seq_length}, max_query_length={max_query_length}, "
-                         f"doc_stride={doc_stride}: need max_seq_length > max_query_length + 3 and doc_stride > 0")
+        raise ConfigError(f"config.data.max_seq_length={max_seq_length}, max_query_length={max_query_length}, "
+                          f"doc_stride={doc_stride}: need max_seq_length > max_query_length + 3 and doc_stride > 0")
     questions = tokenizer.encode_batch([e.question for e in examples])
     contexts: dict[str, tuple[list[int], list[tuple[int, int]]]] = {}
     ids_rows, segment_rows, offset_rows, max_context_rows = [], [], [], []

@@ -19,7 +19,7 @@ import string
 from typing import Optional, Sequence
 
 from mobilebert_jax import storage
-from mobilebert_jax.data.errors import DataError
+from mobilebert_jax.errors import DataError
 from mobilebert_jax.tasks.squad_data import SquadExample, read_squad_json, squad_json_version
 
 _PUNCTUATION = set(string.punctuation)

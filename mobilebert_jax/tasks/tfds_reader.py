@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any, Callable, Mapping, Optional, Sequence
 
-from mobilebert_jax.data.errors import DataError
+from mobilebert_jax.errors import DataError
 
 # (TFDS name such as "glue/cola", split, data_dir) -> a sequence of feature dicts.
 SourceOpener = Callable[[str, str, Optional[str]], Sequence[Mapping[str, Any]]]

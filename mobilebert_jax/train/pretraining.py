@@ -74,8 +74,8 @@ def build_pretraining_task(config: ml_collections.ConfigDict, workdir: str) -> T
     data = pretraining_data(config, workdir)
     seq_len, predictions = data.max_seq_length, data.max_predictions_per_seq
     if seq_len > c.max_position_embeddings:
-        raise ValueError(f"config.data.max_seq_length={seq_len} exceeds config.model.max_position_embeddings="
-                         f"{c.max_position_embeddings}")
+        raise ConfigError(f"config.data.max_seq_length={seq_len} exceeds config.model.max_position_embeddings="
+                          f"{c.max_position_embeddings}")
     model = MobileBertForPreTraining(c)
 
     def init_params(rng):

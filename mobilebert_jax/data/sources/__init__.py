@@ -13,9 +13,9 @@ import dataclasses
 import os
 from typing import Sequence
 
-from mobilebert_jax.data.errors import DataError
 from mobilebert_jax.data.sources import python_docs, text_files, tfds_source
 from mobilebert_jax.data.sources.skips import SKIP_REASONS, SkipLog
+from mobilebert_jax.errors import DataError
 
 Document = list[str]
 

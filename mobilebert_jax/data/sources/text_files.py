@@ -18,9 +18,9 @@ import os
 import re
 from typing import BinaryIO, Iterator
 
-from mobilebert_jax.data.errors import DataError
 from mobilebert_jax.data.sources.sentences import paragraph_blocks, split_sentences
 from mobilebert_jax.data.sources.skips import SkipLog
+from mobilebert_jax.errors import DataError
 
 FORMATS = ("bert", "paragraphs", "wikitext")
 SNIFF_BYTES = 8192

@@ -10,9 +10,9 @@ from __future__ import annotations
 import functools
 from typing import Any, Sequence
 
-from mobilebert_jax.data.errors import DataError
 from mobilebert_jax.data.sources.sentences import split_sentences
 from mobilebert_jax.data.sources.skips import SkipLog
+from mobilebert_jax.errors import DataError
 
 Document = list[str]
 

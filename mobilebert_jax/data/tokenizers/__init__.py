@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from mobilebert_jax.data.errors import DataError
 from mobilebert_jax.data.tokenizers.base import SPECIAL_TOKENS, Tokenizer
 from mobilebert_jax.data.tokenizers.sentence_piece import SentencePieceTokenizer, train_sentencepiece
 from mobilebert_jax.data.tokenizers.wordpiece import WordPieceTokenizer
+from mobilebert_jax.errors import DataError
 
 __all__ = ["SPECIAL_TOKENS", "SentencePieceTokenizer", "Tokenizer", "WordPieceTokenizer", "load_tokenizer",
            "train_sentencepiece"]

@@ -10,8 +10,8 @@ from typing import Iterable, Sequence
 import numpy as np
 import sentencepiece as spm
 
-from mobilebert_jax.data.errors import DataError
 from mobilebert_jax.data.tokenizers.base import SPECIAL_TOKENS, content_hash
+from mobilebert_jax.errors import DataError
 
 # [PAD]=0 [UNK]=1 [CLS]=2 [SEP]=3 [MASK]=4, as ALBERT lays them out.
 SPECIAL_IDS = {token: i for i, token in enumerate(SPECIAL_TOKENS)}

@@ -16,8 +16,8 @@ import numpy as np
 import tokenizers
 from tokenizers import decoders, models, normalizers, pre_tokenizers
 
-from mobilebert_jax.data.errors import DataError
 from mobilebert_jax.data.tokenizers.base import SPECIAL_TOKENS, content_hash
+from mobilebert_jax.errors import DataError
 
 MAX_INPUT_CHARS_PER_WORD = 100
 
