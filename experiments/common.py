@@ -44,7 +44,7 @@ def parse_arg(arg: str | None, where: str, **spec: Any) -> ml_collections.Config
             try:
                 values[name] = type(default)(value)
             except ValueError:
-                raise ConfigError(f"{where}: argument {part!r}: {name} must be a {type(default).__name__}") from None
+                raise ConfigError(f"{where}: argument {part!r}: not of type {type(default).__name__}") from None
     return ml_collections.ConfigDict(values)
 
 

@@ -1,11 +1,15 @@
 """Loading experiment files with overrides, the pre-compile checks, and the resolved-config files."""
 
 import json
+import os
+import re
 
 import ml_collections
 import pytest
 
 from mobilebert_jax import ConfigError, experiment_config
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 EXAMPLE = """
 import ml_collections
@@ -76,6 +80,31 @@ def test_bad_files(tmp_path):
     not_a_dict.write_text("def get_config():\n    return 3\n")
     with pytest.raises(ConfigError, match=r"get_config\(\) returned int, expected a ConfigDict"):
         experiment_config.load_experiment(str(not_a_dict))
+
+
+def test_experiment_arguments_are_parsed_by_one_function():
+    """experiments/common.py's parse_arg reads every file's `:arg`; a bad one is a ConfigError naming the file."""
+    common = experiment_config.load_module(os.path.join(REPO, "experiments", "common.py"))
+    args = common.parse_arg("task=rte,smoke", "x.py", task="", smoke=False, steps=10)
+    assert args.to_dict() == {"task": "rte", "smoke": True, "steps": 10}
+    assert common.parse_arg(None, "x.py", smoke=False).smoke is False
+    assert common.parse_arg("steps=3,smoke=false", "x.py", smoke=True, steps=10).to_dict() == {"smoke": False,
+                                                                                              "steps": 3}
+    for arg, message in (("bogus", "x.py: unknown argument 'bogus' in 'bogus'; it takes smoke,steps=..."),
+                         ("steps", "x.py: argument 'steps' needs a value"),
+                         ("steps=many", "x.py: argument 'steps=many': not of type int"),
+                         ("smoke=yes", "x.py: argument 'smoke=yes': smoke is true or false")):
+        with pytest.raises(ConfigError, match=re.escape(message)):
+            common.parse_arg(arg, "x.py", smoke=False, steps=10)
+    for spec, message in (("finetune_glue.py:task=rte,smok", "unknown argument 'smok'"),
+                          ("finetune_glue.py:smoke", "needs task=NAME"),
+                          ("finetune_squad.py:version=3.0", "needs version=1.1 or version=2.0"),
+                          ("teacher_ib_bert_large.py:large", "unknown argument 'large'"),
+                          ("distill_joint.py:smoke=maybe", "distill_joint.py: argument 'smoke=maybe'")):
+        with pytest.raises(ConfigError, match=re.escape(message)):
+            experiment_config.load_experiment(os.path.join(REPO, "experiments", spec))
+    with pytest.raises(ConfigError, match="experiment module '.*nowhere.py' not found"):
+        experiment_config.load_module(os.path.join(REPO, "experiments", "nowhere.py"))
 
 
 def test_validate_accepts_a_good_config(example):
