@@ -17,6 +17,8 @@ from typing import Optional
 
 import numpy as np
 
+from mobilebert_jax.errors import ConfigError
+
 INPUTS = ("input_ids", "input_mask", "segment_ids")
 OUTPUTS = ("logits", "start_logits", "end_logits", "mlm_logits", "nsp_logits")
 FORMATS = {".tflite": "tflite", ".onnx": "onnx"}
@@ -68,7 +70,7 @@ def export_model(model, params, path: Optional[str], *, batch_size: int = 1, seq
     if fmt is None:
         suffix = "" if path is None else "." + str(path).rsplit(".", 1)[-1]
         if suffix not in FORMATS:
-            raise ValueError(f"{path}: cannot tell the format from the suffix; use .tflite or .onnx, or pass fmt")
+            raise ConfigError(f"{path}: cannot tell the format from the suffix; use .tflite or .onnx, or pass fmt")
         fmt = FORMATS[suffix]
     if quantized is not None and (fmt != "onnx" or quantization != "float32"):
         raise ValueError("the int8 simulation (`quantized`) is exported to float32 ONNX only")

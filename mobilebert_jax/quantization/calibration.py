@@ -19,6 +19,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import traverse_util
 
+from mobilebert_jax.errors import ConfigError
+
 METHODS = ("minmax", "percentile")
 STATS = "quant_stats"
 
@@ -60,9 +62,9 @@ def calibrate(model: nn.Module, params, batches: Iterable[dict], *, method: str 
               percentile: float = 99.99) -> dict[str, InputRange]:
     """Input ranges keyed by the Dense layer's parameter path ("mobilebert/encoder/layer_0/.../query")."""
     if method not in METHODS:
-        raise ValueError(f"calibration method {method!r}: choose one of {list(METHODS)}")
+        raise ConfigError(f"calibration method {method!r}: choose one of {list(METHODS)}")
     if not 50.0 < percentile <= 100.0:
-        raise ValueError(f"percentile={percentile}: must be in (50, 100]")
+        raise ConfigError(f"percentile={percentile}: must be in (50, 100]")
 
     @jax.jit
     def batch_stats(params, batch):
