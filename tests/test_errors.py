@@ -11,12 +11,14 @@ and the test fails while the two differ.
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import pickle
 import subprocess
 import sys
 import zipfile
+from contextlib import redirect_stderr
 
 import numpy as np
 import pytest
@@ -125,9 +127,14 @@ def _longer_than_positions(tmp, stage):
     from mobilebert_jax.train.pretraining import build_pretraining_task
 
     if stage == "pretraining":  # the check follows data preparation (of a two-document corpus here)
+        from mobilebert_jax.data.prepare import prepare
+
         config = experiment_config.load_experiment("experiments/teacher_ib_bert_large.py:smoke", [
             f"--config.data.corpus={_corpus(tmp, SENTENCES.encode())}", f"--config.data.tokenizer={_vocab(tmp)}",
-            "--config.data.max_seq_length=32", "--config.model.max_position_embeddings=16"])
+            "--config.data.max_seq_length=32", "--config.model.max_position_embeddings=16",
+            f"--config.data.prepared_dir={tmp / 'data'}"])
+        with redirect_stderr(io.StringIO()):  # its progress bars, ahead of the line under test
+            prepare(config.data, config.data.prepared_dir)
         build_pretraining_task(config, str(tmp / "run"))
     else:  # before the teacher is read or data prepared
         config = experiment_config.load_experiment("experiments/distill_pd.py:smoke",
@@ -250,9 +257,6 @@ def _run_main(argv):
 def _fatal_line(case, tmp) -> tuple[int, str]:
     _, _, _, how = case
     if callable(how):
-        import io
-        from contextlib import redirect_stderr
-
         err = io.StringIO()
         with pytest.raises(SystemExit) as exit_info, redirect_stderr(err):
             with cli.errors_are_fatal():
