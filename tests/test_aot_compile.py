@@ -1,4 +1,4 @@
-"""tools/aot_compile: the smoke PD stage (teacher in the step, two parameter sources stood in) compiled for TPU v3:2x2
+"""tools/aot_compile: the smoke PD stage (teacher in the step, built from its spec alone) compiled for TPU v3:2x2
 by libtpu on this CPU-only machine, its memory checked against the state it must hold; a one-layer teacher compiled
 with fsdp for every TPU generation (v4 and v5p as megacore); every slice --help names resolved; errors named.
 

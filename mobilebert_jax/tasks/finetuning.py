@@ -11,7 +11,7 @@ of the checkpoint's config (dropout for fine-tuning, the dtype).
 
 from __future__ import annotations
 
-from typing import Any, Callable, Optional
+from typing import Any, Optional
 
 import jax
 import jax.numpy as jnp
@@ -82,7 +82,7 @@ def _process() -> dict[str, int]:
     return dict(process_index=jax.process_index(), process_count=jax.process_count())
 
 
-def _spec(name: str, model, model_cfg: MobileBertConfig, objective: objectives._PerExample, seq_len: int,
+def _spec(name: str, model, model_cfg: MobileBertConfig, objective: objectives.PerExampleObjective, seq_len: int,
           label: dict[str, jax.ShapeDtypeStruct]) -> Spec:
     tokens = {k: jax.ShapeDtypeStruct((seq_len,), jnp.int32) for k in ("input_ids", "input_mask", "segment_ids")}
     return Spec(
@@ -101,15 +101,13 @@ def _task(config, stage_spec: Spec, backbone: Optional[dict[str, np.ndarray]], t
     def eval_batches():
         return padded_batches(eval_arrays, config.eval.batch_size, **_process())
 
-    start_from: Optional[Callable] = None
-    if backbone is not None:
-        def start_from(params, frozen, shardings):
-            del frozen
-            return jax.jit(with_backbone, out_shardings=shardings, donate_argnums=0)(params, backbone)
+    def start_from(params, frozen, shardings):
+        del frozen
+        return jax.jit(with_backbone, out_shardings=shardings, donate_argnums=0)(params, backbone)
 
     return Task(spec=stage_spec, describe=f"{describe}; {train_iterator.batches_per_epoch} batches per epoch",
                 train_iterator=train_iterator, eval_batches=eval_batches if eval_arrays is not None else None,
-                start_from=start_from)
+                start_from=start_from if backbone is not None else None)
 
 
 def glue_examples(config: ml_collections.ConfigDict, task: glue.GlueDataset, split: str) -> list[glue.GlueExample]:
@@ -175,8 +173,9 @@ def read_squad(config: ml_collections.ConfigDict, workdir: str, stage_spec: Spec
     train = squad_data.build_features(squad_examples(config, "train"), tokenizer, **options).arrays
     dev = squad_data.build_features(squad_examples(config, "dev"), tokenizer, **options).arrays \
         if config.eval.get("enabled", True) else None
-    return _task(config, stage_spec, backbone, train, dev, f"SQuAD v{config.version}: {len(train['input_ids']):,} training "
-                                                 f"features, sequences of {options['max_seq_length']}")
+    return _task(config, stage_spec, backbone, train, dev,
+                 f"SQuAD v{config.version}: {len(train['input_ids']):,} training features, sequences of "
+                 f"{options['max_seq_length']}")
 
 
 GLUE = Stage(glue_spec, read_glue)

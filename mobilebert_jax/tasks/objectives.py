@@ -12,6 +12,7 @@ row counts.
 
 from __future__ import annotations
 
+import abc
 import dataclasses
 from typing import Any
 
@@ -89,7 +90,7 @@ def summarize_spans(sums: Sums) -> dict[str, jax.Array]:
 
 
 @dataclasses.dataclass(frozen=True)
-class _PerExample:
+class PerExampleObjective(abc.ABC):
     """What the three share: one forward pass of `model`, scored per example, divided by the batch's examples."""
     model: nn.Module
 
@@ -97,14 +98,15 @@ class _PerExample:
         del context  # nothing here depends on the step or a frozen tree
         return self.score(_apply(self.model, params, batch, rng, train), batch)
 
+    @abc.abstractmethod
     def score(self, out: dict, batch: Batch) -> Sums:
-        raise NotImplementedError
+        """The model's outputs -> this objective's sums."""
 
     def totals(self, batch: Batch) -> dict[str, jax.Array]:
         return example_totals(batch)
 
 
-class Classification(_PerExample):
+class Classification(PerExampleObjective):
     progress_keys = ("loss", "accuracy")
 
     def score(self, out: dict, batch: Batch) -> Sums:
@@ -117,7 +119,7 @@ class Classification(_PerExample):
         return summarize_classification(sums)
 
 
-class Regression(_PerExample):
+class Regression(PerExampleObjective):
     progress_keys = ("loss",)
 
     def score(self, out: dict, batch: Batch) -> Sums:
@@ -130,7 +132,7 @@ class Regression(_PerExample):
         return summarize_regression(sums)
 
 
-class Spans(_PerExample):
+class Spans(PerExampleObjective):
     progress_keys = ("loss", "start_accuracy")
 
     def score(self, out: dict, batch: Batch) -> Sums:
@@ -144,5 +146,5 @@ class Spans(_PerExample):
         return summarize_spans(sums)
 
 
-def for_glue(model: nn.Module, is_regression: bool) -> _PerExample:
+def for_glue(model: nn.Module, is_regression: bool) -> PerExampleObjective:
     return Regression(model) if is_regression else Classification(model)

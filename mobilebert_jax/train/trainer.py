@@ -249,6 +249,7 @@ def _loop(config: ml_collections.ConfigDict, workdir: str, task: Task, program: 
             _log(f"eval at step {done}: " + ", ".join(f"{k} {v:.4f}" for k, v in eval_metrics.items()))
             final_metrics.update({f"eval/{k}": v for k, v in eval_metrics.items()})
         lock.check()
+        ckpt.check()  # a background save that failed stops the run at the next step, naming its step
         if save_now and ckpt.save(done, state, data_iterator=task.train_iterator, force=True):
             _log(f"checkpoint {done}: saving in the background")
         if stop:
