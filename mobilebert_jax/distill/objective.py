@@ -139,11 +139,13 @@ class DistillationObjective:
                 out[f"layer_{i}/loss"] = layer
                 transfer = transfer + layer
             out["transfer_loss"] = transfer
-        loss = out.get("transfer_loss", jnp.zeros((), jnp.float32))
         if "mlm_weight_sum" in sums:
             out.update({k: v for k, v in train_losses.summarize(sums).items() if k != "loss"})
+        totals = {"tokens": jnp.maximum(sums["tokens"], 1.0)}
         if self.distill.pd:
-            out["pd_mlm_loss"] = sums["pd_mlm_sum"] / (sums["mlm_weight_sum"] + train_losses.MLM_DENOMINATOR_EPS)
-            loss = loss + w["mlm"] * out["pd_mlm_loss"] + w["nsp"] * out["nsp_loss"]
-        out["loss"] = loss
+            totals["mlm"] = sums["mlm_weight_sum"] + train_losses.MLM_DENOMINATOR_EPS
+            totals["nsp"] = jnp.maximum(sums["nsp_count"], 1.0)
+            out["pd_mlm_loss"] = sums["pd_mlm_sum"] / totals["mlm"]
+        # The optimized loss, once: over one batch the sums' own denominators are the batch's totals.
+        out["loss"] = self.loss(sums, totals)
         return out
