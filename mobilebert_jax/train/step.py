@@ -53,11 +53,11 @@ def make_train_step(
     """
 
     def grads_and_sums(params, batch, rng, totals, context):
-        def objective(p):
+        def loss_and_sums(p):
             sums = objective.sums(p, batch, rng, context, train=True)
             return objective.loss(sums, totals), sums
 
-        (_, sums), grads = jax.value_and_grad(objective, has_aux=True)(params)
+        (_, sums), grads = jax.value_and_grad(loss_and_sums, has_aux=True)(params)
         return grads, sums
 
     def step(state: TrainState, batch: Batch, frozen: Any = None):
