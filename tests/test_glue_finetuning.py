@@ -68,7 +68,9 @@ def test_backbone_comes_from_the_checkpoint_and_the_head_is_new(tmp_path):
 
 def test_the_spec_example_is_what_the_batches_hold(tmp_path):
     """tools/aot_compile builds the batch from the stage's spec alone; the real batches must hold exactly that."""
-    task = finetuning.GLUE.build_task(_smoke_config(), str(tmp_path))
+    config = _smoke_config()
+    lineage.resolve(config)  # what train() does first: the tokenizer spec
+    task = finetuning.GLUE.build_task(config, str(tmp_path))
     batch = next(task.train_iterator)
     assert {k: (v.shape[1:], v.dtype) for k, v in batch.items()} == \
         {k: (v.shape, v.dtype) for k, v in task.spec.example.items()}
