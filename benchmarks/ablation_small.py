@@ -114,12 +114,12 @@ def variant_stages(name: str, seed: int, scale: pipeline.Scale, teacher_model, t
 def run_variant(name: str, seed: int, scale: pipeline.Scale, teacher_model, teacher_dir: str, data_dir: str,
                 workdir: str, timings: dict) -> Optional[str]:
     """Trains one variant with one seed; returns the workdir holding its final student (None: a signal stopped it)."""
-    from mobilebert_jax.distill.task import build_distillation_task
+    from mobilebert_jax.distill.task import DISTILLATION
 
     start = time.monotonic()
     stages = variant_stages(name, seed, scale, teacher_model, teacher_dir, data_dir, workdir)
     for stage, config, stage_dir in stages:
-        if not pipeline.train_stage(stage, config, stage_dir, build_distillation_task, {}):
+        if not pipeline.train_stage(stage, config, stage_dir, DISTILLATION, {}):
             return None
     timings[name] = timings.get(name, 0.0) + time.monotonic() - start
     return stages[-1][2]
@@ -170,7 +170,7 @@ def write_docs(path: str, section: str) -> None:
 def main(argv: list[str]) -> None:
     del argv
     f = flags.FLAGS
-    from mobilebert_jax.train.pretraining import build_pretraining_task
+    from mobilebert_jax.train.pretraining import PRETRAINING
 
     preemption.install()  # a SIGTERM stops the current stage and the variants after it (pipeline.train_stage)
 
@@ -186,7 +186,7 @@ def main(argv: list[str]) -> None:
     except Exception as e:  # absent, or another architecture: train one here
         print(f"training a teacher ({type(e).__name__}: {e})", flush=True)
         teacher_dir = os.path.join(f.workdir, "teacher")
-        if not pipeline.train_stage("teacher", teacher_cfg, teacher_dir, build_pretraining_task, timings):
+        if not pipeline.train_stage("teacher", teacher_cfg, teacher_dir, PRETRAINING, timings):
             return
 
     by_slug = {_slug(name): name for name in VARIANTS}  # names hold commas, which a list flag splits on

@@ -73,11 +73,12 @@ def ours_step(c, batch):
     from mobilebert_jax import optim
     from mobilebert_jax.modeling import MobileBertForPreTraining
     from mobilebert_jax.train import step as step_lib
+    from mobilebert_jax.train.losses import PretrainingObjective
 
     model = MobileBertForPreTraining(c)
     params = nn.unbox(jax.jit(model.init)(jax.random.key(0), batch["input_ids"])["params"])
     tx = optim.build_optimizer(optim.default_config("lamb"), params)
-    train_step = jax.jit(step_lib.make_train_step(step_lib.pretraining_sums_fn(model, deterministic=False), tx),
+    train_step = jax.jit(step_lib.make_train_step(PretrainingObjective(model), tx),
                          donate_argnums=0)
     carried = {"state": step_lib.TrainState(jnp.zeros((), jnp.int32), params, tx.init(params))}
     device_batch = jax.device_put(batch)

@@ -171,6 +171,10 @@ class Checkpointer:
         self._saving = step
         return started
 
+    def due(self, step: int) -> bool:
+        """Whether the policy saves `step` (the trainer then makes sure that state is finite first)."""
+        return step != self._manager.latest_step() and self._manager.should_save(step)
+
     def check(self) -> None:
         """Raises CheckpointError if an asynchronous save has failed; cheap, so call it every step."""
         if self._saving is None:

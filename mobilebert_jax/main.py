@@ -39,20 +39,22 @@ flags.DEFINE_integer("process_id", None, "multi-process clusters: this process's
 pipeline.define_scale_flags()
 FLAGS = flags.FLAGS
 
+# config.stage -> the module and name of its `train.task.Stage` (imported only when that stage runs).
 STAGES = {
-    "teacher_pretraining": "mobilebert_jax.train.pretraining:build_pretraining_task",
-    "pretraining": "mobilebert_jax.train.pretraining:build_pretraining_task",
-    "distillation": "mobilebert_jax.distill.task:build_distillation_task",
-    "glue_finetuning": "mobilebert_jax.tasks.finetuning:build_glue_task",
-    "squad_finetuning": "mobilebert_jax.tasks.finetuning:build_squad_task",
+    "teacher_pretraining": "mobilebert_jax.train.pretraining:PRETRAINING",
+    "pretraining": "mobilebert_jax.train.pretraining:PRETRAINING",
+    "distillation": "mobilebert_jax.distill.task:DISTILLATION",
+    "glue_finetuning": "mobilebert_jax.tasks.finetuning:GLUE",
+    "squad_finetuning": "mobilebert_jax.tasks.finetuning:SQUAD",
 }
 
 
-def task_builder(stage: str):
-    if stage not in STAGES:
-        raise ConfigError(f"config.stage={stage!r}: choose one of {sorted(STAGES)}")
-    module, name = STAGES[stage].split(":")
-    return getattr(__import__(module, fromlist=[name]), name)
+def stage(name: str):
+    """The `train.task.Stage` that config.stage names."""
+    if name not in STAGES:
+        raise ConfigError(f"config.stage={name!r}: choose one of {sorted(STAGES)}")
+    module, attribute = STAGES[name].split(":")
+    return getattr(__import__(module, fromlist=[attribute]), attribute)
 
 
 def _parse(argv: list[str]):
@@ -82,7 +84,7 @@ def main(parsed) -> None:
         print(f"distributed: {how}", flush=True)
     from mobilebert_jax.train.trainer import train
 
-    train(config, FLAGS.workdir, task_builder(config.stage))
+    train(config, FLAGS.workdir, stage(config.stage).build_task)
 
 
 def run() -> None:

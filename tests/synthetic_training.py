@@ -1,4 +1,4 @@
-"""A pretraining Task on synthetic batches, for testing the trainer without the data pipeline.
+"""A pretraining stage on synthetic batches, for testing the trainer without the data pipeline.
 
 Batch i is a pure function of (seed, i); the iterator's state is i, so resume is exact.
 Also a script: python tests/synthetic_training.py WORKDIR [TOTAL_STEPS [x.y=VALUE ...]] runs the
@@ -18,8 +18,9 @@ import numpy as np
 
 from mobilebert_jax import checkpointing, flops, get_preset, optim
 from mobilebert_jax.modeling import MobileBertForPreTraining
-from mobilebert_jax.train.step import pretraining_sums_fn
-from mobilebert_jax.train.task import Task
+from mobilebert_jax.train.losses import PretrainingObjective
+from mobilebert_jax.train.pretraining import pretraining_example
+from mobilebert_jax.train.task import Spec, Task
 
 SEQ_LEN, PREDICTIONS = 16, 4
 
@@ -85,16 +86,20 @@ def build_synthetic_task(c: ml_collections.ConfigDict, workdir: str) -> Task:
 
     model_cfg = MobileBertConfig.from_dict(c.model.to_dict())
     model = MobileBertForPreTraining(model_cfg)
-    return Task(
+    spec = Spec(
         name="synthetic",
+        objective=PretrainingObjective(model),
         init_params=lambda rng: model.init(rng, jnp.zeros((1, SEQ_LEN), jnp.int32))["params"],
-        make_sums_fn=lambda deterministic: pretraining_sums_fn(model, deterministic),
-        train_iterator=SyntheticBatches(model_cfg.vocab_size, c.batch_size, c.seed, jax.process_index(),
-                                        jax.process_count()),
-        make_eval_iterator=lambda: (next(SyntheticBatches(model_cfg.vocab_size, c.eval.batch_size, 999))
-                                    for _ in range(c.eval.num_batches)),
+        example=pretraining_example(SEQ_LEN, PREDICTIONS),
         tokens_per_example=SEQ_LEN,
         train_flops_per_example=flops.pretraining_train_flops_per_sequence(model_cfg, SEQ_LEN, PREDICTIONS),
+    )
+    return Task(
+        spec=spec, describe="synthetic batches",
+        train_iterator=SyntheticBatches(model_cfg.vocab_size, c.batch_size, c.seed, jax.process_index(),
+                                        jax.process_count()),
+        eval_batches=lambda: (next(SyntheticBatches(model_cfg.vocab_size, c.eval.batch_size, 999))
+                              for _ in range(c.eval.num_batches)),
     )
 
 
@@ -128,11 +133,11 @@ def final_params(workdir: str, c) -> dict | None:
 
     from mobilebert_jax.train.step import TrainState
 
-    task = build_synthetic_task(c, workdir)
-    tx = optim.build_optimizer(c.optimizer, jax.eval_shape(task.init_params, jax.random.key(0)))
+    spec = build_synthetic_task(c, workdir).spec
+    tx = optim.build_optimizer(c.optimizer, jax.eval_shape(spec.init_params, jax.random.key(0)))
 
     def init():
-        params = task.init_params(jax.random.key(0))
+        params = spec.init_params(jax.random.key(0))
         return nn.meta.unbox(TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params)))
 
     manager = checkpointing.Checkpointer.from_config(os.path.join(workdir, "checkpoints"), c.checkpoint)

@@ -1,4 +1,4 @@
-"""tools/aot_compile: the smoke PD stage (teacher in the step, two parameter sources stood in) compiled for TPU v3:2x2
+"""tools/aot_compile: the smoke PD stage (teacher in the step, built from its spec alone) compiled for TPU v3:2x2
 by libtpu on this CPU-only machine, its memory checked against the state it must hold; a one-layer teacher compiled
 with fsdp for every TPU generation (v4 and v5p as megacore); every slice --help names resolved; errors named.
 
@@ -163,3 +163,16 @@ def test_nocompile_reports_what_fsdp_and_a_bfloat16_teacher_hold_per_device(tmp_
     # fsdp over 8 cores: an eighth of each, give or take the few small dimensions that do not split.
     assert held["fsdp"]["state_bytes"] < 12 * student / 4
     assert held["fsdp"]["frozen_bytes"] < 2 * teacher / 4
+
+
+def test_the_spec_example_is_what_the_pretraining_loader_yields(tmp_path):
+    """The compiler builds the batch from the stage's spec alone; the real loader must yield exactly that."""
+    from mobilebert_jax import experiment_config
+    from mobilebert_jax.train.pretraining import PRETRAINING
+
+    config = experiment_config.load_experiment("experiments/teacher_ib_bert_large.py:smoke",
+                                               ["--config.data.max_seq_length=32", "--config.batch_size=8"])
+    task = PRETRAINING.build_task(config, str(tmp_path))
+    batch = next(task.train_iterator)
+    assert {k: (v.shape[1:], v.dtype) for k, v in batch.items()} == \
+        {k: (v.shape, v.dtype) for k, v in task.spec.example.items()}

@@ -73,7 +73,7 @@ def run_three(root: str) -> None:
     train(stopped, os.path.join(root, "resumed"), builder)
     train(c, os.path.join(root, "resumed"), builder)  # the same command again
 
-    init = traverse_util.flatten_dict(jax.device_get(nn.unbox(build(c).init_params(jax.random.key(c.seed)))), sep="/")
+    init = traverse_util.flatten_dict(jax.device_get(nn.unbox(build(c).spec.init_params(jax.random.key(c.seed)))), sep="/")
     np.savez(os.path.join(root, "init.npz"), **{k: np.asarray(v) for k, v in init.items()})
     for name in ("straight", "resumed"):
         np.savez(os.path.join(root, f"{name}.npz"), **_final_params(os.path.join(root, name), student_cfg))

@@ -17,17 +17,16 @@ import numpy as np
 import pytest
 from flax import traverse_util
 
-from mobilebert_jax import experiment_config, get_preset, optim
+from mobilebert_jax import experiment_config, get_preset, model_source, optim, partitioning
 from mobilebert_jax.config import ConfigError
 from mobilebert_jax.convert import native
 from mobilebert_jax.distill import config as distill_config
 from mobilebert_jax.distill import strategies
-from mobilebert_jax.distill.objective import Objective
+from mobilebert_jax.distill.objective import DistillationObjective
 from mobilebert_jax.distill import task as distill_task
 from mobilebert_jax.modeling import MobileBertForPreTraining
 from mobilebert_jax.optim import multipliers
 from mobilebert_jax.train import step as step_lib
-from mobilebert_jax.train.pretraining import PretrainingData
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SEQ, PRED, BATCH = 16, 4, 4
@@ -115,16 +114,17 @@ def make_config(strategy: str, teacher_dir: str, teacher_cfg, student_cfg, stage
 def build(c, evaluate: bool = True):
     vocab = c.model.vocab_size
     held_out = (lambda: iter([next(PaddedBatches(vocab, c.eval.batch_size, 99))])) if evaluate else None
-    data = PretrainingData(PaddedBatches(vocab, c.batch_size), held_out, SEQ, PRED)
-    return distill_task.distillation_task(c, lambda: data)
+    return distill_task.with_data(c, distill_task.spec(c), lambda: (PaddedBatches(vocab, c.batch_size), held_out))
 
 
 def init_state(task, c, tx):
     """As the trainer starts a fresh run on one device: init, load the teacher, initial params, optimizer state."""
     one = jax.sharding.SingleDeviceSharding(jax.devices()[0])
-    params = nn.unbox(task.init_params(jax.random.key(c.seed)))
-    frozen = task.load_frozen(jax.tree.map(lambda _: one, nn.unbox(task.frozen_abstract)))
-    params = task.initial_params(params, frozen, jax.tree.map(lambda _: one, params))
+    params = nn.unbox(task.spec.init_params(jax.random.key(c.seed)))
+    frozen_abstract = task.spec.frozen_abstract
+    frozen = model_source.read(task.frozen_source, partitioning.with_shardings(
+        frozen_abstract, jax.tree.map(lambda _: one, nn.unbox(frozen_abstract))))
+    params = task.start_from(params, frozen, jax.tree.map(lambda _: one, params))
     return step_lib.TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params)), frozen
 
 
@@ -136,9 +136,7 @@ def at_step(state: step_lib.TrainState, step: int) -> step_lib.TrainState:
 
 
 def one_step(task, c, tx, state, frozen, batch):
-    fn = step_lib.make_train_step(task.make_sums_fn(False), tx, totals_fn=task.totals_fn, loss_fn=task.loss_fn,
-                                  summarize_fn=task.summarize_fn, uses_context=True,
-                                  step_metrics_fn=task.step_metrics_fn)
+    fn = step_lib.make_train_step(task.spec.objective, tx, step_metrics_fn=task.spec.step_metrics)
     return jax.jit(fn)(state, batch, frozen)
 
 
@@ -152,7 +150,7 @@ def progressive(tmp_path_factory):
     teacher_dir = save_teacher(tmp_path_factory.mktemp("teacher"), teacher_cfg)
     c = make_config("progressive", teacher_dir, teacher_cfg, student_cfg, stage_steps=10)
     task = build(c)
-    tx = optim.build_optimizer(c.optimizer, jax.eval_shape(task.init_params, jax.random.key(0)))
+    tx = optim.build_optimizer(c.optimizer, jax.eval_shape(task.spec.init_params, jax.random.key(0)))
     state, frozen = init_state(task, c, tx)
     return c, task, tx, state, frozen
 
@@ -184,7 +182,7 @@ def test_progressive_step_inside_stage(progressive):
     # The same step with every layer at multiplier 1 (same clip, same fresh moments): the deltas scale exactly.
     c_ref = ml_collections.ConfigDict(c.to_dict())
     c_ref.optimizer.groups = ml_collections.ConfigDict()
-    tx_ref = optim.build_optimizer(c_ref.optimizer, jax.eval_shape(task.init_params, jax.random.key(0)))
+    tx_ref = optim.build_optimizer(c_ref.optimizer, jax.eval_shape(task.spec.init_params, jax.random.key(0)))
     ref_state = step_lib.TrainState(step=state0.step, params=state0.params, opt_state=tx_ref.init(state0.params))
     ref, _ = one_step(task, c_ref, tx_ref, at_step(ref_state, step), frozen, batch)
     ref_after = flat(ref.params)
@@ -214,7 +212,7 @@ def test_lower_layers_frozen_option(progressive, tmp_path):
     c = ml_collections.ConfigDict(c.to_dict())
     c.distill.lower_layer_multiplier = 0.0
     c.optimizer.groups = strategies.progressive_groups(3, c.distill.stage_steps, 0.0)
-    tx0 = optim.build_optimizer(c.optimizer, jax.eval_shape(task.init_params, jax.random.key(0)))
+    tx0 = optim.build_optimizer(c.optimizer, jax.eval_shape(task.spec.init_params, jax.random.key(0)))
     state = step_lib.TrainState(step=state0.step, params=state0.params, opt_state=tx0.init(state0.params))
     step = 2 * c.distill.stage_steps + 3
     new, metrics = one_step(task, c, tx0, at_step(state, step), frozen, next(PaddedBatches(128, BATCH)))
@@ -230,7 +228,7 @@ def test_teacher_has_no_optimizer_state_and_no_gradient(progressive):
     c, task, tx, state, frozen = progressive
     # The train state holds the student only: the same tree as a freshly initialized student.
     student_paths = set(flat(state.params))
-    assert student_paths == set(traverse_util.flatten_dict(nn.unbox(task.init_params(jax.random.key(0))), sep="/"))
+    assert student_paths == set(traverse_util.flatten_dict(nn.unbox(task.spec.init_params(jax.random.key(0))), sep="/"))
     shapes = lambda tree: {tuple(v.shape) for v in flat(tree).values()}  # noqa: E731
     teacher_only = shapes(frozen) - shapes(state.params)
     assert teacher_only, "the test teacher must have parameter shapes the student lacks"
@@ -244,13 +242,13 @@ def test_teacher_has_no_optimizer_state_and_no_gradient(progressive):
                   if not any(re.search(p, k) for p in strategies.COPIED_FROM_TEACHER))
     assert sum(x.size for _, x in arrays) == 2 * trained  # Adam's two moments, nothing else
     # The objective hands the teacher no gradient, even if one asked for it.
-    sums_fn = task.make_sums_fn(False)
+    objective = task.spec.objective
     batch = next(PaddedBatches(128, BATCH))
-    totals = task.totals_fn(batch)
+    totals = objective.totals(batch)
 
     def loss_wrt_teacher(teacher):
         context = step_lib.StepContext(step=jnp.asarray(c.distill.stage_steps + 1), frozen=teacher)
-        return task.loss_fn(sums_fn(state.params, batch, jax.random.key(0), context), totals)
+        return objective.loss(objective.sums(state.params, batch, jax.random.key(0), context, train=True), totals)
 
     assert float(loss_wrt_teacher(frozen)) > 0
     grads = jax.grad(loss_wrt_teacher)(frozen)
@@ -263,8 +261,9 @@ def test_layer_loss_matches_numpy_with_reference_weights(progressive):
     batch = next(PaddedBatches(128, BATCH, seed=5))
     stage = 1
     context = step_lib.StepContext(step=jnp.asarray(stage * c.distill.stage_steps + 2), frozen=frozen)
-    sums = task.make_sums_fn(False)(state.params, batch, jax.random.key(0), context)
-    loss = float(task.loss_fn(sums, task.totals_fn(batch)))
+    objective = task.spec.objective
+    sums = objective.sums(state.params, batch, jax.random.key(0), context, train=True)
+    loss = float(objective.loss(sums, objective.totals(batch)))
 
     teacher = MobileBertForPreTraining(get_preset("ib_bert_test", num_hidden_layers=3, vocab_size=128))
     student = MobileBertForPreTraining(get_preset("mobilebert_test", num_hidden_layers=3, vocab_size=128,
@@ -293,7 +292,7 @@ def test_layer_loss_matches_numpy_with_reference_weights(progressive):
     # TF1's scaling (the default): the summed layer losses divided by the number of layers, 3.
     np.testing.assert_allclose(loss, (100 * fmt + 5000 * mean + 5 * var + attention) / 3, rtol=1e-4)
     # Logged besides the KL: TF1's attention cross-entropy, KL + the teacher's entropy.
-    metrics = task.summarize_fn(sums)
+    metrics = objective.summarize(sums)
     np.testing.assert_allclose(float(metrics[f"layer_{stage}/attention"]), attention, rtol=1e-4)
     ce = (-np.exp(lt) * ls).sum(-1).mean(1)
     np.testing.assert_allclose(float(metrics[f"layer_{stage}/attention_ce"]), np.mean(ce[m]), rtol=1e-4)
@@ -307,7 +306,7 @@ def test_other_strategies_take_a_step(tmp_path, strategy):
     teacher_dir = save_teacher(tmp_path / "teacher", teacher_cfg)
     c = make_config(strategy, teacher_dir, teacher_cfg, student_cfg)
     task = build(c)
-    tx = optim.build_optimizer(c.optimizer, jax.eval_shape(task.init_params, jax.random.key(0)))
+    tx = optim.build_optimizer(c.optimizer, jax.eval_shape(task.spec.init_params, jax.random.key(0)))
     state, frozen = init_state(task, c, tx)
     # Step 3: past the learning-rate warm-up, whose first step has rate 0.
     new, metrics = one_step(task, c, tx, at_step(state, 3), frozen, next(PaddedBatches(128, BATCH)))
@@ -329,9 +328,9 @@ def test_student_shallower_than_teacher_uses_the_layer_map(tmp_path):
     teacher_dir = save_teacher(tmp_path / "teacher", teacher_cfg)
     c = make_config("joint", teacher_dir, teacher_cfg, student_cfg, layer_map=(1, 3))
     task = build(c)
-    assert "layer map [1, 3]" in task.describe()
+    assert "layer map [1, 3]" in task.describe
     c.distill.layer_map = ()
-    assert "layer map [1, 3]" in build(c).describe()  # the default spreads 2 over 4: layers 1 and 3
+    assert "layer map [1, 3]" in build(c).describe  # the default spreads 2 over 4: layers 1 and 3
     c.distill.layer_map = (1, 4)
     with pytest.raises(ConfigError, match=re.escape("config.distill.layer_map[1]=4")):
         build(c)
@@ -362,11 +361,9 @@ EMBEDDING_NORM = "mobilebert/embeddings/LayerNorm/"
 
 def _run_steps(c, task, steps: int):
     """`steps` training steps from a fresh start; the final parameters."""
-    tx = optim.build_optimizer(c.optimizer, jax.eval_shape(task.init_params, jax.random.key(0)))
+    tx = optim.build_optimizer(c.optimizer, jax.eval_shape(task.spec.init_params, jax.random.key(0)))
     state, frozen = init_state(task, c, tx)
-    fn = jax.jit(step_lib.make_train_step(task.make_sums_fn(False), tx, totals_fn=task.totals_fn,
-                                          loss_fn=task.loss_fn, summarize_fn=task.summarize_fn, uses_context=True,
-                                          step_metrics_fn=task.step_metrics_fn))
+    fn = jax.jit(step_lib.make_train_step(task.spec.objective, tx, step_metrics_fn=task.spec.step_metrics))
     batches = PaddedBatches(c.model.vocab_size, BATCH, seed=3)
     initial = flat(state.params)
     for _ in range(steps):
@@ -458,7 +455,7 @@ def test_layer_loss_scaling(scaling, factors):
     """none / TF1's 1/L / TF2's 1/(l+1) on each layer's weighted loss, in the optimized and the logged loss."""
     d = distill_config.read(dict(distill_config.default_config("joint").to_dict(), teacher="T",
                                  layer_loss_scaling=scaling))
-    objective = Objective(distill=d, num_layers=3, layer_map=(0, 1, 2))
+    objective = DistillationObjective(distill=d, num_layers=3, layer_map=(0, 1, 2), student=None, teacher=None)
     sums = {"tokens": jnp.asarray(4.0)}
     expected_layers = []
     for i in range(3):
@@ -493,7 +490,7 @@ def test_bfloat16_teacher_gives_the_float32_teachers_losses(tmp_path, compute_dt
     for dtype in ("float32", "bfloat16"):
         c = make_config("auxiliary", teacher_dir, teacher_cfg, student_cfg, teacher_dtype=dtype)
         task = build(c)
-        tx = optim.build_optimizer(c.optimizer, jax.eval_shape(task.init_params, jax.random.key(0)))
+        tx = optim.build_optimizer(c.optimizer, jax.eval_shape(task.spec.init_params, jax.random.key(0)))
         state, frozen = init_state(task, c, tx)
         assert {x.dtype for x in jax.tree.leaves(frozen)} == {jnp.dtype(dtype)}
         # The student's copies of the teacher's embeddings and heads stay float32 parameters.

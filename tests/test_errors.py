@@ -121,25 +121,21 @@ def _validate(tmp, *overrides):
 
 
 def _longer_than_positions(tmp, stage):
-    """A stage's build with config.data.max_seq_length above the model's max_position_embeddings."""
+    """A stage's spec with config.data.max_seq_length above the model's max_position_embeddings."""
     from mobilebert_jax import experiment_config
-    from mobilebert_jax.distill.task import build_distillation_task
-    from mobilebert_jax.train.pretraining import build_pretraining_task
+    from mobilebert_jax.distill.task import DISTILLATION
+    from mobilebert_jax.train.pretraining import PRETRAINING
 
-    if stage == "pretraining":  # the check follows data preparation (of a two-document corpus here)
-        from mobilebert_jax.data.prepare import prepare
-
+    if stage == "pretraining":
         config = experiment_config.load_experiment("experiments/teacher_ib_bert_large.py:smoke", [
             f"--config.data.corpus={_corpus(tmp, SENTENCES.encode())}", f"--config.data.tokenizer={_vocab(tmp)}",
             "--config.data.max_seq_length=32", "--config.model.max_position_embeddings=16",
             f"--config.data.prepared_dir={tmp / 'data'}"])
-        with redirect_stderr(io.StringIO()):  # its progress bars, ahead of the line under test
-            prepare(config.data, config.data.prepared_dir)
-        build_pretraining_task(config, str(tmp / "run"))
+        PRETRAINING.spec(config)
     else:  # before the teacher is read or data prepared
         config = experiment_config.load_experiment("experiments/distill_pd.py:smoke",
                                                    ["--config.model.max_position_embeddings=64"])
-        build_distillation_task(config, str(tmp / "run"))
+        DISTILLATION.spec(config)
 
 
 def _evaluate(tmp, stage=None):

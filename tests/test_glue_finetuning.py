@@ -33,7 +33,7 @@ def _smoke_config(task="rte", **overrides):
 
 def test_rte_trains_and_scores(tmp_path):
     config = _smoke_config()
-    metrics = train(config, str(tmp_path), finetuning.build_glue_task)
+    metrics = train(config, str(tmp_path), finetuning.GLUE.build_task)
     assert np.isfinite(metrics["loss"]) and 0.0 <= metrics["eval/accuracy"] <= 1.0
     report = evaluate.evaluate_run(str(tmp_path))
     assert set(report["dev"]) == {"accuracy"} and 0.0 <= report["dev"]["accuracy"] <= 1.0
@@ -52,8 +52,10 @@ def test_backbone_comes_from_the_checkpoint_and_the_head_is_new(tmp_path):
     config.init_checkpoint = str(tmp_path / "pretrained")
     config.data.vocab = config.data.scratch_vocab  # the params directory records no tokenizer
     lineage.resolve(config)  # what train() does first: config.model becomes the checkpoint's
-    task = finetuning.build_glue_task(config, str(tmp_path))
-    params = traverse_util.flatten_dict(nn.unbox(task.init_params(jax.random.key(0))), sep="/")
+    task = finetuning.GLUE.build_task(config, str(tmp_path))
+    fresh = nn.unbox(task.spec.init_params(jax.random.key(0)))
+    one = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+    params = traverse_util.flatten_dict(task.start_from(fresh, None, jax.tree.map(lambda _: one, fresh)), sep="/")
     saved = traverse_util.flatten_dict(pretrained, sep="/")
     backbone = [k for k in params if k.startswith("mobilebert/")]
     assert backbone and all(np.array_equal(params[k], saved[k]) for k in backbone)
@@ -61,4 +63,14 @@ def test_backbone_comes_from_the_checkpoint_and_the_head_is_new(tmp_path):
 
     config.model_overrides.num_hidden_layers = 2  # the checkpoint has one layer
     with pytest.raises(ConfigError, match="lacks .* backbone parameters"):
-        finetuning.build_glue_task(config, str(tmp_path)).init_params(jax.random.key(0))
+        finetuning.GLUE.build_task(config, str(tmp_path))
+
+
+def test_the_spec_example_is_what_the_batches_hold(tmp_path):
+    """tools/aot_compile builds the batch from the stage's spec alone; the real batches must hold exactly that."""
+    config = _smoke_config()
+    lineage.resolve(config)  # what train() does first: the tokenizer spec
+    task = finetuning.GLUE.build_task(config, str(tmp_path))
+    batch = next(task.train_iterator)
+    assert {k: (v.shape[1:], v.dtype) for k, v in batch.items()} == \
+        {k: (v.shape, v.dtype) for k, v in task.spec.example.items()}

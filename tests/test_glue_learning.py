@@ -53,7 +53,7 @@ config = experiment_config.load_experiment(spec, overrides)
 config.unlock()
 config.model.num_hidden_layers = layers
 config.optimizer.schedule.total_steps = config.total_steps
-train(config, workdir, finetuning.build_glue_task)
+train(config, workdir, finetuning.GLUE.build_task)
 print("DEV=" + json.dumps(evaluate.evaluate_run(workdir)["dev"]))
 """
 

@@ -121,13 +121,13 @@ def test_two_processes_preempted_on_one_host_resume_and_equal_one_process(tmp_pa
     from test_distill_task import save_teacher
 
     from mobilebert_jax.config import MobileBertConfig
-    from mobilebert_jax.distill.task import build_distillation_task
+    from mobilebert_jax.distill.task import DISTILLATION
     from mobilebert_jax.train.trainer import train
 
     root = gcs.uri("multihost")
     save_teacher(f"{root}/teacher", tiny_models()[0])
     c = _config(root)
-    metrics = train(c, str(tmp_path / "single"), build_distillation_task)  # also prepares the workers' data
+    metrics = train(c, str(tmp_path / "single"), DISTILLATION.build_task)  # also prepares the workers' data
     assert metrics["stage"] == LAYERS - 1  # progressive transfer went through both stages
 
     multi = f"{root}/multi"
@@ -259,7 +259,7 @@ def _worker(root: str, workdir: str) -> None:
     import jax
 
     from mobilebert_jax.data import loader
-    from mobilebert_jax.distill.task import build_distillation_task
+    from mobilebert_jax.distill.task import DISTILLATION
     from mobilebert_jax.train.trainer import train
 
     if jax.process_index() == 0:
@@ -273,7 +273,7 @@ def _worker(root: str, workdir: str) -> None:
             return _Slow(batches, slow)
 
         loader.make_pretraining_loader = slow_loader
-    train(_config(root), workdir, build_distillation_task)
+    train(_config(root), workdir, DISTILLATION.build_task)
 
 
 def _dcn_worker(workdir: str) -> None:

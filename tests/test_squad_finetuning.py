@@ -42,7 +42,7 @@ def test_squad_v2_trains_and_writes_predictions(tmp_path):
     config.model.num_hidden_layers = 1
     config.optimizer.schedule.total_steps = config.total_steps
     workdir = tmp_path / "run"
-    metrics = train(config, str(workdir), finetuning.build_squad_task)
+    metrics = train(config, str(workdir), finetuning.SQUAD.build_task)
     assert np.isfinite(metrics["loss"]) and "eval/start_accuracy" in metrics
     report = evaluate.evaluate_run(str(workdir))
     assert report["total"] == 24.0 and report["NoAns_total"] == 8.0

@@ -156,7 +156,7 @@ def test_cli_exports_a_finetuned_run_with_vocab_metadata_and_the_docs_example_ru
     config.unlock()
     config.model.num_hidden_layers = 1
     config.optimizer.schedule.total_steps = config.total_steps
-    train(config, str(tmp_path / "run"), finetuning.build_glue_task)
+    train(config, str(tmp_path / "run"), finetuning.GLUE.build_task)
 
     out = _cli(f"--workdir={tmp_path / 'run'}", f"--output={tmp_path / 'app' / 'sst2.tflite'}",
                "--quantization=full_int8", "--calibration_examples=8")

@@ -13,6 +13,7 @@ import pytest
 from mobilebert_jax import get_preset, optim
 from mobilebert_jax.modeling import MobileBertForPreTraining
 from mobilebert_jax.train import losses, step as step_lib
+from mobilebert_jax.train.losses import PretrainingObjective
 
 CONFIG = get_preset("mobilebert_test")
 
@@ -42,7 +43,7 @@ def _setup(config=CONFIG, microbatches=1):
     opt_cfg.lr = 1e-3
     tx = optim.build_optimizer(opt_cfg, params)
     state = step_lib.TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params))
-    train_step = step_lib.make_train_step(step_lib.pretraining_sums_fn(model, deterministic=False), tx,
+    train_step = step_lib.make_train_step(PretrainingObjective(model), tx,
                                           microbatches=microbatches)
     return model, state, train_step, batch
 

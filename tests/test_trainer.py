@@ -226,3 +226,29 @@ def test_a_full_disk_stops_the_run_at_the_failed_save(tmp_path):
         assert "resumed from step" in out
     finally:
         subprocess.run(["umount", "-l", str(checkpoints)], check=False)
+
+
+def test_a_steps_metrics_are_fetched_after_the_next_step_is_dispatched(tmp_path, monkeypatch):
+    """nanodo's order: step t's metrics come to the host once step t + 1 is queued (its batch drawn), except where
+    the state is saved, evaluated or final: those are fetched (and checked for a non-finite loss) at once."""
+    from mobilebert_jax.metrics_writer import MetricsWriter
+
+    c = synthetic_training.config(total_steps=TOTAL, log_every=1)  # saves every 2 steps, evaluates every 4
+    iterators = []
+
+    def build(config, workdir):
+        task = synthetic_training.build_synthetic_task(config, workdir)
+        iterators.append(task.train_iterator)
+        return task
+
+    drawn_when_written = {}
+    write = MetricsWriter.write
+
+    def recording_write(self, step, metrics, progress=True):
+        if progress:
+            drawn_when_written[step] = iterators[0].index
+        write(self, step, metrics, progress)
+
+    monkeypatch.setattr(MetricsWriter, "write", recording_write)
+    train(c, str(tmp_path), build)
+    assert drawn_when_written == {step: step + (step % 2) for step in range(1, TOTAL + 1)}

@@ -151,22 +151,22 @@ def _check_same_plan(output_dir: str, units: Sequence[WorkUnit]) -> None:
         manifest_lib.write_json_atomic(path, plan)
 
 
-Task = tuple[Callable[..., dict[str, Any]], tuple, str]  # function, arguments, its done-file
+Job = tuple[Callable[..., dict[str, Any]], tuple, str]  # function, arguments, its done-file
 
 
-def _run_stage(name: str, tasks: Sequence[Task], *, workers: int, unit: str, count_key: str) -> list[dict[str, Any]]:
-    """Runs the tasks whose done-file is missing, in `workers` processes, with a progress bar."""
+def _run_stage(name: str, jobs: Sequence[Job], *, workers: int, unit: str, count_key: str) -> list[dict[str, Any]]:
+    """Runs the jobs whose done-file is missing, in `workers` processes, with a progress bar."""
     results: dict[int, dict[str, Any]] = {}
     pending = []
-    for i, (_, _, done) in enumerate(tasks):
+    for i, (_, _, done) in enumerate(jobs):
         if storage.path(done).is_file():
             results[i] = manifest_lib.read_json(done)
         else:
             pending.append(i)
-    if len(tasks) - len(pending):
-        logging.info("%s: %d of %d %ss already done", name, len(tasks) - len(pending), len(tasks), unit)
+    if len(jobs) - len(pending):
+        logging.info("%s: %d of %d %ss already done", name, len(jobs) - len(pending), len(jobs), unit)
     total = 0
-    with tqdm(total=len(tasks), initial=len(tasks) - len(pending), desc=name, unit=unit, dynamic_ncols=True) as bar:
+    with tqdm(total=len(jobs), initial=len(jobs) - len(pending), desc=name, unit=unit, dynamic_ncols=True) as bar:
         def finished(i: int, counts: dict[str, Any]) -> None:
             nonlocal total
             results[i] = counts
@@ -176,16 +176,16 @@ def _run_stage(name: str, tasks: Sequence[Task], *, workers: int, unit: str, cou
 
         if workers <= 1 or len(pending) <= 1:
             for i in pending:
-                fn, args, _ = tasks[i]
+                fn, args, _ = jobs[i]
                 finished(i, fn(*args))
         else:
             # spawn: no forked copies of tokenizer thread pools or JAX state.
             with concurrent.futures.ProcessPoolExecutor(
                     max_workers=min(workers, len(pending)), mp_context=multiprocessing.get_context("spawn")) as pool:
-                futures = {pool.submit(tasks[i][0], *tasks[i][1]): i for i in pending}
+                futures = {pool.submit(jobs[i][0], *jobs[i][1]): i for i in pending}
                 for future in concurrent.futures.as_completed(futures):
                     finished(futures[future], future.result())
-    return [results[i] for i in range(len(tasks))]
+    return [results[i] for i in range(len(jobs))]
 
 
 def _unit_path(output_dir: str, index: int) -> str:

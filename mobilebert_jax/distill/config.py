@@ -118,9 +118,6 @@ def read(cfg: Any, where: str = "config.distill") -> DistillConfig:
     for field in ("teacher", "student_init"):
         if not isinstance(d[field], str):
             raise ConfigError(f"{where}.{field}={d[field]!r}: must be a path string")
-    if not d["teacher"]:
-        raise ConfigError(f"{where}.teacher is required: a teacher workdir, checkpoint step directory or "
-                          f"params directory")
     for field in ("copy_from_teacher", "include_padding", "student_dropout", "train_embedding_norm_in_transfer"):
         if not isinstance(d[field], bool):
             raise ConfigError(f"{where}.{field}={d[field]!r}: must be true or false")

@@ -16,8 +16,8 @@ from mobilebert_jax.config import MobileBertConfig
 from mobilebert_jax.data.loader import make_pretraining_loader
 from mobilebert_jax.data.manifest import load_manifest
 from mobilebert_jax.modeling import MobileBertForPreTraining
-from mobilebert_jax.train import losses
-from mobilebert_jax.train.step import pretraining_sums_fn
+from mobilebert_jax.train import step as step_lib
+from mobilebert_jax.train.losses import PretrainingObjective
 
 
 def eval_batches(data_cfg: ml_collections.ConfigDict, batch_size: int, seed: int = 0) -> list[dict]:
@@ -31,10 +31,6 @@ def eval_batches(data_cfg: ml_collections.ConfigDict, batch_size: int, seed: int
 
 def held_out_metrics(config: MobileBertConfig, params: Any, batches: list[dict]) -> dict[str, float]:
     """mlm_accuracy, mlm_loss, nsp_accuracy, nsp_loss over `batches`, without dropout."""
-    sums_fn = jax.jit(pretraining_sums_fn(MobileBertForPreTraining(config), deterministic=True))
-    totals = None
-    for batch in batches:
-        sums = sums_fn(params, batch, jax.random.key(0))
-        totals = sums if totals is None else jax.tree.map(lambda a, b: a + b, totals, sums)
-    summary = losses.summarize(jax.device_get(totals))
-    return {k: float(summary[k]) for k in ("mlm_accuracy", "mlm_loss", "nsp_accuracy", "nsp_loss")}
+    objective = PretrainingObjective(MobileBertForPreTraining(config))
+    summary = step_lib.evaluate(jax.jit(step_lib.make_eval_step(objective)), objective, params, batches)
+    return {k: summary[k] for k in ("mlm_accuracy", "mlm_loss", "nsp_accuracy", "nsp_loss")}

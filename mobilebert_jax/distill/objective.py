@@ -1,4 +1,4 @@
-"""The distillation objective as additive sums: one student forward, one frozen teacher forward, per step.
+"""The distillation `Objective` (train/objective.py): one student forward, one frozen teacher forward, per step.
 
 Sums (added over microbatches, divided by whole-batch totals in `loss`):
   tokens                         scored positions (the layer losses' denominator)
@@ -24,14 +24,22 @@ from mobilebert_jax.distill import strategies
 from mobilebert_jax.distill.config import LAYER_WEIGHTS, DistillConfig
 from mobilebert_jax.modeling import MobileBertForPreTraining, MobileBertModel
 from mobilebert_jax.train import losses as train_losses
-from mobilebert_jax.train.step import Batch, StepContext, Sums, SumsFn
+from mobilebert_jax.train.objective import Batch, StepContext, Sums
 
 
 @dataclasses.dataclass(frozen=True)
-class Objective:
+class DistillationObjective:
+    """The student is the trained tree; the teacher is `context.frozen` (big_vision's distill trainer: just
+    another parameter tree, given no gradient)."""
     distill: DistillConfig
     num_layers: int  # the student's
     layer_map: tuple[int, ...]  # teacher layer per student layer (empty without layer losses)
+    student: MobileBertForPreTraining
+    teacher: MobileBertForPreTraining
+
+    @property
+    def progress_keys(self) -> tuple[str, ...]:
+        return ("loss", "transfer_loss") if self.distill.layer_losses else ("loss", "mlm_accuracy")
 
     @property
     def components(self) -> tuple[str, ...]:
@@ -44,14 +52,13 @@ class Objective:
         mask = batch["input_mask"].astype(jnp.float32)
         return jnp.ones_like(mask) if self.distill.include_padding else mask
 
-    def make_sums_fn(self, student: MobileBertForPreTraining, teacher: MobileBertForPreTraining,
-                     evaluation: bool) -> SumsFn:
+    def sums(self, params, batch: Batch, rng: jax.Array, context: StepContext, *, train: bool) -> Sums:
         d = self.distill
-        heads = d.pd or evaluation
+        heads = d.pd or not train
         teacher_logits = d.pd and d.alpha < 1.0
         layers = bool(self.components)
         attention = "attention" in self.components
-        student_deterministic = evaluation or not d.student_dropout
+        student_deterministic = not train or not d.student_dropout
 
         def forward(model, params, batch, with_heads, deterministic, rng):
             kwargs = dict(attention_mask=batch["input_mask"], token_type_ids=batch["segment_ids"],
@@ -64,45 +71,40 @@ class Objective:
             backbone = MobileBertModel(model.config, add_pooling_layer=model.config.classifier_activation)
             return backbone.apply({"params": params["mobilebert"]}, batch["input_ids"], **kwargs)
 
-        def sums_fn(params, batch: Batch, rng: jax.Array, context: StepContext) -> Sums:
-            s = forward(student, params, batch, heads, student_deterministic, rng)
-            t = jax.lax.stop_gradient(forward(teacher, context.frozen, batch, teacher_logits, True, None)) \
-                if (layers or teacher_logits) else None
-            w_BxT = self.token_weights(batch)
-            sums: Sums = {"tokens": jnp.sum(w_BxT)}
-            if layers:
-                gates = strategies.layer_gates(d.strategy, context.step, self.num_layers, d.stage_steps)
-                for i, j in enumerate(self.layer_map):
-                    hs, ht = s["hidden_states"][i + 1], t["hidden_states"][j + 1]
-                    if "feature_map" in self.components:
-                        sums[f"layer_{i}/feature_map"] = gates[i] * distill_losses.feature_map_sum(hs, ht, w_BxT)
-                    if "mean" in self.components or "variance" in self.components:
-                        mean, var = distill_losses.mean_variance_sums(hs, ht, w_BxT)
-                        if "mean" in self.components:
-                            sums[f"layer_{i}/mean"] = gates[i] * mean
-                        if "variance" in self.components:
-                            sums[f"layer_{i}/variance"] = gates[i] * var
-                    if attention:
-                        kl, ce = distill_losses.attention_sums(s["attention_scores"][i], t["attention_scores"][j],
-                                                               w_BxT)
-                        sums[f"layer_{i}/attention"] = gates[i] * kl
-                        sums[f"layer_{i}/attention_ce"] = gates[i] * ce
-            if heads:
-                sums.update(train_losses.masked_lm_sums(s["mlm_logits"], batch["masked_lm_ids"],
-                                                        batch["masked_lm_weights"]))
-                sums.update(train_losses.nsp_sums(s["nsp_logits"], batch["next_sentence_labels"]))
-            if d.pd:
-                sums["pd_mlm_sum"] = distill_losses.distillation_mlm_sum(
-                    s["mlm_logits"], t["mlm_logits"] if teacher_logits else None, batch["masked_lm_ids"],
-                    batch["masked_lm_weights"], d.alpha, d.temperature)
-            return sums
-
-        return sums_fn
+        s = forward(self.student, params, batch, heads, student_deterministic, rng)
+        t = jax.lax.stop_gradient(forward(self.teacher, context.frozen, batch, teacher_logits, True, None)) \
+            if (layers or teacher_logits) else None
+        w_BxT = self.token_weights(batch)
+        sums: Sums = {"tokens": jnp.sum(w_BxT)}
+        if layers:
+            gates = strategies.layer_gates(d.strategy, context.step, self.num_layers, d.stage_steps)
+            for i, j in enumerate(self.layer_map):
+                hs, ht = s["hidden_states"][i + 1], t["hidden_states"][j + 1]
+                if "feature_map" in self.components:
+                    sums[f"layer_{i}/feature_map"] = gates[i] * distill_losses.feature_map_sum(hs, ht, w_BxT)
+                if "mean" in self.components or "variance" in self.components:
+                    mean, var = distill_losses.mean_variance_sums(hs, ht, w_BxT)
+                    if "mean" in self.components:
+                        sums[f"layer_{i}/mean"] = gates[i] * mean
+                    if "variance" in self.components:
+                        sums[f"layer_{i}/variance"] = gates[i] * var
+                if attention:
+                    kl, ce = distill_losses.attention_sums(s["attention_scores"][i], t["attention_scores"][j],
+                                                           w_BxT)
+                    sums[f"layer_{i}/attention"] = gates[i] * kl
+                    sums[f"layer_{i}/attention_ce"] = gates[i] * ce
+        if heads:
+            sums.update(train_losses.masked_lm_sums(s["mlm_logits"], batch["masked_lm_ids"],
+                                                    batch["masked_lm_weights"]))
+            sums.update(train_losses.nsp_sums(s["nsp_logits"], batch["next_sentence_labels"]))
+        if d.pd:
+            sums["pd_mlm_sum"] = distill_losses.distillation_mlm_sum(
+                s["mlm_logits"], t["mlm_logits"] if teacher_logits else None, batch["masked_lm_ids"],
+                batch["masked_lm_weights"], d.alpha, d.temperature)
+        return sums
 
     def totals(self, batch: Batch) -> dict[str, jax.Array]:
-        return {"tokens": jnp.maximum(jnp.sum(self.token_weights(batch)), 1.0),
-                "mlm": jnp.sum(batch["masked_lm_weights"].astype(jnp.float32)) + train_losses.MLM_DENOMINATOR_EPS,
-                "nsp": jnp.asarray(batch["next_sentence_labels"].shape[0], jnp.float32)}
+        return {"tokens": jnp.maximum(jnp.sum(self.token_weights(batch)), 1.0), **train_losses.mlm_nsp_totals(batch)}
 
     def layer_scale(self, layer: int) -> float:
         """The factor on layer `layer`'s weighted transfer loss (`config.distill.layer_loss_scaling`)."""
@@ -137,11 +139,13 @@ class Objective:
                 out[f"layer_{i}/loss"] = layer
                 transfer = transfer + layer
             out["transfer_loss"] = transfer
-        loss = out.get("transfer_loss", jnp.zeros((), jnp.float32))
         if "mlm_weight_sum" in sums:
             out.update({k: v for k, v in train_losses.summarize(sums).items() if k != "loss"})
+        totals = {"tokens": jnp.maximum(sums["tokens"], 1.0)}
         if self.distill.pd:
-            out["pd_mlm_loss"] = sums["pd_mlm_sum"] / (sums["mlm_weight_sum"] + train_losses.MLM_DENOMINATOR_EPS)
-            loss = loss + w["mlm"] * out["pd_mlm_loss"] + w["nsp"] * out["nsp_loss"]
-        out["loss"] = loss
+            totals["mlm"] = sums["mlm_weight_sum"] + train_losses.MLM_DENOMINATOR_EPS
+            totals["nsp"] = jnp.maximum(sums["nsp_count"], 1.0)
+            out["pd_mlm_loss"] = sums["pd_mlm_sum"] / totals["mlm"]
+        # The optimized loss, once: over one batch the sums' own denominators are the batch's totals.
+        out["loss"] = self.loss(sums, totals)
         return out

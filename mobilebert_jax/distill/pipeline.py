@@ -24,7 +24,7 @@ import dataclasses
 import json
 import os
 import time
-from typing import Any, Callable
+from typing import Any
 
 import jax
 import ml_collections
@@ -34,6 +34,7 @@ from mobilebert_jax import experiment_config, flops, model_source, plot, preempt
 from mobilebert_jax.config import ConfigError
 from mobilebert_jax.distill import strategies
 from mobilebert_jax.distill.evaluate import eval_batches, held_out_metrics
+from mobilebert_jax.train.task import Stage
 
 # The pipeline chains the smoke experiments of the checkout it runs from (experiments/*.py:smoke), at its own scale.
 EXPERIMENTS = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "experiments")
@@ -183,7 +184,7 @@ def scratch_config(scale: Scale, teacher: ml_collections.ConfigDict, data_dir: s
     return c
 
 
-def train_stage(name: str, config: ml_collections.ConfigDict, workdir: str, build_task: Callable,
+def train_stage(name: str, config: ml_collections.ConfigDict, workdir: str, stage: Stage,
                 timings: dict[str, float]) -> bool:
     """Trains (or resumes) one stage; False when a signal stopped it early, with its checkpoint saved.
 
@@ -194,7 +195,7 @@ def train_stage(name: str, config: ml_collections.ConfigDict, workdir: str, buil
 
     print(f"\n=== {name}: {workdir} ===", flush=True)
     start = time.monotonic()
-    train(config, workdir, build_task)
+    train(config, workdir, stage.build_task)
     timings[name] = time.monotonic() - start
     if preemption.STOP.is_set():
         print(f"stopped during {name} by a signal: its checkpoint is saved; rerun the same command to continue",
@@ -214,8 +215,8 @@ def markdown_table(rows: list[dict]) -> str:
 
 def run(workdir: str, scale: Scale = Scale()) -> list[dict]:
     """Every stage (each resumed where it stopped), then the table; [] when a signal stopped a stage."""
-    from mobilebert_jax.distill.task import build_distillation_task
-    from mobilebert_jax.train.pretraining import build_pretraining_task
+    from mobilebert_jax.distill.task import DISTILLATION
+    from mobilebert_jax.train.pretraining import PRETRAINING
 
     started = time.monotonic()
     timings: dict[str, float] = {}
@@ -223,17 +224,17 @@ def run(workdir: str, scale: Scale = Scale()) -> list[dict]:
     dirs = {k: os.path.join(workdir, k) for k in ("teacher", "progressive", "pd", "scratch")}
 
     teacher_cfg = teacher_config(scale, data_dir)
-    if not train_stage("teacher pretraining", teacher_cfg, dirs["teacher"], build_pretraining_task, timings):
+    if not train_stage("teacher pretraining", teacher_cfg, dirs["teacher"], PRETRAINING, timings):
         return []
     progressive = distill_config("progressive", scale, teacher_cfg.model, dirs["teacher"], data_dir)
-    if not train_stage("progressive knowledge transfer", progressive, dirs["progressive"], build_distillation_task,
+    if not train_stage("progressive knowledge transfer", progressive, dirs["progressive"], DISTILLATION,
                        timings):
         return []
     pd = distill_config("pd", scale, teacher_cfg.model, dirs["teacher"], data_dir, student_init=dirs["progressive"])
-    if not train_stage("pretraining distillation", pd, dirs["pd"], build_distillation_task, timings):
+    if not train_stage("pretraining distillation", pd, dirs["pd"], DISTILLATION, timings):
         return []
     scratch = scratch_config(scale, teacher_cfg.model, data_dir)
-    if not train_stage("student from scratch", scratch, dirs["scratch"], build_pretraining_task, timings):
+    if not train_stage("student from scratch", scratch, dirs["scratch"], PRETRAINING, timings):
         return []
 
     start = time.monotonic()

@@ -1,4 +1,4 @@
-"""The distillation stage as a Task for the generic trainer.
+"""The distillation stage for the generic trainer (train/task.py).
 
 The teacher is the trainer's frozen tree: loaded from its checkpoint with its
 own shardings, passed to the jitted step as an argument, run without
@@ -11,7 +11,7 @@ from the student an earlier one produced (`config.distill.student_init`).
 from __future__ import annotations
 
 import re
-from typing import Callable
+from typing import Callable, Optional
 
 import jax
 import jax.numpy as jnp
@@ -22,12 +22,12 @@ from mobilebert_jax import flops, model_source, partitioning
 from mobilebert_jax.config import ConfigError, MobileBertConfig
 from mobilebert_jax.distill import config as distill_config
 from mobilebert_jax.distill import layers, strategies
-from mobilebert_jax.distill.objective import Objective
+from mobilebert_jax.distill.objective import DistillationObjective
 from mobilebert_jax.modeling import MobileBertForPreTraining
 from mobilebert_jax.optim import builder as optim_builder
 from mobilebert_jax.optim import multipliers
-from mobilebert_jax.train.pretraining import PretrainingData, pretraining_data
-from mobilebert_jax.train.task import Task
+from mobilebert_jax.train.pretraining import check_sequence_length, pretraining_data, pretraining_example
+from mobilebert_jax.train.task import Spec, Stage, StatefulIterator, Task
 
 
 def teacher_config(config: ml_collections.ConfigDict) -> MobileBertConfig:
@@ -80,13 +80,12 @@ def layer_multipliers(opt_cfg, abstract_params, num_layers: int):
     return step_metrics
 
 
-def build_distillation_task(config: ml_collections.ConfigDict, workdir: str) -> Task:
-    """The trainer's entry point (stage "distillation"): checks, then data, then the Task."""
-    return distillation_task(config, lambda: pretraining_data(config, workdir))
+def _abstract_shapes(abstract_params) -> dict[str, tuple[int, ...]]:
+    return model_source.flat_shapes(partitioning.unbox_without_constraints(abstract_params))
 
 
-def distillation_task(config: ml_collections.ConfigDict, make_data: Callable[[], PretrainingData]) -> Task:
-    """The Task `config` describes; `make_data` is called once every check has passed."""
+def spec(config: ml_collections.ConfigDict) -> Spec:
+    """Every check of the config (models, layer map, schedule, optimizer groups) and the shapes; no file read."""
     d = distill_config.read(config.distill)
     student_cfg = MobileBertConfig.from_dict(config.model.to_dict())
     teacher_cfg = teacher_config(config)
@@ -101,50 +100,21 @@ def distillation_task(config: ml_collections.ConfigDict, make_data: Callable[[],
 
     student = MobileBertForPreTraining(student_cfg)
     teacher = MobileBertForPreTraining(teacher_cfg)
-    seq_len = config.data.max_seq_length
-    for name, c in (("config.model", student_cfg), ("config.teacher_model", teacher_cfg)):
-        if seq_len > c.max_position_embeddings:
-            raise ConfigError(f"config.data.max_seq_length={seq_len} exceeds {name}.max_position_embeddings="
-                              f"{c.max_position_embeddings}")
+    seq_len, predictions = config.data.max_seq_length, config.data.max_predictions_per_seq
+    check_sequence_length(seq_len, student_cfg, "config.model")
+    check_sequence_length(seq_len, teacher_cfg, "config.teacher_model")
     student_abstract = _abstract_params(student, seq_len)
     teacher_abstract = _abstract_params(teacher, seq_len)
     # The frozen tree as the step receives it: boxes (logical names) kept, parameters in config.distill.teacher_dtype.
     frozen_abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, jnp.dtype(d.teacher_dtype)),
                                    teacher_abstract)
-    student_shapes = model_source.flat_shapes(partitioning.unbox_without_constraints(student_abstract))
-    teacher_shapes = model_source.flat_shapes(partitioning.unbox_without_constraints(teacher_abstract))
     if d.strategy == "progressive":
         strategies.check_progressive_groups(config.optimizer, student_abstract, num_layers, d.stage_steps)
     if d.strategy in ("progressive", "joint"):
         strategies.check_embedding_norm(config.optimizer, student_abstract, d.train_embedding_norm_in_transfer)
+    if not d.student_init and d.copy_from_teacher:
+        _copied_paths(_abstract_shapes(student_abstract), _abstract_shapes(teacher_abstract))
 
-    # Both sources are checked now, before any data work or compilation.
-    teacher_source = model_source.open_source(d.teacher, "config.distill.teacher")
-    model_source.check_architecture(teacher_source, teacher_cfg, teacher_shapes, "config.distill.teacher",
-                               "config.teacher_model")
-    student_source = None
-    copied: list[str] = []
-    if d.student_init:
-        student_source = model_source.open_source(d.student_init, "config.distill.student_init")
-        model_source.check_architecture(student_source, student_cfg, student_shapes, "config.distill.student_init",
-                                   "config.model")
-    elif d.copy_from_teacher:
-        copied = _copied_paths(student_shapes, teacher_shapes)
-
-    def load_frozen(shardings):
-        target = partitioning.with_shardings(frozen_abstract, shardings)
-        return model_source.read(teacher_source, target)
-
-    def initial_params(params, frozen, shardings):
-        if student_source is not None:
-            return model_source.read(student_source, partitioning.with_shardings(student_abstract, shardings))
-        if copied:
-            return jax.jit(lambda p, t: copy_from_teacher(p, t, copied), out_shardings=shardings,
-                           donate_argnums=0)(params, frozen)
-        return params
-
-    data = make_data()
-    objective = Objective(distill=d, num_layers=num_layers, layer_map=layer_map)
     multiplier_metrics = layer_multipliers(config.optimizer, student_abstract, num_layers)
 
     def step_metrics(step: jax.Array) -> dict[str, jax.Array]:
@@ -153,29 +123,65 @@ def distillation_task(config: ml_collections.ConfigDict, make_data: Callable[[],
             out["stage"] = strategies.stage_of(step, d.stage_steps).astype(jnp.float32)
         return out
 
-    predictions = data.max_predictions_per_seq
     # The teacher's forward pass is a third of its training FLOPs.
     teacher_flops = flops.pretraining_train_flops_per_sequence(teacher_cfg, seq_len, predictions) // 3
-    progress = ("loss", "transfer_loss") if d.layer_losses else ("loss", "mlm_accuracy")
-    return Task(
+    return Spec(
         name=f"distillation ({d.strategy})",
+        objective=DistillationObjective(distill=d, num_layers=num_layers, layer_map=layer_map, student=student,
+                                        teacher=teacher),
         init_params=lambda rng: student.init(rng, jnp.zeros((1, seq_len), jnp.int32))["params"],
-        make_sums_fn=lambda deterministic: objective.make_sums_fn(student, teacher, evaluation=deterministic),
-        train_iterator=data.train_iterator,
-        make_eval_iterator=data.make_eval_iterator,
+        example=pretraining_example(seq_len, predictions),
         tokens_per_example=seq_len,
         train_flops_per_example=flops.pretraining_train_flops_per_sequence(student_cfg, seq_len, predictions)
         + teacher_flops,
-        totals_fn=objective.totals,
-        loss_fn=objective.loss,
-        summarize_fn=objective.summarize,
-        progress_keys=progress,
-        describe=lambda: (f"student {flops.parameter_count(student_cfg):,} backbone parameters, {num_layers} layers; "
-                          f"teacher {flops.parameter_count(teacher_cfg):,}, {teacher_cfg.num_hidden_layers} layers "
-                          f"from {teacher_source.path}; layer map {list(layer_map)}"),
-        uses_context=True,
         frozen_abstract=frozen_abstract,
-        load_frozen=load_frozen,
-        initial_params=initial_params,
-        step_metrics_fn=step_metrics,
+        step_metrics=step_metrics,
     )
+
+
+def read(config: ml_collections.ConfigDict, workdir: str, stage_spec: Spec) -> Task:
+    """Opens and checks the teacher (and the student to start from), before any data work; then the data."""
+    return with_data(config, stage_spec, lambda: pretraining_data(config, workdir))
+
+
+def with_data(config: ml_collections.ConfigDict, stage_spec: Spec,
+              make_data: Callable[[], tuple[StatefulIterator, Optional[Callable]]]) -> Task:
+    """`read` with the data from `make_data`, called once both parameter sources have passed their checks."""
+    d = distill_config.read(config.distill)
+    student_cfg = MobileBertConfig.from_dict(config.model.to_dict())
+    student_abstract = jax.eval_shape(stage_spec.init_params, jax.random.key(0))
+    student_shapes = _abstract_shapes(student_abstract)
+    teacher_shapes = _abstract_shapes(stage_spec.frozen_abstract)
+    if not d.teacher:  # the pure part needs only config.teacher_model: an ahead-of-time compile names no teacher
+        raise ConfigError("config.distill.teacher is required: a teacher workdir, checkpoint step directory or "
+                          "params directory")
+    teacher_source = model_source.open_source(d.teacher, "config.distill.teacher")
+    model_source.check_architecture(teacher_source, teacher_config(config), teacher_shapes, "config.distill.teacher",
+                                    "config.teacher_model")
+    student_source = None
+    copied: list[str] = []
+    if d.student_init:
+        student_source = model_source.open_source(d.student_init, "config.distill.student_init")
+        model_source.check_architecture(student_source, student_cfg, student_shapes, "config.distill.student_init",
+                                        "config.model")
+    elif d.copy_from_teacher:
+        copied = _copied_paths(student_shapes, teacher_shapes)
+
+    def start_from(params, frozen, shardings):
+        if student_source is not None:
+            return model_source.read(student_source, partitioning.with_shardings(student_abstract, shardings))
+        if copied:
+            return jax.jit(lambda p, t: copy_from_teacher(p, t, copied), out_shardings=shardings,
+                           donate_argnums=0)(params, frozen)
+        return params
+
+    train_iterator, eval_batches = make_data()
+    teacher_cfg, layer_map = teacher_config(config), stage_spec.objective.layer_map
+    describe = (f"student {flops.parameter_count(student_cfg):,} backbone parameters, "
+                f"{student_cfg.num_hidden_layers} layers; teacher {flops.parameter_count(teacher_cfg):,}, "
+                f"{teacher_cfg.num_hidden_layers} layers from {teacher_source.path}; layer map {list(layer_map)}")
+    return Task(spec=stage_spec, describe=describe, train_iterator=train_iterator, eval_batches=eval_batches,
+                frozen_source=teacher_source, start_from=start_from)
+
+
+DISTILLATION = Stage(spec, read)

@@ -19,7 +19,7 @@ def calibration_rows(num_train: int, count: int, seed: int = 0) -> np.ndarray:
     return np.sort(np.random.default_rng(seed).permutation(num_train)[:min(count, num_train)])
 
 
-def compare_glue(model, params, task: glue.GlueTask, calibration_arrays: dict[str, np.ndarray],
+def compare_glue(model, params, task: glue.GlueDataset, calibration_arrays: dict[str, np.ndarray],
                  dev_arrays: dict[str, np.ndarray], *, config: PTQConfig = PTQConfig(), method: str = "minmax",
                  percentile: float = 99.99, batch_size: int = 32,
                  calibration_batch_size: Optional[int] = None) -> dict:

@@ -116,10 +116,10 @@ def evaluate_squad(run: FinishedRun, output_dir: str, batch_size: int) -> dict:
 
 def evaluate_run(workdir: str, step: Optional[int] = None, batch_size: int = 64) -> dict:
     run = load_run(workdir, step)
-    evaluate = evaluate_glue if run.config.stage == "glue_finetuning" else evaluate_squad
+    score = evaluate_glue if run.config.stage == "glue_finetuning" else evaluate_squad
     output_dir = os.path.join(workdir, "eval")
     storage.path(output_dir).mkdir(parents=True, exist_ok=True)
-    report = evaluate(run, output_dir, batch_size)
+    report = score(run, output_dir, batch_size)
     storage.path(output_dir, "metrics.json").write_text(json.dumps(report, indent=2))
     return report
 

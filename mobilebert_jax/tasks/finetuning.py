@@ -1,9 +1,9 @@
-"""GLUE and SQuAD fine-tuning as `Task`s of the generic trainer (`train.trainer.train`).
+"""GLUE and SQuAD fine-tuning as `Stage`s of the generic trainer (train/task.py).
 
 The model starts from `config.init_checkpoint`: anything `model_source` reads
 (a distillation or pretraining workdir, a checkpoint step, a params directory,
-an HF directory or hub id). Its backbone (`mobilebert/...`) is copied; the task
-head is freshly initialized. Its tokenizer is the run's unless
+an HF directory or hub id). Its backbone (`mobilebert/...`) is copied onto the
+freshly initialized model on a fresh start; the task head stays as initialized. Its tokenizer is the run's unless
 `config.data.vocab` names the same one (train/lineage.py). With no checkpoint the model is trained from scratch
 from `config.model` (smoke runs). `config.model_overrides` replaces fields
 of the checkpoint's config (dropout for fine-tuning, the dtype).
@@ -13,20 +13,19 @@ from __future__ import annotations
 
 from typing import Any, Optional
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
 from flax import traverse_util
 
-from mobilebert_jax import flops, model_source
+from mobilebert_jax import flops, model_source, partitioning
 from mobilebert_jax.config import ConfigError, MobileBertConfig
 from mobilebert_jax.data.tokenizers import load_tokenizer
 from mobilebert_jax.modeling import MobileBertForQuestionAnswering, MobileBertForSequenceClassification
 from mobilebert_jax.tasks import glue, glue_tfds, objectives, squad_data
 from mobilebert_jax.tasks.batching import ShuffledBatches, padded_batches
-from mobilebert_jax.train.task import Task
+from mobilebert_jax.train.task import Spec, Stage, Task
 
 BACKBONE = "mobilebert"
 
@@ -50,53 +49,68 @@ def init_backbone(config: ml_collections.ConfigDict) -> Optional[dict[str, np.nd
     return backbone
 
 
-def with_backbone(fresh_boxed: Any, backbone: Optional[dict[str, np.ndarray]]) -> Any:
-    """The freshly initialized (boxed) tree with every backbone leaf taken from the checkpoint."""
-    if backbone is None:
-        return fresh_boxed
-    flat = traverse_util.flatten_dict(fresh_boxed, sep="/")
+def check_backbone(stage_spec: Spec, backbone: dict[str, np.ndarray]) -> None:
+    """Every backbone parameter of the model is in the checkpoint, with its shape."""
+    flat = model_source.flat_shapes(partitioning.unbox_without_constraints(
+        jax.eval_shape(stage_spec.init_params, jax.random.key(0))))
     missing = sorted(k for k in flat if k.startswith(BACKBONE + "/") and k not in backbone)
     if missing:
         raise ConfigError(f"config.init_checkpoint lacks {len(missing)} backbone parameters of this model, "
                           f"e.g. {missing[:3]}; do the checkpoint's config and config.model_overrides match?")
-    for key, box in flat.items():
-        if key in backbone:
-            value = box.value if isinstance(box, nn.meta.AxisMetadata) else box
-            if tuple(value.shape) != backbone[key].shape:
-                raise ConfigError(f"config.init_checkpoint: {key} has shape {backbone[key].shape}, the model wants "
-                                  f"{tuple(value.shape)}")
-            array = jnp.asarray(backbone[key], value.dtype)
-            flat[key] = box.replace_boxed(array) if isinstance(box, nn.meta.AxisMetadata) else array
+    for key, shape in flat.items():
+        if key in backbone and tuple(shape) != backbone[key].shape:
+            raise ConfigError(f"config.init_checkpoint: {key} has shape {backbone[key].shape}, the model wants "
+                              f"{tuple(shape)}")
+
+
+def with_backbone(params: Any, backbone: dict[str, jax.Array]) -> Any:
+    """The initialized tree with every backbone leaf taken from the checkpoint (checked by check_backbone)."""
+    flat = traverse_util.flatten_dict(params, sep="/")
+    flat.update({k: jnp.asarray(backbone[k], flat[k].dtype) for k in flat if k in backbone})
     return traverse_util.unflatten_dict(flat, sep="/")
+
+
+def _read_backbone(config: ml_collections.ConfigDict, stage_spec: Spec) -> Optional[dict[str, np.ndarray]]:
+    """config.init_checkpoint's backbone, checked against the model (before any data work), or None."""
+    backbone = init_backbone(config)
+    if backbone is not None:
+        check_backbone(stage_spec, backbone)
+    return backbone
 
 
 def _process() -> dict[str, int]:
     return dict(process_index=jax.process_index(), process_count=jax.process_count())
 
 
-def _make_task(name: str, config, model, model_cfg: MobileBertConfig, backbone, objective: objectives.Objective,
-               train_arrays: dict[str, np.ndarray], eval_arrays: Optional[dict[str, np.ndarray]],
-               seq_len: int, describe: str) -> Task:
+def _spec(name: str, model, model_cfg: MobileBertConfig, objective: objectives.PerExampleObjective, seq_len: int,
+          label: dict[str, jax.ShapeDtypeStruct]) -> Spec:
+    tokens = {k: jax.ShapeDtypeStruct((seq_len,), jnp.int32) for k in ("input_ids", "input_mask", "segment_ids")}
+    return Spec(
+        name=name, objective=objective,
+        init_params=lambda rng: model.init(rng, jnp.zeros((1, seq_len), jnp.int32))["params"],
+        example={**tokens, **label}, tokens_per_example=seq_len,
+        # Forward + backward = 3 x the forward's matmul FLOPs.
+        train_flops_per_example=3 * flops.encoder_flops_per_token(model_cfg, seq_len) * seq_len)
+
+
+def _task(config, stage_spec: Spec, backbone: Optional[dict[str, np.ndarray]], train_arrays: dict[str, np.ndarray],
+          eval_arrays: Optional[dict[str, np.ndarray]], describe: str) -> Task:
+    """The data as batches; the checkpoint's `backbone` put in on a fresh start."""
     train_iterator = ShuffledBatches(train_arrays, config.batch_size, seed=config.seed, **_process())
 
-    def init_params(rng):
-        return with_backbone(model.init(rng, jnp.zeros((1, seq_len), jnp.int32))["params"], backbone)
-
-    def make_eval_iterator():
+    def eval_batches():
         return padded_batches(eval_arrays, config.eval.batch_size, **_process())
 
-    # Forward + backward = 3 x the forward's matmul FLOPs.
-    train_flops = 3 * flops.encoder_flops_per_token(model_cfg, seq_len) * seq_len
-    return Task(
-        name=name, init_params=init_params,
-        make_sums_fn=lambda deterministic: objective.make_sums_fn(model, deterministic),
-        train_iterator=train_iterator, make_eval_iterator=make_eval_iterator if eval_arrays is not None else None,
-        tokens_per_example=seq_len, train_flops_per_example=train_flops, totals_fn=objective.totals_fn,
-        loss_fn=objective.loss_fn, summarize_fn=objective.summarize_fn, progress_keys=objective.progress_keys,
-        describe=lambda: f"{describe}; {train_iterator.batches_per_epoch} batches per epoch")
+    def start_from(params, frozen, shardings):
+        del frozen
+        return jax.jit(with_backbone, out_shardings=shardings, donate_argnums=0)(params, backbone)
+
+    return Task(spec=stage_spec, describe=f"{describe}; {train_iterator.batches_per_epoch} batches per epoch",
+                train_iterator=train_iterator, eval_batches=eval_batches if eval_arrays is not None else None,
+                start_from=start_from if backbone is not None else None)
 
 
-def glue_examples(config: ml_collections.ConfigDict, task: glue.GlueTask, split: str) -> list[glue.GlueExample]:
+def glue_examples(config: ml_collections.ConfigDict, task: glue.GlueDataset, split: str) -> list[glue.GlueExample]:
     data = config.data
     if data.source == "tsv":
         return glue.read_split(task, data.glue_dir, split, skip_malformed=data.get("skip_malformed", False))
@@ -105,20 +119,27 @@ def glue_examples(config: ml_collections.ConfigDict, task: glue.GlueTask, split:
     raise ConfigError(f"config.data.source={data.source!r}: choose 'tsv' or 'tfds'")
 
 
-def build_glue_task(config: ml_collections.ConfigDict, workdir: str) -> Task:
+def glue_spec(config: ml_collections.ConfigDict) -> Spec:
+    dataset = glue.get_task(config.task)
+    model_cfg, seq_len = model_config(config), config.data.max_seq_length
+    model = MobileBertForSequenceClassification(model_cfg, num_labels=dataset.num_labels)
+    label = jax.ShapeDtypeStruct((), jnp.float32 if dataset.is_regression else jnp.int32)
+    return _spec(f"glue_{dataset.name}", model, model_cfg, objectives.for_glue(model, dataset.is_regression),
+                 seq_len, {"label": label})
+
+
+def read_glue(config: ml_collections.ConfigDict, workdir: str, stage_spec: Spec) -> Task:
     del workdir
-    task = glue.get_task(config.task)
-    model_cfg, backbone = model_config(config), init_backbone(config)
-    model = MobileBertForSequenceClassification(model_cfg, num_labels=task.num_labels)
+    backbone = _read_backbone(config, stage_spec)
+    dataset = glue.get_task(config.task)
     tokenizer = load_tokenizer(config.data.vocab)
     seq_len = config.data.max_seq_length
-    train = glue.glue_features(task, glue_examples(config, task, "train"), tokenizer, seq_len)
-    dev = glue.glue_features(task, glue_examples(config, task, task.eval_splits[0]), tokenizer, seq_len) \
-        if config.eval.get("enabled", True) else None
-    return _make_task(f"glue_{task.name}", config, model, model_cfg, backbone, objectives.for_glue(task.is_regression),
-                      train, dev, seq_len,
-                      f"GLUE {task.name}: {len(train['label']):,} training examples, sequences of {seq_len}, "
-                      f"{'regression' if task.is_regression else f'{task.num_labels} classes'}")
+    train = glue.glue_features(dataset, glue_examples(config, dataset, "train"), tokenizer, seq_len)
+    dev = glue.glue_features(dataset, glue_examples(config, dataset, dataset.eval_splits[0]), tokenizer,
+                             seq_len) if config.eval.get("enabled", True) else None
+    return _task(config, stage_spec, backbone, train, dev,
+                 f"GLUE {dataset.name}: {len(train['label']):,} training examples, sequences of {seq_len}, "
+                 f"{'regression' if dataset.is_regression else f'{dataset.num_labels} classes'}")
 
 
 def squad_examples(config: ml_collections.ConfigDict, split: str) -> list[squad_data.SquadExample]:
@@ -136,16 +157,26 @@ def squad_feature_options(config: ml_collections.ConfigDict) -> dict[str, int]:
     return dict(max_seq_length=d.max_seq_length, doc_stride=d.doc_stride, max_query_length=d.max_query_length)
 
 
-def build_squad_task(config: ml_collections.ConfigDict, workdir: str) -> Task:
-    del workdir
-    model_cfg, backbone = model_config(config), init_backbone(config)
+def squad_spec(config: ml_collections.ConfigDict) -> Spec:
+    model_cfg = model_config(config)
     model = MobileBertForQuestionAnswering(model_cfg)
+    positions = {k: jax.ShapeDtypeStruct((), jnp.int32) for k in ("start_positions", "end_positions")}
+    return _spec(f"squad_v{config.version}", model, model_cfg, objectives.Spans(model),
+                 squad_feature_options(config)["max_seq_length"], positions)
+
+
+def read_squad(config: ml_collections.ConfigDict, workdir: str, stage_spec: Spec) -> Task:
+    del workdir
+    backbone = _read_backbone(config, stage_spec)
     tokenizer = load_tokenizer(config.data.vocab)
     options = squad_feature_options(config)
     train = squad_data.build_features(squad_examples(config, "train"), tokenizer, **options).arrays
     dev = squad_data.build_features(squad_examples(config, "dev"), tokenizer, **options).arrays \
         if config.eval.get("enabled", True) else None
-    seq_len = options["max_seq_length"]
-    return _make_task(f"squad_v{config.version}", config, model, model_cfg, backbone, objectives.SPANS, train, dev,
-                      seq_len, f"SQuAD v{config.version}: {len(train['input_ids']):,} training features, "
-                               f"sequences of {seq_len}")
+    return _task(config, stage_spec, backbone, train, dev,
+                 f"SQuAD v{config.version}: {len(train['input_ids']):,} training features, sequences of "
+                 f"{options['max_seq_length']}")
+
+
+GLUE = Stage(glue_spec, read_glue)
+SQUAD = Stage(squad_spec, read_squad)

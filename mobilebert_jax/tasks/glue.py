@@ -32,7 +32,7 @@ csv.field_size_limit(2**31 - 1)
 
 
 @dataclasses.dataclass(frozen=True)
-class GlueTask:
+class GlueDataset:
     name: str  # lower-case key: cola, sst2, ...
     directory: str  # folder in the GLUE download: CoLA, SST-2, ...
     labels: Optional[tuple[str, ...]]  # None: regression (STS-B)
@@ -59,32 +59,32 @@ class GlueTask:
 
 _PAIR = dict(text_a="sentence1", text_b="sentence2", label_column="label", id_columns=("index",))
 
-TASKS: dict[str, GlueTask] = {t.name: t for t in (
-    GlueTask("cola", "CoLA", ("0", "1"), "sentence", None, "label", ("index",), ("dev",), {"test": "CoLA.tsv"},
+TASKS: dict[str, GlueDataset] = {t.name: t for t in (
+    GlueDataset("cola", "CoLA", ("0", "1"), "sentence", None, "label", ("index",), ("dev",), {"test": "CoLA.tsv"},
              ("matthews_corrcoef",), headerless_columns=("source", "label", "original_label", "sentence")),
-    GlueTask("sst2", "SST-2", ("0", "1"), "sentence", None, "label", ("index",), ("dev",), {"test": "SST-2.tsv"},
+    GlueDataset("sst2", "SST-2", ("0", "1"), "sentence", None, "label", ("index",), ("dev",), {"test": "SST-2.tsv"},
              ("accuracy",)),
-    GlueTask("mrpc", "MRPC", ("0", "1"), "#1 String", "#2 String", "Quality", ("index",), ("dev",),
+    GlueDataset("mrpc", "MRPC", ("0", "1"), "#1 String", "#2 String", "Quality", ("index",), ("dev",),
              {"test": "MRPC.tsv"}, ("f1", "accuracy")),
-    GlueTask("stsb", "STS-B", None, "sentence1", "sentence2", "score", ("index",), ("dev",),
+    GlueDataset("stsb", "STS-B", None, "sentence1", "sentence2", "score", ("index",), ("dev",),
              {"test": "STS-B.tsv"}, ("pearson", "spearman")),
-    GlueTask("qqp", "QQP", ("0", "1"), "question1", "question2", "is_duplicate", ("id",), ("dev",),
+    GlueDataset("qqp", "QQP", ("0", "1"), "question1", "question2", "is_duplicate", ("id",), ("dev",),
              {"test": "QQP.tsv"}, ("f1", "accuracy")),
-    GlueTask("mnli", "MNLI", ("contradiction", "entailment", "neutral"), "sentence1", "sentence2", "gold_label",
+    GlueDataset("mnli", "MNLI", ("contradiction", "entailment", "neutral"), "sentence1", "sentence2", "gold_label",
              ("index",), ("dev_matched", "dev_mismatched"),
              {"test_matched": "MNLI-m.tsv", "test_mismatched": "MNLI-mm.tsv"}, ("accuracy",)),
-    GlueTask("qnli", "QNLI", ("entailment", "not_entailment"), "question", "sentence", "label", ("index",),
+    GlueDataset("qnli", "QNLI", ("entailment", "not_entailment"), "question", "sentence", "label", ("index",),
              ("dev",), {"test": "QNLI.tsv"}, ("accuracy",)),
-    GlueTask("rte", "RTE", ("entailment", "not_entailment"), **_PAIR, eval_splits=("dev",),
+    GlueDataset("rte", "RTE", ("entailment", "not_entailment"), **_PAIR, eval_splits=("dev",),
              test_splits={"test": "RTE.tsv"}, metrics=("accuracy",)),
-    GlueTask("wnli", "WNLI", ("0", "1"), **_PAIR, eval_splits=("dev",), test_splits={"test": "WNLI.tsv"},
+    GlueDataset("wnli", "WNLI", ("0", "1"), **_PAIR, eval_splits=("dev",), test_splits={"test": "WNLI.tsv"},
              metrics=("accuracy",)),
 )}
 # STS-B similarity scores lie in [0, 5].
 STSB_RANGE = (0.0, 5.0)
 
 
-def get_task(name: str) -> GlueTask:
+def get_task(name: str) -> GlueDataset:
     key = name.lower().replace("-", "")
     if key not in TASKS:
         raise DataError(f"unknown GLUE task {name!r}; choose one of {sorted(TASKS)}")
@@ -100,7 +100,7 @@ class GlueExample:
     where: str  # file:line, for messages
 
 
-def split_path(task: GlueTask, data_dir: str, split: str) -> str:
+def split_path(task: GlueDataset, data_dir: str, split: str) -> str:
     """`data_dir/<task dir>/<split>.tsv` (the GLUE download), or `data_dir/<split>.tsv` (the task's own folder)."""
     known = ("train", *task.eval_splits, *task.test_splits)
     if split not in known:
@@ -111,11 +111,11 @@ def split_path(task: GlueTask, data_dir: str, split: str) -> str:
     return os.path.join(data_dir, task.directory, f"{split}.tsv")
 
 
-def read_split(task: GlueTask, data_dir: str, split: str, *, skip_malformed: bool = False) -> list[GlueExample]:
+def read_split(task: GlueDataset, data_dir: str, split: str, *, skip_malformed: bool = False) -> list[GlueExample]:
     return read_tsv(task, split_path(task, data_dir, split), skip_malformed=skip_malformed)
 
 
-def read_tsv(task: GlueTask, path: str, *, skip_malformed: bool = False) -> list[GlueExample]:
+def read_tsv(task: GlueDataset, path: str, *, skip_malformed: bool = False) -> list[GlueExample]:
     """Every row of a GLUE TSV file as examples.
 
     A row with the wrong number of fields, an unknown label or an unreadable
@@ -162,7 +162,7 @@ def read_tsv(task: GlueTask, path: str, *, skip_malformed: bool = False) -> list
     return examples
 
 
-def _columns(task: GlueTask, path: str, first_row: list[str]) -> tuple[list[str], int]:
+def _columns(task: GlueDataset, path: str, first_row: list[str]) -> tuple[list[str], int]:
     """(column names, line number of the first data row)."""
     if task.headerless_columns is not None and task.text_a not in first_row:
         if len(first_row) != len(task.headerless_columns):
@@ -172,7 +172,7 @@ def _columns(task: GlueTask, path: str, first_row: list[str]) -> tuple[list[str]
     return first_row, 2
 
 
-def _parse_label(task: GlueTask, raw: str, where: str) -> int | float:
+def _parse_label(task: GlueDataset, raw: str, where: str) -> int | float:
     if task.labels is None:
         try:
             score = float(raw)
@@ -186,7 +186,7 @@ def _parse_label(task: GlueTask, raw: str, where: str) -> int | float:
     return task.labels.index(raw)
 
 
-def label_array(task: GlueTask, examples: Sequence[GlueExample]) -> np.ndarray:
+def label_array(task: GlueDataset, examples: Sequence[GlueExample]) -> np.ndarray:
     """int32[N] class indices, or float32[N] scores for regression; every example must have a label."""
     missing = [e.where for e in examples if e.label is None]
     if missing:
@@ -195,7 +195,7 @@ def label_array(task: GlueTask, examples: Sequence[GlueExample]) -> np.ndarray:
     return np.asarray([e.label for e in examples], dtype=np.float32 if task.is_regression else np.int32)
 
 
-def glue_features(task: GlueTask, examples: Sequence[GlueExample], tokenizer: Tokenizer,
+def glue_features(task: GlueDataset, examples: Sequence[GlueExample], tokenizer: Tokenizer,
                   max_seq_length: int) -> FeatureArrays:
     """`input_ids`, `input_mask`, `segment_ids` [N, T] and, for labeled examples, `label` [N]."""
     arrays = encode_pairs(tokenizer, [e.text_a for e in examples],

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from mobilebert_jax.tasks.glue import GlueTask
+from mobilebert_jax.tasks.glue import GlueDataset
 
 
 def accuracy(preds_N: np.ndarray, labels_N: np.ndarray) -> float:
@@ -68,13 +68,13 @@ METRICS = {"accuracy": accuracy, "f1": f1_binary, "matthews_corrcoef": matthews_
            "spearman": spearman}
 
 
-def predictions_from_logits(task: GlueTask, logits_NxK: np.ndarray) -> np.ndarray:
+def predictions_from_logits(task: GlueDataset, logits_NxK: np.ndarray) -> np.ndarray:
     """Class indices (argmax), or the regression head's scores."""
     logits = np.asarray(logits_NxK)
     return logits[:, 0] if task.is_regression else np.argmax(logits, axis=-1)
 
 
-def compute_metrics(task: GlueTask, preds_N: np.ndarray, labels_N: np.ndarray) -> dict[str, float]:
+def compute_metrics(task: GlueDataset, preds_N: np.ndarray, labels_N: np.ndarray) -> dict[str, float]:
     """The task's official metrics; for two-metric tasks also their mean (`combined`), as GLUE averages them."""
     if len(preds_N) != len(labels_N):
         raise ValueError(f"{len(preds_N)} predictions but {len(labels_N)} labels")

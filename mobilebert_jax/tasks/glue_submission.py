@@ -13,10 +13,10 @@ import numpy as np
 
 from mobilebert_jax import storage
 from mobilebert_jax.errors import DataError
-from mobilebert_jax.tasks.glue import STSB_RANGE, GlueExample, GlueTask
+from mobilebert_jax.tasks.glue import STSB_RANGE, GlueExample, GlueDataset
 
 
-def format_prediction(task: GlueTask, prediction) -> str:
+def format_prediction(task: GlueDataset, prediction) -> str:
     if task.is_regression:
         return f"{float(np.clip(prediction, *STSB_RANGE)):.3f}"
     index = int(prediction)
@@ -25,7 +25,7 @@ def format_prediction(task: GlueTask, prediction) -> str:
     return task.labels[index]
 
 
-def write_submission(task: GlueTask, split: str, examples: Sequence[GlueExample], preds_N: np.ndarray,
+def write_submission(task: GlueDataset, split: str, examples: Sequence[GlueExample], preds_N: np.ndarray,
                      output_dir: str) -> str:
     """Writes `output_dir/<file>` for test split `split`; returns its path."""
     if split not in task.test_splits:

@@ -12,7 +12,7 @@ import dataclasses
 from typing import Optional
 
 from mobilebert_jax.errors import DataError
-from mobilebert_jax.tasks.glue import STSB_RANGE, GlueExample, GlueTask
+from mobilebert_jax.tasks.glue import STSB_RANGE, GlueExample, GlueDataset
 from mobilebert_jax.tasks.tfds_reader import SourceOpener, as_text, field, open_tfds_source
 
 
@@ -49,14 +49,14 @@ SPLITS = {"train": "train", "dev": "validation", "test": "test", "dev_matched": 
           "test_mismatched": "test_mismatched"}
 
 
-def tfds_split(task: GlueTask, split: str) -> str:
+def tfds_split(task: GlueDataset, split: str) -> str:
     known = ("train", *task.eval_splits, *task.test_splits)
     if split not in known:
         raise DataError(f"GLUE {task.name} has no split {split!r}; choose one of {list(known)}")
     return SPLITS[split]
 
 
-def read_tfds(task: GlueTask, split: str, data_dir: Optional[str] = None, *,
+def read_tfds(task: GlueDataset, split: str, data_dir: Optional[str] = None, *,
               open_source: SourceOpener = open_tfds_source) -> list[GlueExample]:
     """Examples of `glue/<task>` split `split` (this project's split names: train, dev, dev_matched, test...)."""
     layout = LAYOUTS[task.name]
@@ -77,7 +77,7 @@ def read_tfds(task: GlueTask, split: str, data_dir: Optional[str] = None, *,
     return examples
 
 
-def _label(task: GlueTask, layout: TfdsLayout, raw, where: str):
+def _label(task: GlueDataset, layout: TfdsLayout, raw, where: str):
     if layout.label_names is None:
         score = float(raw)
         if score == -1.0:  # TFDS marks the unlabeled test split

@@ -1,26 +1,27 @@
-"""Fine-tuning objectives as additive sums, for `train.step.make_train_step`.
+"""Fine-tuning `Objective`s (train/objective.py): classification, regression, spans.
 
-Each objective returns per-batch sums (`sums_fn`), the whole batch's
-denominator (`totals_fn`), the differentiated loss (`loss_fn`) and the logged
-means (`summarize_fn`), so microbatch accumulation equals the big batch.
-A batch may carry `example_weight` [B] (1 real, 0 padding) so that padded
-evaluation batches score only real examples; without it every row counts.
+Each returns per-batch sums, the whole batch's denominator (`totals`), the
+differentiated loss and the logged means, so microbatch accumulation equals
+the big batch. A batch may carry `example_weight` [B] (1 real, 0 padding) so
+that padded evaluation batches score only real examples; without it every
+row counts.
 
-    objective = objectives.for_glue(task.is_regression)
-    step = make_train_step(objective.make_sums_fn(model, False), tx, totals_fn=objective.totals_fn,
-                           loss_fn=objective.loss_fn, summarize_fn=objective.summarize_fn)
+    objective = objectives.for_glue(model, dataset.is_regression)
+    step = make_train_step(objective, tx)
 """
 
 from __future__ import annotations
 
+import abc
 import dataclasses
-from typing import Any, Callable
+from typing import Any
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import optax
 
-from mobilebert_jax.train.step import Batch, Sums, SumsFn
+from mobilebert_jax.train.objective import Batch, StepContext, Sums
 
 # Keeps an all-padding evaluation batch finite.
 _EPS = 1e-9
@@ -32,10 +33,10 @@ def example_weights(batch: Batch) -> jax.Array:
     return jnp.ones(batch["input_ids"].shape[:1], jnp.float32)
 
 
-def _apply(model, params, batch: Batch, rng: jax.Array, deterministic: bool) -> dict:
+def _apply(model, params, batch: Batch, rng: jax.Array, train: bool) -> dict:
     return model.apply({"params": params}, batch["input_ids"], attention_mask=batch["input_mask"],
-                       token_type_ids=batch["segment_ids"], deterministic=deterministic,
-                       rngs=None if deterministic else {"dropout": rng})
+                       token_type_ids=batch["segment_ids"], deterministic=not train,
+                       rngs={"dropout": rng} if train else None)
 
 
 def classification_sums(logits_BxK: jax.Array, labels_B: jax.Array, weights_B: jax.Array) -> Sums:
@@ -58,31 +59,6 @@ def span_sums(start_logits_BxT: jax.Array, end_logits_BxT: jax.Array, start_B: j
         sums[f"{name}_loss_sum"] = jnp.sum(xent_B * weights_B)
         sums[f"{name}_correct_sum"] = jnp.sum((jnp.argmax(logits, -1) == positions).astype(jnp.float32) * weights_B)
     return sums
-
-
-def classification_sums_fn(model, deterministic: bool) -> SumsFn:
-    def sums_fn(params, batch: Batch, rng: jax.Array) -> Sums:
-        out = _apply(model, params, batch, rng, deterministic)
-        return classification_sums(out["logits"], batch["label"], example_weights(batch))
-
-    return sums_fn
-
-
-def regression_sums_fn(model, deterministic: bool) -> SumsFn:
-    def sums_fn(params, batch: Batch, rng: jax.Array) -> Sums:
-        out = _apply(model, params, batch, rng, deterministic)
-        return regression_sums(out["logits"], batch["label"], example_weights(batch))
-
-    return sums_fn
-
-
-def span_sums_fn(model, deterministic: bool) -> SumsFn:
-    def sums_fn(params, batch: Batch, rng: jax.Array) -> Sums:
-        out = _apply(model, params, batch, rng, deterministic)
-        return span_sums(out["start_logits"], out["end_logits"], batch["start_positions"], batch["end_positions"],
-                         example_weights(batch))
-
-    return sums_fn
 
 
 def example_totals(batch: Batch) -> dict[str, jax.Array]:
@@ -114,19 +90,61 @@ def summarize_spans(sums: Sums) -> dict[str, jax.Array]:
 
 
 @dataclasses.dataclass(frozen=True)
-class Objective:
-    make_sums_fn: Callable[[Any, bool], SumsFn]  # (model, deterministic) -> sums_fn
-    totals_fn: Callable[[Batch], dict]
-    loss_fn: Callable[[Sums, dict], jax.Array]
-    summarize_fn: Callable[[Sums], dict]
-    progress_keys: tuple[str, ...]
+class PerExampleObjective(abc.ABC):
+    """What the three share: one forward pass of `model`, scored per example, divided by the batch's examples."""
+    model: nn.Module
+
+    def sums(self, params: Any, batch: Batch, rng: jax.Array, context: StepContext, *, train: bool) -> Sums:
+        del context  # nothing here depends on the step or a frozen tree
+        return self.score(_apply(self.model, params, batch, rng, train), batch)
+
+    @abc.abstractmethod
+    def score(self, out: dict, batch: Batch) -> Sums:
+        """The model's outputs -> this objective's sums."""
+
+    def totals(self, batch: Batch) -> dict[str, jax.Array]:
+        return example_totals(batch)
 
 
-CLASSIFICATION = Objective(classification_sums_fn, example_totals, mean_loss, summarize_classification,
-                           ("loss", "accuracy"))
-REGRESSION = Objective(regression_sums_fn, example_totals, mean_loss, summarize_regression, ("loss",))
-SPANS = Objective(span_sums_fn, example_totals, span_loss, summarize_spans, ("loss", "start_accuracy"))
+class Classification(PerExampleObjective):
+    progress_keys = ("loss", "accuracy")
+
+    def score(self, out: dict, batch: Batch) -> Sums:
+        return classification_sums(out["logits"], batch["label"], example_weights(batch))
+
+    def loss(self, sums: Sums, totals: dict[str, jax.Array]) -> jax.Array:
+        return mean_loss(sums, totals)
+
+    def summarize(self, sums: Sums) -> dict[str, jax.Array]:
+        return summarize_classification(sums)
 
 
-def for_glue(is_regression: bool) -> Objective:
-    return REGRESSION if is_regression else CLASSIFICATION
+class Regression(PerExampleObjective):
+    progress_keys = ("loss",)
+
+    def score(self, out: dict, batch: Batch) -> Sums:
+        return regression_sums(out["logits"], batch["label"], example_weights(batch))
+
+    def loss(self, sums: Sums, totals: dict[str, jax.Array]) -> jax.Array:
+        return mean_loss(sums, totals)
+
+    def summarize(self, sums: Sums) -> dict[str, jax.Array]:
+        return summarize_regression(sums)
+
+
+class Spans(PerExampleObjective):
+    progress_keys = ("loss", "start_accuracy")
+
+    def score(self, out: dict, batch: Batch) -> Sums:
+        return span_sums(out["start_logits"], out["end_logits"], batch["start_positions"], batch["end_positions"],
+                         example_weights(batch))
+
+    def loss(self, sums: Sums, totals: dict[str, jax.Array]) -> jax.Array:
+        return span_loss(sums, totals)
+
+    def summarize(self, sums: Sums) -> dict[str, jax.Array]:
+        return summarize_spans(sums)
+
+
+def for_glue(model: nn.Module, is_regression: bool) -> PerExampleObjective:
+    return Regression(model) if is_regression else Classification(model)

@@ -13,8 +13,9 @@ help lists slice names.
 The step is built by the trainer's own code (`trainer.build_program`: mesh,
 logical shardings, the jitted step with its frozen teacher argument and
 donated state) over the topology's compile-only devices, lowered with
-abstract inputs and compiled by libtpu's XLA. The stage's Task comes from
-its builder in `main.STAGES`, fed stand-in inputs (tools/stand_ins.py).
+abstract inputs and compiled by libtpu's XLA. It is built from the stage's
+pure part alone (`Stage.spec` of `main.STAGES`: shapes and configs), so no
+data is prepared and no teacher or checkpoint is read.
 
 Printed, per device: arguments (state, batch, teacher), outputs not aliased
 to the donated state, temporaries, generated code, and their total against
@@ -33,7 +34,6 @@ import math
 import os
 import re
 import sys
-import tempfile
 import time
 from typing import Optional
 
@@ -43,7 +43,7 @@ from absl import flags
 
 from mobilebert_jax import experiment_config, hardware, partitioning
 from mobilebert_jax.config import ConfigError
-from mobilebert_jax.tools import install_libtpu, stand_ins
+from mobilebert_jax.tools import install_libtpu
 
 # The slices --help names (each one is checked by tests/test_aot_compile.py): JAX's name, what Cloud TPU calls it.
 TOPOLOGY_EXAMPLES = (
@@ -61,7 +61,6 @@ flags.DEFINE_bool("compile", True, "--nocompile: stop after building the step an
                   "of the train state and the frozen teacher, from their shardings (seconds, not minutes)")
 flags.DEFINE_float("mfu", 0.4, "model FLOPs utilization at which step and run times are predicted")
 flags.DEFINE_string("json_out", None, "also write the results to this JSON file")
-flags.DEFINE_string("scratch", None, "directory for the stand-in inputs (default: a temporary one)")
 FLAGS = flags.FLAGS
 
 GIB = 1 << 30
@@ -100,7 +99,7 @@ def prepare_libtpu() -> None:
     os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
     os.environ.setdefault("TPU_SKIP_MDS_QUERY", "1")
     os.environ.setdefault("TPU_WORKER_HOSTNAMES", "localhost")
-    # Host-side work (building the Task, reading the stand-in batch) stays on the CPU.
+    # Host-side work (building the stage's spec and abstract shapes) stays on the CPU.
     jax.config.update("jax_platforms", "cpu")
 
 
@@ -167,11 +166,11 @@ class Result:
         return None if self.hbm_bytes is None or not self.compiled else self.total_bytes <= self.hbm_bytes
 
 
-def compile_stage(config: ml_collections.ConfigDict, topology: str, scratch: str, mfu: float = 0.4,
-                  config_name: str = "", compile_step: bool = True) -> Result:
+def compile_stage(config: ml_collections.ConfigDict, topology: str, mfu: float = 0.4, config_name: str = "",
+                  compile_step: bool = True) -> Result:
     """Compiles `config`'s train step for `topology` (prepare_libtpu() first) and measures it; with
     `compile_step=False`, only what the shardings place on each device."""
-    from mobilebert_jax.main import task_builder
+    from mobilebert_jax.main import stage
     from mobilebert_jax.train import trainer
 
     if not 0 < mfu <= 1:
@@ -180,17 +179,14 @@ def compile_stage(config: ml_collections.ConfigDict, topology: str, scratch: str
     hosts = len({d.process_index for d in devices})
     experiment_config.validate(config, len(devices), process_count=hosts)
     mesh = partitioning.make_mesh(config.mesh, devices)
-    task = task_builder(config.stage)(stand_ins.stand_in_config(config, scratch), os.path.join(scratch, "workdir"))
-    program = trainer.build_program(config, task, mesh)
-    # What one batch holds (names, dtypes, per-example shapes), at the real global size.
-    example = next(task.train_iterator)
-    batch = {k: jax.ShapeDtypeStruct((config.batch_size, *v.shape[1:]), v.dtype, sharding=program.batch_sharding)
-             for k, v in example.items()}
-    frozen = None
-    if task.frozen_abstract is not None:
-        frozen = partitioning.with_shardings(task.frozen_abstract, program.frozen_shardings)
+    spec = stage(config.stage).spec(config)
+    program = trainer.build_program(config, spec, mesh)
+    # The global batch: the stage's example at the real global size.
+    batch = {k: jax.ShapeDtypeStruct((config.batch_size, *v.shape), v.dtype, sharding=program.batch_sharding)
+             for k, v in spec.example.items()}
+    frozen = program.frozen_target()
     held = dict(state_bytes=per_device_bytes(program.abstract_state, program.shardings),
-                frozen_bytes=0 if frozen is None else per_device_bytes(task.frozen_abstract, program.frozen_shardings),
+                frozen_bytes=0 if frozen is None else per_device_bytes(spec.frozen_abstract, program.frozen_shardings),
                 frozen_dtype=None if frozen is None else str(jax.tree.leaves(frozen)[0].dtype))
     kind = devices[0].device_kind
     header = dict(config=config_name, topology=topology, devices=len(devices), hosts=hosts, device_kind=kind,
@@ -211,7 +207,7 @@ def compile_stage(config: ml_collections.ConfigDict, topology: str, scratch: str
     cost = cost[0] if isinstance(cost, (list, tuple)) else cost
     outputs = memory.output_size_in_bytes - memory.alias_size_in_bytes
     total = memory.argument_size_in_bytes + outputs + memory.temp_size_in_bytes + memory.generated_code_size_in_bytes
-    model_flops = float(task.train_flops_per_example) * config.batch_size
+    model_flops = float(spec.train_flops_per_example) * config.batch_size
     peak = hardware.peak_flops(kind, dtype=config.model.get("dtype", "bfloat16"))
     step_seconds = None if peak is None else model_flops / (mfu * peak * len(devices))
     return Result(
@@ -272,9 +268,7 @@ def main(parsed) -> None:
         if not FLAGS.topology:
             raise ConfigError("--topology is required, e.g. --topology=v3:8x16")
         prepare_libtpu()
-        with tempfile.TemporaryDirectory(prefix="aot_") as tmp:
-            result = compile_stage(config, FLAGS.topology, FLAGS.scratch or tmp, FLAGS.mfu, config_name=spec or "",
-                                   compile_step=FLAGS.compile)
+        result = compile_stage(config, FLAGS.topology, FLAGS.mfu, config_name=spec or "", compile_step=FLAGS.compile)
     except ConfigError as e:
         print(f"FATAL config error: {e}", file=sys.stderr)
         sys.exit(1)

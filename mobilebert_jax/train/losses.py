@@ -1,15 +1,21 @@
-"""Pretraining objectives on gathered masked positions, as TF1 BERT computes them.
+"""The MLM + NSP pretraining objective on gathered masked positions, as TF1 BERT computes it.
 
 Losses are returned as (numerator, denominator) sums so that gradient
 accumulation over microbatches divides by the whole batch's denominator and
-equals the big-batch step exactly.
+equals the big-batch step exactly (`train/objective.py`).
 """
 
 from __future__ import annotations
 
+import dataclasses
+from typing import Any
+
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import optax
+
+from mobilebert_jax.train.objective import Batch, StepContext, Sums
 
 # TF1 BERT adds this to the masked-LM denominator so an all-padding batch is finite.
 MLM_DENOMINATOR_EPS = 1e-5
@@ -30,9 +36,10 @@ def nsp_sums(logits_Bx2: jax.Array, labels_B: jax.Array) -> dict[str, jax.Array]
             "nsp_count": jnp.asarray(labels_B.shape[0], jnp.float32)}
 
 
-def pretraining_loss(sums: dict[str, jax.Array], mlm_denominator: jax.Array, nsp_denominator: jax.Array):
-    """MLM mean over the batch's masked weights + NSP mean over its sequences."""
-    return sums["mlm_loss_sum"] / mlm_denominator + sums["nsp_loss_sum"] / nsp_denominator
+def mlm_nsp_totals(batch: Batch) -> dict[str, jax.Array]:
+    """The whole batch's MLM weight (TF1's epsilon added) and sequence count."""
+    return {"mlm": jnp.sum(batch["masked_lm_weights"].astype(jnp.float32)) + MLM_DENOMINATOR_EPS,
+            "nsp": jnp.asarray(batch["next_sentence_labels"].shape[0], jnp.float32)}
 
 
 def summarize(sums: dict[str, jax.Array]) -> dict[str, jax.Array]:
@@ -47,3 +54,29 @@ def summarize(sums: dict[str, jax.Array]) -> dict[str, jax.Array]:
     }
     out["loss"] = out["mlm_loss"] + out["nsp_loss"]
     return out
+
+
+@dataclasses.dataclass(frozen=True)
+class PretrainingObjective:
+    """MLM + NSP of a MobileBertForPreTraining (the IB-BERT teacher, a student from scratch, held-out scores)."""
+    model: nn.Module
+    progress_keys: tuple[str, ...] = ("loss", "mlm_accuracy")
+
+    def sums(self, params: Any, batch: Batch, rng: jax.Array, context: StepContext, *, train: bool) -> Sums:
+        del context  # nothing here depends on the step or a frozen tree
+        out = self.model.apply(
+            {"params": params}, batch["input_ids"], attention_mask=batch["input_mask"],
+            token_type_ids=batch["segment_ids"], masked_lm_positions=batch["masked_lm_positions"],
+            deterministic=not train, rngs={"dropout": rng} if train else None)
+        return {**masked_lm_sums(out["mlm_logits"], batch["masked_lm_ids"], batch["masked_lm_weights"]),
+                **nsp_sums(out["nsp_logits"], batch["next_sentence_labels"])}
+
+    def totals(self, batch: Batch) -> dict[str, jax.Array]:
+        return mlm_nsp_totals(batch)
+
+    def loss(self, sums: Sums, totals: dict[str, jax.Array]) -> jax.Array:
+        """MLM mean over the batch's masked weights + NSP mean over its sequences."""
+        return sums["mlm_loss_sum"] / totals["mlm"] + sums["nsp_loss_sum"] / totals["nsp"]
+
+    def summarize(self, sums: Sums) -> dict[str, jax.Array]:
+        return summarize(sums)

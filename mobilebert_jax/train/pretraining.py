@@ -1,8 +1,7 @@
-"""The MLM + NSP pretraining task (the IB-BERT teacher, or a student from scratch)."""
+"""The MLM + NSP pretraining stage (the IB-BERT teacher, or a student from scratch)."""
 
 from __future__ import annotations
 
-import dataclasses
 import os
 from typing import Callable, Iterator, Optional
 
@@ -14,8 +13,8 @@ from jax.experimental import multihost_utils
 from mobilebert_jax import flops
 from mobilebert_jax.config import ConfigError, MobileBertConfig
 from mobilebert_jax.modeling import MobileBertForPreTraining
-from mobilebert_jax.train.step import pretraining_sums_fn
-from mobilebert_jax.train.task import StatefulIterator, Task
+from mobilebert_jax.train.losses import PretrainingObjective
+from mobilebert_jax.train.task import Spec, Stage, StatefulIterator, Task
 
 
 def model_config(config: ml_collections.ConfigDict) -> MobileBertConfig:
@@ -35,16 +34,37 @@ def prepared_data_config(config: ml_collections.ConfigDict, workdir: str) -> ml_
     return data_cfg
 
 
-@dataclasses.dataclass
-class PretrainingData:
-    train_iterator: StatefulIterator
-    make_eval_iterator: Optional[Callable[[], Iterator[dict]]]
-    max_seq_length: int
-    max_predictions_per_seq: int
+def pretraining_example(seq_len: int, predictions: int) -> dict[str, jax.ShapeDtypeStruct]:
+    """One MLM + NSP example as the loader yields it (data/masking.py's FEATURE_DTYPES), without its batch axis."""
+    from mobilebert_jax.data.masking import FEATURE_DTYPES
+
+    length = {"input_ids": seq_len, "input_mask": seq_len, "segment_ids": seq_len, "masked_lm_positions": predictions,
+              "masked_lm_ids": predictions, "masked_lm_weights": predictions}
+    return {k: jax.ShapeDtypeStruct((length[k],) if k in length else (), jnp.dtype(dtype))
+            for k, dtype in FEATURE_DTYPES.items()}
 
 
-def pretraining_data(config: ml_collections.ConfigDict, workdir: str) -> PretrainingData:
-    """The MLM + NSP loaders over `config.data` (prepared on first use), this process's share of each batch."""
+def check_sequence_length(seq_len: int, model: MobileBertConfig, field: str) -> None:
+    """`field` names the model's config (config.model, config.teacher_model)."""
+    if seq_len > model.max_position_embeddings:
+        raise ConfigError(f"config.data.max_seq_length={seq_len} exceeds {field}.max_position_embeddings="
+                          f"{model.max_position_embeddings}")
+
+
+def check_vocabulary(config: ml_collections.ConfigDict, model: MobileBertConfig) -> None:
+    """The tokenizer (read from disk) fits the model's embedding table."""
+    from mobilebert_jax.data.tokenizers import load_tokenizer
+
+    vocab = load_tokenizer(config.data.tokenizer).vocab_size
+    if vocab > model.vocab_size:
+        # JAX clamps out-of-range gather indices, so this would train silently on wrong embeddings.
+        raise ConfigError(f"config.data.tokenizer={config.data.tokenizer!r} has {vocab} tokens but "
+                          f"config.model.vocab_size={model.vocab_size}; set --config.model.vocab_size={vocab}")
+
+
+def pretraining_data(config: ml_collections.ConfigDict, workdir: str) -> tuple[StatefulIterator, Optional[Callable]]:
+    """(train iterator, eval-batches factory or None): the MLM + NSP loaders over `config.data` (prepared on first
+    use), this process's share of each batch."""
     from mobilebert_jax.data.loader import make_pretraining_loader
 
     data_cfg = prepared_data_config(config, workdir)
@@ -53,43 +73,36 @@ def pretraining_data(config: ml_collections.ConfigDict, workdir: str) -> Pretrai
                                              seed=config.seed, **process)
     eval_batches = config.eval.num_batches
 
-    def make_eval_iterator():
+    def make_eval_iterator() -> Iterator[dict]:
         loader = make_pretraining_loader(data_cfg, split="eval", global_batch_size=config.eval.batch_size,
                                          seed=config.seed, num_epochs=None, **process)
         return (next(loader) for _ in range(eval_batches))
 
-    return PretrainingData(train_iterator, make_eval_iterator if eval_batches > 0 else None,
-                           data_cfg.max_seq_length, data_cfg.max_predictions_per_seq)
+    return train_iterator, make_eval_iterator if eval_batches > 0 else None
 
 
-def build_pretraining_task(config: ml_collections.ConfigDict, workdir: str) -> Task:
-    from mobilebert_jax.data.tokenizers import load_tokenizer
-
+def spec(config: ml_collections.ConfigDict) -> Spec:
     c = model_config(config)
-    vocab = load_tokenizer(config.data.tokenizer).vocab_size
-    if vocab > c.vocab_size:
-        # JAX clamps out-of-range gather indices, so this would train silently on wrong embeddings.
-        raise ConfigError(f"config.data.tokenizer={config.data.tokenizer!r} has {vocab} tokens but "
-                          f"config.model.vocab_size={c.vocab_size}; set --config.model.vocab_size={vocab}")
-    data = pretraining_data(config, workdir)
-    seq_len, predictions = data.max_seq_length, data.max_predictions_per_seq
-    if seq_len > c.max_position_embeddings:
-        raise ConfigError(f"config.data.max_seq_length={seq_len} exceeds config.model.max_position_embeddings="
-                          f"{c.max_position_embeddings}")
+    seq_len, predictions = config.data.max_seq_length, config.data.max_predictions_per_seq
+    check_sequence_length(seq_len, c, "config.model")
     model = MobileBertForPreTraining(c)
-
-    def init_params(rng):
-        ids = jnp.zeros((1, seq_len), jnp.int32)
-        return model.init(rng, ids)["params"]
-
-    return Task(
+    return Spec(
         name="pretraining",
-        init_params=init_params,
-        make_sums_fn=lambda deterministic: pretraining_sums_fn(model, deterministic),
-        train_iterator=data.train_iterator,
-        make_eval_iterator=data.make_eval_iterator,
+        objective=PretrainingObjective(model),
+        init_params=lambda rng: model.init(rng, jnp.zeros((1, seq_len), jnp.int32))["params"],
+        example=pretraining_example(seq_len, predictions),
         tokens_per_example=seq_len,
         train_flops_per_example=flops.pretraining_train_flops_per_sequence(c, seq_len, predictions),
-        describe=lambda: f"{config.get('model_preset', 'custom')} model, {flops.parameter_count(c):,} backbone "
-                         f"parameters, sequences of {seq_len}",
     )
+
+
+def read(config: ml_collections.ConfigDict, workdir: str, stage_spec: Spec) -> Task:
+    c = model_config(config)
+    check_vocabulary(config, c)
+    train_iterator, eval_batches = pretraining_data(config, workdir)
+    return Task(spec=stage_spec, train_iterator=train_iterator, eval_batches=eval_batches,
+                describe=f"{config.get('model_preset', 'custom')} model, {flops.parameter_count(c):,} backbone "
+                         f"parameters, sequences of {config.data.max_seq_length}")
+
+
+PRETRAINING = Stage(spec, read)

@@ -1,8 +1,17 @@
-"""What a training stage plugs into the generic loop.
+"""What a training stage plugs into the generic loop, built in two parts.
 
-The trainer knows meshes, checkpoints, logging and the step; a Task knows
-its model, its objective (as additive sums, see `step.py`) and its data.
-Pretraining, distillation and fine-tuning are Tasks.
+The trainer knows meshes, checkpoints, logging and the step; a stage knows
+its model, its `Objective` (train/objective.py) and its inputs. A `Stage`
+is built in two parts:
+
+  spec(config) -> Spec            pure: shapes and configs, no file read. All the trainer needs to build
+                                  the jitted program (`trainer.build_program`), and so all the ahead-of-time
+                                  compiler needs (tools/aot_compile.py).
+  read(config, workdir, spec)     the I/O: opens and checks the parameter sources (model_source), prepares
+      -> Task                     and opens the data.
+
+Pretraining (train/pretraining.py), distillation (distill/task.py) and
+fine-tuning (tasks/finetuning.py) are Stages; `main.STAGES` names them.
 """
 
 from __future__ import annotations
@@ -11,9 +20,10 @@ import dataclasses
 from typing import Any, Callable, Iterator, Optional, Protocol
 
 import jax
+import ml_collections
 
-from mobilebert_jax.train import losses
-from mobilebert_jax.train.step import Batch, Sums, SumsFn, pretraining_loss, pretraining_totals
+from mobilebert_jax import model_source
+from mobilebert_jax.train.objective import Objective
 
 
 class StatefulIterator(Protocol):
@@ -28,39 +38,47 @@ class StatefulIterator(Protocol):
     def set_state(self, state: Any) -> None: ...
 
 
-@dataclasses.dataclass
-class Task:
+@dataclasses.dataclass(frozen=True)
+class Spec:
+    """A stage as shapes and configs, built from the config alone."""
     name: str
+    objective: Objective
     # rng -> the optimized parameter tree, boxed with logical axis names.
     init_params: Callable[[jax.Array], Any]
-    # deterministic -> sums_fn(params, batch, rng).
-    make_sums_fn: Callable[[bool], SumsFn]
-    train_iterator: StatefulIterator
-    # A fresh pass over the held-out split (None: no evaluation).
-    make_eval_iterator: Optional[Callable[[], Iterator[dict]]]
+    # One example of a batch (the arrays without their batch axis): what the compiled step takes.
+    example: dict[str, jax.ShapeDtypeStruct]
     tokens_per_example: int
     # Forward + backward model FLOPs of one training example (for FLOP/s and MFU).
     train_flops_per_example: int
-    totals_fn: Callable[[Batch], dict] = pretraining_totals
-    loss_fn: Callable[[Sums, dict], jax.Array] = pretraining_loss
-    summarize_fn: Callable[[Sums], dict] = losses.summarize
-    progress_keys: tuple[str, ...] = ("loss", "mlm_accuracy")
-    describe: Callable[[], str] = lambda: ""
-    # The objective takes a 4th argument, a `StepContext` (the step and the frozen tree).
-    uses_context: bool = False
-    # Parameters the objective uses but never trains (a distillation teacher):
-    # the boxed abstract tree (for shardings), and a loader that returns the
-    # tree placed with the given shardings. Not checkpointed with the run: it
-    # is loaded again from its own source on resume.
+    # Parameters the objective uses but never trains (a distillation teacher), as the step receives them:
+    # boxed abstract (logical axis names kept, for shardings), None without. Not checkpointed with the run.
     frozen_abstract: Any = None
-    load_frozen: Optional[Callable[[Any], Any]] = None
-    # Called once on a fresh start (never on resume) with the initialized
-    # parameters, the frozen tree (or None) and the parameters' shardings;
-    # returns the parameters to start from, placed with those shardings (a
-    # student taking the teacher's embeddings, or the student an earlier stage
-    # produced). The optimizer state is then initialized from the result.
-    initial_params: Optional[Callable[[Any, Any, Any], Any]] = None
-    # step -> extra scalars computed inside the jitted train step and logged
-    # with its metrics (a distillation run's stage, its per-layer learning-rate
-    # multipliers).
-    step_metrics_fn: Optional[Callable[[jax.Array], dict]] = None
+    # step -> extra scalars computed inside the jitted step and logged with its metrics (a distillation
+    # run's stage, its per-layer learning-rate multipliers).
+    step_metrics: Optional[Callable[[jax.Array], dict]] = None
+
+
+@dataclasses.dataclass(frozen=True)
+class Task:
+    """A stage ready to run: its spec, its data and the parameter sources it reads."""
+    spec: Spec
+    describe: str  # one line for the run's log: the model, where its inputs come from
+    train_iterator: StatefulIterator
+    # A fresh pass over the held-out split (None: no evaluation).
+    eval_batches: Optional[Callable[[], Iterator[dict]]]
+    # The source of the frozen tree (spec.frozen_abstract), read again on every start and resume.
+    frozen_source: Optional[model_source.Source] = None
+    # On a fresh start (never on resume): (initialized parameters, frozen tree or None, the parameters'
+    # shardings) -> the parameters to start from, placed with those shardings (a student taking the
+    # teacher's embeddings or an earlier stage's student, a fine-tuned model its pretrained backbone).
+    start_from: Optional[Callable[[Any, Any, Any], Any]] = None
+
+
+@dataclasses.dataclass(frozen=True)
+class Stage:
+    spec: Callable[[ml_collections.ConfigDict], Spec]
+    read: Callable[[ml_collections.ConfigDict, str, Spec], Task]
+
+    def build_task(self, config: ml_collections.ConfigDict, workdir: str) -> Task:
+        """Everything that can be wrong with the config is reported by `spec`, before any I/O."""
+        return self.read(config, workdir, self.spec(config))

@@ -23,13 +23,13 @@ import ml_collections
 import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from mobilebert_jax import checkpointing, experiment_config, hardware, optim, partitioning, plot, storage
+from mobilebert_jax import checkpointing, experiment_config, hardware, model_source, optim, partitioning, plot, storage
 from mobilebert_jax import workdir as workdir_lib
 from mobilebert_jax.errors import DataError, NonFiniteLossError
 from mobilebert_jax.metrics_writer import MetricsWriter
 from mobilebert_jax.train import lineage
 from mobilebert_jax.train import step as step_lib
-from mobilebert_jax.train.task import Task
+from mobilebert_jax.train.task import Spec, Task
 
 TaskBuilder = Callable[[ml_collections.ConfigDict, str], Task]
 
@@ -37,18 +37,6 @@ TaskBuilder = Callable[[ml_collections.ConfigDict, str], Task]
 def _log(message: str) -> None:
     if jax.process_index() == 0:
         print(message, flush=True)
-
-
-def evaluate(eval_step, params, task: Task, mesh, rules, frozen=None, step: int = 0) -> dict[str, float]:
-    """Sums over one pass of the held-out batches, then the task's means."""
-    totals = None
-    for local_batch in task.make_eval_iterator():
-        batch = partitioning.make_global_batch(local_batch, mesh, rules)
-        sums = eval_step(params, batch, frozen, jnp.asarray(max(step - 1, 0), jnp.int32))
-        totals = sums if totals is None else jax.tree.map(jnp.add, totals, sums)
-    if totals is None:
-        return {}
-    return {k: float(v) for k, v in task.summarize_fn(jax.device_get(totals)).items()}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -64,14 +52,22 @@ class Program:
     abstract_state: Any  # the TrainState as shapes with logical axis names (jax.eval_shape)
     shardings: Any  # the state's NamedShardings
     batch_sharding: NamedSharding
-    frozen_shardings: Any  # None when the task has no frozen tree
+    frozen_shardings: Any  # None when the stage has no frozen tree
     init_state: Callable  # jitted: rng -> a fresh state, placed
     train_step: Callable  # jitted: (state, batch, frozen) -> (state, metrics); the state is donated
     eval_step: Callable  # jitted: (params, batch, frozen, step) -> sums
 
+    frozen_abstract: Any  # the frozen tree as the step receives it (Spec.frozen_abstract)
+
     def state_target(self) -> Any:
         """Shapes carrying the state's shardings: what restore fills and lower takes."""
         return partitioning.with_shardings(self.abstract_state, self.shardings)
+
+    def frozen_target(self) -> Any:
+        """Shapes carrying the frozen tree's shardings (None without one): what its read fills and lower takes."""
+        if self.frozen_abstract is None:
+            return None
+        return partitioning.with_shardings(self.frozen_abstract, self.frozen_shardings)
 
     @contextlib.contextmanager
     def context(self) -> Iterator[None]:
@@ -80,15 +76,15 @@ class Program:
             yield
 
 
-def build_program(config: ml_collections.ConfigDict, task: Task, mesh: Mesh) -> Program:
+def build_program(config: ml_collections.ConfigDict, spec: Spec, mesh: Mesh) -> Program:
     """The optimizer, abstract state, shardings and jitted steps of `config`'s stage on `mesh`; nothing runs."""
     rules = partitioning.logical_rules(config.mesh)
     rng = jax.random.key(config.seed)
-    abstract_params = jax.eval_shape(task.init_params, rng)
+    abstract_params = jax.eval_shape(spec.init_params, rng)
     tx = optim.build_optimizer(config.optimizer, abstract_params)
 
     def init_state(key):
-        params = task.init_params(key)
+        params = spec.init_params(key)
         return step_lib.TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params))
 
     abstract = jax.eval_shape(init_state, rng)
@@ -96,21 +92,20 @@ def build_program(config: ml_collections.ConfigDict, task: Task, mesh: Mesh) -> 
     batch_sharding = partitioning.batch_sharding(mesh, rules)
     replicated = NamedSharding(mesh, PartitionSpec())
     frozen_shardings = None
-    if task.frozen_abstract is not None:
-        frozen_shardings = partitioning.logical_shardings(task.frozen_abstract, mesh, rules)
+    if spec.frozen_abstract is not None:
+        frozen_shardings = partitioning.logical_shardings(spec.frozen_abstract, mesh, rules)
     train_step = jax.jit(
-        step_lib.make_train_step(task.make_sums_fn(False), tx, totals_fn=task.totals_fn, loss_fn=task.loss_fn,
-                                 summarize_fn=task.summarize_fn,
-                                 learning_rate_fn=optim.build_schedule(config.optimizer),
+        step_lib.make_train_step(spec.objective, tx, learning_rate_fn=optim.build_schedule(config.optimizer),
                                  microbatches=config.microbatches, dropout_seed=config.seed,
-                                 uses_context=task.uses_context, step_metrics_fn=task.step_metrics_fn),
+                                 step_metrics_fn=spec.step_metrics),
         in_shardings=(shardings, batch_sharding, frozen_shardings), out_shardings=(shardings, replicated),
         donate_argnums=0)
-    eval_step = jax.jit(step_lib.make_eval_step(task.make_sums_fn(True), uses_context=task.uses_context),
+    eval_step = jax.jit(step_lib.make_eval_step(spec.objective),
                         in_shardings=(shardings.params, batch_sharding, frozen_shardings, replicated),
                         out_shardings=replicated)
     return Program(mesh=mesh, rules=rules, optimizer=tx, abstract_state=abstract, shardings=shardings,
                    batch_sharding=batch_sharding, frozen_shardings=frozen_shardings,
+                   frozen_abstract=spec.frozen_abstract,
                    init_state=jax.jit(lambda k: nn.meta.unbox(init_state(k)), out_shardings=shardings),
                    train_step=train_step, eval_step=eval_step)
 
@@ -146,106 +141,123 @@ def _train(config: ml_collections.ConfigDict, workdir: str, build_task: TaskBuil
     lineage.record_tokenizer(config, workdir)
     mesh = partitioning.make_mesh(config.mesh)
     task = build_task(config, workdir)
-    program = build_program(config, task, mesh)
-    rules, shardings = program.rules, program.shardings
-    train_step, eval_step = program.train_step, program.eval_step
+    spec = task.spec
+    program = build_program(config, spec, mesh)
+    checkpoints = os.path.join(workdir, "checkpoints")
 
-    ckpt = checkpointing.Checkpointer.from_config(os.path.join(workdir, "checkpoints"), config.checkpoint,
-                                                  config=config)
-    with program.context():
+    with checkpointing.Checkpointer.from_config(checkpoints, config.checkpoint, config=config) as ckpt, \
+            program.context():
         frozen = None
-        if task.frozen_abstract is not None:
-            frozen = task.load_frozen(program.frozen_shardings)
-
-        latest = ckpt.latest_step()
-        if latest is not None:
+        if spec.frozen_abstract is not None:  # read again on every start: it is not part of the checkpoint
+            frozen = model_source.read(task.frozen_source, program.frozen_target())
+        if ckpt.latest_step() is not None:
             state = ckpt.restore(program.state_target(), data_iterator=task.train_iterator)
-            _log(f"resumed from step {int(state.step)} (checkpoints in {os.path.join(workdir, 'checkpoints')})")
+            _log(f"resumed from step {int(state.step)} (checkpoints in {checkpoints})")
         else:
             state = program.init_state(jax.random.key(config.seed))
-            if task.initial_params is not None:
-                params = task.initial_params(state.params, frozen, shardings.params)
-                opt_state = jax.jit(program.optimizer.init, out_shardings=shardings.opt_state)(params)
+            if task.start_from is not None:
+                params = task.start_from(state.params, frozen, program.shardings.params)
+                opt_state = jax.jit(program.optimizer.init, out_shardings=program.shardings.opt_state)(params)
                 state = step_lib.TrainState(step=state.step, params=params, opt_state=opt_state)
 
-        total_steps = config.total_steps
-        flops_per_step = task.train_flops_per_example * config.batch_size
-        writer = MetricsWriter(workdir, total_steps=total_steps,
-                               tokens_per_step=task.tokens_per_example * config.batch_size,
-                               progress_keys=task.progress_keys)
         first_step = int(state.step)
-        _log(f"{task.name}: {task.describe()}; steps {first_step}..{total_steps}, global batch {config.batch_size}, "
-             f"mesh {dict(mesh.shape)}, {jax.device_count()} {jax.devices()[0].platform} devices, workdir {workdir}")
-        profile = config.profile
-        final_metrics: dict[str, float] = {}
-        with checkpointing.PreemptionGuard() as guard:
+        _log(f"{spec.name}: {task.describe}; steps {first_step}..{config.total_steps}, global batch "
+             f"{config.batch_size}, mesh {dict(mesh.shape)}, {jax.device_count()} {jax.devices()[0].platform} "
+             f"devices, workdir {workdir}")
+        with MetricsWriter(workdir, total_steps=config.total_steps,
+                           tokens_per_step=spec.tokens_per_example * config.batch_size,
+                           progress_keys=spec.objective.progress_keys) as writer, \
+                checkpointing.PreemptionGuard() as guard:
             if guard.should_stop(first_step):  # signalled during set-up: stop before compiling the step
-                ckpt.close()
-                writer.close()
                 _log(f"stopped by a signal before step {first_step + 1}: nothing new to save; rerun the same "
                      "command to continue")
-                return final_metrics
-            for step in range(first_step, total_steps):
-                if step == profile.start_step and profile.num_steps > 0 and jax.process_index() == 0:
-                    jax.profiler.start_trace(os.path.join(workdir, "profile"))
-                batch = partitioning.make_global_batch(next(task.train_iterator), mesh, rules)
-                state, metrics = train_step(state, batch, frozen)
-                done = step + 1
-                # Checked every step (a small host sync) so that a diverged state is never saved.
-                step_scalars = {k: float(v) for k, v in jax.device_get(metrics).items()}
-                bad = sorted(k for k, v in step_scalars.items() if not math.isfinite(v))
-                if bad:
-                    ckpt.wait()
-                    last = ckpt.latest_step()
-                    writer.close()
-                    raise NonFiniteLossError(
-                        f"step {done}: {', '.join(bad)} is not finite; stopped without saving this state. Last good "
-                        + (f"checkpoint: step {last} in {os.path.join(workdir, 'checkpoints')}" if last is not None
-                           else "checkpoint: none (the run diverged before its first save)"))
-                if done == profile.start_step + profile.num_steps and profile.num_steps > 0 and \
-                        jax.process_index() == 0:
-                    jax.block_until_ready(state)
-                    jax.profiler.stop_trace()
-                if done % config.log_every == 0 or done == total_steps:
-                    scalars = dict(step_scalars)  # fetched once above
-                    rate = writer.steps_per_second
-                    if rate:
-                        scalars["examples_per_second"] = rate * config.batch_size
-                        scalars["tokens_per_second"] = rate * config.batch_size * task.tokens_per_example
-                        scalars["model_flops_per_second"] = rate * flops_per_step
-                        mfu = hardware.mfu(flops_per_step, 1.0 / rate, dtype=config.model.dtype)
-                        if mfu is not None:
-                            scalars["mfu"] = mfu
-                    writer.write(done, scalars)
-                    final_metrics.update(scalars)
-                if task.make_eval_iterator is not None and (done % config.eval.every_steps == 0 or
-                                                            done == total_steps):
-                    eval_metrics = evaluate(eval_step, state.params, task, mesh, rules, frozen, done)
-                    writer.write(done, {f"eval/{k}": v for k, v in eval_metrics.items()}, progress=False)
-                    _log(f"eval at step {done}: " + ", ".join(f"{k} {v:.4f}" for k, v in eval_metrics.items()))
-                    final_metrics.update({f"eval/{k}": v for k, v in eval_metrics.items()})
-                lock.check()
-                if ckpt.save(done, state, data_iterator=task.train_iterator):
-                    _log(f"checkpoint {done}: saving in the background")
-                if guard.should_stop(done):
-                    ckpt.save(done, state, data_iterator=task.train_iterator, force=True)
-                    ckpt.wait()
-                    _log(f"preempted: saved a checkpoint at step {done}; rerun the same command to continue")
-                    writer.close()
-                    _write_curves(workdir)
-                    return final_metrics
+                return {}
+            state, final_metrics, preempted = _loop(config, workdir, task, program, state, frozen, ckpt, writer,
+                                                    guard, lock)
+        if preempted:
+            _write_curves(workdir)
+            return final_metrics
         if ckpt.save(int(state.step), state, data_iterator=task.train_iterator, force=True):
             _log(f"checkpoint {int(state.step)}: saving")
         ckpt.wait()
-        ckpt.close()
-        writer.close()
     curves = _write_curves(workdir)
-    _log(f"done: checkpoints in {os.path.join(workdir, 'checkpoints')}, TensorBoard logs and metrics.jsonl in "
-         f"{workdir}, resolved config in {os.path.join(workdir, 'config.py')}" + (f", curves in {curves}" if curves
-                                                                                   else ""))
+    _log(f"done: checkpoints in {checkpoints}, TensorBoard logs and metrics.jsonl in {workdir}, resolved config in "
+         f"{os.path.join(workdir, 'config.py')}" + (f", curves in {curves}" if curves else ""))
     if jax.process_index() == 0:
-        finished_marker.write_text(f"{total_steps}\n")
+        finished_marker.write_text(f"{config.total_steps}\n")
     return final_metrics
+
+
+def _loop(config: ml_collections.ConfigDict, workdir: str, task: Task, program: Program, state: Any, frozen: Any,
+          ckpt: checkpointing.Checkpointer, writer: MetricsWriter, guard: checkpointing.PreemptionGuard,
+          lock: workdir_lib.WorkdirLock) -> tuple[Any, dict[str, float], bool]:
+    """Steps from `state` to config.total_steps (or a preemption): (final state, last metrics, preempted)."""
+    spec, mesh, rules = task.spec, program.mesh, program.rules
+    total_steps, profile = config.total_steps, config.profile
+    flops_per_step = spec.train_flops_per_example * config.batch_size
+    final_metrics: dict[str, float] = {}
+
+    def fetch(done: int, metrics: dict) -> None:
+        """Brings step `done`'s metrics to the host, stops on a non-finite one, logs them on a log step."""
+        scalars = {k: float(v) for k, v in jax.device_get(metrics).items()}
+        bad = sorted(k for k, v in scalars.items() if not math.isfinite(v))
+        if bad:
+            ckpt.wait()  # every save started so far is a good state: finish writing it
+            last = ckpt.latest_step()
+            raise NonFiniteLossError(
+                f"step {done}: {', '.join(bad)} is not finite; stopped without saving this state. Last good "
+                + (f"checkpoint: step {last} in {os.path.join(workdir, 'checkpoints')}" if last is not None
+                   else "checkpoint: none (the run diverged before its first save)"))
+        if done % config.log_every == 0 or done == total_steps:
+            rate = writer.steps_per_second
+            if rate:
+                scalars["examples_per_second"] = rate * config.batch_size
+                scalars["tokens_per_second"] = rate * config.batch_size * spec.tokens_per_example
+                scalars["model_flops_per_second"] = rate * flops_per_step
+                mfu = hardware.mfu(flops_per_step, 1.0 / rate, dtype=config.model.dtype)
+                if mfu is not None:
+                    scalars["mfu"] = mfu
+            writer.write(done, scalars)
+            final_metrics.update(scalars)
+
+    # Step t's metrics are fetched once step t + 1 is dispatched, so the host never waits on the step it
+    # just queued; a step whose state is saved, evaluated or final is fetched (and checked) first.
+    pending: tuple[int, dict] | None = None
+    for step in range(int(state.step), total_steps):
+        if step == profile.start_step and profile.num_steps > 0 and jax.process_index() == 0:
+            jax.profiler.start_trace(os.path.join(workdir, "profile"))
+        batch = partitioning.make_global_batch(next(task.train_iterator), mesh, rules)
+        state, metrics = program.train_step(state, batch, frozen)
+        done = step + 1
+        if pending is not None:
+            fetch(*pending)
+        pending = (done, metrics)
+        if done == profile.start_step + profile.num_steps and profile.num_steps > 0 and jax.process_index() == 0:
+            jax.block_until_ready(state)
+            jax.profiler.stop_trace()
+        evaluate_now = task.eval_batches is not None and (done % config.eval.every_steps == 0 or done == total_steps)
+        save_now = ckpt.due(done)
+        stop = guard.should_stop(done)
+        if evaluate_now or save_now or stop or done == total_steps:
+            fetch(*pending)  # a diverged state is never evaluated or saved
+            pending = None
+        if evaluate_now:
+            batches = (partitioning.make_global_batch(b, mesh, rules) for b in task.eval_batches())
+            eval_metrics = step_lib.evaluate(program.eval_step, spec.objective, state.params, batches, frozen,
+                                             max(done - 1, 0))
+            writer.write(done, {f"eval/{k}": v for k, v in eval_metrics.items()}, progress=False)
+            _log(f"eval at step {done}: " + ", ".join(f"{k} {v:.4f}" for k, v in eval_metrics.items()))
+            final_metrics.update({f"eval/{k}": v for k, v in eval_metrics.items()})
+        lock.check()
+        ckpt.check()  # a background save that failed stops the run at the next step, naming its step
+        if save_now and ckpt.save(done, state, data_iterator=task.train_iterator, force=True):
+            _log(f"checkpoint {done}: saving in the background")
+        if stop:
+            ckpt.save(done, state, data_iterator=task.train_iterator, force=True)
+            ckpt.wait()
+            _log(f"preempted: saved a checkpoint at step {done}; rerun the same command to continue")
+            return state, final_metrics, True
+    return state, final_metrics, False
 
 
 def _write_curves(workdir: str) -> str | None:
