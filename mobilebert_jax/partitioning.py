@@ -129,8 +129,8 @@ def make_mesh(mesh_cfg: Any, devices: Optional[Sequence[jax.Device]] = None) -> 
         raise ConfigError(f"config.mesh.dcn_shape={dcn!r}: must be {len(MESH_AXES)} positive integers, one per axis "
                           f"of {MESH_AXES}")
     process_is_granule = any(d.platform != "tpu" for d in devices)
-    if not process_is_granule:
-        num_slices = 1 + max(d.slice_index for d in devices)
+    if not process_is_granule:  # compile-only devices of a TPU topology (tools.aot_compile) have no slice_index
+        num_slices = 1 + max(getattr(d, "slice_index", 0) for d in devices)
     elif dcn is not None and math.prod(dcn) > 1:
         num_slices = len({d.process_index for d in devices})
     else:
