@@ -79,22 +79,30 @@ def write_text_atomic(p: PathLike, text: str) -> None:
 def local_copy(p: PathLike) -> str:
     """A local file with the bytes of `p`: `p` itself when local, else a copy cached in `scratch_dir()`.
 
-    The cache is keyed by the URL and checked by size, so a rerun reuses it and a
-    replaced object of another size is fetched again.
+    The cache is keyed by the URL and checked against the object's current version (fsspec's `checksum` of its
+    metadata: on Cloud Storage the generation and hash change with every upload), so a rerun reuses it and an
+    object prepared again at the same URL, of any size, is fetched again. (A size check alone served a stale
+    shard of the same size, from an earlier preparation, for a manifest of a newer format.)
     """
     if not is_remote(p):
         return os.fspath(p)
-    src = path(p)
     scheme, rest = os.fspath(p).split("://", 1)
     local = os.path.join(scratch_dir(), "cache", scheme, rest)
-    size = src.stat().length
-    if os.path.isfile(local) and os.path.getsize(local) == size:
+    fs = epath_backend.fsspec_backend.fs(os.fspath(p))
+    name = fs._strip_protocol(os.fspath(p))
+    fs.invalidate_cache(name)  # the object as the server has it now, not as an earlier listing saw it
+    version = str(fs.checksum(name))
+    version_file = f"{local}.version"
+    if os.path.isfile(local) and os.path.isfile(version_file) and open(version_file).read() == version:
         return local
     os.makedirs(os.path.dirname(local), exist_ok=True)
     tmp = f"{local}.tmp-{uuid.uuid4().hex[:8]}"
-    with src.open("rb") as fin, open(tmp, "wb") as fout:
+    with path(p).open("rb") as fin, open(tmp, "wb") as fout:
         shutil.copyfileobj(fin, fout, length=8 << 20)
     os.replace(tmp, local)
+    with open(f"{version_file}.tmp-{uuid.uuid4().hex[:8]}", "w") as f:
+        f.write(version)
+    os.replace(f.name, version_file)
     return local
 
 

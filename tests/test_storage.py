@@ -47,7 +47,7 @@ def test_a_failed_staged_write_leaves_no_object(gcs, tmp_path, monkeypatch):
     assert os.listdir(tmp_path) == []  # the scratch file is gone
 
 
-def test_local_copy_is_cached_by_url_and_size(gcs, tmp_path, monkeypatch):
+def test_local_copy_is_cached_by_url_and_object_version(gcs, tmp_path, monkeypatch):
     monkeypatch.setenv(storage.SCRATCH_ENV, str(tmp_path))
     uri = gcs.uri("copy", "shard.bin")
     storage.path(uri).write_bytes(b"12345")
@@ -55,6 +55,10 @@ def test_local_copy_is_cached_by_url_and_size(gcs, tmp_path, monkeypatch):
     assert local == f"{tmp_path}/cache/gs/{gcs.bucket}/copy/shard.bin" and open(local, "rb").read() == b"12345"
     storage.path(uri).write_bytes(b"1234567")  # replaced by another size: fetched again
     assert open(storage.local_copy(uri), "rb").read() == b"1234567"
+    storage.path(uri).write_bytes(b"abcdefg")  # replaced by the same size (data prepared again): fetched again
+    assert open(storage.local_copy(uri), "rb").read() == b"abcdefg"
+    os.remove(local)  # the cached copy reappears when it goes missing
+    assert open(storage.local_copy(uri), "rb").read() == b"abcdefg"
 
 
 def test_remote_append_keeps_what_was_there_and_throttles_uploads(gcs):
