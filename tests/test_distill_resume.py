@@ -80,7 +80,7 @@ def run_three(root: str) -> None:
         np.savez(os.path.join(root, f"{name}.npz"), **_final_params(os.path.join(root, name), student_cfg))
 
 
-@pytest.mark.slow  # minutes (871 s on a loaded 2-core machine); `python -m pytest -q -m slow tests/test_distill_resume.py`
+@pytest.mark.slow  # 399 s on 2 idle cores (871 s loaded); `python -m pytest -q -m slow tests/test_distill_resume.py`
 def test_resume_in_the_middle_of_a_stage_is_exact(tmp_path):
     env = dict(os.environ)
     env.pop("XLA_FLAGS", None)
