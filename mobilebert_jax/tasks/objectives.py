@@ -105,15 +105,16 @@ class PerExampleObjective(abc.ABC):
     def totals(self, batch: Batch) -> dict[str, jax.Array]:
         return example_totals(batch)
 
+    def loss(self, sums: Sums, totals: dict[str, jax.Array]) -> jax.Array:
+        """The mean per-example loss (Spans overrides it with TF1's start/end mean)."""
+        return mean_loss(sums, totals)
+
 
 class Classification(PerExampleObjective):
     progress_keys = ("loss", "accuracy")
 
     def score(self, out: dict, batch: Batch) -> Sums:
         return classification_sums(out["logits"], batch["label"], example_weights(batch))
-
-    def loss(self, sums: Sums, totals: dict[str, jax.Array]) -> jax.Array:
-        return mean_loss(sums, totals)
 
     def summarize(self, sums: Sums) -> dict[str, jax.Array]:
         return summarize_classification(sums)
@@ -124,9 +125,6 @@ class Regression(PerExampleObjective):
 
     def score(self, out: dict, batch: Batch) -> Sums:
         return regression_sums(out["logits"], batch["label"], example_weights(batch))
-
-    def loss(self, sums: Sums, totals: dict[str, jax.Array]) -> jax.Array:
-        return mean_loss(sums, totals)
 
     def summarize(self, sums: Sums) -> dict[str, jax.Array]:
         return summarize_regression(sums)
