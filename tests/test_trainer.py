@@ -166,7 +166,7 @@ def test_sigterm_before_the_first_step_exits_cleanly(tmp_path):
     while (line := proc.stdout.readline()) and line.strip() != "STARTED":  # the handler is installed
         pass
     proc.send_signal(signal.SIGTERM)
-    out, _ = proc.communicate(timeout=1800)
+    out, _ = proc.communicate(timeout=HANG_S)
     assert proc.returncode == 0, out
     assert "stopped by a signal before step 1: nothing new to save" in out, out
     assert not os.path.exists(tmp_path / "final_params.npz")
@@ -181,7 +181,7 @@ def test_second_run_is_refused_and_a_killed_run_loses_at_most_an_interval_plus_a
     every = 2
     overrides = ["checkpoint.async_save=True", "log_every=1"]
     first = _run(tmp_path, slow=1.0, wait=False, overrides=overrides)
-    _wait_for_checkpoint(tmp_path, 2, first, timeout=1800)
+    _wait_for_checkpoint(tmp_path, 2, first, timeout=HANG_S)
     c = synthetic_training.config(total_steps=TOTAL)
     c.update_from_flattened_dict({"checkpoint.async_save": True, "log_every": 1})
     holder = f"is in use by host {socket.gethostname()} pid {first.pid}"
@@ -189,7 +189,7 @@ def test_second_run_is_refused_and_a_killed_run_loses_at_most_an_interval_plus_a
         train(c, str(tmp_path), _never)  # the same run again, while the first holds the workdir
     assert first.poll() is None, "the first run ended before it could be killed mid-run; make its steps slower"
     first.kill()
-    first.communicate(timeout=60)
+    first.communicate(timeout=HANG_S)  # after kill(): only a hang waits long
     reached = max(_metrics_steps(tmp_path))
     out = _run(tmp_path, overrides=overrides)  # takes the dead run's lock over and resumes
     assert f"pid {first.pid}" in out and "no longer exists" in out, out
@@ -211,11 +211,11 @@ def test_a_full_disk_stops_the_run_at_the_failed_save(tmp_path):
     overrides = ["checkpoint.async_save=True", "log_every=1"]
     try:
         proc = _run(tmp_path, slow=0.3, wait=False, overrides=overrides)
-        _wait_for_checkpoint(tmp_path, 2, proc, timeout=1800)
+        _wait_for_checkpoint(tmp_path, 2, proc, timeout=HANG_S)
         free = os.statvfs(checkpoints)
         with open(checkpoints / "filler", "wb") as f:  # takes every free block
             os.posix_fallocate(f.fileno(), 0, free.f_bavail * free.f_frsize)
-        out, _ = proc.communicate(timeout=1800)
+        out, _ = proc.communicate(timeout=HANG_S)
         assert proc.returncode != 0, out
         failed = int(re.search(r"saving checkpoint step (\d+) in .* failed: .*(No space left|RESOURCE_EXHAUSTED)",
                                out)[1])
