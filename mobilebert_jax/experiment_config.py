@@ -41,7 +41,7 @@ from etils import epath
 from ml_collections import config_flags
 
 from mobilebert_jax import checkpointing, optim, partitioning, storage
-from mobilebert_jax.config import ConfigError
+from mobilebert_jax.errors import ConfigError
 
 _FLAG = "config"
 _OVERRIDE = re.compile(r"^(?:--?config\.|config\.)?([A-Za-z_][A-Za-z0-9_]*(?:\.[A-Za-z_][A-Za-z0-9_]*)*)=(.*)$", re.S)

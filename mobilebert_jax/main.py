@@ -25,7 +25,7 @@ import jax
 from absl import flags
 
 from mobilebert_jax import cli, experiment_config, multihost, preemption
-from mobilebert_jax.config import ConfigError
+from mobilebert_jax.errors import ConfigError
 from mobilebert_jax.distill import pipeline
 
 DEFAULT_WORKDIR = os.path.join("runs", "pipeline")

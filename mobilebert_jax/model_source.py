@@ -35,7 +35,8 @@ from etils import epath
 from flax import traverse_util
 
 from mobilebert_jax import storage
-from mobilebert_jax.config import ConfigError, MobileBertConfig
+from mobilebert_jax.errors import ConfigError
+from mobilebert_jax.config import MobileBertConfig
 from mobilebert_jax.convert.native import PARAMS_FILE
 from mobilebert_jax.data import tokenizer_record
 

@@ -30,7 +30,7 @@ from typing import Optional
 
 import jax
 
-from mobilebert_jax.config import ConfigError
+from mobilebert_jax.errors import ConfigError
 
 ENV_ADDRESS, ENV_COUNT, ENV_INDEX = "JAX_COORDINATOR_ADDRESS", "JAX_NUM_PROCESSES", "JAX_PROCESS_ID"
 _GOOGLE_PCI_VENDOR = "0x1ae0"

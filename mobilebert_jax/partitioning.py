@@ -40,7 +40,7 @@ from absl import logging
 from jax.experimental import mesh_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from mobilebert_jax.config import ConfigError
+from mobilebert_jax.errors import ConfigError
 
 MESH_AXES = ("data", "fsdp", "tensor")
 MeshAxes = Union[None, str, tuple[str, ...]]

@@ -37,7 +37,7 @@ import tensorstore as ts
 from etils import epath
 
 from mobilebert_jax.checkpointing import CheckpointError
-from mobilebert_jax.config import ConfigError
+from mobilebert_jax.errors import ConfigError
 
 LOCK_KEY = "LOCK"
 HEARTBEAT_SECONDS = 60.0

@@ -15,7 +15,7 @@ from safetensors.numpy import load_file, save_file
 
 from hf_reference import hf_config, max_abs, randomize_, torch, transformers
 from mobilebert_jax import convert, get_preset, model_source
-from mobilebert_jax.config import ConfigError
+from mobilebert_jax.errors import ConfigError
 from mobilebert_jax.convert import names
 
 CONFIG = get_preset("mobilebert_test")

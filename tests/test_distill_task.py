@@ -18,7 +18,7 @@ import pytest
 from flax import traverse_util
 
 from mobilebert_jax import experiment_config, get_preset, model_source, optim, partitioning
-from mobilebert_jax.config import ConfigError
+from mobilebert_jax.errors import ConfigError
 from mobilebert_jax.convert import native
 from mobilebert_jax.distill import config as distill_config
 from mobilebert_jax.distill import strategies

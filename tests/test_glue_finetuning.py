@@ -11,7 +11,7 @@ import pytest
 from flax import traverse_util
 
 from mobilebert_jax import convert, experiment_config, get_preset
-from mobilebert_jax.config import ConfigError
+from mobilebert_jax.errors import ConfigError
 from mobilebert_jax.modeling import MobileBertForPreTraining
 from mobilebert_jax.tasks import evaluate, finetuning
 from mobilebert_jax.train import lineage

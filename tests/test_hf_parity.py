@@ -189,7 +189,7 @@ def test_parity_check_is_sensitive(tmp_path):
 @pytest.mark.parametrize("tie_word_embeddings", [True, False])
 def test_every_config_hf_can_run_imports_exactly_or_is_refused_naming_the_field(
         tmp_path, use_bottleneck, use_bottleneck_attention, key_query_shared_bottleneck, tie_word_embeddings):
-    from mobilebert_jax.config import ConfigError
+    from mobilebert_jax.errors import ConfigError
 
     flags = dict(use_bottleneck=use_bottleneck, use_bottleneck_attention=use_bottleneck_attention,
                  key_query_shared_bottleneck=key_query_shared_bottleneck, tie_word_embeddings=tie_word_embeddings)

@@ -15,7 +15,7 @@ import pytest
 
 import synthetic_training
 from mobilebert_jax import checkpointing, convert, experiment_config, get_preset, model_source, optim
-from mobilebert_jax.config import ConfigError
+from mobilebert_jax.errors import ConfigError
 from mobilebert_jax.data import tokenizer_record
 from mobilebert_jax.data.tokenizers import load_tokenizer
 from mobilebert_jax.modeling import MobileBertForPreTraining

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from mobilebert_jax import checkpointing, get_preset, model_source
-from mobilebert_jax.config import ConfigError
+from mobilebert_jax.errors import ConfigError
 from mobilebert_jax.modeling import MobileBertForPreTraining
 from mobilebert_jax.train.step import TrainState
 from test_distill_task import SEQ, build, make_config, save_teacher, tiny_models

@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 
 from mobilebert_jax import flops
-from mobilebert_jax.config import ConfigError, MobileBertConfig, get_preset, load_config
+from mobilebert_jax.errors import ConfigError
+from mobilebert_jax.config import MobileBertConfig, get_preset, load_config
 from mobilebert_jax.modeling import MobileBertForPreTraining, MobileBertModel
 
 

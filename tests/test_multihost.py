@@ -218,7 +218,7 @@ def test_two_processes_as_two_slices_match_one_slice(tmp_path, gcs):
 @pytest.mark.parametrize("field", ["--workdir", "config.data.prepared_dir"])
 def test_local_paths_with_several_processes_are_refused(tmp_path, field):
     from mobilebert_jax import experiment_config
-    from mobilebert_jax.config import ConfigError
+    from mobilebert_jax.errors import ConfigError
 
     c = _config("gs://bucket/run")
     workdir = "gs://bucket/run/multi"
@@ -235,7 +235,7 @@ def test_local_paths_with_several_processes_are_refused(tmp_path, field):
 
 def test_incomplete_settings_name_what_is_missing(monkeypatch):
     from mobilebert_jax import multihost
-    from mobilebert_jax.config import ConfigError
+    from mobilebert_jax.errors import ConfigError
 
     for var in (multihost.ENV_ADDRESS, multihost.ENV_COUNT, multihost.ENV_INDEX):
         monkeypatch.delenv(var, raising=False)

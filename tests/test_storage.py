@@ -8,7 +8,7 @@ import pytest
 
 from gcs_emulator import gcs  # noqa: F401  (the fixture)
 from mobilebert_jax import storage
-from mobilebert_jax.config import ConfigError
+from mobilebert_jax.errors import ConfigError
 
 
 def test_gs_never_goes_through_tensorflow():

@@ -12,7 +12,7 @@ import textwrap
 
 import pytest
 
-from mobilebert_jax.config import ConfigError
+from mobilebert_jax.errors import ConfigError
 from mobilebert_jax.tools import sweep
 from limits import HANG_S
 

@@ -22,7 +22,7 @@ import pytest
 import synthetic_training
 from mobilebert_jax import experiment_config
 from mobilebert_jax import workdir as workdir_lib
-from mobilebert_jax.config import ConfigError
+from mobilebert_jax.errors import ConfigError
 from mobilebert_jax.train.trainer import train
 from limits import HANG_S
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 import sys
 
 from mobilebert_jax import cli, model_source
-from mobilebert_jax.config import ConfigError
+from mobilebert_jax.errors import ConfigError
 from mobilebert_jax.convert.hf import ARCHITECTURES, to_hf
 from mobilebert_jax.convert.native import save_params
 from mobilebert_jax.data import tokenizer_record

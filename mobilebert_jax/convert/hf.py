@@ -17,7 +17,8 @@ from safetensors import SafetensorError
 from safetensors.numpy import load_file, save_file
 
 from mobilebert_jax import modeling
-from mobilebert_jax.config import HF_QUIRK_NORM_EPS, ConfigError, MobileBertConfig
+from mobilebert_jax.errors import ConfigError
+from mobilebert_jax.config import HF_QUIRK_NORM_EPS, MobileBertConfig
 from mobilebert_jax.convert import names
 from mobilebert_jax.convert.torch_bin import load_torch_bin
 from mobilebert_jax.errors import CheckpointError

@@ -15,7 +15,7 @@ from typing import Optional
 
 from etils import epath
 
-from mobilebert_jax.config import ConfigError
+from mobilebert_jax.errors import ConfigError
 from mobilebert_jax.data.tokenizers import SentencePieceTokenizer, Tokenizer, WordPieceTokenizer, load_tokenizer
 
 DIRNAME = "tokenizer"

@@ -41,7 +41,7 @@ from typing import Any
 
 import ml_collections
 
-from mobilebert_jax.config import ConfigError
+from mobilebert_jax.errors import ConfigError
 from mobilebert_jax.optim import config as cfg_lib
 
 STRATEGIES = ("progressive", "joint", "auxiliary", "pd")

@@ -12,7 +12,8 @@ from __future__ import annotations
 import math
 from typing import Sequence
 
-from mobilebert_jax.config import ConfigError, MobileBertConfig
+from mobilebert_jax.errors import ConfigError
+from mobilebert_jax.config import MobileBertConfig
 
 
 def resolve_layer_map(layer_map: Sequence[int], student: MobileBertConfig, teacher: MobileBertConfig,

@@ -31,7 +31,7 @@ import ml_collections
 from absl import flags
 
 from mobilebert_jax import experiment_config, flops, model_source, plot, preemption, storage
-from mobilebert_jax.config import ConfigError
+from mobilebert_jax.errors import ConfigError
 from mobilebert_jax.distill import strategies
 from mobilebert_jax.distill.evaluate import eval_batches, held_out_metrics
 from mobilebert_jax.train.task import Stage

@@ -19,7 +19,8 @@ import ml_collections
 from flax import traverse_util
 
 from mobilebert_jax import flops, model_source, partitioning
-from mobilebert_jax.config import ConfigError, MobileBertConfig
+from mobilebert_jax.errors import ConfigError
+from mobilebert_jax.config import MobileBertConfig
 from mobilebert_jax.distill import config as distill_config
 from mobilebert_jax.distill import layers, strategies
 from mobilebert_jax.distill.objective import DistillationObjective

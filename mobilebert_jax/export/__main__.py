@@ -24,7 +24,7 @@ import numpy as np
 from absl import app, flags
 from etils import epath
 
-from mobilebert_jax.config import ConfigError
+from mobilebert_jax.errors import ConfigError
 from mobilebert_jax.export import sources
 
 flags.DEFINE_string("workdir", None, "a fine-tuning run (experiments/finetune_glue.py or finetune_squad.py)")

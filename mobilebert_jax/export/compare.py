@@ -20,7 +20,7 @@ import numpy as np
 from absl import flags
 from etils import epath
 
-from mobilebert_jax.config import ConfigError
+from mobilebert_jax.errors import ConfigError
 
 FORMS = {  # name -> (format, quantization); "jax" forms run in JAX, the others from the exported file
     "jax_float": ("jax", "float32"), "jax_int8_simulation": ("jax", "int8_simulation"),

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 from etils import epath
 
-from mobilebert_jax.config import ConfigError
+from mobilebert_jax.errors import ConfigError
 
 
 def run_model(workdir: str, step):

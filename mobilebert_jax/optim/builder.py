@@ -33,7 +33,7 @@ import jax.numpy as jnp
 import ml_collections
 import optax
 
-from mobilebert_jax.config import ConfigError
+from mobilebert_jax.errors import ConfigError
 from mobilebert_jax.optim import config as cfg_lib
 from mobilebert_jax.optim import multipliers, paths, schedules, transforms
 

@@ -10,7 +10,7 @@ from typing import Any, Mapping
 
 import ml_collections
 
-from mobilebert_jax.config import ConfigError
+from mobilebert_jax.errors import ConfigError
 
 OPTIMIZERS = ("lamb", "adamw")
 SCHEDULE_KINDS = ("constant", "warmup_constant", "warmup_linear_decay", "warmup_polynomial_decay")

@@ -15,7 +15,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-from mobilebert_jax.config import ConfigError
+from mobilebert_jax.errors import ConfigError
 
 Multiplier = Callable[[jax.Array], jax.Array]
 

@@ -6,7 +6,7 @@ from typing import Any
 
 import optax
 
-from mobilebert_jax.config import ConfigError
+from mobilebert_jax.errors import ConfigError
 from mobilebert_jax.optim import config as cfg_lib
 
 

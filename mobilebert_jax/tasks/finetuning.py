@@ -20,7 +20,8 @@ import numpy as np
 from flax import traverse_util
 
 from mobilebert_jax import flops, model_source, partitioning
-from mobilebert_jax.config import ConfigError, MobileBertConfig
+from mobilebert_jax.errors import ConfigError
+from mobilebert_jax.config import MobileBertConfig
 from mobilebert_jax.data.tokenizers import load_tokenizer
 from mobilebert_jax.modeling import MobileBertForQuestionAnswering, MobileBertForSequenceClassification
 from mobilebert_jax.tasks import glue, glue_tfds, objectives, squad_data

@@ -42,7 +42,7 @@ import ml_collections
 from absl import flags
 
 from mobilebert_jax import experiment_config, hardware, partitioning
-from mobilebert_jax.config import ConfigError
+from mobilebert_jax.errors import ConfigError
 from mobilebert_jax.tools import install_libtpu
 
 # The slices --help names (each one is checked by tests/test_aot_compile.py): JAX's name, what Cloud TPU calls it.

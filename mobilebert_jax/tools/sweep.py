@@ -39,7 +39,7 @@ from typing import Any, Callable, Optional, Sequence
 from etils import epath
 
 from mobilebert_jax import cli, experiment_config, storage
-from mobilebert_jax.config import ConfigError
+from mobilebert_jax.errors import ConfigError
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 TPU_RUN = os.path.join(REPO_ROOT, "launch", "tpu_run.sh")

@@ -11,7 +11,8 @@ import ml_collections
 from jax.experimental import multihost_utils
 
 from mobilebert_jax import flops
-from mobilebert_jax.config import ConfigError, MobileBertConfig
+from mobilebert_jax.errors import ConfigError
+from mobilebert_jax.config import MobileBertConfig
 from mobilebert_jax.modeling import MobileBertForPreTraining
 from mobilebert_jax.train.losses import PretrainingObjective
 from mobilebert_jax.train.task import Spec, Stage, StatefulIterator, Task
