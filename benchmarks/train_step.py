@@ -41,6 +41,8 @@ flags.DEFINE_integer("steps", 3, "timed steps per repeat (after 2 warm-up steps)
 flags.DEFINE_integer("repeats", 5, "interleaved repeats of each side")
 flags.DEFINE_integer("threads", os.cpu_count(), "torch threads (XLA's CPU client uses one per core)")
 flags.DEFINE_bool("hf", True, "also time HF transformers on PyTorch")
+flags.DEFINE_bool("explicit_weight_gradients", False,
+                  "our step with MobileBertConfig.explicit_weight_gradients (benchmarks/step_bound.py measures it)")
 
 
 def _set_torch_environment(threads: int) -> None:
@@ -64,20 +66,26 @@ def make_batch(c, batch_size, seq_len, predictions, seed=0):
     }
 
 
+def lamb_optimizer(params):
+    """TF1's LAMB at its default settings, as pretraining runs it."""
+    from mobilebert_jax import optim
+
+    return optim.build_optimizer(optim.default_config("lamb"), params)
+
+
 def ours_step(c, batch):
     """A function that runs one training step of this project (state carried inside), and blocks."""
     import flax.linen as nn
     import jax
     import jax.numpy as jnp
 
-    from mobilebert_jax import optim
     from mobilebert_jax.modeling import MobileBertForPreTraining
     from mobilebert_jax.train import step as step_lib
     from mobilebert_jax.train.losses import PretrainingObjective
 
     model = MobileBertForPreTraining(c)
     params = nn.unbox(jax.jit(model.init)(jax.random.key(0), batch["input_ids"])["params"])
-    tx = optim.build_optimizer(optim.default_config("lamb"), params)
+    tx = lamb_optimizer(params)
     train_step = jax.jit(step_lib.make_train_step(PretrainingObjective(model), tx),
                          donate_argnums=0)
     carried = {"state": step_lib.TrainState(jnp.zeros((), jnp.int32), params, tx.init(params))}
@@ -161,7 +169,7 @@ def main(argv):
 
     from mobilebert_jax import flops, get_preset
 
-    c = get_preset(FLAGS.preset)
+    c = get_preset(FLAGS.preset).replace(explicit_weight_gradients=FLAGS.explicit_weight_gradients)
     batch = make_batch(c, FLAGS.batch_size, FLAGS.seq_len, FLAGS.predictions)
     tokens = FLAGS.batch_size * FLAGS.seq_len
     model_flops = FLAGS.batch_size * flops.pretraining_train_flops_per_sequence(c, FLAGS.seq_len, FLAGS.predictions)
@@ -169,7 +177,9 @@ def main(argv):
     print(f"{FLAGS.preset} MLM+NSP training step, batch {FLAGS.batch_size} x {FLAGS.seq_len}, float32, "
           f"{device.platform} ({device.device_kind}), {os.cpu_count()} cores, {FLAGS.threads} torch threads, "
           f"jax {jax.__version__}, {FLAGS.repeats} interleaved repeats of {FLAGS.steps} steps")
-    sides = {"mobilebert-jax (LAMB, MLM on gathered positions)": ours_step(c, batch)}
+    ours = "mobilebert-jax (LAMB, MLM on gathered positions" + (
+        ", explicit weight gradients)" if FLAGS.explicit_weight_gradients else ")")
+    sides = {ours: ours_step(c, batch)}
     peaks = {"jax": matmul_peak_gflops("jax")}
     if FLAGS.hf:
         import torch
@@ -195,14 +205,15 @@ def main(argv):
             seconds[name].append((time.perf_counter() - start) / FLAGS.steps)
 
     ours_median = statistics.median(next(iter(seconds.values())))
-    print(f"{'side':<52} {'ms/step median (min..max)':>28} {'tokens/s':>9} {'GFLOP/s':>8} "
+    width = max(len(name) for name in seconds)
+    print(f"{'side':<{width}} {'ms/step median (min..max)':>28} {'tokens/s':>9} {'GFLOP/s':>8} "
           f"{'of peak':>8} {'ours faster':>11}")
     for name, times in seconds.items():
         median = statistics.median(times)
         peak = peaks["jax" if name.startswith("mobilebert-jax") else "torch"]
         achieved = model_flops / median / 1e9
         spread = f"{median * 1e3:8.0f} ({min(times) * 1e3:.0f}..{max(times) * 1e3:.0f})"
-        print(f"{name:<52} {spread:>28} {tokens / median:9,.0f} {achieved:8.1f} {achieved / peak:8.0%} "
+        print(f"{name:<{width}} {spread:>28} {tokens / median:9,.0f} {achieved:8.1f} {achieved / peak:8.0%} "
               f"{median / ours_median:10.2f}x")
 
 

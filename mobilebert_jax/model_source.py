@@ -41,8 +41,8 @@ from mobilebert_jax.convert.native import PARAMS_FILE
 from mobilebert_jax.data import tokenizer_record
 
 # Fields that change how a model is computed or stored but not what function it is.
-NON_ARCHITECTURE_FIELDS = ("dtype", "remat", "hidden_dropout_prob", "attention_probs_dropout_prob",
-                           "classifier_dropout", "initializer_range")
+NON_ARCHITECTURE_FIELDS = ("dtype", "remat", "explicit_weight_gradients", "hidden_dropout_prob",
+                           "attention_probs_dropout_prob", "classifier_dropout", "initializer_range")
 _STATE, _CONFIG, _CHECKPOINTS = "state", "config", "checkpoints"
 _HF_WEIGHTS = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin")
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[A-Za-z0-9][\w.-]*)?$")

@@ -45,3 +45,16 @@ def test_train_step_benchmark_reports_both_sides_and_the_peak_fraction():
     assert "matmul peak" in out
     for side in ("mobilebert-jax (LAMB", "HF same work", "HF as-is"):
         assert side in out, out
+
+
+@pytest.mark.slow
+def test_step_bound_benchmark_reports_every_lever_the_matmul_floor_and_the_optimizer():
+    out = _run("step_bound.py", "--preset=mobilebert_test", "--batch_size=2", "--seq_len=32", "--predictions=4",
+               "--steps=1", "--repeats=1", "--dot_repeats=1",
+               "--levers=explicit_weight_gradients,xla_cpu_enable_fast_math=true")
+    for variant in ("default", "explicit_weight_gradients", "xla_cpu_enable_fast_math=true"):
+        assert re.search(rf"^{re.escape(variant)}\s+\d+ \(\d+\.\.\d+\)\s+[\d.]+x$", out, re.M), out
+    # The dots of the step are found (a format change in XLA's HLO text would make this list empty).
+    shapes = re.search(r"^(\d+) matmul shapes, (\d+) dots", out, re.M)
+    assert shapes and int(shapes.group(2)) > 0, out
+    assert "LAMB update alone, per parameter" in out and "one flat buffer" in out
