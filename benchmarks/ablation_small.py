@@ -47,6 +47,7 @@ from mobilebert_jax.distill.evaluate import eval_batches, held_out_metrics  # no
 
 DOCS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "docs", "distillation.md")
 BEGIN, END = "<!-- ablation:begin -->", "<!-- ablation:end -->"
+JOB = pipeline.job()  # experiments/pipeline.py: each stage's config at the README job's scale
 
 @dataclasses.dataclass(frozen=True)
 class Variant:
@@ -100,11 +101,11 @@ def variant_stages(name: str, seed: int, scale: pipeline.Scale, teacher_model, t
     base = os.path.join(workdir, _slug(name) + (f"_seed{seed}" if seed else ""))
     if v.then_pd is None and v.strategy == "pd":  # PD alone, for the variant's whole budget
         scale = dataclasses.replace(scale, pd_steps=scale.student_steps if v.steps == "student" else scale.pd_steps)
-    first = pipeline.distill_config(v.strategy, scale, teacher_model, teacher_dir, data_dir, **v.overrides)
+    first = JOB.distill_config(v.strategy, scale, teacher_model, teacher_dir, data_dir, **v.overrides)
     stages = [(f"{name}, seed {seed}: {v.strategy}", first, os.path.join(base, v.strategy))]
     if v.then_pd is not None:
-        pd = pipeline.distill_config("pd", scale, teacher_model, teacher_dir, data_dir, student_init=stages[0][2],
-                                     **v.then_pd)
+        pd = JOB.distill_config("pd", scale, teacher_model, teacher_dir, data_dir, student_init=stages[0][2],
+                                **v.then_pd)
         stages.append((f"{name}, seed {seed}: pd", pd, os.path.join(base, "pd")))
     for _, c, _ in stages:
         c.seed = seed
@@ -175,10 +176,10 @@ def main(argv: list[str]) -> None:
     preemption.install()  # a SIGTERM stops the current stage and the variants after it (pipeline.train_stage)
 
     started = time.monotonic()
-    scale = pipeline.Scale()
+    scale = pipeline.default_scale()
     data_dir = os.path.join(f.workdir, "data")
     timings: dict[str, float] = {}
-    teacher_cfg = pipeline.teacher_config(scale, data_dir)
+    teacher_cfg = JOB.teacher_config(scale, data_dir)
     teacher_dir = f.teacher
     try:
         _load(teacher_dir, teacher_cfg.model)
@@ -203,7 +204,7 @@ def main(argv: list[str]) -> None:
             return
 
     batches = eval_batches(teacher_cfg.data, scale.eval_batch_size)
-    student = pipeline.student_model(teacher_cfg.model)
+    student = JOB.student_model(teacher_cfg.model)
     cfg, params = _load(teacher_dir, teacher_cfg.model)
     rows = [dict(variant="(teacher)", runs=[held_out_metrics(cfg, params, batches)])]
     for name, workdirs in finals.items():

@@ -67,10 +67,13 @@ def make_batch(c, batch_size, seq_len, predictions, seed=0):
 
 
 def lamb_optimizer(params):
-    """TF1's LAMB at its default settings, as pretraining runs it."""
+    """TF1's LAMB as every stage starts from it (experiments/common.py), at the paper's peak rate."""
     from mobilebert_jax import optim
+    from mobilebert_jax.experiment_config import load_module
 
-    return optim.build_optimizer(optim.default_config("lamb"), params)
+    common = load_module(os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "experiments",
+                                      "common.py"))
+    return optim.build_optimizer(common.optimizer("lamb", lr=1.5e-3), params)
 
 
 def ours_step(c, batch):

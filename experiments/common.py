@@ -1,4 +1,9 @@
-"""What the experiment files share (big_vision's configs/common.py): the `:arg` parser, the trainer's sections.
+"""What the experiment files share (big_vision's configs/common.py): the `:arg` parser, the optimizer at TF1's
+settings, the trainer's sections.
+
+The library's readers (optim/config.py, checkpointing.read_config, distill/config.py) define what each field
+means and check it, but hold no values: the values every stage starts from are here, the distillation stages'
+in distill_common.py, the README job's in pipeline.py.
 
 Not an experiment itself (no get_config). An experiment file loads it by path, since experiments/ is a
 directory of files named on the command line rather than a package:
@@ -12,7 +17,6 @@ from typing import Any
 
 import ml_collections
 
-from mobilebert_jax import checkpointing
 from mobilebert_jax.errors import ConfigError
 
 # config.mesh.shape (data, fsdp, tensor), -1 = every device. Paper scale shards parameters and optimizer state
@@ -48,6 +52,50 @@ def parse_arg(arg: str | None, where: str, **spec: Any) -> ml_collections.Config
     return ml_collections.ConfigDict(values)
 
 
+def optimizer(name: str, lr: float) -> ml_collections.ConfigDict:
+    """config.optimizer: `name` (lamb | adamw) at peak rate `lr`, TF1's settings otherwise (REFERENCE section 5).
+
+    A constant rate, no groups, no exclusions; a stage sets its schedule (`c.optimizer.schedule.kind = ...`).
+    Every field is present, so any of them can be overridden (`--config.optimizer.mu_dtype=bfloat16`).
+    """
+    placeholder = ml_collections.config_dict.placeholder
+    return ml_collections.ConfigDict(dict(
+        name=name,
+        lr=lr,  # peak learning rate
+        b1=0.9,
+        b2=0.999,
+        eps=1e-6,
+        bias_correction=False,  # TF1's LAMB and AdamW never debias the moments
+        weight_decay=0.01,  # never applied to norms and biases
+        clip_norm=1.0,  # global-norm clipping; 0 or None turns it off
+        mu_dtype=placeholder(str),  # e.g. "bfloat16" to halve the first moment's memory
+        schedule=dict(
+            kind="constant",
+            warmup_steps=0,
+            warmup_fraction=placeholder(float),  # fine-tuning's "10% warmup"; excludes warmup_steps
+            total_steps=placeholder(int),
+            end_lr=0.0,
+            power=1.0,  # only warmup_polynomial_decay
+            decay_origin="warmup_end",
+        ),
+        # name -> {pattern, multiplier, reset_state_when_zero}; see optim/builder.py.
+        groups=ml_collections.ConfigDict(),
+        # Regexes of parameter paths that are not optimized at all (no state, zero update, outside the clip).
+        exclude=(),
+    ))
+
+
+def checkpoint(every_steps: int, keep_last: int) -> ml_collections.ConfigDict:
+    """config.checkpoint: a save every `every_steps`, the newest `keep_last` kept, written in the background."""
+    return ml_collections.ConfigDict(dict(
+        every_steps=every_steps,
+        keep_last=keep_last,
+        keep_steps=(),  # milestones kept forever, e.g. the end of each distillation stage
+        keep_period=ml_collections.config_dict.placeholder(int),  # also keep every N-th step
+        async_save=True,
+    ))
+
+
 def trainer_sections(c: ml_collections.ConfigDict, *, mesh: tuple[int, int, int], checkpoint_every: int,
                      keep_last: int, **eval_fields: Any) -> None:
     """Sets config.mesh, .checkpoint, .eval (`eval_fields`) and .profile, the trainer's sections of every stage.
@@ -55,9 +103,7 @@ def trainer_sections(c: ml_collections.ConfigDict, *, mesh: tuple[int, int, int]
     Profiling is off; `--config.profile.start_step=100 --config.profile.num_steps=5` traces five steps.
     """
     c.mesh = ml_collections.ConfigDict(dict(shape=mesh))
-    c.checkpoint = checkpointing.default_config()
-    c.checkpoint.every_steps = checkpoint_every
-    c.checkpoint.keep_last = keep_last
+    c.checkpoint = checkpoint(checkpoint_every, keep_last)
     c.eval = ml_collections.ConfigDict(eval_fields)
     c.profile = ml_collections.ConfigDict(dict(start_step=-1, num_steps=0))
 

@@ -17,7 +17,6 @@ import os
 
 import ml_collections
 
-from mobilebert_jax import optim
 from mobilebert_jax.config import get_preset
 from mobilebert_jax.data.config import default_data_config
 from mobilebert_jax.distill import config as distill_config
@@ -36,6 +35,29 @@ SMOKE_PD_STEPS = 200
 # Default workdirs the smoke commands chain through.
 SMOKE_TEACHER_WORKDIR = os.path.join("runs", "teacher_smoke")
 SMOKE_WORKDIRS = {s: os.path.join("runs", f"distill_{s}_smoke") for s in distill_config.STRATEGIES}
+
+
+def distill(strategy: str) -> ml_collections.ConfigDict:
+    """config.distill (fields: mobilebert_jax/distill/config.py) at the paper's and TF1's settings."""
+    return ml_collections.ConfigDict(dict(
+        strategy=strategy,
+        teacher="",
+        student_init="",
+        copy_from_teacher=True,
+        stage_steps=PAPER_STAGE_STEPS,
+        last_stage=ml_collections.config_dict.placeholder(int),
+        lower_layer_multiplier=0.1,  # TF1: the layers below the current stage at 0.1 of its rate
+        train_embedding_norm_in_transfer=False,  # TF1: rate 0 outside the encoder layers until PD
+        layer_loss_scaling="tf1",  # each layer's transfer loss divided by the number of layers
+        layer_map=(),
+        include_padding=False,
+        student_dropout=False,  # TF1 distills without the student's dropout
+        alpha=0.5,  # PD's target: half one-hot, half the teacher's distribution
+        temperature=1.0,
+        # The paper's loss weights (REFERENCE section 3): FMT 100, mean 5000, variance 5, AT 1; PD's MLM and NSP 1.
+        weights=dict(feature_map=100.0, mean=5000.0, variance=5.0, attention=1.0, mlm=1.0, nsp=1.0),
+        teacher_dtype="float32",
+    ))
 
 
 def smoke_teacher_model() -> ml_collections.ConfigDict:
@@ -76,7 +98,7 @@ def get_config(strategy: str, arg: str | None) -> ml_collections.ConfigDict:
         c.teacher_model = ml_collections.ConfigDict(get_preset("ib_bert_large", dtype="bfloat16").to_dict())
         c.model = ml_collections.ConfigDict(get_preset("mobilebert", dtype="bfloat16", remat=True).to_dict())
 
-    c.distill = distill_config.default_config(strategy)
+    c.distill = distill(strategy)
     c.distill.teacher = SMOKE_TEACHER_WORKDIR if smoke else ""
     c.distill.stage_steps = SMOKE_STAGE_STEPS if smoke else PAPER_STAGE_STEPS
     if strategy == "pd":
@@ -86,8 +108,7 @@ def get_config(strategy: str, arg: str | None) -> ml_collections.ConfigDict:
     c.data.max_seq_length = 512
     c.data.max_predictions_per_seq = 20
     c.batch_size = 2048
-    c.optimizer = optim.default_config("lamb")
-    c.optimizer.lr = 1.5e-3
+    c.optimizer = common.optimizer("lamb", lr=1.5e-3)
 
     num_layers = c.model.num_hidden_layers
     transfer_steps = num_layers * c.distill.stage_steps if smoke else PAPER_TRANSFER_STEPS

@@ -25,7 +25,6 @@ import os
 
 import ml_collections
 
-from mobilebert_jax import optim
 from mobilebert_jax.config import get_preset
 from mobilebert_jax.errors import ConfigError
 from mobilebert_jax.experiment_config import load_module
@@ -62,8 +61,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         vocab="", scratch_vocab=os.path.join(SHARED_DATA, "vocab", "bert-uncased-vocab.txt"),
         max_seq_length=384, doc_stride=128, max_query_length=64))
 
-    c.optimizer = optim.default_config("adamw")
-    c.optimizer.lr = 4e-5
+    c.optimizer = common.optimizer("adamw", lr=4e-5)
     c.optimizer.schedule.kind = "warmup_linear_decay"
     c.optimizer.schedule.warmup_fraction = 0.1
     c.optimizer.schedule.total_steps = c.get_ref("total_steps")

@@ -34,7 +34,6 @@ import os
 
 import ml_collections
 
-from mobilebert_jax import optim
 from mobilebert_jax.config import get_preset
 from mobilebert_jax.data.config import default_data_config
 from mobilebert_jax.experiment_config import load_module
@@ -60,8 +59,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.data.max_seq_length = 512
     c.data.max_predictions_per_seq = 20
 
-    c.optimizer = optim.default_config("lamb")
-    c.optimizer.lr = 1.5e-3
+    c.optimizer = common.optimizer("lamb", lr=1.5e-3)
     c.optimizer.schedule.kind = "warmup_linear_decay"
     c.optimizer.schedule.warmup_steps = 10_000
     c.optimizer.schedule.total_steps = c.get_ref("total_steps")
@@ -87,8 +85,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         c.data.max_seq_length = 64
         c.data.max_predictions_per_seq = 10
         # See the docstring: at this scale LAMB stays on the unigram plateau for longer than the run.
-        c.optimizer = optim.default_config("adamw")
-        c.optimizer.lr = 1e-3
+        c.optimizer = common.optimizer("adamw", lr=1e-3)
         c.optimizer.bias_correction = True
         c.optimizer.schedule.kind = "warmup_linear_decay"
         c.optimizer.schedule.warmup_steps = 60

@@ -38,9 +38,10 @@ A save that fails (disk full, permission, storage error) raises
 next `save`/`check`/`wait` for an asynchronous one. The checkpoints before it
 stay as they were (orbax prunes old steps only after a save has committed).
 
-Config fields read here (`config.checkpoint`): every_steps, keep_last,
-keep_steps (milestones kept forever), keep_period (also keep every N-th
-step; optional), async_save.
+Config fields read here (`config.checkpoint`; the values are the experiment's, experiments/common.checkpoint):
+every_steps, keep_last and async_save are required (a missing one is a ConfigError naming it); keep_steps
+(milestones kept forever; left out: none) and keep_period (also keep every N-th step; left out or None: off)
+are optional.
 """
 
 from __future__ import annotations
@@ -67,6 +68,7 @@ from mobilebert_jax.errors import CheckpointError, ConfigError
 STATE, DATA, CONFIG = "state", "data", "config"
 CORRUPT_PREFIX = "corrupt-"  # unreadable steps are moved to <directory>/corrupt-<step>-<UTC time>
 CHECKPOINT_FIELDS = ("every_steps", "keep_last", "keep_steps", "keep_period", "async_save")
+CHECKPOINT_OPTIONAL = dict(keep_steps=(), keep_period=None)  # no milestones, no periodic keeps
 
 
 class StatefulIterator(Protocol):
@@ -75,16 +77,6 @@ class StatefulIterator(Protocol):
     def get_state(self) -> Any: ...
 
     def set_state(self, state: Any) -> None: ...
-
-
-def default_config() -> ml_collections.ConfigDict:
-    return ml_collections.ConfigDict(dict(
-        every_steps=1000,
-        keep_last=3,
-        keep_steps=(),  # milestones, e.g. the end of each distillation stage
-        keep_period=ml_collections.config_dict.placeholder(int),
-        async_save=True,
-    ))
 
 
 class Checkpointer:
@@ -390,14 +382,18 @@ def _first_line(error: BaseException) -> str:
 
 
 def read_config(ckpt_cfg: Any) -> dict[str, Any]:
-    """`config.checkpoint` as Checkpointer keyword arguments, defaults filled in and every field checked."""
+    """`config.checkpoint` as Checkpointer keyword arguments, every field checked (the optional ones filled in)."""
     if not isinstance(ckpt_cfg, (Mapping, ml_collections.ConfigDict)):
         raise ConfigError(f"config.checkpoint must be a ConfigDict or dict, got {type(ckpt_cfg).__name__}")
     fields = dict(ckpt_cfg.items())
     unknown = sorted(set(fields) - set(CHECKPOINT_FIELDS))
     if unknown:
         raise ConfigError(f"config.checkpoint has unknown field(s) {unknown}; known: {list(CHECKPOINT_FIELDS)}")
-    merged = {**default_config().to_dict(), **fields}
+    merged = {**CHECKPOINT_OPTIONAL, **fields}
+    missing = [f for f in CHECKPOINT_FIELDS if f not in merged]
+    if missing:
+        raise ConfigError(f"config.checkpoint is missing required field(s) {missing}: set "
+                          + ", ".join(f"config.checkpoint.{f}" for f in missing))
     for field in ("every_steps", "keep_last"):
         _check_positive(merged[field], f"config.checkpoint.{field}")
     if merged["keep_period"] is not None:

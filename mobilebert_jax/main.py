@@ -10,8 +10,8 @@
 
 Without --config, runs the embedded default: the whole MobileBERT recipe at small scale on the
 bundled Python-docs corpus (teacher, progressive transfer, PD, a scratch baseline, the held-out
-table and the plots; mobilebert_jax/distill/pipeline.py) in runs/pipeline. Its `Scale` fields
-are the flags below (--teacher_steps=..., --seq_len=...).
+table and the plots; mobilebert_jax/distill/pipeline.py runs it, experiments/pipeline.py holds its settings) in
+runs/pipeline. Its `Scale` fields are the flags below (--teacher_steps=..., --seq_len=...).
 
 Each run writes to its workdir: checkpoints/, metrics.jsonl, tensorboard/, config.py (the resolved config),
 command.txt (this command line and the git revision), log.txt (library logs) and curves.png.
@@ -70,7 +70,7 @@ def main(parsed) -> None:
     if config is None:
         workdir = FLAGS.workdir or DEFAULT_WORKDIR
         cli.log_libraries_to(workdir)
-        pipeline.run(workdir, pipeline.Scale(**scale))
+        pipeline.run(workdir, pipeline.default_scale(**scale))
         return
     if scale:
         raise ConfigError(f"{', '.join('--' + k for k in sorted(scale))}: pipeline settings, for the default run "

@@ -16,13 +16,16 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from mobilebert_jax import checkpointing, flops, get_preset, optim
+from mobilebert_jax import checkpointing, experiment_config, flops, get_preset, optim
 from mobilebert_jax.modeling import MobileBertForPreTraining
 from mobilebert_jax.train.losses import PretrainingObjective
 from mobilebert_jax.train.pretraining import pretraining_example
 from mobilebert_jax.train.task import Spec, Task
 
 SEQ_LEN, PREDICTIONS = 16, 4
+# The shared experiment values (the optimizer at TF1's settings, the checkpoint section): the library holds none.
+COMMON = experiment_config.load_module(
+    os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "experiments", "common.py"))
 
 
 class SyntheticBatches:
@@ -66,12 +69,9 @@ def config(**overrides) -> ml_collections.ConfigDict:
     c.total_steps = 8
     c.log_every = 2
     c.model = ml_collections.ConfigDict(get_preset("mobilebert_test", num_hidden_layers=2).to_dict())
-    c.optimizer = optim.default_config("lamb")
-    c.optimizer.lr = 1e-3
+    c.optimizer = COMMON.optimizer("lamb", lr=1e-3)
     c.mesh = ml_collections.ConfigDict(dict(shape=(-1, 1, 1)))
-    c.checkpoint = checkpointing.default_config()
-    c.checkpoint.every_steps = 2
-    c.checkpoint.keep_last = 10
+    c.checkpoint = COMMON.checkpoint(every_steps=2, keep_last=10)
     c.checkpoint.async_save = False
     c.eval = ml_collections.ConfigDict(dict(every_steps=4, batch_size=8, num_batches=2))
     c.profile = ml_collections.ConfigDict(dict(start_step=-1, num_steps=0))

@@ -14,7 +14,8 @@ from mobilebert_jax.distill import config as distill_config
 from mobilebert_jax.distill import pipeline
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SCALE = pipeline.Scale()
+SCALE = pipeline.default_scale()
+JOB = pipeline.job()  # experiments/pipeline.py
 
 
 @pytest.fixture(scope="module")
@@ -28,7 +29,7 @@ def ablation():
 
 
 def _stages(ablation, name, seed=0):
-    teacher = pipeline.teacher_config(SCALE, "/nonexistent/data")
+    teacher = JOB.teacher_config(SCALE, "/nonexistent/data")
     return ablation.variant_stages(name, seed, SCALE, teacher.model, "T", "/nonexistent/data", "/w")
 
 

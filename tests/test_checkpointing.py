@@ -15,6 +15,7 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 
 from mobilebert_jax import ConfigError, checkpointing, optim, partitioning
 from limits import HANG_S
+from synthetic_training import COMMON
 
 
 class FakeIterator:
@@ -35,8 +36,7 @@ def make_state(seed: int = 0) -> dict:
     params = {"encoder": {"layer_0": {"kernel": jnp.asarray(rng.normal(size=(8, 4)), jnp.float32),
                                       "bias": jnp.asarray(rng.normal(size=(4,)), jnp.float32)}},
               "embeddings": {"embedding": jnp.asarray(rng.normal(size=(16, 8)), jnp.bfloat16)}}
-    cfg = optim.default_config()
-    cfg.lr = 1e-3
+    cfg = COMMON.optimizer("lamb", lr=1e-3)
     cfg.groups = dict(frozen=dict(pattern="embeddings", multiplier=0.0))
     tx = optim.build_optimizer(cfg, params)
     opt_state = tx.init(params)

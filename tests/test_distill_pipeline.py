@@ -14,19 +14,20 @@ from mobilebert_jax.distill import pipeline, strategies
 from mobilebert_jax.distill import config as distill_config
 from mobilebert_jax.modeling import MobileBertForPreTraining
 
-SCALE = pipeline.Scale()
+SCALE = pipeline.default_scale()
+JOB = pipeline.job()  # experiments/pipeline.py
 
 
 @pytest.fixture(scope="module")
 def teacher():
-    return pipeline.teacher_config(SCALE, "/nonexistent/data")
+    return JOB.teacher_config(SCALE, "/nonexistent/data")
 
 
 def test_stage_configs_chain_and_validate(teacher):
     data = "/nonexistent/data"
-    progressive = pipeline.distill_config("progressive", SCALE, teacher.model, "T", data)
-    pd = pipeline.distill_config("pd", SCALE, teacher.model, "T", data, student_init="P")
-    scratch = pipeline.scratch_config(SCALE, teacher.model, data)
+    progressive = JOB.distill_config("progressive", SCALE, teacher.model, "T", data)
+    pd = JOB.distill_config("pd", SCALE, teacher.model, "T", data, student_init="P")
+    scratch = JOB.scratch_config(SCALE, teacher.model, data)
     assert progressive.total_steps == SCALE.layers * SCALE.stage_steps
     assert pd.total_steps == SCALE.pd_steps and pd.distill.student_init == "P"
     assert scratch.total_steps == progressive.total_steps + pd.total_steps == SCALE.student_steps
@@ -49,10 +50,10 @@ def test_stage_configs_chain_and_validate(teacher):
 
 
 def test_ablation_overrides_reach_config_distill(teacher):
-    c = pipeline.distill_config("progressive", SCALE, teacher.model, "T", "D", weights={"attention": 0.0})
+    c = JOB.distill_config("progressive", SCALE, teacher.model, "T", "D", weights={"attention": 0.0})
     d = distill_config.read(c.distill)
     assert d.weights["attention"] == 0.0 and d.weights["feature_map"] == 100.0
-    c = pipeline.distill_config("pd", SCALE, teacher.model, "T", "D", student_init="P", alpha=1.0)
+    c = JOB.distill_config("pd", SCALE, teacher.model, "T", "D", student_init="P", alpha=1.0)
     assert distill_config.read(c.distill).alpha == 1.0
 
 

@@ -30,6 +30,8 @@ from mobilebert_jax.train import step as step_lib
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SEQ, PRED, BATCH = 16, 4, 4
+# The paper's config.distill values (distill(strategy)); the library's reader holds none.
+DISTILL_COMMON = experiment_config.load_module(os.path.join(REPO, "experiments", "distill_common.py"))
 
 
 def distill_experiment(strategy: str, arg: str | None) -> ml_collections.ConfigDict:
@@ -453,7 +455,7 @@ def test_paper_configs_default_to_tf1():
                                              ("none", [1, 1, 1])])
 def test_layer_loss_scaling(scaling, factors):
     """none / TF1's 1/L / TF2's 1/(l+1) on each layer's weighted loss, in the optimized and the logged loss."""
-    d = distill_config.read(dict(distill_config.default_config("joint").to_dict(), teacher="T",
+    d = distill_config.read(dict(DISTILL_COMMON.distill("joint").to_dict(), teacher="T",
                                  layer_loss_scaling=scaling))
     objective = DistillationObjective(distill=d, num_layers=3, layer_map=(0, 1, 2), student=None, teacher=None)
     sums = {"tokens": jnp.asarray(4.0)}
@@ -475,7 +477,8 @@ def test_layer_loss_scaling(scaling, factors):
 
 def test_layer_loss_scaling_is_checked():
     with pytest.raises(ConfigError, match=r"config.distill.layer_loss_scaling='tf3': choose one of"):
-        distill_config.read(dict(distill_config.default_config().to_dict(), teacher="T", layer_loss_scaling="tf3"))
+        distill_config.read(dict(DISTILL_COMMON.distill("progressive").to_dict(), teacher="T",
+                                 layer_loss_scaling="tf3"))
 
 
 @pytest.mark.parametrize("compute_dtype,rtol", [("bfloat16", 2e-3), ("float32", 2e-2)])

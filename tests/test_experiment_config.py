@@ -11,9 +11,11 @@ from mobilebert_jax import ConfigError, experiment_config
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
-EXAMPLE = """
+EXAMPLE = f"""
 import ml_collections
-from mobilebert_jax import checkpointing, optim
+from mobilebert_jax.experiment_config import load_module
+
+common = load_module({os.path.join(REPO, "experiments", "common.py")!r})
 
 
 def get_config(arg=None):
@@ -21,13 +23,13 @@ def get_config(arg=None):
     c.model = arg or "mobilebert_test"
     c.batch_size = 16
     c.mesh = dict(shape=(-1, 1, 1), rules=())
-    c.optimizer = optim.default_config("lamb")
+    c.optimizer = common.optimizer("lamb", lr=1.5e-3)
     c.optimizer.schedule.kind = "warmup_linear_decay"
     c.optimizer.schedule.warmup_steps = 10
     c.optimizer.schedule.total_steps = 100
     c.optimizer.groups = dict(layer_0=dict(pattern="layer_0/",
                                            multiplier=dict(kind="progressive", layer=0, stage_steps=50)))
-    c.checkpoint = checkpointing.default_config()
+    c.checkpoint = common.checkpoint(every_steps=1000, keep_last=3)
     c.data = dict(path=ml_collections.config_dict.placeholder(str))
     return c
 """

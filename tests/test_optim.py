@@ -7,6 +7,7 @@ import optax
 import pytest
 
 from mobilebert_jax import ConfigError, optim
+from synthetic_training import COMMON
 
 B1, B2, EPS, WD = 0.9, 0.999, 1e-6, 0.01
 
@@ -93,8 +94,7 @@ def run(tx: optax.GradientTransformation, params: dict, grads: list[dict]) -> di
 
 
 def lamb_cfg(**changes):
-    cfg = optim.default_config("lamb")
-    cfg.lr = 2e-2
+    cfg = COMMON.optimizer("lamb", lr=2e-2)
     cfg.schedule = dict(kind="warmup_linear_decay", warmup_steps=2, total_steps=6, end_lr=1e-3)
     for k, v in changes.items():  # assignment replaces; ConfigDict.update would merge nested dicts
         cfg[k] = v
@@ -268,7 +268,8 @@ def test_init_on_boxed_abstract_params_keeps_boxes():
 
 def test_schedules():
     def lr_at(schedule, steps):
-        return [float(optim.build_schedule(dict(name="lamb", lr=1.0, schedule=schedule))(s)) for s in steps]
+        cfg = dict(COMMON.optimizer("lamb", lr=1.0).to_dict(), schedule=schedule)
+        return [float(optim.build_schedule(cfg)(s)) for s in steps]
 
     assert lr_at(dict(kind="constant"), [0, 100]) == [1.0, 1.0]
     np.testing.assert_allclose(lr_at(dict(kind="warmup_constant", warmup_steps=4), [0, 2, 4, 50]), [0, .5, 1, 1])
@@ -320,7 +321,9 @@ def test_bad_config_names_the_field(changes, message):
 
 def test_missing_lr_is_an_error():
     with pytest.raises(ConfigError, match=r"missing required field\(s\) \['lr'\]"):
-        optim.build_optimizer(dict(name="adamw"), nest(make_params()))
+        cfg = COMMON.optimizer("adamw", lr=1e-3).to_dict()
+        del cfg["lr"]
+        optim.build_optimizer(cfg, nest(make_params()))
 
 
 @pytest.mark.parametrize("preset", ["mobilebert_test", "ib_bert_test"])

@@ -14,6 +14,7 @@ from mobilebert_jax import get_preset, optim
 from mobilebert_jax.modeling import MobileBertForPreTraining
 from mobilebert_jax.train import losses, step as step_lib
 from mobilebert_jax.train.losses import PretrainingObjective
+from synthetic_training import COMMON
 
 CONFIG = get_preset("mobilebert_test")
 
@@ -39,8 +40,7 @@ def _setup(config=CONFIG, microbatches=1):
     model = MobileBertForPreTraining(config)
     batch = fake_batch()
     params = nn.unbox(model.init(jax.random.key(0), batch["input_ids"])["params"])
-    opt_cfg = optim.default_config("lamb")
-    opt_cfg.lr = 1e-3
+    opt_cfg = COMMON.optimizer("lamb", lr=1e-3)
     tx = optim.build_optimizer(opt_cfg, params)
     state = step_lib.TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params))
     train_step = step_lib.make_train_step(PretrainingObjective(model), tx,

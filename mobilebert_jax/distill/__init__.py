@@ -5,13 +5,13 @@
 - strategies.py  progressive / joint / auxiliary / pd as functions of the step; optimizer groups
 - layers.py      the teacher layer each student layer learns from; width and head checks
 - task.py        the stage for the generic trainer (`stage = "distillation"`): its spec, then its inputs
-- experiment.py  the paper's settings and the `:smoke` scale for experiments/distill_*.py
-- pipeline.py    teacher -> progressive -> PD -> scratch baseline -> table and plot, in one command
-- evaluate.py, plot.py  held-out MLM/NSP accuracy; per-layer transfer-loss curves
+- config.py      the `config.distill` schema and its reader (the values: experiments/distill_common.py)
+- pipeline.py    runs the README job (experiments/pipeline.py): teacher -> progressive -> PD -> scratch -> table
+- evaluate.py    held-out MLM/NSP accuracy
 """
 
-from mobilebert_jax.distill.config import STRATEGIES, DistillConfig, default_config
+from mobilebert_jax.distill.config import STRATEGIES, DistillConfig
 from mobilebert_jax.distill.layers import check_comparable, resolve_layer_map
 from mobilebert_jax.distill.task import DISTILLATION
 
-__all__ = ["DISTILLATION", "STRATEGIES", "DistillConfig", "check_comparable", "default_config", "resolve_layer_map"]
+__all__ = ["DISTILLATION", "STRATEGIES", "DistillConfig", "check_comparable", "resolve_layer_map"]

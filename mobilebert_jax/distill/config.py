@@ -1,6 +1,11 @@
 """The `config.distill` section: what a distillation stage optimizes, and the reader that checks it.
 
-Fields (defaults are REFERENCE section 3 and 4):
+The values are the experiments': experiments/distill_common.py's `distill(strategy)` writes every field at the
+paper's and TF1's settings (REFERENCE sections 3 and 4). A missing field is a ConfigError naming it, but for
+three with a neutral meaning: student_init (left out: "", a fresh student), last_stage (None: the run's
+total_steps decides) and layer_map ((): the default map below). Every `weights` entry is required.
+
+Fields:
   strategy          progressive | joint | auxiliary | pd (see strategies.py)
   teacher           the teacher's parameters: a trainer workdir (its latest checkpoint), one checkpoint
                     step directory (WORKDIR/checkpoints/N), or a config.json + params.safetensors
@@ -39,8 +44,6 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-import ml_collections
-
 from mobilebert_jax.errors import ConfigError
 from mobilebert_jax.optim import config as cfg_lib
 
@@ -52,29 +55,7 @@ FIELDS = ("strategy", "teacher", "student_init", "copy_from_teacher", "stage_ste
           "lower_layer_multiplier", "train_embedding_norm_in_transfer", "layer_loss_scaling", "layer_map",
           "include_padding", "student_dropout", "alpha", "temperature", "weights", "teacher_dtype")
 TEACHER_DTYPES = ("float32", "bfloat16")
-
-
-def default_config(strategy: str = "progressive") -> ml_collections.ConfigDict:
-    if strategy not in STRATEGIES:
-        raise ConfigError(f"config.distill.strategy={strategy!r}: choose one of {list(STRATEGIES)}")
-    return ml_collections.ConfigDict(dict(
-        strategy=strategy,
-        teacher="",
-        student_init="",
-        copy_from_teacher=True,
-        stage_steps=10_000,
-        last_stage=ml_collections.config_dict.placeholder(int),
-        lower_layer_multiplier=0.1,
-        train_embedding_norm_in_transfer=False,
-        layer_loss_scaling="tf1",
-        layer_map=(),
-        include_padding=False,
-        student_dropout=False,
-        alpha=0.5,
-        temperature=1.0,
-        weights=dict(feature_map=100.0, mean=5000.0, variance=5.0, attention=1.0, mlm=1.0, nsp=1.0),
-        teacher_dtype="float32",
-    ))
+OPTIONAL = dict(student_init="", last_stage=None, layer_map=())
 
 
 @dataclasses.dataclass(frozen=True)
@@ -94,7 +75,7 @@ class DistillConfig:
     alpha: float
     temperature: float
     weights: dict[str, float]
-    teacher_dtype: str = "float32"
+    teacher_dtype: str
 
     @property
     def layer_losses(self) -> bool:
@@ -112,7 +93,7 @@ class DistillConfig:
 
 def read(cfg: Any, where: str = "config.distill") -> DistillConfig:
     """`config.distill` checked field by field; errors name the field."""
-    d = cfg_lib.read(cfg, FIELDS, where, default_config().to_dict())
+    d = cfg_lib.read(cfg, FIELDS, where, OPTIONAL)
     if d["strategy"] not in STRATEGIES:
         raise ConfigError(f"{where}.strategy={d['strategy']!r}: choose one of {list(STRATEGIES)}")
     for field in ("teacher", "student_init"):
@@ -139,7 +120,7 @@ def read(cfg: Any, where: str = "config.distill") -> DistillConfig:
     temperature = cfg_lib.positive_number(d["temperature"], f"{where}.temperature")
     if d["teacher_dtype"] not in TEACHER_DTYPES:
         raise ConfigError(f"{where}.teacher_dtype={d['teacher_dtype']!r}: choose one of {list(TEACHER_DTYPES)}")
-    weights = cfg_lib.read(d["weights"], WEIGHT_NAMES, f"{where}.weights", default_config().weights.to_dict())
+    weights = cfg_lib.read(d["weights"], WEIGHT_NAMES, f"{where}.weights")
     weights = {k: cfg_lib.positive_number(v, f"{where}.weights.{k}", allow_zero=True) for k, v in weights.items()}
     return DistillConfig(strategy=d["strategy"], teacher=d["teacher"], student_init=d["student_init"],
                          copy_from_teacher=d["copy_from_teacher"], stage_steps=stage_steps, last_stage=last_stage,

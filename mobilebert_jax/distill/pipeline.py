@@ -13,9 +13,9 @@
 
 Every stage is an ordinary trainer run in its own subdirectory (checkpoints, TensorBoard, metrics.jsonl and
 curves.png, whose last panel in the progressive run is the per-layer transfer losses),
-so rerunning the command continues an interrupted pipeline where it stopped. The settings (`Scale`)
-are chosen for about ten minutes on two free CPU cores; see docs/distillation.md for why each one
-is what it is.
+so rerunning the command continues an interrupted pipeline where it stopped. This module runs the job; its
+settings (the `Scale` values and each stage's config) are experiments/pipeline.py's, chosen for about ten
+minutes on two free CPU cores; see docs/distillation.md for why each one is what it is.
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ import dataclasses
 import json
 import os
 import time
+import types
 from typing import Any
 
 import jax
@@ -32,41 +33,38 @@ from absl import flags
 
 from mobilebert_jax import experiment_config, flops, model_source, plot, preemption, storage
 from mobilebert_jax.errors import ConfigError
-from mobilebert_jax.distill import strategies
 from mobilebert_jax.distill.evaluate import eval_batches, held_out_metrics
 from mobilebert_jax.train.task import Stage
 
-# The pipeline chains the smoke experiments of the checkout it runs from (experiments/*.py:smoke), at its own scale.
+# The job's settings and stage configs: experiments/pipeline.py of the checkout this runs from.
 EXPERIMENTS = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "experiments")
+JOB = os.path.join(EXPERIMENTS, "pipeline.py")
 
 
-def _smoke_experiment(name: str) -> ml_collections.ConfigDict:
-    c = experiment_config.load_experiment(os.path.join(EXPERIMENTS, name) + ":smoke")
-    c.unlock()
-    return c
+def job() -> types.ModuleType:
+    """experiments/pipeline.py: `SCALE` (the README run's values) and the stages' config builders."""
+    return experiment_config.load_module(JOB)
 
 
 @dataclasses.dataclass(frozen=True)
 class Scale:
-    """Everything the small pipeline sets; the defaults are the README's run."""
+    """Everything the small pipeline sets; the README run's values are experiments/pipeline.py's `SCALE`."""
 
-    seq_len: int = 64
-    max_predictions: int = 10  # 15% of 64
-    held_out_fraction: float = 0.05  # about 400 held-out sequences
-    batch_size: int = 32
-    layers: int = 4  # teacher and student
-    # The teacher smoke model's inner widths (256 / 512) learned no faster per step at this length and cost
-    # three times as much; at 128 the "inverted" bottleneck is as wide as the 128-d inter-block features.
-    teacher_intra_bottleneck_size: int = 128
-    teacher_intermediate_size: int = 256
-    teacher_steps: int = 1000
-    stage_steps: int = 100  # progressive: layers x stage_steps transfer steps
-    pd_steps: int = 400
-    optimizer: str = "adamw"
-    teacher_lr: float = 1e-3
-    transfer_lr: float = 1e-3  # the base rate; progressive multiplies it by 3 bg(t) at the current layer
-    student_lr: float = 1e-3  # PD and the scratch student
-    eval_batch_size: int = 64
+    seq_len: int
+    max_predictions: int  # masked positions per sequence
+    held_out_fraction: float  # of the documents, for the held-out table
+    batch_size: int
+    layers: int  # teacher and student
+    teacher_intra_bottleneck_size: int
+    teacher_intermediate_size: int
+    teacher_steps: int
+    stage_steps: int  # progressive: layers x stage_steps transfer steps
+    pd_steps: int
+    optimizer: str  # config.optimizer.name of every stage
+    teacher_lr: float
+    transfer_lr: float  # the base rate; progressive multiplies it by 3 bg(t) at the current layer
+    student_lr: float  # PD and the scratch student
+    eval_batch_size: int
 
     def __post_init__(self) -> None:
         # Named as the flags that set them, before any data work: a zero or negative count would
@@ -89,99 +87,13 @@ class Scale:
         return self.transfer_steps + self.pd_steps
 
 
-def _data(c: ml_collections.ConfigDict, scale: Scale, data_dir: str) -> None:
-    c.data.prepared_dir = data_dir
-    c.data.max_seq_length = scale.seq_len
-    c.data.max_predictions_per_seq = scale.max_predictions
-    c.data.held_out_fraction = scale.held_out_fraction
-    c.batch_size = scale.batch_size
-    c.eval.batch_size = scale.eval_batch_size
-    c.eval.num_batches = 2
-
-
-def _optimizer(c: ml_collections.ConfigDict, scale: Scale, lr: float, total_steps: int, warmup: bool = True) -> None:
-    c.optimizer.name = scale.optimizer
-    c.optimizer.lr = lr
-    # Adam's first steps without bias correction are tiny; at a few hundred steps that matters.
-    c.optimizer.bias_correction = scale.optimizer == "adamw"
-    if warmup:
-        c.optimizer.schedule.kind = "warmup_linear_decay"
-        c.optimizer.schedule.warmup_steps = max(1, total_steps // 20)
-        c.optimizer.schedule.total_steps = total_steps
-        c.optimizer.schedule.end_lr = 0.0
-
-
-def _no_dropout(model: ml_collections.ConfigDict) -> None:
-    # A few hundred steps over 250K tokens underfit; dropout would only slow every model down.
-    model.hidden_dropout_prob = 0.0
-    model.attention_probs_dropout_prob = 0.0
-
-
-def teacher_config(scale: Scale, data_dir: str) -> ml_collections.ConfigDict:
-    c = _smoke_experiment("teacher_ib_bert_large.py").copy_and_resolve_references()
-    c.unlock()
-    c.model.num_hidden_layers = scale.layers
-    c.model.intra_bottleneck_size = scale.teacher_intra_bottleneck_size
-    c.model.intermediate_size = scale.teacher_intermediate_size
-    _no_dropout(c.model)
-    c.model.max_position_embeddings = scale.seq_len
-    c.total_steps = scale.teacher_steps
-    c.log_every = 50
-    c.eval.every_steps = scale.teacher_steps
-    c.checkpoint.every_steps = 200
-    _data(c, scale, data_dir)
-    _optimizer(c, scale, scale.teacher_lr, scale.teacher_steps)
-    return c
-
-
-def student_model(teacher: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
-    student = experiment_config.load_module(os.path.join(EXPERIMENTS, "distill_common.py")).smoke_student_model(teacher)
-    _no_dropout(student)
-    return student
-
-
-def distill_config(strategy: str, scale: Scale, teacher: ml_collections.ConfigDict, teacher_dir: str,
-                   data_dir: str, student_init: str = "", **distill: Any) -> ml_collections.ConfigDict:
-    """A distillation stage at this scale; `distill` overrides fields of config.distill (ablations)."""
-    c = _smoke_experiment(f"distill_{strategy}.py")
-    c.teacher_model = ml_collections.ConfigDict(teacher.to_dict())
-    c.model = student_model(teacher)
-    c.distill.teacher = teacher_dir
-    c.distill.student_init = student_init
-    c.distill.stage_steps = scale.stage_steps
-    for k, v in distill.items():
-        if k == "weights":
-            c.distill.weights.update(v)
-        else:
-            c.distill[k] = v
-    c.optimizer.groups = ml_collections.ConfigDict()
-    c.optimizer.exclude = ()
-    strategies.optimizer_settings(c, strategy, scale.layers)
-    steps = {"progressive": scale.transfer_steps, "joint": scale.transfer_steps, "auxiliary": scale.student_steps,
-             "pd": scale.pd_steps}[strategy]
-    if strategy == "progressive":
-        c.distill.last_stage = scale.layers - 1
-        _optimizer(c, scale, scale.transfer_lr, steps, warmup=False)
-    else:
-        c.total_steps = steps
-        _optimizer(c, scale, scale.transfer_lr if strategy == "joint" else scale.student_lr, steps)
-    c.log_every = 20  # divides stage_steps (the plot's stage boundaries); about 25 lines a stage on screen
-    c.eval.every_steps = scale.stage_steps
-    c.checkpoint.every_steps = 200
-    _data(c, scale, data_dir)
-    return c
-
-
-def scratch_config(scale: Scale, teacher: ml_collections.ConfigDict, data_dir: str) -> ml_collections.ConfigDict:
-    """The student trained with plain MLM + NSP for as many steps as transfer and PD together."""
-    c = teacher_config(scale, data_dir)
-    c.stage = "pretraining"
-    c.model_preset = "mobilebert_smoke"
-    c.model = student_model(teacher)
-    c.total_steps = scale.student_steps
-    c.eval.every_steps = scale.student_steps
-    _optimizer(c, scale, scale.student_lr, scale.student_steps)
-    return c
+def default_scale(**overrides: Any) -> Scale:
+    """The README run's `Scale` (experiments/pipeline.py), with `overrides` (the flags given) in place."""
+    values = {**job().SCALE, **overrides}
+    fields = [field.name for field in dataclasses.fields(Scale)]
+    if sorted(values) != sorted(fields):
+        raise ConfigError(f"{JOB}: SCALE has fields {sorted(values)}; a Scale has {fields}")
+    return Scale(**values)
 
 
 def train_stage(name: str, config: ml_collections.ConfigDict, workdir: str, stage: Stage,
@@ -213,27 +125,33 @@ def markdown_table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def run(workdir: str, scale: Scale = Scale()) -> list[dict]:
-    """Every stage (each resumed where it stopped), then the table; [] when a signal stopped a stage."""
+def run(workdir: str, scale: Scale | None = None) -> list[dict]:
+    """Every stage (each resumed where it stopped), then the table; [] when a signal stopped a stage.
+
+    `scale`: None is the README run's (`default_scale()`).
+    """
     from mobilebert_jax.distill.task import DISTILLATION
     from mobilebert_jax.train.pretraining import PRETRAINING
+
+    scale = default_scale() if scale is None else scale
+    stages = job()
 
     started = time.monotonic()
     timings: dict[str, float] = {}
     data_dir = os.path.join(workdir, "data")
     dirs = {k: os.path.join(workdir, k) for k in ("teacher", "progressive", "pd", "scratch")}
 
-    teacher_cfg = teacher_config(scale, data_dir)
+    teacher_cfg = stages.teacher_config(scale, data_dir)
     if not train_stage("teacher pretraining", teacher_cfg, dirs["teacher"], PRETRAINING, timings):
         return []
-    progressive = distill_config("progressive", scale, teacher_cfg.model, dirs["teacher"], data_dir)
+    progressive = stages.distill_config("progressive", scale, teacher_cfg.model, dirs["teacher"], data_dir)
     if not train_stage("progressive knowledge transfer", progressive, dirs["progressive"], DISTILLATION,
                        timings):
         return []
-    pd = distill_config("pd", scale, teacher_cfg.model, dirs["teacher"], data_dir, student_init=dirs["progressive"])
+    pd = stages.distill_config("pd", scale, teacher_cfg.model, dirs["teacher"], data_dir, student_init=dirs["progressive"])
     if not train_stage("pretraining distillation", pd, dirs["pd"], DISTILLATION, timings):
         return []
-    scratch = scratch_config(scale, teacher_cfg.model, data_dir)
+    scratch = stages.scratch_config(scale, teacher_cfg.model, data_dir)
     if not train_stage("student from scratch", scratch, dirs["scratch"], PRETRAINING, timings):
         return []
 
@@ -269,11 +187,12 @@ def run(workdir: str, scale: Scale = Scale()) -> list[dict]:
 
 
 def define_scale_flags() -> None:
-    """One absl flag per `Scale` field (--teacher_steps=..., --seq_len=...), default None = the dataclass's."""
+    """One absl flag per `Scale` field (--teacher_steps=..., --seq_len=...); None: experiments/pipeline.py's value."""
+    values = job().SCALE
     for field in dataclasses.fields(Scale):
-        kind = {int: flags.DEFINE_integer, float: flags.DEFINE_float, str: flags.DEFINE_string}[type(field.default)]
+        kind = {"int": flags.DEFINE_integer, "float": flags.DEFINE_float, "str": flags.DEFINE_string}[field.type]
         kind(field.name, None, f"the default pipeline (no --config): override Scale.{field.name} "
-                               f"(default {field.default})")
+                               f"(default {values[field.name]}, experiments/pipeline.py)")
 
 
 def scale_overrides() -> dict[str, Any]:
@@ -288,7 +207,7 @@ def main(argv: list[str]) -> None:
     del argv
     cli.log_libraries_to(flags.FLAGS.workdir)
     preemption.install()  # a SIGTERM stops the current stage and every stage after it (see train_stage)
-    run(flags.FLAGS.workdir, dataclasses.replace(Scale(), **scale_overrides()))
+    run(flags.FLAGS.workdir, default_scale(**scale_overrides()))
 
 
 if __name__ == "__main__":

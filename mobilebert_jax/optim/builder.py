@@ -77,7 +77,7 @@ def parse_groups(groups_cfg: Any, where: str) -> list[Group]:
         gw = f"{where}.{name}"
         if name == DEFAULT_GROUP:
             raise ConfigError(f"{gw}: the group name {DEFAULT_GROUP!r} is reserved for parameters no group matches")
-        g = cfg_lib.read(group_cfg, cfg_lib.GROUP_FIELDS, gw, {"multiplier": 1.0, "reset_state_when_zero": False})
+        g = cfg_lib.read(group_cfg, cfg_lib.GROUP_FIELDS, gw, cfg_lib.GROUP_OPTIONAL)
         try:
             pattern = re.compile(g["pattern"])
         except (re.error, TypeError) as e:
@@ -111,7 +111,7 @@ def build_optimizer(
     exempt: paths.PathFn = paths.is_norm_or_bias,
     where: str = "config.optimizer",
 ) -> optax.GradientTransformation:
-    """The optimizer `opt_cfg` describes (see `default_config`), checked against `params`.
+    """The optimizer `opt_cfg` describes (fields: optim/config.py), checked against `params`.
 
     `params` may be concrete, abstract (`jax.eval_shape`) or boxed
     (`nn.Partitioned`); only its paths are used, to check that every group
@@ -119,7 +119,7 @@ def build_optimizer(
     `experiment_config.validate` does). `exempt(path keys)` says which
     parameters get neither weight decay nor the trust ratio.
     """
-    opt = cfg_lib.read(opt_cfg, cfg_lib.OPTIMIZER_FIELDS, where, cfg_lib.OPTIMIZER_DEFAULTS)
+    opt = cfg_lib.read(opt_cfg, cfg_lib.OPTIMIZER_FIELDS, where, cfg_lib.OPTIMIZER_OPTIONAL)
     name = opt["name"]
     if name not in cfg_lib.OPTIMIZERS:
         raise ConfigError(f"{where}.name={name!r}: choose one of {list(cfg_lib.OPTIMIZERS)}")

@@ -1,4 +1,19 @@
-"""The `config.optimizer` schema: its defaults and the reader that rejects unknown fields.
+"""The `config.optimizer` schema: its fields, which of them may be left out, and the reader that checks them.
+
+The library holds no values: experiments/common.py's `optimizer(name, lr)` writes every field at TF1's settings
+and a stage changes what it needs. A missing required field is a ConfigError naming it. Fields that may be left
+out have a neutral meaning, the one an absent setting has:
+
+    config.optimizer  required: name, lr, b1, b2, eps, bias_correction, weight_decay, clip_norm, schedule
+                      optional: mu_dtype (None: the moments in the parameters' dtype), groups ({}: one group),
+                                exclude ((): every parameter optimized)
+    .schedule         required: kind
+                      optional: warmup_steps (0: no warmup), warmup_fraction (None: warmup_steps counts),
+                                total_steps (None: no end; a decaying kind requires it), end_lr (0.0: a decay
+                                ends at zero), power (1.0: a linear decay), decay_origin ("warmup_end": the
+                                decay starts where the warmup ends, as optax joins schedules)
+    .groups.<name>    required: pattern
+                      optional: multiplier (1.0: the base rate), reset_state_when_zero (False: off)
 
 Every error names the full config field (`config.optimizer.schedule.kind`),
 so a typo in an experiment file or an override points at itself.
@@ -18,50 +33,21 @@ SCHEDULE_KINDS = ("constant", "warmup_constant", "warmup_linear_decay", "warmup_
 # the first steps; optax-style joins start the decay where warmup ends.
 DECAY_ORIGINS = ("warmup_end", "step_zero")
 
-
-def default_config(name: str = "lamb") -> ml_collections.ConfigDict:
-    """Every field `build_optimizer` reads, at TF1's values (REFERENCE section 5)."""
-    if name not in OPTIMIZERS:
-        raise ConfigError(f"config.optimizer.name={name!r}: choose one of {list(OPTIMIZERS)}")
-    placeholder = ml_collections.config_dict.placeholder
-    return ml_collections.ConfigDict(dict(
-        name=name,
-        lr=1.5e-3 if name == "lamb" else 4e-5,  # peak learning rate
-        b1=0.9,
-        b2=0.999,
-        eps=1e-6,
-        bias_correction=False,  # TF1's LAMB and AdamW never debias the moments
-        weight_decay=0.01,  # never applied to norms and biases
-        clip_norm=1.0,  # global-norm clipping; 0 or None turns it off
-        mu_dtype=placeholder(str),  # e.g. "bfloat16" to halve the first moment's memory
-        schedule=dict(
-            kind="constant",
-            warmup_steps=0,
-            warmup_fraction=placeholder(float),  # fine-tuning's "10% warmup"; excludes warmup_steps
-            total_steps=placeholder(int),
-            end_lr=0.0,
-            power=1.0,  # only warmup_polynomial_decay
-            decay_origin="warmup_end",
-        ),
-        # name -> {pattern, multiplier, reset_state_when_zero}; see builder.py.
-        groups=ml_collections.ConfigDict(),
-        # Regexes of parameter paths that are not optimized at all (no state,
-        # zero update, outside the gradient-norm clip).
-        exclude=(),
-    ))
-
-
-_DEFAULTS = default_config().to_dict()
-OPTIMIZER_FIELDS = tuple(_DEFAULTS)
-SCHEDULE_FIELDS = tuple(_DEFAULTS["schedule"])
-# `lr` and `name` have no default: the two optimizers want very different rates.
-OPTIMIZER_DEFAULTS = {k: v for k, v in _DEFAULTS.items() if k not in ("lr", "name")}
-SCHEDULE_DEFAULTS = _DEFAULTS["schedule"]
+OPTIMIZER_FIELDS = ("name", "lr", "b1", "b2", "eps", "bias_correction", "weight_decay", "clip_norm", "mu_dtype",
+                    "schedule", "groups", "exclude")
+OPTIMIZER_OPTIONAL = dict(mu_dtype=None, groups={}, exclude=())
+SCHEDULE_FIELDS = ("kind", "warmup_steps", "warmup_fraction", "total_steps", "end_lr", "power", "decay_origin")
+SCHEDULE_OPTIONAL = dict(warmup_steps=0, warmup_fraction=None, total_steps=None, end_lr=0.0, power=1.0,
+                         decay_origin="warmup_end")
 GROUP_FIELDS = ("pattern", "multiplier", "reset_state_when_zero")
+GROUP_OPTIONAL = dict(multiplier=1.0, reset_state_when_zero=False)
 
 
-def read(cfg: Any, fields: tuple[str, ...], where: str, defaults: Mapping[str, Any] = ()) -> dict[str, Any]:
-    """`cfg` (ConfigDict or mapping) as a plain dict over `fields`; unknown keys are errors."""
+def read(cfg: Any, fields: tuple[str, ...], where: str, optional: Mapping[str, Any] = ()) -> dict[str, Any]:
+    """`cfg` (ConfigDict or mapping) as a plain dict over `fields`; unknown and missing keys are errors.
+
+    `optional` maps the fields that may be left out to their neutral meaning (the module docstring's).
+    """
     if isinstance(cfg, ml_collections.ConfigDict):
         items = {k: cfg[k] for k in cfg.keys()}
     elif isinstance(cfg, Mapping):
@@ -71,11 +57,12 @@ def read(cfg: Any, fields: tuple[str, ...], where: str, defaults: Mapping[str, A
     unknown = sorted(set(items) - set(fields))
     if unknown:
         raise ConfigError(f"{where} has unknown field(s) {unknown}; known fields: {list(fields)}")
-    out = dict(defaults)
+    out = dict(optional)
     out.update(items)
-    missing = sorted(set(fields) - set(out))
+    missing = [f for f in fields if f not in out]
     if missing:
-        raise ConfigError(f"{where} is missing required field(s) {missing}")
+        raise ConfigError(f"{where} is missing required field(s) {sorted(missing)}: set "
+                          + ", ".join(f"{where}.{f}" for f in missing))
     return out
 
 

@@ -21,10 +21,10 @@ def build_schedule(opt_cfg: Any, where: str = "config.optimizer") -> optax.Sched
     step and S = total_steps, so the rate right after warmup is already
     slightly below lr.
     """
-    opt = cfg_lib.read(opt_cfg, cfg_lib.OPTIMIZER_FIELDS, where, cfg_lib.OPTIMIZER_DEFAULTS)
+    opt = cfg_lib.read(opt_cfg, cfg_lib.OPTIMIZER_FIELDS, where, cfg_lib.OPTIMIZER_OPTIONAL)
     lr = cfg_lib.positive_number(opt["lr"], f"{where}.lr")
     where = f"{where}.schedule"
-    s = cfg_lib.read(opt["schedule"], cfg_lib.SCHEDULE_FIELDS, where, cfg_lib.SCHEDULE_DEFAULTS)
+    s = cfg_lib.read(opt["schedule"], cfg_lib.SCHEDULE_FIELDS, where, cfg_lib.SCHEDULE_OPTIONAL)
     kind = s["kind"]
     if kind not in cfg_lib.SCHEDULE_KINDS:
         raise ConfigError(f"{where}.kind={kind!r}: choose one of {list(cfg_lib.SCHEDULE_KINDS)}")

@@ -100,8 +100,7 @@ def evaluate_squad(run: FinishedRun, output_dir: str, batch_size: int) -> dict:
     logits = predict(_apply_fn(run.model, run.params), features.arrays, batch_size)
     version_2 = config.version == "2.0"
     decoded = decode_spans(examples, features, logits["start_logits"], logits["end_logits"], version_2=version_2,
-                           n_best_size=config.eval.get("n_best_size", 20),
-                           max_answer_length=config.eval.get("max_answer_length", 30))
+                           n_best_size=config.eval.n_best_size, max_answer_length=config.eval.max_answer_length)
     if not version_2:
         predictions = decoded.predictions()
         squad_metrics.write_predictions(output_dir, predictions)
