@@ -1,6 +1,7 @@
 """Checkpoint round trips, re-sharding on restore, retention, crash safety and SIGTERM handling."""
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -100,7 +101,8 @@ def test_restore_onto_a_different_mesh(tmp_path):
 def test_keeps_last_k_milestones_and_period(tmp_path):
     state = {"w": jnp.arange(4.0)}
     ckpt = checkpointing.Checkpointer.from_config(
-        str(tmp_path), ml_collections.ConfigDict(dict(every_steps=2, keep_last=2, keep_steps=(3,), keep_period=4)))
+        str(tmp_path), ml_collections.ConfigDict(dict(every_steps=2, keep_last=2, keep_steps=(3,), keep_period=4,
+                                                      async_save=True)))
     saved = [step for step in range(1, 15) if ckpt.save(step, {"w": state["w"] + step})]
     ckpt.wait()
     assert saved == [2, 3, 4, 6, 8, 10, 12, 14]
@@ -110,15 +112,29 @@ def test_keeps_last_k_milestones_and_period(tmp_path):
 
 
 def test_checkpoint_config_errors(tmp_path):
+    section = COMMON.checkpoint(every_steps=1, keep_last=1).to_dict()
     with pytest.raises(ConfigError, match=r"config.checkpoint has unknown field\(s\) \['every'\]"):
         checkpointing.Checkpointer.from_config(str(tmp_path), dict(every=5))
     with pytest.raises(ConfigError, match="config.checkpoint.keep_last=0: must be a positive integer"):
-        checkpointing.Checkpointer.from_config(str(tmp_path), dict(keep_last=0))
+        checkpointing.Checkpointer.from_config(str(tmp_path), dict(section, keep_last=0))
     with pytest.raises(ConfigError, match="config.checkpoint.keep_steps='10'"):
-        checkpointing.Checkpointer.from_config(str(tmp_path), dict(keep_steps="10"))
+        checkpointing.Checkpointer.from_config(str(tmp_path), dict(section, keep_steps="10"))
     with checkpointing.Checkpointer(str(tmp_path), every_steps=1, keep_last=1) as ckpt:
         with pytest.raises(FileNotFoundError, match="no finished checkpoint in"):
             ckpt.restore({"w": jax.ShapeDtypeStruct((4,), jnp.float32)})
+
+
+def test_checkpoint_section_holds_no_values():
+    """The values are the experiment's (experiments/common.checkpoint): a missing required field is named; the two
+    optional ones mean no milestones and no periodic keeps."""
+    section = COMMON.checkpoint(every_steps=5, keep_last=2).to_dict()
+    for field in ("every_steps", "keep_last", "async_save"):
+        partial = {k: v for k, v in section.items() if k != field}
+        with pytest.raises(ConfigError, match=re.escape(f"missing required field(s) ['{field}']: set "
+                                                        f"config.checkpoint.{field}")):
+            checkpointing.read_config(partial)
+    required = dict(every_steps=5, keep_last=2, async_save=False)
+    assert checkpointing.read_config(required) == dict(required, keep_steps=(), keep_period=None)
 
 
 def run_script(source: str, *args: str, **popen) -> subprocess.Popen:

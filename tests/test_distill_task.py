@@ -481,6 +481,26 @@ def test_layer_loss_scaling_is_checked():
                                  layer_loss_scaling="tf3"))
 
 
+@pytest.mark.parametrize("field", ["alpha", "stage_steps", "teacher_dtype", "weights.mlm", "weights.feature_map"])
+def test_a_missing_distill_field_is_named(field):
+    """The library's reader holds no values (they are experiments/distill_common.distill's)."""
+    d = DISTILL_COMMON.distill("progressive").to_dict()
+    section, _, name = field.rpartition(".")
+    del (d[section] if section else d)[name]
+    where = ".".join(filter(None, ("config.distill", section)))
+    with pytest.raises(ConfigError, match=re.escape(f"{where} is missing required field(s) ['{name}']: set "
+                                                    f"{where}.{name}")):
+        distill_config.read(d)
+
+
+def test_optional_distill_fields_left_out_mean_their_neutral_values():
+    d = DISTILL_COMMON.distill("pd").to_dict()
+    for field in ("student_init", "last_stage", "layer_map"):
+        del d[field]
+    read = distill_config.read(d)
+    assert (read.student_init, read.last_stage, read.layer_map) == ("", None, ())
+
+
 @pytest.mark.parametrize("compute_dtype,rtol", [("bfloat16", 2e-3), ("float32", 2e-2)])
 def test_bfloat16_teacher_gives_the_float32_teachers_losses(tmp_path, compute_dtype, rtol):
     """config.distill.teacher_dtype=bfloat16 halves the frozen teacher's memory and gather traffic. At the full-size

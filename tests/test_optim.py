@@ -1,5 +1,7 @@
 """The optimizer against an independent NumPy transcription of REFERENCE section 5, plus groups and masks."""
 
+import re
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -324,6 +326,38 @@ def test_missing_lr_is_an_error():
         cfg = COMMON.optimizer("adamw", lr=1e-3).to_dict()
         del cfg["lr"]
         optim.build_optimizer(cfg, nest(make_params()))
+
+
+@pytest.mark.parametrize("section, field", [
+    ("", "eps"), ("", "weight_decay"), ("", "clip_norm"), ("", "bias_correction"), ("", "schedule"),
+    ("schedule", "kind"), ("groups.l0", "pattern")])
+def test_a_missing_field_is_named(section, field):
+    """The library holds no values (they are experiments/common.optimizer's): a left-out field is an error."""
+    cfg = COMMON.optimizer("lamb", lr=1e-3).to_dict()
+    cfg["groups"] = dict(l0=dict(pattern="layer_0", multiplier=0.5))
+    node = cfg
+    for key in filter(None, section.split(".")):
+        node = node[key]
+    del node[field]
+    where = ".".join(filter(None, ("config.optimizer", section)))
+    with pytest.raises(ConfigError, match=re.escape(f"{where} is missing required field(s) ['{field}']: set "
+                                                    f"{where}.{field}")):
+        optim.build_optimizer(cfg, nest(make_params()))
+
+
+def test_optional_fields_left_out_mean_their_neutral_values():
+    """No groups, no exclusions, the parameters' dtype; a schedule of `kind` alone: the documented meanings."""
+    params, grads = make_params(), make_grads(2)
+    full = COMMON.optimizer("lamb", lr=1e-2).to_dict()
+    short = {k: v for k, v in full.items() if k not in ("mu_dtype", "groups", "exclude")}
+    short["schedule"] = dict(kind="constant")
+    got, want = (run(optim.build_optimizer(cfg, nest(params)), params, grads) for cfg in (short, full))
+    for p in LEAVES:
+        np.testing.assert_array_equal(got[p], want[p], err_msg=p)
+    decay = dict(kind="warmup_linear_decay", warmup_steps=2, total_steps=10)
+    explicit = dict(decay, end_lr=0.0, power=1.0, decay_origin="warmup_end", warmup_fraction=None)
+    schedules = [optim.build_schedule(dict(full, schedule=s)) for s in (decay, explicit)]
+    assert [float(schedules[0](t)) for t in range(12)] == [float(schedules[1](t)) for t in range(12)]
 
 
 @pytest.mark.parametrize("preset", ["mobilebert_test", "ib_bert_test"])
