@@ -120,6 +120,22 @@ def _validate(tmp, *overrides):
     experiment_config.validate(config, jax.device_count())
 
 
+def _experiment_without(tmp, section, field):
+    """The smoke teacher's experiment file with config.SECTION.FIELD left out, loaded and validated as main does."""
+    import jax
+
+    from mobilebert_jax import experiment_config
+
+    path = tmp / "partial.py"
+    path.write_text(f"from mobilebert_jax.experiment_config import load_module\n"
+                    f"teacher = load_module({os.path.join(REPO, 'experiments', 'teacher_ib_bert_large.py')!r})\n"
+                    f"def get_config(arg=None):\n"
+                    f"    c = teacher.get_config('smoke')\n"
+                    f"    del c.{section}[{field!r}]\n"
+                    f"    return c\n")
+    experiment_config.validate(experiment_config.load_experiment(str(path)), jax.device_count())
+
+
 def _longer_than_positions(tmp, stage):
     """A stage's spec with config.data.max_seq_length above the model's max_position_embeddings."""
     from mobilebert_jax import experiment_config
@@ -175,6 +191,9 @@ CASES = [
      lambda tmp: _validate(tmp, "--config.totl_steps=5")),
     ("`--config.log_every=0`", "config", "config.log_every=0: must be a positive whole number",
      lambda tmp: _validate(tmp, "--config.log_every=0")),
+    ("experiment file that leaves out a field the library holds no value for", "config",
+     "config.optimizer is missing required field(s) ['eps']: set config.optimizer.eps",
+     lambda tmp: _experiment_without(tmp, "optimizer", "eps")),
     ("global batch not divisible by the data-parallel devices", "config", "batch_size",
      lambda tmp: _validate(tmp, "--config.batch_size=3", "--config.mesh.shape=(-1, 1, 1)")),
     ("pretraining: sequences longer than the model's positions", "config",

@@ -37,8 +37,8 @@ from mobilebert_jax.distill.evaluate import eval_batches, held_out_metrics
 from mobilebert_jax.train.task import Stage
 
 # The job's settings and stage configs: experiments/pipeline.py of the checkout this runs from.
-EXPERIMENTS = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "experiments")
-JOB = os.path.join(EXPERIMENTS, "pipeline.py")
+JOB = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "experiments",
+                   "pipeline.py")
 
 
 def job() -> types.ModuleType:
