@@ -148,7 +148,8 @@ def run(workdir: str, scale: Scale | None = None) -> list[dict]:
     if not train_stage("progressive knowledge transfer", progressive, dirs["progressive"], DISTILLATION,
                        timings):
         return []
-    pd = stages.distill_config("pd", scale, teacher_cfg.model, dirs["teacher"], data_dir, student_init=dirs["progressive"])
+    pd = stages.distill_config("pd", scale, teacher_cfg.model, dirs["teacher"], data_dir,
+                               student_init=dirs["progressive"])
     if not train_stage("pretraining distillation", pd, dirs["pd"], DISTILLATION, timings):
         return []
     scratch = stages.scratch_config(scale, teacher_cfg.model, data_dir)
