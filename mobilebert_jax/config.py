@@ -85,6 +85,10 @@ class MobileBertConfig:
     # of the operand layout XLA picks. On XLA:CPU XLA's pick runs a slow transposed-operand matmul kernel; the
     # MobileBERT train step is about 1.1x faster with this on (docs/training.md). Not measured on TPU or GPU.
     explicit_weight_gradients: bool = False
+    # Run the L layers as one block under nn.scan, parameters stacked on a leading layer axis
+    # (modeling/stacking.py): compiles the block once instead of L times. Not written to HF config.json:
+    # HF and params directories always hold the unrolled layout.
+    scan_layers: bool = False
 
     def __post_init__(self):
         _validate(self)
@@ -229,7 +233,7 @@ def _validate(c: MobileBertConfig) -> None:
     if c.embedding_and_output_norm_eps is not None and c.embedding_and_output_norm_eps <= 0:
         fail("embedding_and_output_norm_eps", "must be None or a positive number")
     for field in ("trigram_input", "use_bottleneck", "use_bottleneck_attention", "key_query_shared_bottleneck",
-                  "classifier_activation", "trigram_respects_padding", "remat", "tie_word_embeddings",
+                  "classifier_activation", "trigram_respects_padding", "remat", "scan_layers", "tie_word_embeddings",
                   "explicit_weight_gradients"):
         if not isinstance(getattr(c, field), bool):
             fail(field, "must be true or false")

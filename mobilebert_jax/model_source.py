@@ -8,7 +8,12 @@ A source (a config field such as `config.init_checkpoint` or `config.distill.tea
   - an HF hub id (`google/mobilebert-uncased`), fetched through `huggingface_hub` into its cache;
     with HF_HUB_OFFLINE=1 only the cache is read.
 Only the parameters are read from a trainer checkpoint (not its optimizer state),
-straight into the shardings the caller asks for. Before anything is read, every
+straight into the shardings the caller asks for. The encoder's layers are stored
+unrolled (`layer_{i}`) in HF and params directories and as the run had them in a
+checkpoint (stacked under `layers` with `scan_layers`, modeling/stacking.py); `read`
+with a target returns the target's layout whichever the source holds, so a scanned
+teacher can teach an unrolled student and a fine-tune can start from either.
+Shapes are compared in the unrolled layout. Before anything is read, every
 parameter's path and shape and every architecture field of the source's model
 config can be compared with what the caller expects (`check_architecture`); a
 mismatch is an error that names the parameter or the field. Each source also
@@ -38,10 +43,11 @@ from mobilebert_jax import storage
 from mobilebert_jax.errors import ConfigError
 from mobilebert_jax.config import MobileBertConfig
 from mobilebert_jax.convert.native import PARAMS_FILE
+from mobilebert_jax.modeling import stacking
 from mobilebert_jax.data import tokenizer_record
 
 # Fields that change how a model is computed or stored but not what function it is.
-NON_ARCHITECTURE_FIELDS = ("dtype", "remat", "explicit_weight_gradients", "hidden_dropout_prob",
+NON_ARCHITECTURE_FIELDS = ("dtype", "remat", "scan_layers", "explicit_weight_gradients", "hidden_dropout_prob",
                            "attention_probs_dropout_prob", "classifier_dropout", "initializer_range")
 _STATE, _CONFIG, _CHECKPOINTS = "state", "config", "checkpoints"
 _HF_WEIGHTS = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin")
@@ -170,10 +176,13 @@ def _checkpoint(step_dir: epath.Path, where: str) -> Source:
 
 def check_architecture(source: Source, expected: MobileBertConfig, expected_shapes: dict[str, tuple[int, ...]],
                        where: str, config_field: str) -> None:
-    """Raises ConfigError naming each parameter (then each config field) where `source` differs."""
+    """Raises ConfigError naming each parameter (then each config field) where `source` differs.
+
+    Compared in the unrolled layout: either side may stack its layers (`scan_layers`)."""
     problems = []
-    for name in sorted(set(expected_shapes) | set(source.shapes)):
-        have, want = source.shapes.get(name), expected_shapes.get(name)
+    have_shapes, want_shapes = stacking.unstacked_shapes(source.shapes), stacking.unstacked_shapes(expected_shapes)
+    for name in sorted(set(want_shapes) | set(have_shapes)):
+        have, want = have_shapes.get(name), want_shapes.get(name)
         if have is None:
             problems.append(f"parameter {name!r} is missing from the checkpoint ({config_field} expects shape {want})")
         elif want is None:
@@ -199,7 +208,14 @@ def flat_shapes(abstract_params: Any) -> dict[str, tuple[int, ...]]:
 
 def read(source: Source, abstract_params: Any = None) -> Any:
     """The parameter values of `source`: placed as `abstract_params` (ShapeDtypeStructs with shardings) says,
-    or, without it, the source's whole tree as float32 numpy arrays."""
+    in its layout (stacked or unrolled layers), or, without it, the source's whole tree as float32 numpy
+    arrays in the layout it is stored in (a checkpoint of a `scan_layers` run: stacked)."""
+    stored_stacked = stacking.is_stacked(source.shapes)
+    if abstract_params is not None and stacking.is_stacked(abstract_params) != stored_stacked:
+        # The other layout: read everything to the host, restack there, then place. Only a run that changes
+        # `scan_layers` between stages pays this; the same layout restores straight into the shardings.
+        params = stacking.to_layout(read(source), not stored_stacked)
+        return jax.tree.map(lambda x, a: jax.device_put(np.asarray(x, a.dtype), a.sharding), params, abstract_params)
     if source.kind == "checkpoint":
         as_numpy = abstract_params is None
         if as_numpy:

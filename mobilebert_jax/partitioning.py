@@ -68,6 +68,9 @@ DEFAULT_RULES: Rules = (
     ("token_type", None),
     ("classes", None),
     ("norm", None),
+    # The layer axis of a scanned encoder's stacked parameters (config.scan_layers): every device holds every
+    # layer (the scan reads one layer per step); the rules above still shard each layer's own dimensions.
+    ("layers", None),
 )
 
 _MESH_FIELDS = ("shape", "dcn_shape", "rules")

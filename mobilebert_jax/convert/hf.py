@@ -21,6 +21,7 @@ from mobilebert_jax.errors import ConfigError
 from mobilebert_jax.config import HF_QUIRK_NORM_EPS, MobileBertConfig
 from mobilebert_jax.convert import names
 from mobilebert_jax.convert.torch_bin import load_torch_bin
+from mobilebert_jax.modeling import stacking
 from mobilebert_jax.errors import CheckpointError
 from mobilebert_jax.partitioning import unbox_without_constraints
 
@@ -216,9 +217,11 @@ def check_hf_expressible(config: MobileBertConfig) -> None:
 
 
 def to_hf(config: MobileBertConfig, params: Params, path: str, architecture: Optional[str] = None) -> str:
-    """Writes an HF directory that `transformers.<architecture>.from_pretrained` loads."""
+    """Writes an HF directory that `transformers.<architecture>.from_pretrained` loads.
+
+    A scanned model's stacked layers (`scan_layers`) are written unrolled, as HF has them."""
     check_hf_expressible(config)
-    params = nn.unbox(params)
+    params, config = stacking.unstack(nn.unbox(params)), config.replace(scan_layers=False)
     if "mobilebert" not in params:
         raise CheckpointError("params have no 'mobilebert' subtree; pass the whole model's params "
                               "(for a bare MobileBertModel, wrap them as {'mobilebert': params})")

@@ -1,7 +1,9 @@
 """This project's portable parameter directory: `config.json` + `params.safetensors`.
 
 Parameter paths are joined with "/" as tensor names, so the file is readable
-by any safetensors tool and needs no pickle. The trainer's orbax checkpoints
+by any safetensors tool and needs no pickle; the encoder's layers are always
+unrolled (`layer_{i}`, as in HF), whichever layout the model ran in
+(`scan_layers`, modeling/stacking.py). The trainer's orbax checkpoints
 export to this format (`python -m mobilebert_jax.convert from-run`);
 `mobilebert_jax.model_source` reads it.
 """
@@ -19,12 +21,14 @@ from safetensors.numpy import save
 
 from mobilebert_jax.config import MobileBertConfig
 from mobilebert_jax.convert.hf import architecture_of
+from mobilebert_jax.modeling import stacking
 
 PARAMS_FILE = "params.safetensors"
 
 
 def save_params(path: str, config: MobileBertConfig, params, architecture: str | None = None) -> str:
-    params = nn.unbox(params)
+    """Writes the directory; a scanned model's stacked layers are written unrolled (one layout on disk)."""
+    params = stacking.unstack(nn.unbox(params))
     epath.Path(path).mkdir(parents=True, exist_ok=True)  # local or gs://
     flat = traverse_util.flatten_dict(params, sep="/")
     arrays = {k: np.ascontiguousarray(np.asarray(jax.device_get(v), np.float32)) for k, v in flat.items()}

@@ -22,6 +22,7 @@ import jax.numpy as jnp
 import ml_collections
 
 from mobilebert_jax.errors import ConfigError
+from mobilebert_jax.modeling import stacking
 from mobilebert_jax.optim import builder as optim_builder
 from mobilebert_jax.optim import paths as optim_paths
 
@@ -86,14 +87,17 @@ def _as_float(flag: Any) -> Any:
 
 
 def first_layer_paths(abstract_params: Any) -> dict[int, str]:
-    """Encoder layer index -> the path of one of its parameters (what optimizer groups are matched against)."""
+    """Encoder layer index -> the path of one of its parameters (what optimizer groups are matched against).
+
+    Paths of the unrolled layout even for a scanned model: the optimizer matches its groups there
+    (optim/transforms.per_layer_view)."""
     out: dict[int, str] = {}
 
     def visit(path: str, _keys):
         m = _LAYER_PATH.match(path)
         if m:
             out.setdefault(int(m.group(1)), path)
-    optim_paths.map_with_path(visit, abstract_params)
+    optim_paths.map_with_path(visit, stacking.unstack(abstract_params))
     return out
 
 

@@ -9,23 +9,32 @@ import jax
 import jax.numpy as jnp
 
 from mobilebert_jax.config import MobileBertConfig
-from mobilebert_jax.modeling import primitives
+from mobilebert_jax.modeling import primitives, stacking
 from mobilebert_jax.modeling.embeddings import Embeddings
 from mobilebert_jax.modeling.layer import Layer
 
 
 class Encoder(nn.Module):
+    """L blocks, unrolled (`layer_{i}`) or, with `scan_layers`, one block under `nn.scan` (`layers`, each
+    parameter with a leading layer axis; modeling/stacking.py converts between the two layouts).
+
+    Under scan the block is traced and compiled once instead of L times (MaxText's `scan_layers`); the
+    per-layer outputs come back stacked and are split into the same tuples the unrolled loop returns. With
+    `remat` each layer is rematerialized in the backward pass either way.
+    """
+
     config: MobileBertConfig
 
     @nn.compact
     def __call__(self, x_BxTxH, mask_BxT, deterministic: bool, output_hidden_states: bool,
                  output_attention_scores: bool):
         c = self.config
-        # static_argnums counts `self` as 0: `deterministic` is argument 3.
-        layer_cls = nn.remat(Layer, static_argnums=(3,)) if c.remat else Layer
+        if c.scan_layers:
+            return self._scanned(x_BxTxH, mask_BxT, deterministic, output_hidden_states, output_attention_scores)
+        layer_cls = _layer_class(c)
         hidden_states, scores = [x_BxTxH], []
         for i in range(c.num_hidden_layers):
-            x_BxTxH, s_BxNxTxT = layer_cls(c, name=f"layer_{i}")(x_BxTxH, mask_BxT, deterministic)
+            x_BxTxH, s_BxNxTxT = layer_cls(c, name=stacking.layer_name(i))(x_BxTxH, mask_BxT, deterministic)
             x_BxTxH = nn.with_logical_constraint(x_BxTxH, ("batch", "length", "hidden"))
             if output_hidden_states:
                 hidden_states.append(x_BxTxH)
@@ -33,6 +42,36 @@ class Encoder(nn.Module):
                 scores.append(s_BxNxTxT)
         return x_BxTxH, tuple(hidden_states) if output_hidden_states else None, (
             tuple(scores) if output_attention_scores else None)
+
+    def _scanned(self, x_BxTxH, mask_BxT, deterministic: bool, output_hidden_states: bool,
+                 output_attention_scores: bool):
+        c = self.config
+
+        # A scan's per-step outputs must have static shapes: emit only what was asked for (the [L, B, N, T, T]
+        # scores are the largest activation a forward pass can keep).
+        def body(layer, x_BxTxH, mask_BxT):
+            y_BxTxH, s_BxNxTxT = layer(x_BxTxH, mask_BxT, deterministic)
+            y_BxTxH = nn.with_logical_constraint(y_BxTxH, ("batch", "length", "hidden"))
+            return y_BxTxH, (y_BxTxH if output_hidden_states else None,
+                             s_BxNxTxT if output_attention_scores else None)
+
+        scan = nn.scan(body, variable_axes={"params": 0}, split_rngs={"params": True, "dropout": True},
+                       in_axes=(nn.broadcast,), length=c.num_hidden_layers,
+                       metadata_params=stacking.AXIS_PARAMS)
+        layer = _layer_class(c)(c, name=stacking.STACKED)
+        last_BxTxH, (hidden_LxBxTxH, scores_LxBxNxTxT) = scan(layer, x_BxTxH, mask_BxT)
+        layers = range(c.num_hidden_layers)
+        hidden_states = (x_BxTxH, *(hidden_LxBxTxH[i] for i in layers)) if output_hidden_states else None
+        scores = tuple(scores_LxBxNxTxT[i] for i in layers) if output_attention_scores else None
+        return last_BxTxH, hidden_states, scores
+
+
+def _layer_class(c: MobileBertConfig):
+    if not c.remat:
+        return Layer
+    # static_argnums counts `self` as 0: `deterministic` is argument 3. Inside a scan the loop already keeps
+    # XLA from merging the recomputation with the forward pass, so prevent_cse would only cost (jax.checkpoint).
+    return nn.remat(Layer, static_argnums=(3,), prevent_cse=not c.scan_layers)
 
 
 class Pooler(nn.Module):

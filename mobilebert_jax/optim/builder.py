@@ -13,6 +13,10 @@ The chain, for the parameters that are not excluded:
 Excluded paths (`exclude`) get `set_to_zero()` at the top level: no state,
 no update, and they do not count in the clipping norm.
 
+All of it runs on the unrolled view of a scanned encoder (`transforms.per_layer_view`):
+paths, groups and per-tensor norms are per layer (`.../encoder/layer_3/...`) whether the
+model stacks its layers (`config.model.scan_layers`) or not.
+
 Groups: `config.optimizer.groups.<name> = dict(pattern=REGEX, multiplier=SPEC,
 reset_state_when_zero=False)`. REGEX is `re.search`ed in the '/'-joined path
 (`params/encoder/layer_3/attention/query/kernel`); groups are tried in config
@@ -34,6 +38,7 @@ import ml_collections
 import optax
 
 from mobilebert_jax.errors import ConfigError
+from mobilebert_jax.modeling import stacking
 from mobilebert_jax.optim import config as cfg_lib
 from mobilebert_jax.optim import multipliers, paths, schedules, transforms
 
@@ -144,7 +149,7 @@ def build_optimizer(
     excluded = _patterns(opt["exclude"], f"{where}.exclude")
     group_labels = lambda tree: paths.map_with_path(lambda p, _: _group_of(p, groups), tree)  # noqa: E731
     if params is not None:
-        _check_patterns_match(params, groups, excluded, where)
+        _check_patterns_match(stacking.unstack(params), groups, excluded, where)
 
     if groups:
         per_group = {g.name: g.transform(direction) for g in groups}
@@ -155,7 +160,7 @@ def build_optimizer(
         top_labels = lambda tree: paths.map_with_path(  # noqa: E731
             lambda p, _: _EXCLUDED if any(r.search(p) for r in excluded) else _INCLUDED, tree)
         tx = optax.multi_transform({_INCLUDED: tx, _EXCLUDED: optax.set_to_zero()}, top_labels)
-    return tx
+    return transforms.per_layer_view(tx)
 
 
 def _group_of(path: str, groups: list[Group]) -> str:

@@ -13,6 +13,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from mobilebert_jax.modeling import stacking
 from mobilebert_jax.optim import paths
 from mobilebert_jax.optim.multipliers import Multiplier
 
@@ -116,5 +117,28 @@ def gated_by_multiplier(inner: optax.GradientTransformation, multiplier: Multipl
         fresh = inner.init(params)
         inner_state = jax.tree.map(lambda new, init: jnp.where(m != 0, new, init), inner_state, fresh)
         return updates, GatedState(count=optax.safe_increment(state.count), inner=inner_state)
+
+    return optax.GradientTransformation(init_fn, update_fn)
+
+
+def per_layer_view(inner: optax.GradientTransformation) -> optax.GradientTransformation:
+    """Runs `inner` on the unrolled view of a scanned encoder's stacked parameters (modeling/stacking.py).
+
+    `inner` sees each layer's parameters as separate leaves under `encoder/layer_{i}/`, as in an unrolled
+    model, so every group regex, per-layer multiplier, state gate, exclusion, clipping norm and LAMB
+    trust ratio (a per-tensor norm) applies per layer exactly as it does unrolled, and the optimizer state
+    has the unrolled layout in both modes. The updates are stacked back to the parameters' layout. A tree
+    without stacked leaves passes through unchanged.
+    """
+
+    def init_fn(params):
+        return inner.init(stacking.unstack(params))
+
+    def update_fn(updates, state, params=None):
+        if not stacking.is_stacked(updates):
+            return inner.update(updates, state, params)
+        params = None if params is None else stacking.unstack(params)
+        updates, state = inner.update(stacking.unstack(updates), state, params)
+        return stacking.stack(updates), state
 
     return optax.GradientTransformation(init_fn, update_fn)

@@ -24,7 +24,7 @@ from etils import epath
 from mobilebert_jax import model_source, storage
 from mobilebert_jax.data.tokenizers import load_tokenizer
 from mobilebert_jax.errors import ConfigError, DataError
-from mobilebert_jax.modeling import MobileBertForQuestionAnswering, MobileBertForSequenceClassification
+from mobilebert_jax.modeling import MobileBertForQuestionAnswering, MobileBertForSequenceClassification, stacking
 from mobilebert_jax.tasks import finetuning, glue, glue_metrics, glue_submission, squad_data, squad_metrics
 from mobilebert_jax.tasks.prediction import predict
 from mobilebert_jax.tasks.squad_postprocess import decode_spans
@@ -41,21 +41,24 @@ class FinishedRun:
 
 
 def load_run(workdir: str, step: Optional[int] = None) -> FinishedRun:
-    """The model, trained parameters (latest checkpoint, or `step`) and tokenizer of a fine-tuning run."""
+    """The model, trained parameters (latest checkpoint, or `step`) and tokenizer of a fine-tuning run.
+
+    Always the unrolled model (a `scan_layers` run's layers unstacked): evaluation, quantization (which
+    intercepts each Dense by its path) and export see one layout; evaluation compiles no backward pass."""
     config_file = epath.Path(workdir) / "config.json"
     if not config_file.exists():
         raise FileNotFoundError(f"--workdir={workdir!r}: no config.json; expected the workdir of a fine-tuning run")
     config = ml_collections.ConfigDict(json.loads(config_file.read_text()))
     if config.get("stage") not in ("glue_finetuning", "squad_finetuning"):
         raise ConfigError(f"--workdir={workdir!r}: stage {config.get('stage')!r} is not a fine-tuning run")
-    model_cfg = finetuning.model_config(config)
+    model_cfg = finetuning.model_config(config).replace(scan_layers=False)
     if config.stage == "glue_finetuning":
         model = MobileBertForSequenceClassification(model_cfg, num_labels=glue.get_task(config.task).num_labels)
     else:
         model = MobileBertForQuestionAnswering(model_cfg)
     where = f"--workdir={workdir!r}" + (f" --step={step}" if step is not None else "")
     path = epath.Path(workdir) / "checkpoints" / str(step) if step is not None else epath.Path(workdir)
-    params = model_source.read(model_source.open_source(str(path), where))
+    params = stacking.unstack(model_source.read(model_source.open_source(str(path), where)))
     return FinishedRun(config, model, params, lineage.run_tokenizer(workdir, config))
 
 
