@@ -176,6 +176,10 @@ class MobileBertConfig:
             unknown = sorted(set(ours) - {f.name for f in dataclasses.fields(cls)})
             if unknown:
                 raise ConfigError(f"{source}: unknown field(s) under 'mobilebert_jax': {unknown}")
+            if ours.get("scan_layers"):
+                raise ConfigError(f"{source}: 'mobilebert_jax.scan_layers' is true, but HF and params directories "
+                                  f"always hold the unrolled layers; scan_layers belongs to the run that reads "
+                                  f"them (config.model.scan_layers, or config.model_overrides when fine-tuning)")
             kwargs.update(ours)
         try:
             return cls(**kwargs)

@@ -125,6 +125,26 @@ def test_one_layer_teacher_compiles_with_fsdp_for_each_generation(tmp_path, topo
 
 
 @needs_libtpu
+def test_scanned_teacher_compiles_with_fsdp_and_holds_what_the_unrolled_one_holds(tmp_path):
+    """Layers under nn.scan (config.model.scan_layers): the stacked parameters and their optimizer state shard
+    over fsdp like the unrolled ones (the layer axis replicated), and the step compiles for v3:2x2."""
+    tiny = ["--config.model.num_hidden_layers=3", "--config.data.max_seq_length=32",
+            "--config.data.max_predictions_per_seq=4", "--config.batch_size=8", "--config.mesh.shape=(1, -1, 1)"]
+    results = {}
+    for scan in (False, True):
+        out = tmp_path / f"{scan}.json"
+        proc = aot("--config=experiments/teacher_ib_bert_large.py:smoke", "--topology=v3:2x2", *tiny,
+                   f"--config.model.scan_layers={scan}", f"--json_out={out}", *([] if scan else ["--nocompile"]))
+        assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
+        results[scan] = json.loads(out.read_text())
+    unrolled, scanned = results[False], results[True]
+    assert scanned["fits"] is True and scanned["mesh"] == {"data": 1, "fsdp": 8, "tensor": 1}
+    assert scanned["state_bytes"] == unrolled["state_bytes"]
+    assert scanned["argument_bytes"] <= 1.1 * scanned["state_bytes"] + (1 << 20)
+    assert scanned["xla_flops_per_step"] is None  # XLA's cost analysis would count the scanned layer once
+
+
+@needs_libtpu
 def test_every_topology_in_the_help_resolves():
     from mobilebert_jax.tools.aot_compile import TOPOLOGY_EXAMPLES
 

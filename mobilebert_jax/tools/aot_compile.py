@@ -20,7 +20,7 @@ data is prepared and no teacher or checkpoint is read.
 Printed, per device: arguments (state, batch, teacher), outputs not aliased
 to the donated state, temporaries, generated code, and their total against
 the device's HBM; per step: XLA's FLOPs (cost analysis, recomputation
-included) and the model's FLOPs (the analytic count MFU uses); and the step
+included; not with layers under scan, whose loop body it counts once) and the model's FLOPs (the analytic count MFU uses); and the step
 time and run time (config.total_steps) the model FLOPs take at --mfu of the
 devices' peak (hardware.py). First, from the shardings alone, what one device
 holds of the train state and of the frozen teacher; --nocompile stops there.
@@ -153,7 +153,7 @@ class Result:
     code_bytes: int
     total_bytes: int
     hbm_bytes: Optional[int]
-    xla_flops_per_step: float
+    xla_flops_per_step: Optional[float]  # None with layers under scan: XLA's cost analysis counts a loop body once
     model_flops_per_step: float
     mfu: float
     step_seconds: Optional[float]
@@ -215,9 +215,16 @@ def compile_stage(config: ml_collections.ConfigDict, topology: str, mfu: float =
         argument_bytes=memory.argument_size_in_bytes, output_bytes=outputs, temp_bytes=memory.temp_size_in_bytes,
         code_bytes=memory.generated_code_size_in_bytes, total_bytes=total,
         # cost_analysis describes one device's partition of the SPMD program.
-        xla_flops_per_step=float(cost.get("flops", 0.0)) * len(devices), model_flops_per_step=model_flops,
+        xla_flops_per_step=None if _scans_layers(config) else float(cost.get("flops", 0.0)) * len(devices),
+        model_flops_per_step=model_flops,
         step_seconds=step_seconds, run_seconds=None if step_seconds is None else step_seconds * config.total_steps,
         compile_seconds=compile_seconds)
+
+
+def _scans_layers(config: ml_collections.ConfigDict) -> bool:
+    """Whether a model of the stage runs its layers under nn.scan: XLA's cost analysis then counts the scanned
+    layer once, not L times (measured: a 4-layer scanned step's count is that of about one layer plus the rest)."""
+    return any(config[m].get("scan_layers", False) for m in ("model", "teacher_model") if m in config)
 
 
 def _gib(n: Optional[float]) -> str:
@@ -233,6 +240,12 @@ def _duration(seconds: Optional[float]) -> str:
         return f"{seconds:.3g} s"
     hours = seconds / 3600
     return f"{hours:.1f} h ({hours / 24:.2f} days)" if hours >= 24 else f"{hours:.2f} h"
+
+
+def _xla_flops(r: Result) -> str:
+    if r.xla_flops_per_step is None:
+        return "not known (layers under scan: XLA's cost analysis counts the loop body once)"
+    return f"{r.xla_flops_per_step:.4g} (recomputation included)"
 
 
 def report(r: Result) -> str:
@@ -251,11 +264,11 @@ def report(r: Result) -> str:
         f"  memory per device: arguments {_gib(r.argument_bytes)}, outputs (not aliased) {_gib(r.output_bytes)}, "
         f"temporaries {_gib(r.temp_bytes)}, code {_gib(r.code_bytes)}",
         f"  total {_gib(r.total_bytes)} of {_gib(r.hbm_bytes)} HBM: {verdict}",
-        f"  FLOPs per step: XLA {r.xla_flops_per_step:.4g} (recomputation included), "
-        f"model {r.model_flops_per_step:.4g}",
+        f"  FLOPs per step: XLA {_xla_flops(r)}, model {r.model_flops_per_step:.4g}",
         f"  at {r.mfu:.0%} MFU: {_duration(r.step_seconds)} per step, {r.total_steps:,} steps in "
-        f"{_duration(r.run_seconds)}; the chips then execute XLA's FLOPs at "
-        f"{r.mfu * r.xla_flops_per_step / r.model_flops_per_step:.0%} of peak",
+        f"{_duration(r.run_seconds)}" + ("" if r.xla_flops_per_step is None else
+                                         f"; the chips then execute XLA's FLOPs at "
+                                         f"{r.mfu * r.xla_flops_per_step / r.model_flops_per_step:.0%} of peak"),
         f"  compiled in {r.compile_seconds:.0f} s",
     ]
     return "\n".join(lines)
