@@ -49,6 +49,7 @@ def test_progressive_distillation_scanned_equals_unrolled(tmp_path):
     params = stacking.stack(state.params)
     state_scan = step_lib.TrainState(step=state.step, params=params, opt_state=tx_scan.init(params))
 
+    start = flat(state.params)
     batches = PaddedBatches(c.model.vocab_size, BATCH, seed=5)
     for i in range(STEPS):
         batch = next(batches)
@@ -61,8 +62,11 @@ def test_progressive_distillation_scanned_equals_unrolled(tmp_path):
     assert float(metrics["stage"]) == 1 and float(metrics["layer_1/loss"]) > 0
     got, want = flat(stacking.unstack(state_scan.params)), flat(state.params)
     assert got.keys() == want.keys()
+    # Rounding differences relative to the steps' largest change (some tensors, such as the key bias, which the
+    # softmax ignores, get updates of rounding noise alone).
+    largest_change = max(float(np.abs(want[k] - start[k]).max()) for k in want)
     for k in want:
-        np.testing.assert_allclose(got[k], want[k], rtol=1e-5, atol=1e-5 * float(np.abs(want[k]).max()), err_msg=k)
+        np.testing.assert_allclose(got[k], want[k], rtol=1e-5, atol=1e-5 * largest_change, err_msg=k)
     assert jax.tree.structure(state_scan.opt_state) == jax.tree.structure(state.opt_state)
     for a, b in zip(jax.tree.leaves(state_scan.opt_state), jax.tree.leaves(state.opt_state)):
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-6 * float(np.abs(b).max()))
