@@ -164,31 +164,40 @@ def _progressive_optimizer(layers: int):
     return opt
 
 
-def test_optimizer_on_stacked_parameters_equals_unrolled():
-    """Progressive groups, the gate that holds a layer's moments at 0, exclusion, clipping and LAMB's per-layer
-    trust ratio: the stacked updates are the unrolled ones stacked, and the optimizer state is the same tree."""
+@pytest.mark.parametrize("progressive", [True, False], ids=["progressive groups", "one group"])
+def test_optimizer_on_stacked_parameters_equals_unrolled(progressive):
+    """Progressive groups (a group, multiplier and moment gate per layer: the stacked tensors are split per layer,
+    the optimizer state is the unrolled one) or none (the tensors stay stacked, LAMB's trust ratio per layer):
+    with exclusion and clipping, the stacked updates are the unrolled ones stacked, within float32 rounding."""
     model, scanned = _models("mobilebert_test")
     ids, mask = _inputs()
     params = _unrolled_params(model, ids)
-    opt = _progressive_optimizer(LAYERS)
+    opt = _progressive_optimizer(LAYERS) if progressive else optim.default_config("lamb")
+    opt.exclude = (r"^cls/",)
     tx = optim.build_optimizer(opt, params)
     tx_scan = optim.build_optimizer(opt, stacking.stack(params))  # group patterns checked on the unrolled view
     rng = np.random.default_rng(0)
     grads = [jax.tree.map(lambda x: jnp.asarray(rng.normal(size=x.shape), jnp.float32), params) for _ in range(4)]
     state, state_scan = tx.init(params), tx_scan.init(stacking.stack(params))
-    assert jax.tree.structure(state) == jax.tree.structure(state_scan)
+    if progressive:
+        assert jax.tree.structure(state) == jax.tree.structure(state_scan)
+    else:  # the moments stacked like the parameters
+        keys = [jax.tree_util.keystr(k) for k, _ in jax.tree_util.tree_leaves_with_path(state_scan)]
+        assert any("['layers']" in k for k in keys) and not any("['layer_0']" in k for k in keys)
     p, p_scan = params, stacking.stack(params)
     update, update_scan = jax.jit(tx.update), jax.jit(tx_scan.update)
     for g in grads:  # steps 0..3: stages 0 and 1 of 2 steps each
         u, state = update(g, state, p)
         u_scan, state_scan = update_scan(stacking.stack(g), state_scan, p_scan)
         assert stacking.is_stacked(u_scan)
-        _assert_close(stacking.unstack(u_scan), u, rtol=1e-6, atol=1e-7, what="updates")
+        # The clipping norm sums a stacked tensor in one reduction: rounding apart, the same updates.
+        _assert_close(stacking.unstack(u_scan), u, rtol=1e-5, atol=1e-5, what="updates")
         p, p_scan = optim_apply(p, u), optim_apply(p_scan, u_scan)
-    for a, b in zip(jax.tree.leaves(state_scan), jax.tree.leaves(state)):
-        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-6, atol=1e-7)
-    layer2 = [k for k in _flat(u) if "/layer_2/" in k]
-    assert layer2 and all(not _flat(stacking.unstack(u_scan))[k].any() for k in layer2)  # above the stage: frozen
+    if progressive:
+        for a, b in zip(jax.tree.leaves(state_scan), jax.tree.leaves(state)):
+            np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-6, atol=1e-7)
+        layer2 = [k for k in _flat(u) if "/layer_2/" in k]
+        assert layer2 and all(not _flat(stacking.unstack(u_scan))[k].any() for k in layer2)  # above the stage
 
 
 def optim_apply(params, updates):

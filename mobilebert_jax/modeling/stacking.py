@@ -18,7 +18,7 @@ in both layouts.
 from __future__ import annotations
 
 import re
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping, Optional
 
 import flax.linen as nn
 import jax
@@ -36,6 +36,17 @@ def layer_name(i: int) -> str:
     return f"layer_{i}"
 
 
+def is_stacked_path(path: str) -> bool:
+    """'mobilebert/encoder/layers/...': a stacked leaf's '/'-joined path."""
+    return bool(_STACKED_KEY.match(path))
+
+
+def unrolled_path(path: str, layer: int) -> str:
+    """The path of `layer`'s slice of a stacked leaf (other paths unchanged)."""
+    m = _STACKED_KEY.match(path)
+    return f"{m['prefix']}{layer_name(layer)}/{m['suffix']}" if m else path
+
+
 def is_stacked(tree: Any) -> bool:
     """True when `tree` (nested dicts, or a flat '/'-keyed dict) holds stacked encoder parameters."""
     if not isinstance(tree, Mapping):
@@ -45,15 +56,17 @@ def is_stacked(tree: Any) -> bool:
     return any((k == "encoder" and isinstance(v, Mapping) and STACKED in v) or is_stacked(v) for k, v in tree.items())
 
 
-def unstack(tree: Any) -> Any:
-    """`tree` in the unrolled layout: each stacked leaf [L, ...] becomes L leaves under `layer_{i}`."""
+def unstack(tree: Any, only: Optional[Callable[[str, int], bool]] = None) -> Any:
+    """`tree` in the unrolled layout: each stacked leaf [L, ...] becomes L leaves under `layer_{i}`.
+
+    With `only(path, L)`, just the stacked leaves it is true for (the optimizer's partial view)."""
     if not is_stacked(tree):
         return tree
     flat, was_flat = _flat(tree), _is_flat(tree)
     out = {}
     for key, leaf in flat.items():
         m = _STACKED_KEY.match(key)
-        if not m:
+        if not m or (only is not None and not only(key, _layer_count(leaf))):
             out[key] = leaf
             continue
         for i in range(_layer_count(leaf)):
@@ -63,7 +76,7 @@ def unstack(tree: Any) -> Any:
 
 def stack(tree: Any) -> Any:
     """`tree` in the stacked layout: the leaves `layer_0..layer_{L-1}/<path>` become one [L, ...] leaf `layers/<path>`."""
-    if not isinstance(tree, Mapping) or is_stacked(tree):
+    if not isinstance(tree, Mapping):
         return tree
     flat, was_flat = _flat(tree), _is_flat(tree)
     out, groups = {}, {}
@@ -73,6 +86,8 @@ def stack(tree: Any) -> Any:
             groups.setdefault(f"{m['prefix']}{STACKED}/{m['suffix']}", {})[int(m["index"])] = leaf
         else:
             out[key] = leaf
+    if not groups:
+        return tree
     counts = {len(layers) for layers in groups.values()}
     for key, layers in groups.items():
         if sorted(layers) != list(range(len(layers))) or len(counts) > 1:

@@ -13,9 +13,10 @@ The chain, for the parameters that are not excluded:
 Excluded paths (`exclude`) get `set_to_zero()` at the top level: no state,
 no update, and they do not count in the clipping norm.
 
-All of it runs on the unrolled view of a scanned encoder (`transforms.per_layer_view`):
-paths, groups and per-tensor norms are per layer (`.../encoder/layer_3/...`) whether the
-model stacks its layers (`config.model.scan_layers`) or not.
+A scanned encoder's stacked parameters (`config.model.scan_layers`) are optimized layer by
+layer as unrolled (`transforms.per_layer_view`): patterns are matched against the unrolled
+paths (`.../encoder/layer_3/...`), a stacked tensor whose layers fall in different groups
+is split per layer, and LAMB's trust ratio is taken per layer.
 
 Groups: `config.optimizer.groups.<name> = dict(pattern=REGEX, multiplier=SPEC,
 reset_state_when_zero=False)`. REGEX is `re.search`ed in the '/'-joined path
@@ -147,7 +148,9 @@ def build_optimizer(
 
     groups = parse_groups(opt["groups"], f"{where}.groups")
     excluded = _patterns(opt["exclude"], f"{where}.exclude")
-    group_labels = lambda tree: paths.map_with_path(lambda p, _: _group_of(p, groups), tree)  # noqa: E731
+    # A stacked leaf left stacked (transforms.per_layer_view) has the same labels in every layer: layer 0's.
+    group_labels = lambda tree: paths.map_with_path(  # noqa: E731
+        lambda p, _: _group_of(stacking.unrolled_path(p, 0), groups), tree)
     if params is not None:
         _check_patterns_match(stacking.unstack(params), groups, excluded, where)
 
@@ -158,9 +161,13 @@ def build_optimizer(
     tx = optax.chain(clip, direction, optax.scale_by_learning_rate(schedule))
     if excluded:
         top_labels = lambda tree: paths.map_with_path(  # noqa: E731
-            lambda p, _: _EXCLUDED if any(r.search(p) for r in excluded) else _INCLUDED, tree)
+            lambda p, _: _excluded_label(stacking.unrolled_path(p, 0), excluded), tree)
         tx = optax.multi_transform({_INCLUDED: tx, _EXCLUDED: optax.set_to_zero()}, top_labels)
-    return transforms.per_layer_view(tx)
+    return transforms.per_layer_view(tx, lambda p: (_excluded_label(p, excluded), _group_of(p, groups)))
+
+
+def _excluded_label(path: str, excluded: list[re.Pattern]) -> str:
+    return _EXCLUDED if any(r.search(path) for r in excluded) else _INCLUDED
 
 
 def _group_of(path: str, groups: list[Group]) -> str:

@@ -7,7 +7,7 @@ only), and Adam's moments may be left without bias correction.
 
 from __future__ import annotations
 
-from typing import NamedTuple, Optional
+from typing import Callable, Hashable, NamedTuple, Optional
 
 import jax
 import jax.numpy as jnp
@@ -71,9 +71,30 @@ def lamb_direction(
     return optax.chain(
         adam_moments(b1, b2, eps, bias_correction, mu_dtype),
         optax.add_decayed_weights(weight_decay, mask=applies),
-        # scale_by_trust_ratio already returns 1 when either norm is 0, as TF1 does.
-        optax.masked(optax.scale_by_trust_ratio(), applies),
+        optax.masked(scale_by_trust_ratio_per_layer(), applies),
     )
+
+
+def scale_by_trust_ratio_per_layer() -> optax.GradientTransformation:
+    """`optax.scale_by_trust_ratio` (||w|| / ||u||, 1 when either is 0, as TF1), with the norms of a scanned
+    encoder's stacked leaf (`encoder/layers/...`, modeling/stacking.py) taken per layer along its first axis, so
+    that each layer gets the ratio it gets unrolled. Other leaves: optax's computation, unchanged."""
+
+    def update_fn(updates, state, params):
+        if params is None:
+            raise ValueError("scale_by_trust_ratio_per_layer needs `params` in update()")
+
+        def scale(key_path, update, param):
+            per_layer = stacking.is_stacked_path(paths.path_of(key_path))
+            axis = tuple(range(1, update.ndim)) if per_layer else None
+            param_norm = optax.safe_norm(param, 0.0, axis=axis, keepdims=per_layer)
+            update_norm = optax.safe_norm(update, 0.0, axis=axis, keepdims=per_layer)
+            zero_norm = jnp.logical_or(param_norm == 0.0, update_norm == 0.0)
+            return update * jnp.where(zero_norm, jnp.array(1.0, dtype=param.dtype), param_norm / update_norm)
+
+        return jax.tree_util.tree_map_with_path(scale, updates, params), state
+
+    return optax.GradientTransformation(lambda _: optax.EmptyState(), update_fn)
 
 
 def adamw_direction(
@@ -121,24 +142,30 @@ def gated_by_multiplier(inner: optax.GradientTransformation, multiplier: Multipl
     return optax.GradientTransformation(init_fn, update_fn)
 
 
-def per_layer_view(inner: optax.GradientTransformation) -> optax.GradientTransformation:
-    """Runs `inner` on the unrolled view of a scanned encoder's stacked parameters (modeling/stacking.py).
+def per_layer_view(inner: optax.GradientTransformation,
+                   label: Callable[[str], Hashable]) -> optax.GradientTransformation:
+    """Runs `inner` on a scanned encoder's stacked parameters (modeling/stacking.py) as it runs unrolled.
 
-    `inner` sees each layer's parameters as separate leaves under `encoder/layer_{i}/`, as in an unrolled
-    model, so every group regex, per-layer multiplier, state gate, exclusion, clipping norm and LAMB
-    trust ratio (a per-tensor norm) applies per layer exactly as it does unrolled, and the optimizer state
-    has the unrolled layout in both modes. The updates are stacked back to the parameters' layout. A tree
+    `label(path)` is what `inner` decides by path (the exclusion and the group of an unrolled path). A stacked
+    leaf whose layers all get the same label stays stacked: `inner` matches its labels on layer 0's path, and
+    its only per-tensor statistic, LAMB's trust ratio, is taken per layer (`scale_by_trust_ratio_per_layer`).
+    A stacked leaf whose layers differ (progressive transfer: a group, a multiplier and a state gate per layer)
+    is split into per-layer leaves under `layer_{i}` for `inner`, and its updates stacked back. Either way each
+    layer is optimized as unrolled; the optimizer state is stacked where the parameters stay stacked. A tree
     without stacked leaves passes through unchanged.
     """
 
+    def split(path: str, layers: int) -> bool:
+        return len({label(stacking.unrolled_path(path, i)) for i in range(layers)}) > 1
+
     def init_fn(params):
-        return inner.init(stacking.unstack(params))
+        return inner.init(stacking.unstack(params, only=split))
 
     def update_fn(updates, state, params=None):
         if not stacking.is_stacked(updates):
             return inner.update(updates, state, params)
-        params = None if params is None else stacking.unstack(params)
-        updates, state = inner.update(stacking.unstack(updates), state, params)
+        params = None if params is None else stacking.unstack(params, only=split)
+        updates, state = inner.update(stacking.unstack(updates, only=split), state, params)
         return stacking.stack(updates), state
 
     return optax.GradientTransformation(init_fn, update_fn)
