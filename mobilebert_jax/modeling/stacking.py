@@ -8,11 +8,10 @@
 
 `unstack` and `stack` convert whole trees either way and leave a tree already in
 the asked layout unchanged. Leaves may be numpy or JAX arrays, `jax.ShapeDtypeStruct`s
-or Flax's logical-axis boxes (the layer axis name is removed or added). The
-optimizer (optim/transforms.per_layer_view), the model reader (model_source.py), the
-HF and params-directory writers and every path-based rule (progressive groups) see
-the unrolled layout through these functions, so a regex on `layer_3` means the same
-in both layouts.
+or Flax's logical-axis boxes (the layer axis name is removed or added). The model
+reader (model_source.py), the HF and params-directory writers, the optimizer
+(optim/transforms.per_layer_view) and every path-based rule (progressive groups)
+go through these functions, so a regex on `layer_3` means the same in both layouts.
 """
 
 from __future__ import annotations
