@@ -58,3 +58,11 @@ def test_step_bound_benchmark_reports_every_lever_the_matmul_floor_and_the_optim
     shapes = re.search(r"^(\d+) matmul shapes, (\d+) dots", out, re.M)
     assert shapes and int(shapes.group(2)) > 0, out
     assert "LAMB update alone, per parameter" in out and "one flat buffer" in out
+
+
+def test_compile_time_benchmark_reports_both_layouts():
+    out = _run("compile_time.py", "--preset=mobilebert_test", "--batch_size=2", "--seq_len=16", "--predictions=2",
+               "--steps=1")
+    for layout in ("unrolled", "scanned"):
+        assert re.search(rf"^{layout}\s+[\d.]+\s+[\d.]+\s+[\d.]+\s+\d+ \(\d+\.\.\d+\)\s*$", out, re.M), out
+    assert "scanned / unrolled: trace+lower" in out
