@@ -41,6 +41,7 @@ def measure(scan_layers: bool) -> dict:
     import jax.numpy as jnp
 
     from mobilebert_jax import get_preset, optim
+    from mobilebert_jax.experiment_config import load_module
     from mobilebert_jax.modeling import MobileBertForPreTraining
     from mobilebert_jax.train import step as step_lib
     from mobilebert_jax.train.losses import PretrainingObjective
@@ -56,7 +57,9 @@ def measure(scan_layers: bool) -> dict:
              "next_sentence_labels": jnp.zeros((b,), jnp.int32)}
     model = MobileBertForPreTraining(c)
     params = nn.unbox(jax.jit(model.init)(jax.random.key(0), batch["input_ids"])["params"])
-    tx = optim.build_optimizer(optim.default_config("lamb"), params)
+    common = load_module(os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "experiments",
+                                      "common.py"))
+    tx = optim.build_optimizer(common.optimizer("lamb", lr=1.5e-3), params)  # TF1's LAMB, as every stage has it
     state = step_lib.TrainState(jnp.zeros((), jnp.int32), params, jax.jit(tx.init)(params))
     step = jax.jit(step_lib.make_train_step(PretrainingObjective(model), tx), donate_argnums=0)
 

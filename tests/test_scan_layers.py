@@ -22,6 +22,7 @@ from mobilebert_jax import get_preset, model_source, optim, partitioning
 from mobilebert_jax.convert import hf, native
 from mobilebert_jax.distill import strategies
 from mobilebert_jax.modeling import MobileBertForPreTraining, stacking
+from synthetic_training import COMMON  # the experiments' optimizer values (the library holds none)
 
 LAYERS, SEQ = 3, 8
 FAMILIES = ("mobilebert_test", "ib_bert_test", "mobilebert_tiny_test", "bert_test", "mobilebert_no_opt_test")
@@ -158,7 +159,7 @@ def _flat_boxes_raw(tree):
 
 
 def _progressive_optimizer(layers: int):
-    opt = optim.default_config("lamb")
+    opt = COMMON.optimizer("lamb", lr=1.5e-3)
     opt.groups = strategies.progressive_groups(layers, stage_steps=2, lower_layer_multiplier=0.1)
     opt.exclude = (r"^cls/",)
     return opt
@@ -172,7 +173,7 @@ def test_optimizer_on_stacked_parameters_equals_unrolled(progressive):
     model, scanned = _models("mobilebert_test")
     ids, mask = _inputs()
     params = _unrolled_params(model, ids)
-    opt = _progressive_optimizer(LAYERS) if progressive else optim.default_config("lamb")
+    opt = _progressive_optimizer(LAYERS) if progressive else COMMON.optimizer("lamb", lr=1.5e-3)
     opt.exclude = (r"^cls/",)
     tx = optim.build_optimizer(opt, params)
     tx_scan = optim.build_optimizer(opt, stacking.stack(params))  # group patterns checked on the unrolled view

@@ -74,7 +74,7 @@ def unstack(tree: Any, only: Optional[Callable[[str, int], bool]] = None) -> Any
 
 
 def stack(tree: Any) -> Any:
-    """`tree` in the stacked layout: the leaves `layer_0..layer_{L-1}/<path>` become one [L, ...] leaf `layers/<path>`."""
+    """`tree` in the stacked layout: leaves `layer_0..layer_{L-1}/<path>` become one [L, ...] leaf `layers/<path>`."""
     if not isinstance(tree, Mapping):
         return tree
     flat, was_flat = _flat(tree), _is_flat(tree)
