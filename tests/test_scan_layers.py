@@ -105,11 +105,12 @@ def test_scanned_forward_equals_unrolled(name):
     _assert_close(np.asarray(plain["mlm_logits"]), np.asarray(want["mlm_logits"]), what=name)
 
 
-@pytest.mark.parametrize("name,remat", [("mobilebert_test", False), ("mobilebert_test", True),
-                                        ("ib_bert_test", True)])
-def test_scanned_gradients_equal_unrolled(name, remat):
+@pytest.mark.parametrize("name,fields", [("mobilebert_test", {}), ("mobilebert_test", {"remat": True}),
+                                         ("ib_bert_test", {"remat": True}),
+                                         ("mobilebert_test", {"explicit_weight_gradients": True})])
+def test_scanned_gradients_equal_unrolled(name, fields):
     """Gradients of a loss on the logits, every hidden state and every attention map (what distillation uses)."""
-    model, scanned = _models(name, remat=remat)
+    model, scanned = _models(name, **fields)
     ids, mask = _inputs()
     params = _unrolled_params(model, ids)
 
@@ -121,7 +122,7 @@ def test_scanned_gradients_equal_unrolled(name, remat):
     want = jax.jit(jax.grad(loss), static_argnums=1)(params, model)
     got = jax.jit(jax.grad(loss), static_argnums=1)(stacking.stack(params), scanned)
     assert stacking.is_stacked(got)
-    _assert_close(stacking.unstack(got), want, rtol=1e-5, atol=1e-5, what=f"{name} remat={remat}")
+    _assert_close(stacking.unstack(got), want, rtol=1e-5, atol=1e-5, what=f"{name} {fields}")
 
 
 def test_stack_and_unstack_round_trip_arrays_shapes_and_boxes():
