@@ -83,7 +83,7 @@ class MobileBertConfig:
     remat: bool = False  # rematerialize each layer in the backward pass
     # Each Dense kernel's gradient as transpose(x) @ dy with the transpose materialized (primitives.py), instead
     # of the operand layout XLA picks. On XLA:CPU XLA's pick runs a slow transposed-operand matmul kernel; the
-    # MobileBERT train step is about 1.1x faster with this on (docs/training.md). Not measured on TPU or GPU.
+    # MobileBERT train step is 1.07x faster with this on (docs/training.md). Not measured on TPU or GPU.
     explicit_weight_gradients: bool = False
     # Run the L layers as one block under nn.scan, parameters stacked on a leading layer axis
     # (modeling/stacking.py): compiles the block once instead of L times. Not written to HF config.json:

@@ -20,6 +20,7 @@ only the fields in RESUMABLE_FIELDS may differ.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import re
@@ -37,6 +38,7 @@ import tensorstore as ts
 from etils import epath
 
 from mobilebert_jax.checkpointing import CheckpointError
+from mobilebert_jax.config import MobileBertConfig
 from mobilebert_jax.errors import ConfigError
 
 LOCK_KEY = "LOCK"
@@ -51,6 +53,9 @@ RESUMABLE_FIELDS = (
     "mesh",  # checkpoints restore onto any mesh
     "microbatches",  # the same global batch, accumulated in fewer or more pieces (memory vs. speed)
 )
+
+# Config sections that hold a MobileBertConfig's fields.
+MODEL_SECTIONS = ("model", "teacher_model")
 
 
 class WorkdirInUseError(CheckpointError):
@@ -210,9 +215,10 @@ def check_config_unchanged(config: ml_collections.ConfigDict, workdir: str) -> N
     now = json.loads(config.to_json_best_effort())
     before, after = _flatten(recorded), _flatten(now)
     changed = [k for k in sorted(set(before) | set(after))
-               if before.get(k, "<absent>") != after.get(k, "<absent>") and not _resumable(k)]
+               if before.get(k, _added_field_default(k)) != after.get(k, "<absent>") and not _resumable(k)]
     if changed:
-        details = "; ".join(f"config.{k}: {before.get(k, '<absent>')!r} recorded, now {after.get(k, '<absent>')!r}"
+        details = "; ".join(f"config.{k}: {before.get(k, _added_field_default(k))!r} recorded, now "
+                            f"{after.get(k, '<absent>')!r}"
                             for k in changed[:10])
         more = f" (and {len(changed) - 10} more)" if len(changed) > 10 else ""
         raise ConfigError(f"{workdir} was started with another config, and resuming it with this one would mix "
@@ -228,6 +234,19 @@ def _flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
         return flat or {prefix[:-1]: {}}
     # Non-JSON values are written as a description; addresses of objects change from run to run.
     return {prefix[:-1]: re.sub(r" at 0x[0-9a-f]+", "", tree) if isinstance(tree, str) else tree}
+
+
+def _added_field_default(key: str) -> Any:
+    """What a workdir recorded before a model field existed meant: that field's default (else "<absent>").
+
+    A model option added later (`scan_layers`, `explicit_weight_gradients`) is absent from the config.json of a
+    run started before it; that run computed exactly what the default computes, so resuming it is no change.
+    """
+    section, _, field = key.partition(".")
+    defaults = {f.name: f.default for f in dataclasses.fields(MobileBertConfig)}
+    if section in MODEL_SECTIONS and field in defaults:
+        return defaults[field]
+    return "<absent>"
 
 
 def _resumable(key: str) -> bool:

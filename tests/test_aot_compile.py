@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import subprocess
 import sys
 
@@ -122,6 +123,18 @@ def test_one_layer_teacher_compiles_with_fsdp_for_each_generation(tmp_path, topo
     config = experiment_config.load_experiment("experiments/teacher_ib_bert_large.py:smoke")
     config.model.num_hidden_layers = 1
     assert r["argument_bytes"] < 4 * 3 * _param_count(config.model) / 2
+
+
+@needs_libtpu
+def test_a_step_that_does_not_fit_the_hbm_is_one_fatal_line():
+    """The TPU compiler's RESOURCE_EXHAUSTED is an answer about the config (too big a batch), not a traceback."""
+    proc = aot("--config=experiments/teacher_ib_bert_large.py:smoke", "--topology=v3:2x2",
+               "--config.model.num_hidden_layers=1", "--config.data.max_seq_length=512",
+               "--config.model.max_position_embeddings=512", "--config.batch_size=32768")
+    assert proc.returncode == 1, proc.stdout[-3000:] + proc.stderr[-5000:]
+    assert "Traceback" not in proc.stderr, proc.stderr[-5000:]
+    assert re.search(r"^FATAL config error: .*does not fit v3:2x2 at config.batch_size=32768: .*RESOURCE_EXHAUSTED",
+                     proc.stderr, re.M), proc.stderr[-3000:]
 
 
 @needs_libtpu

@@ -93,3 +93,20 @@ def test_resuming_with_another_config_is_refused_naming_the_fields(tmp_path):
     (tmp_path / "config.json").write_text("{")
     with pytest.raises(ConfigError, match="config.json: not valid JSON"):
         workdir_lib.check_config_unchanged(_config(), str(tmp_path))
+
+
+def test_a_model_field_added_since_the_run_started_is_no_change_at_its_default(tmp_path):
+    """A workdir recorded before `scan_layers` existed resumes when the field is at its default, not otherwise."""
+    recorded = dict(seed=0, model=dict(hidden_size=8), teacher_model=dict(hidden_size=8))
+    (tmp_path / "config.json").write_text(json.dumps(recorded))
+    now = ml_collections.ConfigDict(recorded)
+    now.model.scan_layers = False
+    now.teacher_model.explicit_weight_gradients = False
+    workdir_lib.check_config_unchanged(now, str(tmp_path))
+    now.model.scan_layers = True
+    with pytest.raises(ConfigError, match=r"config.model.scan_layers: False recorded, now True"):
+        workdir_lib.check_config_unchanged(now, str(tmp_path))
+    now.model.scan_layers = False
+    now.new_section_field = 1  # outside the model sections an added field is still a change
+    with pytest.raises(ConfigError, match=r"config.new_section_field: '<absent>' recorded, now 1"):
+        workdir_lib.check_config_unchanged(now, str(tmp_path))

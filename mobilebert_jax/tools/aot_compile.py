@@ -199,7 +199,16 @@ def compile_stage(config: ml_collections.ConfigDict, topology: str, mfu: float =
 
     start = time.perf_counter()
     with program.context():
-        compiled = program.train_step.lower(program.state_target(), batch, frozen).compile()
+        try:
+            compiled = program.train_step.lower(program.state_target(), batch, frozen).compile()
+        except jax.errors.JaxRuntimeError as e:
+            # The TPU compiler refuses a program whose buffers exceed the device's HBM: an answer, not a bug.
+            if "RESOURCE_EXHAUSTED" not in str(e):
+                raise
+            raise ConfigError(f"{config_name or 'the config'} does not fit {topology} at config.batch_size="
+                              f"{config.batch_size}: {str(e).splitlines()[0]}; lower config.batch_size, raise "
+                              "config.microbatches, set config.model.remat=True or shard over more devices "
+                              "(config.mesh.shape)") from None
     compile_seconds = time.perf_counter() - start
 
     memory = compiled.memory_analysis()
