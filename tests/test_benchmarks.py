@@ -60,6 +60,7 @@ def test_step_bound_benchmark_reports_every_lever_the_matmul_floor_and_the_optim
     assert "LAMB update alone, per parameter" in out and "one flat buffer" in out
 
 
+@pytest.mark.slow
 def test_compile_time_benchmark_reports_both_layouts():
     out = _run("compile_time.py", "--preset=mobilebert_test", "--batch_size=2", "--seq_len=16", "--predictions=2",
                "--steps=1")
