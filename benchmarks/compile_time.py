@@ -22,11 +22,10 @@ import time
 
 from absl import flags
 
+import pretraining_step  # defines --preset, --batch_size, --seq_len, --predictions
+
 FLAGS = flags.FLAGS
-flags.DEFINE_string("preset", "mobilebert", "model preset")
-flags.DEFINE_integer("batch_size", 8, "sequences per step")
-flags.DEFINE_integer("seq_len", 128, "tokens per sequence")
-flags.DEFINE_integer("predictions", 20, "masked positions per sequence")
+flags.adopt_module_key_flags(pretraining_step)  # its flags in this script's --help
 flags.DEFINE_integer("steps", 3, "timed steps (after 2 warm-up steps)")
 flags.DEFINE_bool("remat", False, "rematerialize each layer in the backward pass")
 flags.DEFINE_enum("layout", None, ["unrolled", "scanned"], "internal: measure this layout in this process")
@@ -40,26 +39,17 @@ def measure(scan_layers: bool) -> dict:
     import jax
     import jax.numpy as jnp
 
-    from mobilebert_jax import get_preset, optim
-    from mobilebert_jax.experiment_config import load_module
+    from mobilebert_jax import get_preset
     from mobilebert_jax.modeling import MobileBertForPreTraining
     from mobilebert_jax.train import step as step_lib
     from mobilebert_jax.train.losses import PretrainingObjective
 
     jax.config.update("jax_enable_compilation_cache", False)
     c = get_preset(FLAGS.preset, scan_layers=scan_layers, remat=FLAGS.remat)
-    # What the step computes does not depend on the token values: constant tokens, the first P positions masked.
-    b, t, p = FLAGS.batch_size, FLAGS.seq_len, FLAGS.predictions
-    batch = {"input_ids": jnp.full((b, t), 5, jnp.int32), "input_mask": jnp.ones((b, t), jnp.int32),
-             "segment_ids": jnp.zeros((b, t), jnp.int32),
-             "masked_lm_positions": jnp.broadcast_to(jnp.arange(p, dtype=jnp.int32), (b, p)),
-             "masked_lm_ids": jnp.full((b, p), 7, jnp.int32), "masked_lm_weights": jnp.ones((b, p), jnp.float32),
-             "next_sentence_labels": jnp.zeros((b,), jnp.int32)}
+    batch = jax.device_put(pretraining_step.make_batch(c, FLAGS.batch_size, FLAGS.seq_len, FLAGS.predictions))
     model = MobileBertForPreTraining(c)
     params = nn.unbox(jax.jit(model.init)(jax.random.key(0), batch["input_ids"])["params"])
-    common = load_module(os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "experiments",
-                                      "common.py"))
-    tx = optim.build_optimizer(common.optimizer("lamb", lr=1.5e-3), params)  # TF1's LAMB, as every stage has it
+    tx = pretraining_step.lamb_optimizer(params)  # TF1's LAMB, as every stage has it
     state = step_lib.TrainState(jnp.zeros((), jnp.int32), params, jax.jit(tx.init)(params))
     step = jax.jit(step_lib.make_train_step(PretrainingObjective(model), tx), donate_argnums=0)
 

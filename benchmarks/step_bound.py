@@ -16,7 +16,7 @@ process:
 3. **Optimizer alone**: the LAMB update (clipping, moments, trust ratio, apply) over the full parameter tree, as
    its own jitted function on donated buffers.
 
-Shares its flags and model set-up with benchmarks/train_step.py.
+Shares the step's shape flags, batch and optimizer with benchmarks/train_step.py (benchmarks/pretraining_step.py).
 """
 
 from __future__ import annotations
@@ -29,9 +29,12 @@ import time
 
 from absl import flags
 
-import train_step  # noqa: F401  (defines --preset, --batch_size, --seq_len, --predictions, --steps, --repeats)
+import pretraining_step  # defines --preset, --batch_size, --seq_len, --predictions
 
 FLAGS = flags.FLAGS
+flags.adopt_module_key_flags(pretraining_step)  # its flags in this script's --help
+flags.DEFINE_integer("steps", 3, "timed steps per repeat (after 2 warm-up steps)")
+flags.DEFINE_integer("repeats", 5, "interleaved repeats of each variant")
 flags.DEFINE_list("levers", ["explicit_weight_gradients", "xla_cpu_use_xnnpack=true", "xla_cpu_use_onednn=true",
                              "xla_cpu_enable_fast_math=true"],
                   "variants compared with the default step, one each: a bool MobileBertConfig field (set true) "
@@ -137,12 +140,12 @@ def main(argv):
     from mobilebert_jax.train.losses import PretrainingObjective
 
     c = get_preset(FLAGS.preset)
-    batch = jax.device_put(train_step.make_batch(c, FLAGS.batch_size, FLAGS.seq_len, FLAGS.predictions))
+    batch = jax.device_put(pretraining_step.make_batch(c, FLAGS.batch_size, FLAGS.seq_len, FLAGS.predictions))
 
     def lower(config):
         model = MobileBertForPreTraining(config)
         params = nn.unbox(jax.jit(model.init)(jax.random.key(0), batch["input_ids"])["params"])
-        tx = train_step.lamb_optimizer(params)
+        tx = pretraining_step.lamb_optimizer(params)
         state = step_lib.TrainState(jnp.zeros((), jnp.int32), params, tx.init(params))
         step_fn = jax.jit(step_lib.make_train_step(PretrainingObjective(model), tx), donate_argnums=0)
         return step_fn.lower(state, batch), state, params, tx
@@ -194,7 +197,7 @@ def main(argv):
     # flat form only measures the memory traffic, not a usable optimizer).
     flat = {"all": jnp.concatenate([x.ravel() for x in jax.tree.leaves(params)])}
     updates = {"per parameter": optimizer_update(tx, params),
-               "one flat buffer": optimizer_update(train_step.lamb_optimizer(flat), flat)}
+               "one flat buffer": optimizer_update(pretraining_step.lamb_optimizer(flat), flat)}
     times = {name: [] for name in updates}
     for _ in range(FLAGS.repeats * FLAGS.steps):
         for name, run in updates.items():
