@@ -54,8 +54,9 @@ RESUMABLE_FIELDS = (
     "microbatches",  # the same global batch, accumulated in fewer or more pieces (memory vs. speed)
 )
 
-# Config sections that hold a MobileBertConfig's fields.
+# Config sections that hold a MobileBertConfig's fields, and those fields' defaults.
 MODEL_SECTIONS = ("model", "teacher_model")
+_MODEL_FIELD_DEFAULTS = {f.name: f.default for f in dataclasses.fields(MobileBertConfig)}
 
 
 class WorkdirInUseError(CheckpointError):
@@ -243,9 +244,8 @@ def _added_field_default(key: str) -> Any:
     run started before it; that run computed exactly what the default computes, so resuming it is no change.
     """
     section, _, field = key.partition(".")
-    defaults = {f.name: f.default for f in dataclasses.fields(MobileBertConfig)}
-    if section in MODEL_SECTIONS and field in defaults:
-        return defaults[field]
+    if section in MODEL_SECTIONS and field in _MODEL_FIELD_DEFAULTS:
+        return _MODEL_FIELD_DEFAULTS[field]
     return "<absent>"
 
 
