@@ -40,7 +40,7 @@ _LAYER_PATH = re.compile(r"^mobilebert/encoder/layer_(\d+)/")
 
 
 def layer_prefix(layer: int) -> str:
-    return f"mobilebert/encoder/layer_{layer}/"
+    return f"mobilebert/encoder/{stacking.layer_name(layer)}/"
 
 
 def stage_of(step: jax.Array, stage_steps: int) -> jax.Array:
