@@ -255,26 +255,30 @@ fi
 EOF
 }
 
-# Starts the run in the background. A wrapper shell records the trainer's pid and, when it ends, its exit
-# status ($RUN.exit), which is what `watch` reads; a killed VM leaves neither.
+# Starts the run in the background. A wrapper shell records its own pid ($RUN.wrapper), the trainer's ($RUN.pid)
+# and, when the trainer ends, its exit status ($RUN.exit), which is what `watch` reads; a killed VM leaves no status.
 start_script() {
   local args
   args=$(printf '%q ' "${TRAIN_ARGS[@]}")
   cat <<EOF
 cd $CODE
-rm -f $LOGS/$RUN.pid $LOGS/$RUN.exit $LOGS/$RUN.stopped
-nohup bash -c '$VENV/bin/python -m mobilebert_jax.main "\$@" < /dev/null & echo \$! > $LOGS/$RUN.pid; wait \$!; echo \$? > $LOGS/$RUN.exit' run $args> $LOGS/$RUN-\$HOSTNAME.log 2>&1 < /dev/null &
+rm -f $LOGS/$RUN.wrapper $LOGS/$RUN.pid $LOGS/$RUN.exit $LOGS/$RUN.stopped
+nohup bash -c 'echo \$\$ > $LOGS/$RUN.wrapper; $VENV/bin/python -m mobilebert_jax.main "\$@" < /dev/null & echo \$! > $LOGS/$RUN.pid; wait \$!; echo \$? > $LOGS/$RUN.exit' run $args> $LOGS/$RUN-\$HOSTNAME.log 2>&1 < /dev/null &
 for _ in \$(seq 100); do [ -s $LOGS/$RUN.pid ] && break; sleep 0.1; done
 echo "\$HOSTNAME: started process \$(cat $LOGS/$RUN.pid) (log $LOGS/$RUN-\$HOSTNAME.log)"
 EOF
 }
 
 # What process 0 (worker 0 of the first node) is doing: running, finished, stopped, exited STATUS or gone.
+# The wrapper outlives the trainer until it has written the exit status: while it is alive the run is still
+# running (a trainer that has just ended, its status not yet written, is not `gone`); once it is dead without a
+# status, it was killed with the VM.
 run_state_script() {
   local marker="$1"
   cat <<EOF
 $ALIVE
-if [ -f $LOGS/$RUN.pid ] && alive "\$(cat $LOGS/$RUN.pid)"; then
+if { [ -f $LOGS/$RUN.pid ] && alive "\$(cat $LOGS/$RUN.pid)"; } ||
+   { [ -f $LOGS/$RUN.wrapper ] && alive "\$(cat $LOGS/$RUN.wrapper)"; }; then
   echo running
 elif [ -f $LOGS/$RUN.exit ]; then
   status=\$(cat $LOGS/$RUN.exit)

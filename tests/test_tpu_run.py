@@ -368,6 +368,11 @@ case "$STUB_MODE" in
   early) echo "preempted: saved a checkpoint at step 4"; exit 0 ;;
   sleep) trap 'echo "preempted: saved a checkpoint at step 4"; exit 0' TERM
          for _ in $(seq 3000); do sleep 0.1; done ;;
+  # The moment between the trainer's end and the wrapper writing its exit status, held open for 2 s: the pid
+  # file names a process that has ended, and there is no status yet. Then the run finishes.
+  ending) true & dead=$!; wait $dead; echo $dead > ~/mobilebert-jax-logs/train.pid
+          sleep 2
+          for arg; do case "$arg" in --workdir=*) mkdir -p "${{arg#*=}}"; touch "${{arg#*=}}/FINISHED" ;; esac; done ;;
 esac
 """)
     stub.chmod(0o755)
@@ -391,6 +396,16 @@ def test_watch_ends_on_a_failure_and_bounds_restarts(tmp_path, mode, code, messa
                 "most 1)") in proc.stdout
         creates = [c for c in _calls(env["FAKE_GCLOUD_ROOT"]) if c[2:4] == ["queued-resources", "create"]]
         assert len(creates) == 1
+
+
+def test_watch_waits_for_the_exit_status_of_a_trainer_that_just_ended(tmp_path):
+    """A poll that falls after the trainer ended but before its wrapper wrote the exit status sees the run still
+    running, not gone: no restart (CI once saw a finished run restarted after such a poll, on a loaded machine)."""
+    env = _pod_env(tmp_path, _stub_image(tmp_path), FAKE_GCLOUD_WORKERS="1", TPU_MAX_RESTARTS="0",
+                   STUB_MODE="ending", TPU_SETTLE="0")
+    proc = tpu_run("watch", "--", f"--workdir={tmp_path / 'run'}", env=env, check=False, timeout=HANG_S)
+    assert proc.returncode == 0 and "watch: the run finished" in proc.stdout, proc.stdout + proc.stderr
+    assert "stopped before the end" not in proc.stdout
 
 
 def test_watch_ends_when_the_run_is_stopped(tmp_path):
