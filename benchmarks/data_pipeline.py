@@ -98,8 +98,11 @@ def loader_rate(config, global_batch: int, hosts: int, batches: int) -> float:
 
 def main(argv) -> None:
     del argv
-    from mobilebert_jax.data.config import default_data_config
     from mobilebert_jax.data.prepare import prepare
+    from mobilebert_jax.experiment_config import load_module
+
+    common = load_module(os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "experiments",
+                                      "common.py"))
 
     print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}")
     shared = os.path.abspath(FLAGS.shared_data)
@@ -111,8 +114,8 @@ def main(argv) -> None:
     sentencepiece_tokenization()
 
     with tempfile.TemporaryDirectory() as tmp:
-        smoke = default_data_config()
-        smoke.max_seq_length, smoke.num_shards, smoke.prepared_dir = 128, 4, os.path.join(tmp, "smoke")
+        smoke = common.pretraining_data(max_seq_length=128, max_predictions_per_seq=20)
+        smoke.num_shards, smoke.prepared_dir = 4, os.path.join(tmp, "smoke")
         start = time.perf_counter()
         manifest = prepare(smoke, smoke.prepared_dir)
         seconds = time.perf_counter() - start
@@ -121,8 +124,7 @@ def main(argv) -> None:
               f"({corpus['documents']} documents, {corpus['tokens']:,} tokens, "
               f"{manifest['splits']['train']['instances']:,} train instances)")
 
-        full = default_data_config()
-        full.max_seq_length, full.max_predictions_per_seq = 512, 20
+        full = common.pretraining_data(max_seq_length=512, max_predictions_per_seq=20)
         full.prepared_dir = os.path.join(tmp, "full")
         if have_shared:
             full.corpus = os.path.join(shared, "corpus", "wikitext-2-raw-test.txt")

@@ -1,7 +1,7 @@
 """What the experiment files share (big_vision's configs/common.py): the `:arg` parser, the optimizer at TF1's
-settings, the trainer's sections.
+settings, the trainer's sections, the pretraining data.
 
-The library's readers (optim/config.py, checkpointing.read_config, distill/config.py) define what each field
+The library's readers (optim/config.py, checkpointing.read_config, distill/config.py, data/config.py) define what each field
 means and check it, but hold no values: the values every stage starts from are here, the distillation stages'
 in distill_common.py, the README job's in pipeline.py.
 
@@ -106,6 +106,47 @@ def trainer_sections(c: ml_collections.ConfigDict, *, mesh: tuple[int, int, int]
     c.checkpoint = checkpoint(checkpoint_every, keep_last)
     c.eval = ml_collections.ConfigDict(eval_fields)
     c.profile = ml_collections.ConfigDict(dict(start_step=-1, num_steps=0))
+
+
+def pretraining_data(max_seq_length: int, max_predictions_per_seq: int) -> ml_collections.ConfigDict:
+    """config.data of the pretraining and distillation stages (data/config.py says what each field means): BERT's
+    sentence pairs and masking (REFERENCE section 4) over the embedded corpus until `corpus` and `tokenizer` are
+    overridden. `python -m mobilebert_jax.data.prepare` takes the same section, from the same config file."""
+    return ml_collections.ConfigDict(dict(
+        # --- what to read ---
+        # A file, directory or glob, tfds:NAME[:split], or builtin:python_docs; several joined by commas.
+        corpus="builtin:python_docs",
+        corpus_format="bert",  # local files: "bert" | "paragraphs" | "wikitext" (see data/sources/text_files.py)
+        tfds_data_dir="",  # "" is TFDS's default data_dir
+        tfds_text_field="text",
+        max_line_bytes=100_000,  # longer lines are skipped and counted
+        # --- how to tokenize ---
+        # A WordPiece vocab.txt (the released MobileBERT one: bert-uncased-vocab.txt), a SentencePiece
+        # .model, or builtin:python_docs_sentencepiece (trained on the embedded corpus, cached; offline).
+        tokenizer="builtin:python_docs_sentencepiece",
+        # --- instances (fixed at preparation; changing one needs a new prepared_dir) ---
+        prepared_dir="",  # where `prepare` writes and the loader reads; "" trains from WORKDIR/data
+        max_seq_length=max_seq_length,
+        short_seq_prob=0.1,
+        dupe_factor=1,  # passes over the corpus with fresh segmentations; BERT used 10 with static masks
+        held_out_fraction=0.01,  # of documents, kept for the eval split
+        num_shards=8,  # ArrayRecord files per split
+        seed=12345,  # the preparation's random choices
+        # Processes for `prepare`; 0 or 1 works inline. Starting a process costs seconds, so inline is faster
+        # for small corpora (the embedded one); set it to the core count for Wikipedia-sized ones.
+        prepare_workers=0,
+        unit_bytes=64 << 20,  # local files are read in groups of about this size
+        tfds_examples_per_unit=20_000,
+        # --- masking (at load time; may change between runs) ---
+        max_predictions_per_seq=max_predictions_per_seq,  # MobileBERT's: 20 at 512 tokens
+        masked_lm_prob=0.15,
+        whole_word_masking=False,
+        dynamic_masking=True,  # fresh masks each epoch; False: an example keeps its masks forever
+        # --- loader ---
+        loader_workers=0,  # grain worker processes; 0 reads in this process's threads
+        loader_threads=4,
+        prefetch_buffer_size=64,
+    ))
 
 
 def embedded_corpus(data: ml_collections.ConfigDict) -> None:

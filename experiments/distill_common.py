@@ -18,7 +18,6 @@ import os
 import ml_collections
 
 from mobilebert_jax.config import get_preset
-from mobilebert_jax.data.config import default_data_config
 from mobilebert_jax.distill import config as distill_config
 from mobilebert_jax.distill import strategies
 from mobilebert_jax.experiment_config import load_module
@@ -104,9 +103,7 @@ def get_config(strategy: str, arg: str | None) -> ml_collections.ConfigDict:
     if strategy == "pd":
         c.distill.student_init = SMOKE_WORKDIRS["progressive"] if smoke else ""
 
-    c.data = default_data_config()
-    c.data.max_seq_length = 512
-    c.data.max_predictions_per_seq = 20
+    c.data = common.pretraining_data(max_seq_length=512, max_predictions_per_seq=20)
     c.batch_size = 2048
     c.optimizer = common.optimizer("lamb", lr=1.5e-3)
 

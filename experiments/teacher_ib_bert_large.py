@@ -35,7 +35,6 @@ import os
 import ml_collections
 
 from mobilebert_jax.config import get_preset
-from mobilebert_jax.data.config import default_data_config
 from mobilebert_jax.experiment_config import load_module
 
 common = load_module(os.path.join(os.path.dirname(__file__), "common.py"))
@@ -55,9 +54,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.total_steps = ml_collections.FieldReference(500_000)  # the schedule's length follows an override
     c.log_every = 100
 
-    c.data = default_data_config()
-    c.data.max_seq_length = 512
-    c.data.max_predictions_per_seq = 20
+    c.data = common.pretraining_data(max_seq_length=512, max_predictions_per_seq=20)
 
     c.optimizer = common.optimizer("lamb", lr=1.5e-3)
     c.optimizer.schedule.kind = "warmup_linear_decay"

@@ -54,9 +54,11 @@ def glue_sentences() -> list[str]:
 
 
 def data_config(**overrides):
-    """The default data config with test overrides (the builtin tokenizer cache goes where the env says)."""
-    from mobilebert_jax.data.config import default_data_config
-    c = default_data_config()
+    """The experiments' data section (experiments/common.pretraining_data at 512 tokens, 20 predictions) with test
+    overrides (the builtin tokenizer cache goes where the env says)."""
+    from mobilebert_jax.experiment_config import load_module
+    common = load_module(str(Path(__file__).resolve().parents[1] / "experiments" / "common.py"))
+    c = common.pretraining_data(max_seq_length=512, max_predictions_per_seq=20)
     c.prepare_workers = 0
     c.loader_threads = 2
     for key, value in overrides.items():

@@ -18,6 +18,9 @@ from mobilebert_jax.errors import DataError
 from tests.data_fixtures import CORPUS, VOCAB, bert_config, data_config, require_shared_data
 from limits import HANG_S
 
+TEACHER = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "experiments",
+                       "teacher_ib_bert_large.py")
+
 
 def _state_union_config(**overrides):
     return bert_config(**{"corpus": str(CORPUS / "state_union"), "corpus_format": "paragraphs",
@@ -138,12 +141,34 @@ def test_builtin_corpus_at_smoke_scale_is_reused(tmp_path):
 def test_command_line(tmp_path):
     require_shared_data()
     result = subprocess.run(
-        [sys.executable, "-m", "mobilebert_jax.data.prepare", f"--corpus={CORPUS / 'botchan.txt'}",
-         "--corpus_format=paragraphs", f"--tokenizer={VOCAB}", f"--output_dir={tmp_path}", "--max_seq_length=64",
-         "--held_out_fraction=0", "--num_shards=2", "--prepare_workers=0"],
+        [sys.executable, "-m", "mobilebert_jax.data.prepare", f"--config={TEACHER}",
+         f"--config.data.corpus={CORPUS / 'botchan.txt'}", "--config.data.corpus_format=paragraphs",
+         f"--config.data.tokenizer={VOCAB}", f"--config.data.prepared_dir={tmp_path}",
+         "--config.data.max_seq_length=64", "--config.data.held_out_fraction=0", "--config.data.num_shards=2"],
         capture_output=True, text=True, timeout=HANG_S)
     assert result.returncode == 0, result.stderr[-3000:]
     summary = json.loads(result.stdout)
     assert summary["corpus"]["documents"] == 1 and summary["splits"]["train"]["instances"] > 500
     assert list(summary["splits"]) == ["train"]
     assert "tokenizing" in result.stderr and "unit/s" in result.stderr  # the progress bar
+
+
+def test_data_section_is_checked_against_its_schema():
+    """data/config.py holds the fields, the experiments the values: a missing required field or an unknown one is
+    named; the optional ones are filled in with their neutral meaning."""
+    from mobilebert_jax.data import config as data_config_lib
+    from mobilebert_jax.errors import ConfigError
+
+    full = data_config()
+    assert set(full) == set(data_config_lib.FIELDS)
+    partial = full.to_dict()
+    for field in data_config_lib.OPTIONAL:
+        del partial[field]
+    assert data_config_lib.read(partial).to_dict() == {**partial, **data_config_lib.OPTIONAL}
+    del partial["masked_lm_prob"]
+    with pytest.raises(ConfigError, match=r"config.data is missing required field\(s\) \['masked_lm_prob'\]"):
+        data_config_lib.read(partial)
+    with pytest.raises(ConfigError, match=r"config.data has unknown field\(s\) \['mask_rate'\]"):
+        data_config_lib.read({**full.to_dict(), "mask_rate": 0.15})
+    with pytest.raises(ConfigError, match="missing required field"):  # prepare reads it too
+        prepare(partial, "unused")

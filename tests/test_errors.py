@@ -126,6 +126,20 @@ def _experiment_without(tmp, section, field):
 
     from mobilebert_jax import experiment_config
 
+    experiment_config.validate(experiment_config.load_experiment(_partial_teacher(tmp, section, field)),
+                               jax.device_count())
+
+
+def _stage_without(tmp, section, field):
+    """The same, built by the pretraining stage (its pure part, what the trainer and the AOT compiler build first)."""
+    from mobilebert_jax import experiment_config
+    from mobilebert_jax.train.pretraining import PRETRAINING
+
+    PRETRAINING.spec(experiment_config.load_experiment(_partial_teacher(tmp, section, field)))
+
+
+def _partial_teacher(tmp, section, field) -> str:
+    """An experiment file: the smoke teacher's with config.SECTION.FIELD left out."""
     path = tmp / "partial.py"
     path.write_text(f"from mobilebert_jax.experiment_config import load_module\n"
                     f"teacher = load_module({os.path.join(REPO, 'experiments', 'teacher_ib_bert_large.py')!r})\n"
@@ -133,7 +147,7 @@ def _experiment_without(tmp, section, field):
                     f"    c = teacher.get_config('smoke')\n"
                     f"    del c.{section}[{field!r}]\n"
                     f"    return c\n")
-    experiment_config.validate(experiment_config.load_experiment(str(path)), jax.device_count())
+    return str(path)
 
 
 def _longer_than_positions(tmp, stage):
@@ -194,6 +208,9 @@ CASES = [
     ("experiment file that leaves out a field the library holds no value for", "config",
      "config.optimizer is missing required field(s) ['eps']: set config.optimizer.eps",
      lambda tmp: _experiment_without(tmp, "optimizer", "eps")),
+    ("experiment file that leaves out a data field", "config",
+     "config.data is missing required field(s) ['masked_lm_prob']: set config.data.masked_lm_prob",
+     lambda tmp: _stage_without(tmp, "data", "masked_lm_prob")),
     ("global batch not divisible by the data-parallel devices", "config", "batch_size",
      lambda tmp: _validate(tmp, "--config.batch_size=3", "--config.mesh.shape=(-1, 1, 1)")),
     ("pretraining: sequences longer than the model's positions", "config",
@@ -206,8 +223,13 @@ CASES = [
     ("corpus path that does not exist", "data", "nowhere.txt",
      lambda tmp: _prepare(tmp, tmp / "nowhere.txt")),
     ("data.prepare CLI: corpus path that does not exist", "data", "nowhere.txt",
-     ["mobilebert_jax.data.prepare", "--corpus={tmp}/nowhere.txt", "--tokenizer={tmp}/vocab.txt",
-      "--output_dir={tmp}/out"]),
+     ["mobilebert_jax.data.prepare", "--config=experiments/teacher_ib_bert_large.py:smoke",
+      "--config.data.corpus={tmp}/nowhere.txt", "--config.data.tokenizer={tmp}/vocab.txt",
+      "--config.data.prepared_dir={tmp}/out"]),
+    ("data.prepare CLI: no prepared_dir to write to", "config", "config.data.prepared_dir is empty",
+     ["mobilebert_jax.data.prepare", "--config=experiments/teacher_ib_bert_large.py:smoke"]),
+    ("data.prepare CLI: a fine-tuning config", "config", "stage (glue_finetuning) reads no pretraining corpus",
+     ["mobilebert_jax.data.prepare", "--config=experiments/finetune_glue.py:task=rte,smoke"]),
     ("empty corpus file", "data", "yielded no documents",
      lambda tmp: _prepare(tmp, _corpus(tmp, b""))),
     ("binary corpus file", "data", "yielded no documents",

@@ -28,7 +28,6 @@ from gcs_emulator import gcs  # noqa: F401  (the fixture)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TEACHER = os.path.join(ROOT, "experiments", "teacher_ib_bert_large.py") + ":smoke"
-DATA = ["--max_seq_length=32", "--num_shards=4"]
 TINY = ["--config.optimizer.schedule.warmup_steps=2", "--config.log_every=2",
         "--config.eval.every_steps=3", "--config.eval.num_batches=1", "--config.eval.batch_size=8",
         "--config.batch_size=8", "--config.data.max_seq_length=32", "--config.model.num_hidden_layers=1",
@@ -67,7 +66,9 @@ def _ok(r: subprocess.CompletedProcess) -> str:
 
 def _prepare(gcs, sandbox) -> str:
     data = gcs.uri("data32")
-    _ok(_run("mobilebert_jax.data.prepare", f"--output_dir={data}", *DATA, sandbox=sandbox))
+    # The stage's own config and data flags: the runs below, given the same, reuse this preparation.
+    _ok(_run("mobilebert_jax.data.prepare", f"--config={TEACHER}", "--config.data.max_seq_length=32",
+             f"--config.data.prepared_dir={data}", sandbox=sandbox))
     return data
 
 

@@ -1,43 +1,42 @@
-"""Every setting of the pretraining-data pipeline; stage configs embed it as `config.data`."""
+"""The `config.data` schema of the pretraining and distillation stages (and of `python -m mobilebert_jax.data.prepare`,
+which takes the same config): its fields, which of them may be left out, and the reader that checks them.
+
+The library holds no values: experiments/common.py's `pretraining_data(max_seq_length, max_predictions_per_seq)`
+writes every field, with a comment on each. A missing required field is a ConfigError naming it. Fields that may
+be left out have a neutral meaning, the one an absent setting has:
+
+    config.data  required: corpus, corpus_format, tfds_text_field, max_line_bytes, tokenizer, max_seq_length,
+                           short_seq_prob, dupe_factor, held_out_fraction, num_shards, seed, unit_bytes,
+                           tfds_examples_per_unit, max_predictions_per_seq, masked_lm_prob, dynamic_masking,
+                           loader_threads, prefetch_buffer_size
+                 optional: tfds_data_dir ("": TFDS's default data_dir), prepared_dir ("": a stage prepares into
+                           WORKDIR/data; the prepare command needs it set), prepare_workers (0: inline),
+                           whole_word_masking (False: masks pick single pieces), loader_workers (0: the loader
+                           reads in this process's threads)
+
+What the values mean (the stage of the data they fix): `corpus`...`max_line_bytes` what is read; `tokenizer` how
+it is tokenized; `max_seq_length`...`tfds_examples_per_unit` the instances, fixed at preparation (a change needs a
+new prepared_dir, data/prepare.py refuses to mix); `max_predictions_per_seq`...`dynamic_masking` the masks, drawn
+at load time; the rest the loader's parallelism.
+"""
 
 from __future__ import annotations
 
+from typing import Any
+
 import ml_collections
 
+from mobilebert_jax.optim import config as cfg_lib
 
-def default_data_config() -> ml_collections.ConfigDict:
-    c = ml_collections.ConfigDict()
-    # --- what to read ---
-    # A file, directory or glob, tfds:NAME[:split], or builtin:python_docs; several joined by commas.
-    c.corpus = "builtin:python_docs"
-    c.corpus_format = "bert"  # local files: "bert" | "paragraphs" | "wikitext" (see sources/text_files.py)
-    c.tfds_data_dir = ""  # "" is TFDS's default data_dir
-    c.tfds_text_field = "text"
-    c.max_line_bytes = 100_000  # longer lines are skipped and counted
-    # --- how to tokenize ---
-    # A WordPiece vocab.txt (the released MobileBERT one: bert-uncased-vocab.txt), a SentencePiece
-    # .model, or builtin:python_docs_sentencepiece (trained on the embedded corpus, cached; offline).
-    c.tokenizer = "builtin:python_docs_sentencepiece"
-    # --- instances (fixed at preparation; changing one needs a new prepared_dir) ---
-    c.prepared_dir = ""  # where `prepare` writes and the loader reads
-    c.max_seq_length = 512
-    c.short_seq_prob = 0.1
-    c.dupe_factor = 1  # passes over the corpus with fresh segmentations; BERT used 10 with static masks
-    c.held_out_fraction = 0.01  # of documents, kept for the eval split
-    c.num_shards = 8  # ArrayRecord files per split
-    c.seed = 12345  # the preparation's random choices
-    # Processes for `prepare`; 0 or 1 works inline. Starting a process costs seconds, so inline is faster
-    # for small corpora (the embedded one); set it to the core count for Wikipedia-sized ones.
-    c.prepare_workers = 0
-    c.unit_bytes = 64 << 20  # local files are read in groups of about this size
-    c.tfds_examples_per_unit = 20_000
-    # --- masking (at load time; may change between runs) ---
-    c.max_predictions_per_seq = 20  # MobileBERT's setting at 512 tokens
-    c.masked_lm_prob = 0.15
-    c.whole_word_masking = False
-    c.dynamic_masking = True  # fresh masks each epoch; False: an example keeps its masks forever
-    # --- loader ---
-    c.loader_workers = 0  # grain worker processes; 0 reads in this process's threads
-    c.loader_threads = 4
-    c.prefetch_buffer_size = 64
-    return c
+FIELDS = ("corpus", "corpus_format", "tfds_data_dir", "tfds_text_field", "max_line_bytes", "tokenizer",
+          "prepared_dir", "max_seq_length", "short_seq_prob", "dupe_factor", "held_out_fraction", "num_shards",
+          "seed", "prepare_workers", "unit_bytes", "tfds_examples_per_unit", "max_predictions_per_seq",
+          "masked_lm_prob", "whole_word_masking", "dynamic_masking", "loader_workers", "loader_threads",
+          "prefetch_buffer_size")
+OPTIONAL = dict(tfds_data_dir="", prepared_dir="", prepare_workers=0, whole_word_masking=False, loader_workers=0)
+
+
+def read(data_cfg: Any, where: str = "config.data") -> ml_collections.ConfigDict:
+    """`data_cfg` with the optional fields filled in, as a new ConfigDict; unknown and missing fields are
+    ConfigErrors naming them. The values' ranges are checked where they are used (data/prepare.py, masking)."""
+    return ml_collections.ConfigDict(cfg_lib.read(data_cfg, FIELDS, where, OPTIONAL))

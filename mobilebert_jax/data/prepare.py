@@ -1,9 +1,18 @@
 """Corpus -> tokenized documents -> BERT sentence-pair instances, as ArrayRecord shards with a manifest.
 
-    python -m mobilebert_jax.data.prepare --corpus=builtin:python_docs \
-        --tokenizer=../shared/data/vocab/bert-uncased-vocab.txt --output_dir=data/py128 --max_seq_length=128
+    python -m mobilebert_jax.data.prepare --config=experiments/STAGE.py[:arg] --config.data.prepared_dir=DIR \
+        [--config.data.FIELD=VALUE ...]
 
-Layout of `output_dir`:
+prepares the `config.data` section of a pretraining or distillation config (data/config.py says what each field
+means) into `config.data.prepared_dir`, ahead of the run: the stage itself, given the same config and flags, reuses
+it instead of preparing its own copy in WORKDIR/data. For example, 128-token sequences of the embedded corpus with
+the released MobileBERT vocabulary:
+
+    python -m mobilebert_jax.data.prepare --config=experiments/teacher_ib_bert_large.py \
+        --config.data.tokenizer=../shared/data/vocab/bert-uncased-vocab.txt --config.data.max_seq_length=128 \
+        --config.data.prepared_dir=data/py128
+
+Layout of the prepared directory:
   settings.json                  what the data is made with; written first
   documents/unit-NNNNN.*         stage 1: one ArrayRecord of tokenized documents per corpus work unit,
                                  and a .json of its counts, written after the records are complete
@@ -31,13 +40,14 @@ from array_record.python.array_record_module import ArrayRecordWriter
 from tqdm import tqdm
 
 from mobilebert_jax import storage
+from mobilebert_jax.data import config as data_config_lib
 from mobilebert_jax.data import manifest as manifest_lib
 from mobilebert_jax.data import records
 from mobilebert_jax.data.instances import create_instances_from_document
 from mobilebert_jax.data.randomness import Stream, rng
 from mobilebert_jax.data.sources import SkipLog, WorkUnit, plan_units, python_docs, read_unit
 from mobilebert_jax.data.tokenizers import Tokenizer, load_tokenizer
-from mobilebert_jax.errors import DataError
+from mobilebert_jax.errors import ConfigError, DataError
 
 DOCUMENTS_DIR = "documents"
 ARRAY_RECORD_OPTIONS = "group_size:1"  # one record per chunk: fast random access for the loader
@@ -49,6 +59,7 @@ def prepare(data_config: ml_collections.ConfigDict, output_dir: str) -> dict[str
     Idempotent: a finished directory is returned as it is; a partial one is
     completed without redoing finished units and shards.
     """
+    data_config = data_config_lib.read(data_config)
     tokenizer = load_tokenizer(data_config.tokenizer)
     settings = _settings(data_config, tokenizer)
     manifest_path = os.path.join(output_dir, manifest_lib.MANIFEST)
@@ -312,47 +323,28 @@ def _write_instances(local: str, mine: np.ndarray, docs: np.ndarray, reader: "_D
     writer.close()
 
 
-def data_config_from_flags(flag_values: Any) -> ml_collections.ConfigDict:
-    from mobilebert_jax.data.config import default_data_config
-    c = default_data_config()
-    for key in c:
-        if key in flag_values and flag_values[key].present:
-            setattr(c, key, flag_values[key].value)
-    return c
-
-
 def main(argv: Optional[list[str]] = None) -> None:
-    from absl import flags
+    from mobilebert_jax import cli, experiment_config
 
-    from mobilebert_jax import cli
-    from mobilebert_jax.data.config import default_data_config
-
-    defaults = default_data_config()
-    for key, value in defaults.items():
-        if key == "prepared_dir":
-            continue
-        if isinstance(value, bool):
-            flags.DEFINE_bool(key, value, f"data.{key}")
-        elif isinstance(value, int):
-            flags.DEFINE_integer(key, value, f"data.{key}")
-        elif isinstance(value, float):
-            flags.DEFINE_float(key, value, f"data.{key}")
-        else:
-            flags.DEFINE_string(key, value, f"data.{key}")
-    flags.DEFINE_string("output_dir", None, "where the prepared data goes (the loader's data.prepared_dir)",
-                        required=True)
-
-    def run(argv: list[str]) -> None:
-        del argv
+    def run(parsed: tuple[ml_collections.ConfigDict, list[str]]) -> None:
+        config, _ = parsed
+        if "corpus" not in (config.get("data") or {}):
+            raise ConfigError(f"the config's stage ({config.get('stage')}) reads no pretraining corpus (no "
+                              "config.data.corpus): prepare takes a pretraining or distillation config "
+                              "(experiments/teacher_ib_bert_large.py, experiments/distill_*.py)")
+        data = data_config_lib.read(config.data)
+        if not data.prepared_dir:
+            raise ConfigError("config.data.prepared_dir is empty: set --config.data.prepared_dir=DIR (where the data "
+                              "goes; the stage reads it from there given the same flag)")
         logging.getLogger().setLevel(logging.INFO)
-        manifest = prepare(data_config_from_flags(flags.FLAGS), flags.FLAGS.output_dir)
-        print(json.dumps({"output_dir": flags.FLAGS.output_dir, "tokenizer": manifest["tokenizer"],
+        manifest = prepare(data, data.prepared_dir)
+        print(json.dumps({"prepared_dir": data.prepared_dir, "tokenizer": manifest["tokenizer"],
                           "corpus": {k: v for k, v in manifest["corpus"].items() if k != "skipped"},
                           "skipped": manifest["corpus"]["skipped"]["counts"],
                           "splits": {s: {k: v for k, v in d.items() if k != "shards"}
                                      for s, d in manifest["splits"].items()}}, indent=1))
 
-    cli.run_absl(run, argv=argv, doc=__doc__)
+    cli.run_absl(run, flags_parser=experiment_config.absl_flags_parser, argv=argv, doc=__doc__)
 
 
 if __name__ == "__main__":

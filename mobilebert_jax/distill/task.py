@@ -21,6 +21,7 @@ from flax import traverse_util
 from mobilebert_jax import flops, model_source, partitioning
 from mobilebert_jax.errors import ConfigError
 from mobilebert_jax.config import MobileBertConfig
+from mobilebert_jax.data import config as data_config
 from mobilebert_jax.distill import config as distill_config
 from mobilebert_jax.distill import layers, strategies
 from mobilebert_jax.distill.objective import DistillationObjective
@@ -101,7 +102,8 @@ def spec(config: ml_collections.ConfigDict) -> Spec:
 
     student = MobileBertForPreTraining(student_cfg)
     teacher = MobileBertForPreTraining(teacher_cfg)
-    seq_len, predictions = config.data.max_seq_length, config.data.max_predictions_per_seq
+    data = data_config.read(config.data)
+    seq_len, predictions = data.max_seq_length, data.max_predictions_per_seq
     check_sequence_length(seq_len, student_cfg, "config.model")
     check_sequence_length(seq_len, teacher_cfg, "config.teacher_model")
     student_abstract = _abstract_params(student, seq_len)

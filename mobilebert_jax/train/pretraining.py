@@ -13,6 +13,7 @@ from jax.experimental import multihost_utils
 from mobilebert_jax import flops
 from mobilebert_jax.errors import ConfigError
 from mobilebert_jax.config import MobileBertConfig
+from mobilebert_jax.data import config as data_config
 from mobilebert_jax.modeling import MobileBertForPreTraining
 from mobilebert_jax.train.losses import PretrainingObjective
 from mobilebert_jax.train.task import Spec, Stage, StatefulIterator, Task
@@ -26,7 +27,7 @@ def prepared_data_config(config: ml_collections.ConfigDict, workdir: str) -> ml_
     """`config.data` with its prepared_dir resolved and the data prepared (once, by process 0)."""
     from mobilebert_jax.data.prepare import prepare
 
-    data_cfg = ml_collections.ConfigDict(config.data.to_dict())
+    data_cfg = data_config.read(config.data)  # a copy, the optional fields filled in
     if not data_cfg.prepared_dir:
         data_cfg.prepared_dir = os.path.join(workdir, "data")
     if jax.process_index() == 0:
@@ -84,7 +85,8 @@ def pretraining_data(config: ml_collections.ConfigDict, workdir: str) -> tuple[S
 
 def spec(config: ml_collections.ConfigDict) -> Spec:
     c = model_config(config)
-    seq_len, predictions = config.data.max_seq_length, config.data.max_predictions_per_seq
+    data = data_config.read(config.data)
+    seq_len, predictions = data.max_seq_length, data.max_predictions_per_seq
     check_sequence_length(seq_len, c, "config.model")
     model = MobileBertForPreTraining(c)
     return Spec(
