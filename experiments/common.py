@@ -1,9 +1,9 @@
 """What the experiment files share (big_vision's configs/common.py): the `:arg` parser, the optimizer at TF1's
 settings, the trainer's sections, the pretraining data.
 
-The library's readers (optim/config.py, checkpointing.read_config, distill/config.py, data/config.py) define what each field
-means and check it, but hold no values: the values every stage starts from are here, the distillation stages'
-in distill_common.py, the README job's in pipeline.py.
+The library's readers (optim/config.py, checkpointing.read_config, distill/config.py, data/config.py) define
+what each field means and check it, but hold no values: the values every stage starts from are here, the
+distillation stages' in distill_common.py, the README job's in pipeline.py.
 
 Not an experiment itself (no get_config). An experiment file loads it by path, since experiments/ is a
 directory of files named on the command line rather than a package:
