@@ -22,6 +22,8 @@ Commands:
                restart: when process 0 stops before the end on a slice that still looks healthy (a preemption
                ends the processes before the slice's state shows it), the slice is checked for --settle
                seconds first, and restarted on a new slice if it turns out preempted, in place otherwise.
+               Starting the run failing is checked the same way: a preemption while it started is one
+               restart; a failure on a healthy slice ends the watch with its status.
                The run has finished when process 0 exits with status 0 and the trainer's marker
                WORKDIR/FINISHED exists; a non-zero exit status ends the watch with that status and the log's
                last lines.
@@ -417,7 +419,21 @@ settled_health() {
   done
 }
 
+# Starts the run for the watch and sets LAUNCHED to its exit status. A preemption can take the slice down while the
+# run is being started (the ssh sessions end with the VM): that is for the watch to handle, not the end of it. The
+# script's own refusals (status 2: `die`, or a gcloud usage error) end the watch here. Call it as a plain command:
+# `set -e` must hold inside launch_run (run in the background so that its failure can be caught), and bash turns
+# it off for everything a condition (`if`, `||`) calls.
+watch_launch() {
+  LAUNCHED=0
+  launch_run &
+  wait $! || LAUNCHED=$?
+  if [[ "$LAUNCHED" == 2 ]]; then exit 2; fi
+}
+
 # The watch's state machine, one poll at a time (docs/scale_out.md, "Watch"):
+#   starting the run failed                  -> settled_health: unhealthy within --settle -> restart (a preemption
+#                                               while it started); still healthy -> exit with the failure's status
 #   slice unhealthy                          -> restart (ensure_slice deletes and requests it again)
 #   healthy, process 0 running (or no answer) -> poll again
 #   healthy, finished / stopped              -> exit 0;  exited N > 0 -> exit N with the log's end
@@ -429,12 +445,21 @@ watch_run() {
   local workdir restarts=0 health state
   workdir=$(train_workdir)
   [[ -n "$workdir" ]] || die "watch needs --workdir in the training arguments (it looks for WORKDIR/FINISHED)"
-  launch_run
+  watch_launch
   [[ "$DRY_RUN" == 1 ]] && return
   while true; do
-    sleep "$POLL"
-    health=$(slice_health)
-    if [[ "$health" == ok ]]; then
+    if [[ "$LAUNCHED" != 0 ]]; then
+      echo "watch: starting the run failed (exit $LAUNCHED); checking the slice for up to ${SETTLE}s"
+      health=$(settled_health)
+      if [[ "$health" == ok ]]; then
+        echo "watch: starting the run failed (exit $LAUNCHED) on a healthy slice: giving up" >&2
+        exit "$LAUNCHED"
+      fi
+    else
+      sleep "$POLL"
+      health=$(slice_health)
+    fi
+    if [[ "$LAUNCHED" == 0 && "$health" == ok ]]; then
       state=$(tpu ssh "${NODES[0]}" "${LOCATION[@]}" --worker=0 --command="$(run_state_script "$workdir/FINISHED")" \
         2>/dev/null | tail -n 1) || state=unknown
       case "$state" in
@@ -457,7 +482,7 @@ watch_run() {
       exit 1
     fi
     echo "watch: $health: restarting the run (restart $restarts of at most $MAX_RESTARTS)"
-    launch_run
+    watch_launch
   done
 }
 

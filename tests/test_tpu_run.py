@@ -74,8 +74,11 @@ def test_dry_run_prints_the_exact_gcloud_calls():
     assert "$uv pip install -q --python ~/mobilebert-jax-venv/bin/python -e .[tpu]" in prepare
     launch = next(line for line in start.splitlines() if line.startswith("nohup "))
     inner, args = re.fullmatch(r"nohup bash -c '(.*)' run (.*)> (\S+) 2>&1 < /dev/null &", launch).group(1, 2)
-    assert inner.startswith('~/mobilebert-jax-venv/bin/python -m mobilebert_jax.main "$@" ')
-    assert "echo $? > ~/mobilebert-jax-logs/train.exit" in inner
+    # The wrapper records its own pid, starts the trainer and records its pid, then its exit status.
+    assert inner.startswith('echo $$ > ~/mobilebert-jax-logs/train.wrapper; '
+                            '~/mobilebert-jax-venv/bin/python -m mobilebert_jax.main "$@" ')
+    assert inner.endswith("echo $! > ~/mobilebert-jax-logs/train.pid; wait $!; "
+                          "echo $? > ~/mobilebert-jax-logs/train.exit")
     # The training arguments reach the workers' shell exactly as given here.
     assert argv(args) == ["--config=experiments/distill_pd.py", "--workdir=gs://bucket/runs/pd",
                           "--config.mesh.shape=(16, 16, 1)"]
@@ -449,9 +452,59 @@ def test_one_preemption_seen_over_several_polls_is_one_restart(tmp_path):
         if watch.poll() is None:
             watch.kill()
     assert watch.returncode == 0 and "watch: the run was stopped" in out, out
-    assert "watch: process 0 stopped before the end (gone); checking the slice" in out, out
+    # The start's own ssh session may still be running when the processes are killed (then it fails with them).
+    assert re.search(r"watch: (process 0 stopped before the end \(gone\)|starting the run failed \(exit \d+\)); "
+                     r"checking the slice", out), out
     assert out.count("restarting the run") == 1, out
     assert "watch: node pod is PREEMPTED: restarting the run (restart 1 of at most 3)" in out, out
     # The queued resource was SUSPENDED by the time the slice was requested again: deleted once, created once more.
     assert "slice pod is SUSPENDED: deleting and requesting it again" in out, out
     assert creates() == 2, out
+
+
+def test_a_preemption_while_the_run_starts_is_one_restart(tmp_path):
+    """The VM goes down while `start` runs on it (its ssh session cut off, exit 255): the watch checks the slice,
+    sees the preemption, and restarts once on a new slice instead of ending."""
+    env = _pod_env(tmp_path, _stub_image(tmp_path), FAKE_GCLOUD_WORKERS="1", STUB_MODE="sleep", TPU_SPOT="1",
+                   TPU_MAX_RESTARTS="3", TPU_SETTLE=str(HANG_S), FAKE_GCLOUD_PREEMPT_AT_SSH="2")  # 1: prepare, 2: start
+    root = env["FAKE_GCLOUD_ROOT"]
+    watch = subprocess.Popen([SCRIPT, "watch", "--", f"--workdir={tmp_path / 'run'}"], env=env,
+                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+    def creates() -> int:
+        return sum(c[2:4] == ["queued-resources", "create"] for c in _calls(root))
+
+    try:
+        _wait(lambda: (_pids(root) and creates() == 2 and all(map(_alive, _pids(root)))) or watch.poll() is not None,
+              "the run to restart on a new slice")
+        tpu_run("--grace=30", "stop", env=env)
+        out, _ = watch.communicate(timeout=HANG_S)
+    finally:
+        if watch.poll() is None:
+            watch.kill()
+    assert watch.returncode == 0 and "watch: the run was stopped" in out, out
+    assert "watch: starting the run failed (exit 255); checking the slice" in out, out
+    assert "watch: node pod is PREEMPTED: restarting the run (restart 1 of at most 3)" in out, out
+    assert out.count("restarting the run") == 1 and creates() == 2, out
+
+
+def test_a_launch_that_fails_on_a_healthy_slice_ends_the_watch(tmp_path):
+    """Starting the run fails and the slice stays healthy: not a preemption, so no restart loop; the watch ends with
+    the failure's status after --settle."""
+    image = _stub_image(tmp_path)
+    (image / ".mobilebert-jax-setup").write_text("another setup\n")  # the venv is rebuilt ...
+    uv = image / ".local" / "bin" / "uv"  # ... by a uv that fails (no space left on the VM's disk, say)
+    uv.parent.mkdir(parents=True)
+    uv.write_text(f"#!/usr/bin/env bash\n[ \"$1\" = --version ] && echo 'uv {_uv_version()}' && exit 0\n"
+                  "echo 'error: No space left on device' >&2; exit 1\n")
+    uv.chmod(0o755)
+    env = _pod_env(tmp_path, image, FAKE_GCLOUD_WORKERS="1", TPU_SETTLE="1")
+    proc = tpu_run("watch", "--", f"--workdir={tmp_path / 'run'}", env=env, check=False, timeout=HANG_S)
+    assert proc.returncode != 0 and "restarting" not in proc.stdout, proc.stdout + proc.stderr
+    assert re.search(r"starting the run failed \(exit \d+\) on a healthy slice: giving up", proc.stderr), proc.stderr
+    # The failed set-up stopped the launch: nothing was started on a venv that is not there.
+    assert "No space left on device" in proc.stderr and "started process" not in proc.stdout, proc.stdout
+
+
+def _uv_version() -> str:
+    return re.search(r"^UV_VERSION=(\S+)", open(SCRIPT).read(), re.M).group(1)
