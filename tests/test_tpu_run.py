@@ -431,35 +431,14 @@ def test_one_preemption_seen_over_several_polls_is_one_restart(tmp_path):
     slice; a watch that restarted as soon as process 0 was gone would do so on the dying slice, then again."""
     env = _pod_env(tmp_path, _stub_image(tmp_path), FAKE_GCLOUD_WORKERS="1", STUB_MODE="sleep", TPU_SPOT="1",
                    TPU_MAX_RESTARTS="3", TPU_SETTLE=str(HANG_S))  # the settle ends when the slice shows trouble
-    root = env["FAKE_GCLOUD_ROOT"]
-    watch = subprocess.Popen([SCRIPT, "watch", "--", f"--workdir={tmp_path / 'run'}"], env=env,
-                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-
-    def creates() -> int:
-        return sum(c[2:4] == ["queued-resources", "create"] for c in _calls(root))
-
-    try:
-        _wait(lambda: _pids(root) or watch.poll() is not None, "the run to start")
-        first = _pids(root)
-        # Processes killed now; the node describes READY twice more (enough for the watch to see process 0 gone
-        # and for a relaunch to find the slice healthy), then PREEMPTED; the queued resource SUSPENDED after that.
-        subprocess.run(["gcloud", "fake-preempt", "pod", "--staged=2"], env=env, check=True)
-        _wait(lambda: (creates() == 2 and _pids(root) not in ([], first) and all(map(_alive, _pids(root))))
-              or watch.poll() is not None, "the run to restart on a new slice")
-        tpu_run("--grace=30", "stop", env=env)
-        out, _ = watch.communicate(timeout=HANG_S)
-    finally:
-        if watch.poll() is None:
-            watch.kill()
-    assert watch.returncode == 0 and "watch: the run was stopped" in out, out
+    # Processes killed at once; the node describes READY twice more (enough for the watch to see process 0 gone
+    # and for a relaunch to find the slice healthy), then PREEMPTED; the queued resource SUSPENDED after that.
+    out = _watch_through_one_preemption(tmp_path, env, ["gcloud", "fake-preempt", "pod", "--staged=2"])
     # The start's own ssh session may still be running when the processes are killed (then it fails with them).
     assert re.search(r"watch: (process 0 stopped before the end \(gone\)|starting the run failed \(exit \d+\)); "
                      r"checking the slice", out), out
-    assert out.count("restarting the run") == 1, out
-    assert "watch: node pod is PREEMPTED: restarting the run (restart 1 of at most 3)" in out, out
     # The queued resource was SUSPENDED by the time the slice was requested again: deleted once, created once more.
     assert "slice pod is SUSPENDED: deleting and requesting it again" in out, out
-    assert creates() == 2, out
 
 
 def test_a_preemption_while_the_run_starts_is_one_restart(tmp_path):
@@ -467,25 +446,38 @@ def test_a_preemption_while_the_run_starts_is_one_restart(tmp_path):
     sees the preemption, and restarts once on a new slice instead of ending."""
     env = _pod_env(tmp_path, _stub_image(tmp_path), FAKE_GCLOUD_WORKERS="1", STUB_MODE="sleep", TPU_SPOT="1",
                    TPU_MAX_RESTARTS="3", TPU_SETTLE=str(HANG_S), FAKE_GCLOUD_PREEMPT_AT_SSH="2")  # 1: prepare, 2: start
+    out = _watch_through_one_preemption(tmp_path, env, preempt=None)
+    assert "watch: starting the run failed (exit 255); checking the slice" in out, out
+
+
+def _watch_through_one_preemption(tmp_path, env, preempt: list[str] | None) -> str:
+    """Watches the stand-in trainer (`env`: 3 restarts allowed) through one preemption, the `preempt` command run
+    once the run has started (None: the environment preempts by itself), until it runs again on a second slice;
+    then stops it. Checks that this took one restart and one more slice; returns the watch's output."""
     root = env["FAKE_GCLOUD_ROOT"]
     watch = subprocess.Popen([SCRIPT, "watch", "--", f"--workdir={tmp_path / 'run'}"], env=env,
                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-
-    def creates() -> int:
-        return sum(c[2:4] == ["queued-resources", "create"] for c in _calls(root))
-
     try:
-        _wait(lambda: (_pids(root) and creates() == 2 and all(map(_alive, _pids(root)))) or watch.poll() is not None,
-              "the run to restart on a new slice")
+        first = []
+        if preempt:
+            _wait(lambda: _pids(root) or watch.poll() is not None, "the run to start")
+            first = _pids(root)
+            subprocess.run(preempt, env=env, check=True)
+        _wait(lambda: (_pids(root) not in ([], first) and _creates(root) == 2 and all(map(_alive, _pids(root))))
+              or watch.poll() is not None, "the run to restart on a new slice")
         tpu_run("--grace=30", "stop", env=env)
         out, _ = watch.communicate(timeout=HANG_S)
     finally:
         if watch.poll() is None:
             watch.kill()
     assert watch.returncode == 0 and "watch: the run was stopped" in out, out
-    assert "watch: starting the run failed (exit 255); checking the slice" in out, out
     assert "watch: node pod is PREEMPTED: restarting the run (restart 1 of at most 3)" in out, out
-    assert out.count("restarting the run") == 1 and creates() == 2, out
+    assert out.count("restarting the run") == 1 and _creates(root) == 2, out
+    return out
+
+
+def _creates(root: str) -> int:
+    return sum(c[2:4] == ["queued-resources", "create"] for c in _calls(root))
 
 
 def test_a_launch_that_fails_on_a_healthy_slice_ends_the_watch(tmp_path):
