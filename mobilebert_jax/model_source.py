@@ -23,6 +23,7 @@ carries the tokenizer record it was trained with, if it has one
     source = model_source.open_source("runs/distill", "config.init_checkpoint")
     params = model_source.read(source)                 # numpy, the source's own tree
     params = model_source.read(source, abstract)       # placed as `abstract` says
+    params = model_source.read(source, stacked=False)  # numpy, the encoder's layers unrolled
 """
 
 from __future__ import annotations
@@ -206,16 +207,18 @@ def flat_shapes(abstract_params: Any) -> dict[str, tuple[int, ...]]:
     return {k: tuple(v.shape) for k, v in traverse_util.flatten_dict(abstract_params, sep="/").items()}
 
 
-def read(source: Source, abstract_params: Any = None) -> Any:
+def read(source: Source, abstract_params: Any = None, stacked: Optional[bool] = None) -> Any:
     """The parameter values of `source`: placed as `abstract_params` (ShapeDtypeStructs with shardings) says,
     in its layout (stacked or unrolled layers), or, without it, the source's whole tree as float32 numpy
-    arrays in the layout it is stored in (a checkpoint of a `scan_layers` run: stacked)."""
+    arrays in the layout `stacked` asks for (None: as stored; a checkpoint of a `scan_layers` run is stacked)."""
     stored_stacked = stacking.is_stacked(source.shapes)
     if abstract_params is not None and stacking.is_stacked(abstract_params) != stored_stacked:
         # The other layout: read everything to the host, restack there, then place. Only a run that changes
         # `scan_layers` between stages pays this; the same layout restores straight into the shardings.
-        params = stacking.to_layout(read(source), not stored_stacked)
+        params = read(source, stacked=not stored_stacked)
         return jax.tree.map(lambda x, a: jax.device_put(np.asarray(x, a.dtype), a.sharding), params, abstract_params)
+    if abstract_params is None and stacked is not None and stacked != stored_stacked:
+        return stacking.to_layout(read(source), stacked)
     if source.kind == "checkpoint":
         as_numpy = abstract_params is None
         if as_numpy:

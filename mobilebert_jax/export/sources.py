@@ -48,10 +48,9 @@ def bare_model(path: str):
     """(model, params, the tokenizer spec it records or None) of any model model_source reads."""
     from mobilebert_jax import model_source
     from mobilebert_jax.convert import hf
-    from mobilebert_jax.modeling import stacking
 
     source = model_source.open_source(path, "--params")
-    params = stacking.unstack(model_source.read(source))  # export the unrolled graph, whatever the run scanned
+    params = model_source.read(source, stacked=False)  # export the unrolled graph, whatever the run scanned
     tokenizer = None
     if source.tokenizer is not None and source.tokenizer_dir is not None:
         tokenizer = str(epath.Path(source.tokenizer_dir) / source.tokenizer["file"])

@@ -24,7 +24,7 @@ from etils import epath
 from mobilebert_jax import model_source, storage
 from mobilebert_jax.data.tokenizers import load_tokenizer
 from mobilebert_jax.errors import ConfigError, DataError
-from mobilebert_jax.modeling import MobileBertForQuestionAnswering, MobileBertForSequenceClassification, stacking
+from mobilebert_jax.modeling import MobileBertForQuestionAnswering, MobileBertForSequenceClassification
 from mobilebert_jax.tasks import finetuning, glue, glue_metrics, glue_submission, squad_data, squad_metrics
 from mobilebert_jax.tasks.prediction import predict
 from mobilebert_jax.tasks.squad_postprocess import decode_spans
@@ -58,7 +58,7 @@ def load_run(workdir: str, step: Optional[int] = None) -> FinishedRun:
         model = MobileBertForQuestionAnswering(model_cfg)
     where = f"--workdir={workdir!r}" + (f" --step={step}" if step is not None else "")
     path = epath.Path(workdir) / "checkpoints" / str(step) if step is not None else epath.Path(workdir)
-    params = stacking.unstack(model_source.read(model_source.open_source(str(path), where)))
+    params = model_source.read(model_source.open_source(str(path), where), stacked=False)
     return FinishedRun(config, model, params, lineage.run_tokenizer(workdir, config))
 
 

@@ -23,7 +23,7 @@ from mobilebert_jax import flops, model_source, partitioning
 from mobilebert_jax.errors import ConfigError
 from mobilebert_jax.config import MobileBertConfig
 from mobilebert_jax.data.tokenizers import load_tokenizer
-from mobilebert_jax.modeling import MobileBertForQuestionAnswering, MobileBertForSequenceClassification, stacking
+from mobilebert_jax.modeling import MobileBertForQuestionAnswering, MobileBertForSequenceClassification
 from mobilebert_jax.tasks import glue, glue_tfds, objectives, squad_data
 from mobilebert_jax.tasks.batching import ShuffledBatches, padded_batches
 from mobilebert_jax.train.task import Spec, Stage, Task
@@ -44,7 +44,7 @@ def init_backbone(config: ml_collections.ConfigDict) -> Optional[dict[str, np.nd
         return None
     source = model_source.open_source(config.init_checkpoint, "config.init_checkpoint")
     # In the layout this run's model uses, whichever the checkpoint holds (config.model_overrides may change it).
-    params = stacking.to_layout(model_source.read(source), model_config(config).scan_layers)
+    params = model_source.read(source, stacked=model_config(config).scan_layers)
     flat = traverse_util.flatten_dict(params, sep="/")
     backbone = {k: v for k, v in flat.items() if k.startswith(BACKBONE + "/")}
     if not backbone:
