@@ -15,6 +15,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
+import optax
 import pytest
 from flax import traverse_util
 
@@ -143,20 +144,18 @@ def test_stack_and_unstack_round_trip_arrays_shapes_and_boxes():
     shapes = {k: v.shape for k, v in flat.items()}
     assert stacking.unstacked_shapes(shapes) == {k: v.shape for k, v in _flat(params).items()}
     # Boxes: the layer axis name goes on and off with the axis.
-    box = _flat_boxes_raw(stacking.stack(boxed))[key]
+    box = traverse_util.flatten_dict(stacking.stack(boxed), sep="/")[key]
     assert box.names == ("layers", "bottleneck", "qkv") and box.value.shape[0] == LAYERS
-    back = _flat_boxes_raw(stacking.unstack(stacking.stack(boxed)))[key.replace("layers", "layer_1")]
+    back = traverse_util.flatten_dict(stacking.unstack(stacking.stack(boxed)), sep="/")[
+        key.replace("layers", "layer_1")]
     assert back.names == ("bottleneck", "qkv")
     abstract = jax.eval_shape(lambda: scanned.init(jax.random.key(0), ids)["params"])
-    assert _flat_boxes_raw(stacking.unstack(abstract))[key.replace("layers", "layer_0")].names == ("bottleneck", "qkv")
+    unrolled = traverse_util.flatten_dict(stacking.unstack(abstract), sep="/")
+    assert unrolled[key.replace("layers", "layer_0")].names == ("bottleneck", "qkv")
     # Layers missing from an unrolled tree cannot be stacked.
     broken = {k: v for k, v in _flat(params).items() if "/layer_1/" not in k}
     with pytest.raises(ValueError, match="not 0..L-1"):
         stacking.stack(broken)
-
-
-def _flat_boxes_raw(tree):
-    return traverse_util.flatten_dict(tree, sep="/")
 
 
 def _progressive_optimizer(layers: int):
@@ -194,18 +193,12 @@ def test_optimizer_on_stacked_parameters_equals_unrolled(progressive):
         assert stacking.is_stacked(u_scan)
         # The clipping norm sums a stacked tensor in one reduction: rounding apart, the same updates.
         _assert_close(stacking.unstack(u_scan), u, rtol=1e-5, atol=1e-5, what="updates")
-        p, p_scan = optim_apply(p, u), optim_apply(p_scan, u_scan)
+        p, p_scan = optax.apply_updates(p, u), optax.apply_updates(p_scan, u_scan)
     if progressive:
         for a, b in zip(jax.tree.leaves(state_scan), jax.tree.leaves(state)):
             np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-6, atol=1e-7)
         layer2 = [k for k in _flat(u) if "/layer_2/" in k]
         assert layer2 and all(not _flat(stacking.unstack(u_scan))[k].any() for k in layer2)  # above the stage
-
-
-def optim_apply(params, updates):
-    import optax
-
-    return optax.apply_updates(params, updates)
 
 
 def test_optimizer_state_shards_from_a_scanned_models_boxes():

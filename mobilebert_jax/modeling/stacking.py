@@ -64,12 +64,11 @@ def unstack(tree: Any, only: Optional[Callable[[str, int], bool]] = None) -> Any
     flat, was_flat = _flat(tree), _is_flat(tree)
     out = {}
     for key, leaf in flat.items():
-        m = _STACKED_KEY.match(key)
-        if not m or (only is not None and not only(key, _layer_count(leaf))):
+        if not is_stacked_path(key) or (only is not None and not only(key, _layer_count(leaf))):
             out[key] = leaf
             continue
         for i in range(_layer_count(leaf)):
-            out[f"{m['prefix']}{layer_name(i)}/{m['suffix']}"] = _take(leaf, i)
+            out[unrolled_path(key, i)] = _take(leaf, i)
     return out if was_flat else traverse_util.unflatten_dict(out, sep="/")
 
 
@@ -105,12 +104,11 @@ def unstacked_shapes(shapes: dict[str, tuple[int, ...]]) -> dict[str, tuple[int,
     """A flat path -> shape dict in the unrolled layout (what architecture checks compare)."""
     out = {}
     for key, shape in shapes.items():
-        m = _STACKED_KEY.match(key)
-        if not m:
+        if not is_stacked_path(key):
             out[key] = tuple(shape)
             continue
         for i in range(shape[0]):
-            out[f"{m['prefix']}{layer_name(i)}/{m['suffix']}"] = tuple(shape[1:])
+            out[unrolled_path(key, i)] = tuple(shape[1:])
     return out
 
 

@@ -21,9 +21,10 @@ Printed, per device: arguments (state, batch, teacher), outputs not aliased
 to the donated state, temporaries, generated code, and their total against
 the device's HBM; per step: XLA's FLOPs (cost analysis, recomputation
 included; not with layers under scan, whose loop body it counts once) and
-the model's FLOPs (the analytic count MFU uses); and the step time and run time (config.total_steps) the model FLOPs take at --mfu of the
-devices' peak (hardware.py). First, from the shardings alone, what one device
-holds of the train state and of the frozen teacher; --nocompile stops there.
+the model's FLOPs (the analytic count MFU uses); and the step time and run
+time (config.total_steps) the model FLOPs take at --mfu of the devices' peak
+(hardware.py). First, from the shardings alone, what one device holds of the
+train state and of the frozen teacher; --nocompile stops there.
 """
 
 from __future__ import annotations
