@@ -1,4 +1,4 @@
-"""On-device-style latency, the paper's way: LiteRT next to onnxruntime and HF PyTorch, batch 1, sequence 128.
+r"""On-device-style latency, the paper's way: LiteRT next to onnxruntime and HF PyTorch, batch 1, sequence 128.
 
     python benchmarks/inference.py [--presets=mobilebert,mobilebert_tiny,bert_base] [--threads=4,2] \
         [--runs=100] [--warmup=10] [--runtimes=litert_float32,...] [--cache_dir=/tmp/mobilebert_jax_bench]

@@ -1,4 +1,4 @@
-"""Corpus -> tokenized documents -> BERT sentence-pair instances, as ArrayRecord shards with a manifest.
+r"""Corpus -> tokenized documents -> BERT sentence-pair instances, as ArrayRecord shards with a manifest.
 
     python -m mobilebert_jax.data.prepare --config=experiments/STAGE.py[:arg] --config.data.prepared_dir=DIR \
         [--config.data.FIELD=VALUE ...]

@@ -1,9 +1,9 @@
-"""Trains a SentencePiece vocabulary with the BERT special tokens at ids 0-4.
+r"""Trains a SentencePiece vocabulary with the BERT special tokens at ids 0-4.
 
     python -m mobilebert_jax.data.train_sentencepiece --corpus=PATH_OR_SPEC \
         --model_prefix=out/sp32k --vocab_size=32000 [--corpus_format=paragraphs]
 
-writes out/sp32k.model (use it as `--tokenizer=out/sp32k.model`) and out/sp32k.vocab.
+writes out/sp32k.model (use it as `--config.data.tokenizer=out/sp32k.model`) and out/sp32k.vocab.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""A GLUE run on its dev set in every deployed form: JAX float and int8 simulation, LiteRT and ONNX exports.
+r"""A GLUE run on its dev set in every deployed form: JAX float and int8 simulation, LiteRT and ONNX exports.
 
     python -m mobilebert_jax.export.compare --workdir=runs/sst2 --output_dir=runs/sst2/export \
         [--calibration_examples=300] [--batch_size=1] [--forms=jax_float,...]
