@@ -115,7 +115,7 @@ def variant_stages(name: str, seed: int, scale: pipeline.Scale, teacher_model, t
 def run_variant(name: str, seed: int, scale: pipeline.Scale, teacher_model, teacher_dir: str, data_dir: str,
                 workdir: str, timings: dict) -> Optional[str]:
     """Trains one variant with one seed; returns the workdir holding its final student (None: a signal stopped it)."""
-    from mobilebert_jax.distill.task import DISTILLATION
+    from mobilebert_jax.distill.stage import DISTILLATION
 
     start = time.monotonic()
     stages = variant_stages(name, seed, scale, teacher_model, teacher_dir, data_dir, workdir)
@@ -171,7 +171,7 @@ def write_docs(path: str, section: str) -> None:
 def main(argv: list[str]) -> None:
     del argv
     f = flags.FLAGS
-    from mobilebert_jax.train.pretraining import PRETRAINING
+    from mobilebert_jax.pretraining.stage import PRETRAINING
 
     preemption.install()  # a SIGTERM stops the current stage and the variants after it (pipeline.train_stage)
 

@@ -42,7 +42,7 @@ def measure(scan_layers: bool) -> dict:
     from mobilebert_jax import get_preset
     from mobilebert_jax.modeling import MobileBertForPreTraining
     from mobilebert_jax.train import step as step_lib
-    from mobilebert_jax.train.losses import PretrainingObjective
+    from mobilebert_jax.pretraining.objective import PretrainingObjective
 
     jax.config.update("jax_enable_compilation_cache", False)
     c = get_preset(FLAGS.preset, scan_layers=scan_layers, remat=FLAGS.remat)

@@ -137,7 +137,7 @@ def main(argv):
     from mobilebert_jax import get_preset
     from mobilebert_jax.modeling import MobileBertForPreTraining
     from mobilebert_jax.train import step as step_lib
-    from mobilebert_jax.train.losses import PretrainingObjective
+    from mobilebert_jax.pretraining.objective import PretrainingObjective
 
     c = get_preset(FLAGS.preset)
     batch = jax.device_put(pretraining_step.make_batch(c, FLAGS.batch_size, FLAGS.seq_len, FLAGS.predictions))

@@ -59,7 +59,7 @@ def ours_step(c, batch):
 
     from mobilebert_jax.modeling import MobileBertForPreTraining
     from mobilebert_jax.train import step as step_lib
-    from mobilebert_jax.train.losses import PretrainingObjective
+    from mobilebert_jax.pretraining.objective import PretrainingObjective
 
     model = MobileBertForPreTraining(c)
     params = nn.unbox(jax.jit(model.init)(jax.random.key(0), batch["input_ids"])["params"])

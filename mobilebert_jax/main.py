@@ -41,11 +41,11 @@ FLAGS = flags.FLAGS
 
 # config.stage -> the module and name of its `train.task.Stage` (imported only when that stage runs).
 STAGES = {
-    "teacher_pretraining": "mobilebert_jax.train.pretraining:PRETRAINING",
-    "pretraining": "mobilebert_jax.train.pretraining:PRETRAINING",
-    "distillation": "mobilebert_jax.distill.task:DISTILLATION",
-    "glue_finetuning": "mobilebert_jax.tasks.finetuning:GLUE",
-    "squad_finetuning": "mobilebert_jax.tasks.finetuning:SQUAD",
+    "teacher_pretraining": "mobilebert_jax.pretraining.stage:PRETRAINING",
+    "pretraining": "mobilebert_jax.pretraining.stage:PRETRAINING",
+    "distillation": "mobilebert_jax.distill.stage:DISTILLATION",
+    "glue_finetuning": "mobilebert_jax.finetune.stage:GLUE",
+    "squad_finetuning": "mobilebert_jax.finetune.stage:SQUAD",
 }
 
 
@@ -84,7 +84,7 @@ def main(parsed) -> None:
         print(f"distributed: {how}", flush=True)
     from mobilebert_jax.train.trainer import train
 
-    train(config, FLAGS.workdir, stage(config.stage).build_task)
+    train(config, FLAGS.workdir, stage(config.stage))
 
 
 def run() -> None:

@@ -18,9 +18,9 @@ import numpy as np
 
 from mobilebert_jax import checkpointing, experiment_config, flops, get_preset, optim
 from mobilebert_jax.modeling import MobileBertForPreTraining
-from mobilebert_jax.train.losses import PretrainingObjective
-from mobilebert_jax.train.pretraining import pretraining_example
-from mobilebert_jax.train.task import Spec, Task
+from mobilebert_jax.pretraining.objective import PretrainingObjective
+from mobilebert_jax.pretraining.stage import pretraining_example
+from mobilebert_jax.train.stage import Spec, Stage, StageIO
 
 SEQ_LEN, PREDICTIONS = 16, 4
 # The shared experiment values (the optimizer at TF1's settings, the checkpoint section): the library holds none.
@@ -79,14 +79,12 @@ def config(**overrides) -> ml_collections.ConfigDict:
     return c
 
 
-def build_synthetic_task(c: ml_collections.ConfigDict, workdir: str) -> Task:
-    import jax
-
+def synthetic_spec(c: ml_collections.ConfigDict) -> Spec:
     from mobilebert_jax.config import MobileBertConfig
 
     model_cfg = MobileBertConfig.from_dict(c.model.to_dict())
     model = MobileBertForPreTraining(model_cfg)
-    spec = Spec(
+    return Spec(
         name="synthetic",
         objective=PretrainingObjective(model),
         init_params=lambda rng: model.init(rng, jnp.zeros((1, SEQ_LEN), jnp.int32))["params"],
@@ -94,13 +92,24 @@ def build_synthetic_task(c: ml_collections.ConfigDict, workdir: str) -> Task:
         tokens_per_example=SEQ_LEN,
         train_flops_per_example=flops.pretraining_train_flops_per_sequence(model_cfg, SEQ_LEN, PREDICTIONS),
     )
-    return Task(
+
+
+def read_synthetic(c: ml_collections.ConfigDict, workdir: str, spec: Spec) -> StageIO:
+    import jax
+
+    from mobilebert_jax.config import MobileBertConfig
+
+    model_cfg = MobileBertConfig.from_dict(c.model.to_dict())
+    return StageIO(
         spec=spec, describe="synthetic batches",
         train_iterator=SyntheticBatches(model_cfg.vocab_size, c.batch_size, c.seed, jax.process_index(),
                                         jax.process_count()),
         eval_batches=lambda: (next(SyntheticBatches(model_cfg.vocab_size, c.eval.batch_size, 999))
                               for _ in range(c.eval.num_batches)),
     )
+
+
+SYNTHETIC = Stage(spec=synthetic_spec, read=read_synthetic)
 
 
 def main(argv: list[str]) -> None:
@@ -119,7 +128,7 @@ def main(argv: list[str]) -> None:
             return original(self)
 
         SyntheticBatches.__next__ = slow_next
-    train(c, workdir, build_synthetic_task)
+    train(c, workdir, SYNTHETIC)
     params = final_params(workdir, c)
     if jax.process_index() == 0 and params is not None:
         np.savez(os.path.join(workdir, "final_params.npz"), **params)
@@ -133,7 +142,7 @@ def final_params(workdir: str, c) -> dict | None:
 
     from mobilebert_jax.train.step import TrainState
 
-    spec = build_synthetic_task(c, workdir).spec
+    spec = SYNTHETIC.spec(c)
     tx = optim.build_optimizer(c.optimizer, jax.eval_shape(spec.init_params, jax.random.key(0)))
 
     def init():

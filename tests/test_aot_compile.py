@@ -201,11 +201,11 @@ def test_nocompile_reports_what_fsdp_and_a_bfloat16_teacher_hold_per_device(tmp_
 def test_the_spec_example_is_what_the_pretraining_loader_yields(tmp_path):
     """The compiler builds the batch from the stage's spec alone; the real loader must yield exactly that."""
     from mobilebert_jax import experiment_config
-    from mobilebert_jax.train.pretraining import PRETRAINING
+    from mobilebert_jax.pretraining.stage import PRETRAINING
 
     config = experiment_config.load_experiment("experiments/teacher_ib_bert_large.py:smoke",
                                                ["--config.data.max_seq_length=32", "--config.batch_size=8"])
-    task = PRETRAINING.build_task(config, str(tmp_path))
+    task = PRETRAINING.open(config, str(tmp_path))
     batch = next(task.train_iterator)
     assert {k: (v.shape[1:], v.dtype) for k, v in batch.items()} == \
         {k: (v.shape, v.dtype) for k, v in task.spec.example.items()}

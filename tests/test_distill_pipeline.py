@@ -77,7 +77,7 @@ def test_a_signal_during_a_stage_stops_the_pipeline_before_the_next_stage_and_th
     monkeypatch.setattr(preemption, "STOP", threading.Event())
     trained = []
 
-    def train(config, workdir, build_task):  # the teacher stage gets SIGTERM: it saves and returns early
+    def train(config, workdir, stage):  # the teacher stage gets SIGTERM: it saves and returns early
         trained.append(workdir)
         preemption.STOP.set()
 

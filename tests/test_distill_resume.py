@@ -28,7 +28,7 @@ def _final_params(workdir, student_cfg) -> dict[str, np.ndarray]:
     from mobilebert_jax import partitioning
     from mobilebert_jax import model_source
     from mobilebert_jax.modeling import MobileBertForPreTraining
-    from test_distill_task import SEQ
+    from test_distill_stage import SEQ
 
     one = jax.sharding.SingleDeviceSharding(jax.devices()[0])
     model = MobileBertForPreTraining(student_cfg)
@@ -49,7 +49,7 @@ def run_three(root: str) -> None:
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
     jax.config.update("jax_persistent_cache_min_entry_size_bytes", -1)
     from mobilebert_jax.train.trainer import train
-    from test_distill_task import build, make_config, save_teacher, tiny_models
+    from test_distill_stage import build, make_config, save_teacher, tiny_models
 
     teacher_cfg, student_cfg = tiny_models(layers=LAYERS, teacher_layers=TEACHER_LAYERS)
     student_cfg = student_cfg.replace(num_feedforward_networks=1)

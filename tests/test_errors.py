@@ -94,7 +94,7 @@ def _word_embeddings(cfg, dtype=np.float32, value=0.0):
 
 
 def _glue(tmp, text):
-    from mobilebert_jax.tasks import glue
+    from mobilebert_jax.finetune import glue
 
     path = tmp / "train.tsv"
     path.write_text(text)
@@ -102,7 +102,7 @@ def _glue(tmp, text):
 
 
 def _squad(tmp, answer_start):
-    from mobilebert_jax.tasks import squad_data
+    from mobilebert_jax.finetune import squad_data
 
     data = {"version": "1.1", "data": [{"title": "t", "paragraphs": [{"context": "The cat sat on the mat.", "qas": [
         {"id": "q1", "question": "Who sat?", "answers": [{"text": "cat", "answer_start": answer_start}]}]}]}]}
@@ -133,7 +133,7 @@ def _experiment_without(tmp, section, field):
 def _stage_without(tmp, section, field):
     """The same, built by the pretraining stage (its pure part, what the trainer and the AOT compiler build first)."""
     from mobilebert_jax import experiment_config
-    from mobilebert_jax.train.pretraining import PRETRAINING
+    from mobilebert_jax.pretraining.stage import PRETRAINING
 
     PRETRAINING.spec(experiment_config.load_experiment(_partial_teacher(tmp, section, field)))
 
@@ -153,8 +153,8 @@ def _partial_teacher(tmp, section, field) -> str:
 def _longer_than_positions(tmp, stage):
     """A stage's spec with config.data.max_seq_length above the model's max_position_embeddings."""
     from mobilebert_jax import experiment_config
-    from mobilebert_jax.distill.task import DISTILLATION
-    from mobilebert_jax.train.pretraining import PRETRAINING
+    from mobilebert_jax.distill.stage import DISTILLATION
+    from mobilebert_jax.pretraining.stage import PRETRAINING
 
     if stage == "pretraining":
         config = experiment_config.load_experiment("experiments/teacher_ib_bert_large.py:smoke", [
@@ -169,7 +169,7 @@ def _longer_than_positions(tmp, stage):
 
 
 def _evaluate(tmp, stage=None):
-    from mobilebert_jax.tasks import evaluate
+    from mobilebert_jax.finetune import evaluate
 
     if stage:
         (tmp / "config.json").write_text(json.dumps({"stage": stage}))
@@ -271,9 +271,9 @@ CASES = [
     ("convert to-hf: directory without a model", "config", "no such directory",
      ["mobilebert_jax.convert", "to-hf", "--input={tmp}/nowhere", "--output={tmp}/out"]),
     # Evaluation, quantization, export and plots of a run
-    ("tasks.evaluate: workdir without a run", "file", "config.json",
+    ("finetune.evaluate: workdir without a run", "file", "config.json",
      lambda tmp: _evaluate(tmp)),
-    ("tasks.evaluate: a pretraining workdir", "config", "is not a fine-tuning run",
+    ("finetune.evaluate: a pretraining workdir", "config", "is not a fine-tuning run",
      lambda tmp: _evaluate(tmp, "teacher_pretraining")),
     ("quantization: workdir without a run", "file", "config.json",
      ["mobilebert_jax.quantization", "--workdir={tmp}/nowhere"]),

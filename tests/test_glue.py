@@ -9,8 +9,8 @@ import pytest
 
 from mobilebert_jax.data.tokenizers import load_tokenizer
 from mobilebert_jax.errors import DataError
-from mobilebert_jax.tasks import glue, glue_submission, glue_tfds
-from mobilebert_jax.tasks.features import encode_pair, truncate_pair
+from mobilebert_jax.finetune import glue, glue_submission, glue_tfds
+from mobilebert_jax.finetune.features import encode_pair, truncate_pair
 from tests.data_fixtures import SHARED_DATA, VOCAB, require_shared_data
 
 GLUE_DIR = SHARED_DATA / "glue"

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from mobilebert_jax.tasks.batching import ShuffledBatches, padded_batches
-from mobilebert_jax.tasks.prediction import predict
+from mobilebert_jax.finetune.batching import ShuffledBatches, padded_batches
+from mobilebert_jax.finetune.prediction import predict
 
 
 def _arrays(n=10):

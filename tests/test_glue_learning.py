@@ -46,14 +46,14 @@ def _require_glue(*tasks: str) -> None:
 _CHILD = """
 import json, sys
 from mobilebert_jax import experiment_config
-from mobilebert_jax.tasks import evaluate, finetuning
+from mobilebert_jax.finetune import evaluate, stage as finetune_stage
 from mobilebert_jax.train.trainer import train
 spec, overrides, layers, workdir = json.loads(sys.argv[1])
 config = experiment_config.load_experiment(spec, overrides)
 config.unlock()
 config.model.num_hidden_layers = layers
 config.optimizer.schedule.total_steps = config.total_steps
-train(config, workdir, finetuning.GLUE.build_task)
+train(config, workdir, finetune_stage.GLUE)
 print("DEV=" + json.dumps(evaluate.evaluate_run(workdir)["dev"]))
 """
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from mobilebert_jax.tasks import glue, glue_metrics
+from mobilebert_jax.finetune import glue, glue_metrics
 
 sklearn_metrics = pytest.importorskip("sklearn.metrics")
 scipy_stats = pytest.importorskip("scipy.stats")

@@ -11,7 +11,7 @@ import pytest
 
 from mobilebert_jax import get_preset
 from mobilebert_jax.modeling import MobileBertForQuestionAnswering, MobileBertForSequenceClassification
-from mobilebert_jax.tasks import objectives
+from mobilebert_jax.finetune import objectives
 from mobilebert_jax.train import step as step_lib
 
 CONFIG = get_preset("mobilebert_test", num_hidden_layers=1, num_feedforward_networks=2)

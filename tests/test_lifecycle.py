@@ -59,7 +59,7 @@ def test_pretrain_distill_finetune_evaluate_quantize_export(tmp_path):
     # A finished run is self-contained: the init checkpoint may go away.
     moved = tmp_path / "elsewhere"
     shutil.move(str(distilled), str(moved))
-    _run("mobilebert_jax.tasks.evaluate", f"--workdir={finetuned}", "--batch_size=32")
+    _run("mobilebert_jax.finetune.evaluate", f"--workdir={finetuned}", "--batch_size=32")
     report = json.loads((finetuned / "eval" / "metrics.json").read_text())
     assert 0.0 <= report["dev"]["accuracy"] <= 1.0
     _run("mobilebert_jax.quantization", f"--workdir={finetuned}", "--calibration_examples=16", "--batch_size=32")
@@ -72,7 +72,7 @@ def test_pretrain_distill_finetune_evaluate_quantize_export(tmp_path):
 
     # Equal outputs: our checkpoint, the ONNX graph and transformers on the same tokenized pair.
     from mobilebert_jax.data.tokenizers import load_tokenizer
-    from mobilebert_jax.tasks import evaluate
+    from mobilebert_jax.finetune import evaluate
 
     run = evaluate.load_run(str(finetuned))
     ours_tok = load_tokenizer(run.tokenizer)

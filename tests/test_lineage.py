@@ -21,6 +21,7 @@ from mobilebert_jax.data.tokenizers import load_tokenizer
 from mobilebert_jax.modeling import MobileBertForPreTraining
 from mobilebert_jax.train import lineage
 from mobilebert_jax.errors import NonFiniteLossError
+from mobilebert_jax.train.stage import Stage
 from mobilebert_jax.train.trainer import train
 from test_model_source import write_vocab
 
@@ -77,7 +78,7 @@ def test_a_tokenizer_larger_than_the_model_is_refused(tmp_path):
 
 
 def test_distillation_refuses_a_tokenizer_other_than_the_teachers(tmp_path):
-    from test_distill_task import make_config, tiny_models
+    from test_distill_stage import make_config, tiny_models
 
     teacher_cfg, student_cfg = tiny_models()
     teacher_cfg, student_cfg = teacher_cfg.replace(vocab_size=4000), student_cfg.replace(vocab_size=4000)
@@ -120,12 +121,12 @@ class _DivergesAt:
 def test_a_non_finite_loss_stops_the_run_at_its_step_without_saving_it(tmp_path):
     c = synthetic_training.config(total_steps=8)  # checkpoints every 2 steps
 
-    def build(config, workdir):
-        task = synthetic_training.build_synthetic_task(config, workdir)
-        return dataclasses.replace(task, train_iterator=_DivergesAt(task.train_iterator, at=4))
+    def read(config, workdir, spec):
+        io = synthetic_training.read_synthetic(config, workdir, spec)
+        return dataclasses.replace(io, train_iterator=_DivergesAt(io.train_iterator, at=4))
 
     with pytest.raises(NonFiniteLossError) as e:
-        train(c, str(tmp_path), build)
+        train(c, str(tmp_path), Stage(spec=synthetic_training.synthetic_spec, read=read))
     assert re.match(r"step 5: .*loss.* is not finite; stopped without saving this state\. Last good checkpoint: "
                     r"step 4 in .*checkpoints", str(e.value)), str(e.value)
     with checkpointing.Checkpointer(str(tmp_path / "checkpoints"), every_steps=2, keep_last=10) as ckpt:
@@ -147,7 +148,7 @@ def test_total_steps_moves_the_teacher_smoke_schedule_or_a_lone_override_is_refu
 def test_a_finished_run_records_its_tokenizer(tmp_path):
     c = synthetic_training.config(total_steps=2)
     c.data = ml_collections.ConfigDict(dict(tokenizer=BUILTIN))
-    train(c, str(tmp_path), synthetic_training.build_synthetic_task)
+    train(c, str(tmp_path), synthetic_training.SYNTHETIC)
     record = json.loads((tmp_path / "tokenizer" / "tokenizer.json").read_text())
     assert record["kind"] == "sentencepiece" and record["vocab_size"] == 4000
     source = model_source.open_source(str(tmp_path), "test")

@@ -16,7 +16,7 @@ from mobilebert_jax import checkpointing, get_preset, model_source
 from mobilebert_jax.errors import ConfigError
 from mobilebert_jax.modeling import MobileBertForPreTraining
 from mobilebert_jax.train.step import TrainState
-from test_distill_task import SEQ, build, make_config, save_teacher, tiny_models
+from test_distill_stage import SEQ, build, make_config, save_teacher, tiny_models
 
 
 def _params(cfg, seed=0):

@@ -40,7 +40,7 @@ def tiny_models():
 
 
 def _config(root):
-    from test_distill_task import make_config
+    from test_distill_stage import make_config
 
     teacher, student = tiny_models()
     c = make_config("progressive", f"{root}/teacher", teacher, student, stage_steps=STAGE_STEPS)
@@ -118,16 +118,16 @@ def _steps(workdir) -> list[int]:
 
 def test_two_processes_preempted_on_one_host_resume_and_equal_one_process(tmp_path, gcs):
     from test_distill_resume import _final_params as final_student
-    from test_distill_task import save_teacher
+    from test_distill_stage import save_teacher
 
     from mobilebert_jax.config import MobileBertConfig
-    from mobilebert_jax.distill.task import DISTILLATION
+    from mobilebert_jax.distill.stage import DISTILLATION
     from mobilebert_jax.train.trainer import train
 
     root = gcs.uri("multihost")
     save_teacher(f"{root}/teacher", tiny_models()[0])
     c = _config(root)
-    metrics = train(c, str(tmp_path / "single"), DISTILLATION.build_task)  # also prepares the workers' data
+    metrics = train(c, str(tmp_path / "single"), DISTILLATION)  # also prepares the workers' data
     assert metrics["stage"] == LAYERS - 1  # progressive transfer went through both stages
 
     multi = f"{root}/multi"
@@ -192,7 +192,7 @@ def test_two_processes_as_two_slices_match_one_slice(tmp_path, gcs):
     from mobilebert_jax.train.trainer import train
 
     single = _dcn_config()
-    train(single, str(tmp_path / "single"), synthetic_training.build_synthetic_task)
+    train(single, str(tmp_path / "single"), synthetic_training.SYNTHETIC)
     model = MobileBertConfig.from_dict(single.model.to_dict())
     reference = final_params(tmp_path / "single", model)
 
@@ -259,7 +259,7 @@ def _worker(root: str, workdir: str) -> None:
     import jax
 
     from mobilebert_jax.data import loader
-    from mobilebert_jax.distill.task import DISTILLATION
+    from mobilebert_jax.distill.stage import DISTILLATION
     from mobilebert_jax.train.trainer import train
 
     if jax.process_index() == 0:
@@ -273,7 +273,7 @@ def _worker(root: str, workdir: str) -> None:
             return _Slow(batches, slow)
 
         loader.make_pretraining_loader = slow_loader
-    train(_config(root), workdir, DISTILLATION.build_task)
+    train(_config(root), workdir, DISTILLATION)
 
 
 def _dcn_worker(workdir: str) -> None:
@@ -303,7 +303,7 @@ def _dcn_worker(workdir: str) -> None:
         "batch_rows_here": sorted([s.index[0].start, s.index[0].stop] for s in ids.addressable_shards),
         "global_batch_is_the_whole_batch": bool(np.array_equal(gathered, whole)),
     }), flush=True)
-    train(c, workdir, synthetic_training.build_synthetic_task)
+    train(c, workdir, synthetic_training.SYNTHETIC)
 
 
 class _Slow:

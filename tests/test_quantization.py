@@ -156,7 +156,7 @@ def test_sizes_and_the_qa_head():
 
 def test_glue_comparison_reports_both_models_on_the_same_dev_set():
     from mobilebert_jax.quantization.compare import calibration_rows, compare_glue
-    from mobilebert_jax.tasks import glue
+    from mobilebert_jax.finetune import glue
 
     task = glue.get_task("mrpc")
     model = MobileBertForSequenceClassification(CONFIG, num_labels=2)

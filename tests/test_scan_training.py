@@ -14,10 +14,10 @@ import numpy as np
 import pytest
 
 import synthetic_training
-from test_distill_task import BATCH, PaddedBatches, build, flat, init_state, make_config, save_teacher, tiny_models
+from test_distill_stage import BATCH, PaddedBatches, build, flat, init_state, make_config, save_teacher, tiny_models
 from mobilebert_jax import model_source, optim, partitioning
 from mobilebert_jax.modeling import MobileBertForPreTraining, stacking
-from mobilebert_jax.tasks import finetuning
+from mobilebert_jax.finetune import stage as finetune_stage
 from mobilebert_jax.train import step as step_lib
 from mobilebert_jax.train.trainer import train
 
@@ -80,7 +80,7 @@ def scanned_run(tmp_path_factory):
     """An uninterrupted in-process scanned run on a (1, 4, 2) mesh (conftest's 8 devices)."""
     workdir = str(tmp_path_factory.mktemp("scanned"))
     c = synthetic_training.config(total_steps=TOTAL, **{"model.scan_layers": True, "mesh.shape": (1, 4, 2)})
-    train(c, workdir, synthetic_training.build_synthetic_task)
+    train(c, workdir, synthetic_training.SYNTHETIC)
     return c, workdir, synthetic_training.final_params(workdir, c)
 
 
@@ -91,7 +91,7 @@ def test_scanned_run_resumes_bit_for_bit(tmp_path, scanned_run, capfd):
     shutil.copytree(straight_workdir, workdir)
     for later in range(4, TOTAL + 1, 2):  # as if stopped after the checkpoint of step 2
         shutil.rmtree(workdir / "checkpoints" / str(later))
-    train(c, str(workdir), synthetic_training.build_synthetic_task)
+    train(c, str(workdir), synthetic_training.SYNTHETIC)
     assert "resumed from step 2" in capfd.readouterr().out
     resumed = synthetic_training.final_params(str(workdir), c)
     assert resumed.keys() == straight.keys()
@@ -116,7 +116,7 @@ def test_scanned_checkpoint_reads_into_either_layout(scanned_run):
     np.testing.assert_equal(flat(model_source.read(source, target)), flat(stacking.unstack(stored)))
     # A fine-tune of the unrolled model starts from the scanned run's backbone.
     ft = ml_collections.ConfigDict(dict(init_checkpoint=workdir, model=unrolled_cfg.to_dict()))
-    backbone = finetuning.init_backbone(ft)
+    backbone = finetune_stage.init_backbone(ft)
     assert "mobilebert/encoder/layer_1/attention/self/query/kernel" in backbone
     np.testing.assert_array_equal(backbone["mobilebert/encoder/layer_1/attention/self/query/kernel"],
                                   straight["mobilebert/encoder/layers/attention/self/query/kernel"][1])

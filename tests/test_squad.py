@@ -9,7 +9,7 @@ import pytest
 
 from mobilebert_jax.data.tokenizers import load_tokenizer
 from mobilebert_jax.errors import DataError
-from mobilebert_jax.tasks import squad_data, squad_metrics, squad_postprocess
+from mobilebert_jax.finetune import squad_data, squad_metrics, squad_postprocess
 from tests.data_fixtures import SHARED_DATA, VOCAB, require_shared_data
 
 DEV_V11 = SHARED_DATA / "squad" / "dev-v1.1.json"

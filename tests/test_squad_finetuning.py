@@ -7,7 +7,7 @@ import json
 import numpy as np
 
 from mobilebert_jax import experiment_config
-from mobilebert_jax.tasks import evaluate, finetuning
+from mobilebert_jax.finetune import evaluate, stage as finetune_stage
 from mobilebert_jax.train.trainer import train
 from tests.data_fixtures import require_shared_data
 
@@ -42,7 +42,7 @@ def test_squad_v2_trains_and_writes_predictions(tmp_path):
     config.model.num_hidden_layers = 1
     config.optimizer.schedule.total_steps = config.total_steps
     workdir = tmp_path / "run"
-    metrics = train(config, str(workdir), finetuning.SQUAD.build_task)
+    metrics = train(config, str(workdir), finetune_stage.SQUAD)
     assert np.isfinite(metrics["loss"]) and "eval/start_accuracy" in metrics
     report = evaluate.evaluate_run(str(workdir))
     assert report["total"] == 24.0 and report["NoAns_total"] == 8.0

@@ -8,8 +8,8 @@ import sys
 
 import pytest
 
-from mobilebert_jax.tasks import squad_metrics
-from mobilebert_jax.tasks.squad_data import Answer, SquadExample
+from mobilebert_jax.finetune import squad_metrics
+from mobilebert_jax.finetune.squad_data import Answer, SquadExample
 
 
 @pytest.mark.parametrize("text,normalized", [
@@ -73,6 +73,6 @@ def test_command_line(tmp_path):
         {"id": "a", "question": "Where?", "answers": [{"text": "Paris", "answer_start": 0}]}]}]}]}
     (tmp_path / "dev.json").write_text(json.dumps(data))
     (tmp_path / "predictions.json").write_text(json.dumps({"a": "paris"}))
-    out = subprocess.run([sys.executable, "-m", "mobilebert_jax.tasks.squad_metrics", str(tmp_path / "dev.json"),
+    out = subprocess.run([sys.executable, "-m", "mobilebert_jax.finetune.squad_metrics", str(tmp_path / "dev.json"),
                           str(tmp_path / "predictions.json")], capture_output=True, text=True, check=True)
     assert json.loads(out.stdout) == {"exact_match": 100.0, "f1": 100.0}

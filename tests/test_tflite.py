@@ -107,7 +107,7 @@ def test_int8_agrees_with_float_on_the_sst2_dev_set(tmp_path):
     shared = require_shared_data()
     from mobilebert_jax.data.tokenizers import load_tokenizer
     from mobilebert_jax.export.compare import compare_forms
-    from mobilebert_jax.tasks import glue
+    from mobilebert_jax.finetune import glue
 
     task = glue.get_task("sst2")
     tokenizer = load_tokenizer(str(shared / "vocab" / "bert-uncased-vocab.txt"))
@@ -138,15 +138,15 @@ def _cli(*args, cwd=ROOT):
 
 
 def _docs_example() -> str:
-    text = (ROOT / "docs" / "finetuning.md").read_text()
+    text = (ROOT / "docs" / "finetune_stage.md").read_text()
     match = re.search(r"<!-- litert-example -->\s*```python\n(.*?)```", text, re.S)
-    assert match, "docs/finetuning.md lost its LiteRT interpreter example"
+    assert match, "docs/finetune_stage.md lost its LiteRT interpreter example"
     return match.group(1)
 
 
 def test_cli_exports_a_finetuned_run_with_vocab_metadata_and_the_docs_example_runs(tmp_path):
     require_shared_data()
-    from mobilebert_jax.tasks import finetuning
+    from mobilebert_jax.finetune import stage as finetune_stage
     from mobilebert_jax.train.trainer import train
 
     args = [f"--config.{k}={v}" for k, v in {"total_steps": 2, "batch_size": 8, "log_every": 1,
@@ -156,7 +156,7 @@ def test_cli_exports_a_finetuned_run_with_vocab_metadata_and_the_docs_example_ru
     config.unlock()
     config.model.num_hidden_layers = 1
     config.optimizer.schedule.total_steps = config.total_steps
-    train(config, str(tmp_path / "run"), finetuning.GLUE.build_task)
+    train(config, str(tmp_path / "run"), finetune_stage.GLUE)
 
     out = _cli(f"--workdir={tmp_path / 'run'}", f"--output={tmp_path / 'app' / 'sst2.tflite'}",
                "--quantization=full_int8", "--calibration_examples=8")

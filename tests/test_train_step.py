@@ -12,8 +12,9 @@ import pytest
 
 from mobilebert_jax import get_preset, optim
 from mobilebert_jax.modeling import MobileBertForPreTraining
-from mobilebert_jax.train import losses, step as step_lib
-from mobilebert_jax.train.losses import PretrainingObjective
+from mobilebert_jax.pretraining import objective as losses
+from mobilebert_jax.train import step as step_lib
+from mobilebert_jax.pretraining.objective import PretrainingObjective
 from synthetic_training import COMMON
 
 CONFIG = get_preset("mobilebert_test")

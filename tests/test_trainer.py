@@ -23,6 +23,7 @@ import synthetic_training
 from mobilebert_jax import experiment_config
 from mobilebert_jax import workdir as workdir_lib
 from mobilebert_jax.errors import ConfigError
+from mobilebert_jax.train.stage import Stage
 from mobilebert_jax.train.trainer import train
 from limits import HANG_S
 
@@ -103,7 +104,7 @@ def test_sharded_training_equals_single_device(tmp_path, straight, shape):
     assert jax.device_count() == 8
     c = synthetic_training.config(total_steps=TOTAL)
     c.mesh.shape = shape
-    train(c, str(tmp_path), synthetic_training.build_synthetic_task)
+    train(c, str(tmp_path), synthetic_training.SYNTHETIC)
     sharded = synthetic_training.final_params(str(tmp_path), c)
     assert sharded is not None and sharded.keys() == straight.keys()
     for k in straight:
@@ -139,7 +140,7 @@ def in_process(tmp_path_factory):
     """An uninterrupted in-process run (conftest's 8 devices) and its final parameters."""
     workdir = str(tmp_path_factory.mktemp("in_process"))
     c = synthetic_training.config(total_steps=TOTAL)
-    train(c, workdir, synthetic_training.build_synthetic_task)
+    train(c, workdir, synthetic_training.SYNTHETIC)
     return workdir, synthetic_training.final_params(workdir, c)
 
 
@@ -153,7 +154,7 @@ def test_resume_past_a_corrupt_latest_checkpoint_is_exact(tmp_path, in_process, 
     shutil.copytree(straight_workdir, workdir)
     bad = corrupt(workdir / "checkpoints" / str(TOTAL), corruption)
     c = synthetic_training.config(total_steps=TOTAL)
-    train(c, str(workdir), synthetic_training.build_synthetic_task)  # the same command again
+    train(c, str(workdir), synthetic_training.SYNTHETIC)  # the same command again
     out, err = capfd.readouterr()
     assert f"checkpoint step {TOTAL} is unreadable" in err and bad.name in err, err
     assert f"resumed from step {TOTAL - 2}" in out, out
@@ -236,10 +237,10 @@ def test_a_steps_metrics_are_fetched_after_the_next_step_is_dispatched(tmp_path,
     c = synthetic_training.config(total_steps=TOTAL, log_every=1)  # saves every 2 steps, evaluates every 4
     iterators = []
 
-    def build(config, workdir):
-        task = synthetic_training.build_synthetic_task(config, workdir)
-        iterators.append(task.train_iterator)
-        return task
+    def read(config, workdir, spec):
+        io = synthetic_training.read_synthetic(config, workdir, spec)
+        iterators.append(io.train_iterator)
+        return io
 
     drawn_when_written = {}
     write = MetricsWriter.write
@@ -250,5 +251,5 @@ def test_a_steps_metrics_are_fetched_after_the_next_step_is_dispatched(tmp_path,
         write(self, step, metrics, progress)
 
     monkeypatch.setattr(MetricsWriter, "write", recording_write)
-    train(c, str(tmp_path), build)
+    train(c, str(tmp_path), Stage(spec=synthetic_training.synthetic_spec, read=read))
     assert drawn_when_written == {step: step + (step % 2) for step in range(1, TOTAL + 1)}

@@ -17,7 +17,7 @@ from mobilebert_jax.data.loader import make_pretraining_loader
 from mobilebert_jax.data.manifest import load_manifest
 from mobilebert_jax.modeling import MobileBertForPreTraining
 from mobilebert_jax.train import step as step_lib
-from mobilebert_jax.train.losses import PretrainingObjective
+from mobilebert_jax.pretraining.objective import PretrainingObjective
 
 
 def eval_batches(data_cfg: ml_collections.ConfigDict, batch_size: int, seed: int = 0) -> list[dict]:

@@ -7,7 +7,7 @@ Sums (added over microbatches, divided by whole-batch totals in `loss`):
   layer_{i}/attention_ce         with attention: TF1's attention cross-entropy (KL + the teacher's
                                  entropy), gated the same way; logged, never optimized
   pd_mlm_sum                     PD's soft-target masked-LM cross-entropy (weighted)
-  mlm_*, nsp_*                   hard-label MLM / NSP sums (train/losses.py), whenever the heads run
+  mlm_*, nsp_*                   hard-label MLM / NSP sums (pretraining/objective.py), whenever the heads run
 The heads run when PD is on, and always in evaluation (so a transfer stage
 reports the held-out MLM accuracy of the student under the teacher's heads).
 """
@@ -23,7 +23,7 @@ from mobilebert_jax.distill import losses as distill_losses
 from mobilebert_jax.distill import strategies
 from mobilebert_jax.distill.config import LAYER_WEIGHTS, DistillConfig
 from mobilebert_jax.modeling import MobileBertForPreTraining, MobileBertModel
-from mobilebert_jax.train import losses as train_losses
+from mobilebert_jax.pretraining import objective as pretraining_objective
 from mobilebert_jax.train.objective import Batch, StepContext, Sums
 
 
@@ -94,9 +94,9 @@ class DistillationObjective:
                     sums[f"layer_{i}/attention"] = gates[i] * kl
                     sums[f"layer_{i}/attention_ce"] = gates[i] * ce
         if heads:
-            sums.update(train_losses.masked_lm_sums(s["mlm_logits"], batch["masked_lm_ids"],
+            sums.update(pretraining_objective.masked_lm_sums(s["mlm_logits"], batch["masked_lm_ids"],
                                                     batch["masked_lm_weights"]))
-            sums.update(train_losses.nsp_sums(s["nsp_logits"], batch["next_sentence_labels"]))
+            sums.update(pretraining_objective.nsp_sums(s["nsp_logits"], batch["next_sentence_labels"]))
         if d.pd:
             sums["pd_mlm_sum"] = distill_losses.distillation_mlm_sum(
                 s["mlm_logits"], t["mlm_logits"] if teacher_logits else None, batch["masked_lm_ids"],
@@ -104,7 +104,7 @@ class DistillationObjective:
         return sums
 
     def totals(self, batch: Batch) -> dict[str, jax.Array]:
-        return {"tokens": jnp.maximum(jnp.sum(self.token_weights(batch)), 1.0), **train_losses.mlm_nsp_totals(batch)}
+        return {"tokens": jnp.maximum(jnp.sum(self.token_weights(batch)), 1.0), **pretraining_objective.mlm_nsp_totals(batch)}
 
     def layer_scale(self, layer: int) -> float:
         """The factor on layer `layer`'s weighted transfer loss (`config.distill.layer_loss_scaling`)."""
@@ -140,10 +140,10 @@ class DistillationObjective:
                 transfer = transfer + layer
             out["transfer_loss"] = transfer
         if "mlm_weight_sum" in sums:
-            out.update({k: v for k, v in train_losses.summarize(sums).items() if k != "loss"})
+            out.update({k: v for k, v in pretraining_objective.summarize(sums).items() if k != "loss"})
         totals = {"tokens": jnp.maximum(sums["tokens"], 1.0)}
         if self.distill.pd:
-            totals["mlm"] = sums["mlm_weight_sum"] + train_losses.MLM_DENOMINATOR_EPS
+            totals["mlm"] = sums["mlm_weight_sum"] + pretraining_objective.MLM_DENOMINATOR_EPS
             totals["nsp"] = jnp.maximum(sums["nsp_count"], 1.0)
             out["pd_mlm_loss"] = sums["pd_mlm_sum"] / totals["mlm"]
         # The optimized loss, once: over one batch the sums' own denominators are the batch's totals.

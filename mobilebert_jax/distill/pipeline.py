@@ -34,7 +34,7 @@ from absl import flags
 from mobilebert_jax import experiment_config, flops, model_source, plot, preemption, storage
 from mobilebert_jax.errors import ConfigError
 from mobilebert_jax.distill.evaluate import eval_batches, held_out_metrics
-from mobilebert_jax.train.task import Stage
+from mobilebert_jax.train.stage import Stage
 
 # The job's settings and stage configs: experiments/pipeline.py of the checkout this runs from.
 JOB = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "experiments",
@@ -107,7 +107,7 @@ def train_stage(name: str, config: ml_collections.ConfigDict, workdir: str, stag
 
     print(f"\n=== {name}: {workdir} ===", flush=True)
     start = time.monotonic()
-    train(config, workdir, stage.build_task)
+    train(config, workdir, stage)
     timings[name] = time.monotonic() - start
     if preemption.STOP.is_set():
         print(f"stopped during {name} by a signal: its checkpoint is saved; rerun the same command to continue",
@@ -130,8 +130,8 @@ def run(workdir: str, scale: Scale | None = None) -> list[dict]:
 
     `scale`: None is the README run's (`default_scale()`).
     """
-    from mobilebert_jax.distill.task import DISTILLATION
-    from mobilebert_jax.train.pretraining import PRETRAINING
+    from mobilebert_jax.distill.stage import DISTILLATION
+    from mobilebert_jax.pretraining.stage import PRETRAINING
 
     scale = default_scale() if scale is None else scale
     stages = job()

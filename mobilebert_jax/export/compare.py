@@ -55,8 +55,8 @@ def compare_forms(model, params, task, calibration: dict, dev: dict, output_dir:
     """One row per form: metrics, agreement with JAX float (over all dev examples), bytes stored."""
     from mobilebert_jax.export import export_model, representative_batches
     from mobilebert_jax.quantization import calibrate, float_size_bytes, quantize
-    from mobilebert_jax.tasks import glue_metrics
-    from mobilebert_jax.tasks.prediction import predict
+    from mobilebert_jax.finetune import glue_metrics
+    from mobilebert_jax.finetune.prediction import predict
 
     seq_len, output_dir = dev["input_ids"].shape[1], epath.Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
@@ -117,7 +117,7 @@ def main(argv) -> None:
     from mobilebert_jax import cli
     from mobilebert_jax.data.tokenizers import load_tokenizer
     from mobilebert_jax.export import sources
-    from mobilebert_jax.tasks import finetuning, glue
+    from mobilebert_jax.finetune import stage as finetune_stage, glue
 
     cli.log_libraries_to(FLAGS.workdir)
     unknown = sorted(set(FLAGS.forms) - set(FORMS))
@@ -129,7 +129,7 @@ def main(argv) -> None:
         raise ConfigError(f"{FLAGS.workdir}: a SQuAD run; this comparison scores GLUE runs")
     seq_len = config.data.max_seq_length
     calibration = sources.run_calibration(config, task, run.tokenizer, FLAGS.calibration_examples, seq_len)
-    dev = glue.glue_features(task, finetuning.glue_examples(config, task, task.eval_splits[0]),
+    dev = glue.glue_features(task, finetune_stage.glue_examples(config, task, task.eval_splits[0]),
                              load_tokenizer(run.tokenizer), seq_len)
     output_dir = epath.Path(FLAGS.output_dir or epath.Path(FLAGS.workdir) / "export")
     rows = compare_forms(model, params, task, calibration, dev, output_dir, forms=FLAGS.forms,

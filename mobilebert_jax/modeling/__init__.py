@@ -1,7 +1,7 @@
 """The MobileBERT / IB-BERT model family in Flax (linen, pure functional).
 
 Array names end in their shape, one letter per axis (`x_BxTxH` is [batch, length, hidden]), as nanodo does. The
-letters, here and in the losses (train/losses.py, distill/losses.py):
+letters, here and in the losses (pretraining/objective.py, distill/losses.py):
 
   B  batch: sequences
   T  sequence length: token positions (queries, and keys in an attention map)

@@ -20,7 +20,7 @@ from mobilebert_jax.errors import ConfigError
 from mobilebert_jax.data.tokenizers import load_tokenizer
 from mobilebert_jax.quantization.compare import calibration_rows, compare_glue
 from mobilebert_jax.quantization.ptq import PTQConfig
-from mobilebert_jax.tasks import evaluate, finetuning, glue
+from mobilebert_jax.finetune import evaluate, stage as finetune_stage, glue
 
 flags.DEFINE_string("workdir", None, "a GLUE fine-tuning run (experiments/finetune_glue.py)", required=True)
 flags.DEFINE_integer("step", None, "checkpoint step (default: latest)")
@@ -44,10 +44,10 @@ def main(argv) -> None:
     task = glue.get_task(config.task)
     tokenizer = load_tokenizer(run.tokenizer)
     seq_len = config.data.max_seq_length
-    train = finetuning.glue_examples(config, task, "train")
+    train = finetune_stage.glue_examples(config, task, "train")
     rows = calibration_rows(len(train), FLAGS.calibration_examples, seed=config.seed)
     calibration = glue.glue_features(task, [train[i] for i in rows], tokenizer, seq_len)
-    dev = glue.glue_features(task, finetuning.glue_examples(config, task, task.eval_splits[0]), tokenizer, seq_len)
+    dev = glue.glue_features(task, finetune_stage.glue_examples(config, task, task.eval_splits[0]), tokenizer, seq_len)
     ptq = PTQConfig(activations=not FLAGS.weights_only,
                     per_channel_input_axes=PTQConfig().per_channel_input_axes if FLAGS.per_channel_streams else ())
     report = compare_glue(model, params, task, calibration, dev, config=ptq, method=FLAGS.method,

@@ -9,9 +9,9 @@ import numpy as np
 
 from mobilebert_jax.quantization.calibration import calibrate
 from mobilebert_jax.quantization.ptq import PTQConfig, apply_quantized, float_size_bytes, quantize
-from mobilebert_jax.tasks import glue, glue_metrics
-from mobilebert_jax.tasks.batching import padded_batches
-from mobilebert_jax.tasks.prediction import MODEL_INPUTS, predict
+from mobilebert_jax.finetune import glue, glue_metrics
+from mobilebert_jax.finetune.batching import padded_batches
+from mobilebert_jax.finetune.prediction import MODEL_INPUTS, predict
 
 
 def calibration_rows(num_train: int, count: int, seed: int = 0) -> np.ndarray:

@@ -1,1 +1,1 @@
-"""Training: losses, the sharded train step, and the loop that runs a stage."""
+"""The training engine: the Objective and Stage contracts, the sharded train/eval steps and the loop that runs a stage."""

@@ -1,7 +1,7 @@
 """The one shape every training objective has: additive sums, whole-batch totals, a loss and a summary.
 
-Pretraining (`train/pretraining.py`), distillation (`distill/objective.py`) and
-fine-tuning (`tasks/objectives.py`) each implement `Objective`; the train and
+Pretraining (`pretraining/stage.py`), distillation (`distill/objective.py`) and
+fine-tuning (`finetune/objectives.py`) each implement `Objective`; the train and
 eval steps (`train/step.py`) and the evaluation loop know nothing else about
 them. Because `sums` are additive and `loss` divides them by the *whole*
 batch's `totals`, accumulating over microbatches equals the big-batch step,

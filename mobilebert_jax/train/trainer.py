@@ -29,9 +29,7 @@ from mobilebert_jax.errors import DataError, NonFiniteLossError
 from mobilebert_jax.metrics_writer import MetricsWriter
 from mobilebert_jax.train import lineage
 from mobilebert_jax.train import step as step_lib
-from mobilebert_jax.train.task import Spec, Task
-
-TaskBuilder = Callable[[ml_collections.ConfigDict, str], Task]
+from mobilebert_jax.train.stage import Spec, Stage, StageIO
 
 
 def _log(message: str) -> None:
@@ -114,7 +112,7 @@ def build_program(config: ml_collections.ConfigDict, spec: Spec, mesh: Mesh) -> 
 FINISHED = "FINISHED"
 
 
-def train(config: ml_collections.ConfigDict, workdir: str, build_task: TaskBuilder) -> dict[str, float]:
+def train(config: ml_collections.ConfigDict, workdir: str, stage: Stage) -> dict[str, float]:
     """Runs (or resumes) the stage `config` describes in `workdir`; returns the final metrics.
 
     From here on a SIGTERM stops the run cleanly (before the first step, if it comes that early); the workdir is
@@ -127,10 +125,10 @@ def train(config: ml_collections.ConfigDict, workdir: str, build_task: TaskBuild
         experiment_config.check_shared_storage(config, workdir, jax.process_count())
         with workdir_lib.WorkdirLock(workdir) as lock:
             workdir_lib.check_config_unchanged(config, workdir)
-            return _train(config, workdir, build_task, lock)
+            return _train(config, workdir, stage, lock)
 
 
-def _train(config: ml_collections.ConfigDict, workdir: str, build_task: TaskBuilder,
+def _train(config: ml_collections.ConfigDict, workdir: str, stage: Stage,
            lock: workdir_lib.WorkdirLock) -> dict[str, float]:
     storage.path(workdir).mkdir(parents=True, exist_ok=True)
     experiment_config.save_resolved(config, workdir)
@@ -140,8 +138,8 @@ def _train(config: ml_collections.ConfigDict, workdir: str, build_task: TaskBuil
         finished_marker.unlink(missing_ok=True)
     lineage.record_tokenizer(config, workdir)
     mesh = partitioning.make_mesh(config.mesh)
-    task = build_task(config, workdir)
-    spec = task.spec
+    io = stage.open(config, workdir)
+    spec = io.spec
     program = build_program(config, spec, mesh)
     checkpoints = os.path.join(workdir, "checkpoints")
 
@@ -149,19 +147,19 @@ def _train(config: ml_collections.ConfigDict, workdir: str, build_task: TaskBuil
             program.context():
         frozen = None
         if spec.frozen_abstract is not None:  # read again on every start: it is not part of the checkpoint
-            frozen = model_source.read(task.frozen_source, program.frozen_target())
+            frozen = model_source.read(io.frozen_source, program.frozen_target())
         if ckpt.latest_step() is not None:
-            state = ckpt.restore(program.state_target(), data_iterator=task.train_iterator)
+            state = ckpt.restore(program.state_target(), data_iterator=io.train_iterator)
             _log(f"resumed from step {int(state.step)} (checkpoints in {checkpoints})")
         else:
             state = program.init_state(jax.random.key(config.seed))
-            if task.start_from is not None:
-                params = task.start_from(state.params, frozen, program.shardings.params)
+            if io.start_from is not None:
+                params = io.start_from(state.params, frozen, program.shardings.params)
                 opt_state = jax.jit(program.optimizer.init, out_shardings=program.shardings.opt_state)(params)
                 state = step_lib.TrainState(step=state.step, params=params, opt_state=opt_state)
 
         first_step = int(state.step)
-        _log(f"{spec.name}: {task.describe}; steps {first_step}..{config.total_steps}, global batch "
+        _log(f"{spec.name}: {io.describe}; steps {first_step}..{config.total_steps}, global batch "
              f"{config.batch_size}, mesh {dict(mesh.shape)}, {jax.device_count()} {jax.devices()[0].platform} "
              f"devices, workdir {workdir}")
         with MetricsWriter(workdir, total_steps=config.total_steps,
@@ -172,12 +170,12 @@ def _train(config: ml_collections.ConfigDict, workdir: str, build_task: TaskBuil
                 _log(f"stopped by a signal before step {first_step + 1}: nothing new to save; rerun the same "
                      "command to continue")
                 return {}
-            state, final_metrics, preempted = _loop(config, workdir, task, program, state, frozen, ckpt, writer,
+            state, final_metrics, preempted = _loop(config, workdir, io, program, state, frozen, ckpt, writer,
                                                     guard, lock)
         if preempted:
             _write_curves(workdir)
             return final_metrics
-        if ckpt.save(int(state.step), state, data_iterator=task.train_iterator, force=True):
+        if ckpt.save(int(state.step), state, data_iterator=io.train_iterator, force=True):
             _log(f"checkpoint {int(state.step)}: saving")
         ckpt.wait()
     curves = _write_curves(workdir)
@@ -188,11 +186,11 @@ def _train(config: ml_collections.ConfigDict, workdir: str, build_task: TaskBuil
     return final_metrics
 
 
-def _loop(config: ml_collections.ConfigDict, workdir: str, task: Task, program: Program, state: Any, frozen: Any,
+def _loop(config: ml_collections.ConfigDict, workdir: str, io: StageIO, program: Program, state: Any, frozen: Any,
           ckpt: checkpointing.Checkpointer, writer: MetricsWriter, guard: checkpointing.PreemptionGuard,
           lock: workdir_lib.WorkdirLock) -> tuple[Any, dict[str, float], bool]:
     """Steps from `state` to config.total_steps (or a preemption): (final state, last metrics, preempted)."""
-    spec, mesh, rules = task.spec, program.mesh, program.rules
+    spec, mesh, rules = io.spec, program.mesh, program.rules
     total_steps, profile = config.total_steps, config.profile
     flops_per_step = spec.train_flops_per_example * config.batch_size
     final_metrics: dict[str, float] = {}
@@ -226,7 +224,7 @@ def _loop(config: ml_collections.ConfigDict, workdir: str, task: Task, program: 
     for step in range(int(state.step), total_steps):
         if step == profile.start_step and profile.num_steps > 0 and jax.process_index() == 0:
             jax.profiler.start_trace(os.path.join(workdir, "profile"))
-        batch = partitioning.make_global_batch(next(task.train_iterator), mesh, rules)
+        batch = partitioning.make_global_batch(next(io.train_iterator), mesh, rules)
         state, metrics = program.train_step(state, batch, frozen)
         done = step + 1
         if pending is not None:
@@ -235,14 +233,14 @@ def _loop(config: ml_collections.ConfigDict, workdir: str, task: Task, program: 
         if done == profile.start_step + profile.num_steps and profile.num_steps > 0 and jax.process_index() == 0:
             jax.block_until_ready(state)
             jax.profiler.stop_trace()
-        evaluate_now = task.eval_batches is not None and (done % config.eval.every_steps == 0 or done == total_steps)
+        evaluate_now = io.eval_batches is not None and (done % config.eval.every_steps == 0 or done == total_steps)
         save_now = ckpt.due(done)
         stop = guard.should_stop(done)
         if evaluate_now or save_now or stop or done == total_steps:
             fetch(*pending)  # a diverged state is never evaluated or saved
             pending = None
         if evaluate_now:
-            batches = (partitioning.make_global_batch(b, mesh, rules) for b in task.eval_batches())
+            batches = (partitioning.make_global_batch(b, mesh, rules) for b in io.eval_batches())
             eval_metrics = step_lib.evaluate(program.eval_step, spec.objective, state.params, batches, frozen,
                                              max(done - 1, 0))
             writer.write(done, {f"eval/{k}": v for k, v in eval_metrics.items()}, progress=False)
@@ -250,10 +248,10 @@ def _loop(config: ml_collections.ConfigDict, workdir: str, task: Task, program: 
             final_metrics.update({f"eval/{k}": v for k, v in eval_metrics.items()})
         lock.check()
         ckpt.check()  # a background save that failed stops the run at the next step, naming its step
-        if save_now and ckpt.save(done, state, data_iterator=task.train_iterator, force=True):
+        if save_now and ckpt.save(done, state, data_iterator=io.train_iterator, force=True):
             _log(f"checkpoint {done}: saving in the background")
         if stop:
-            ckpt.save(done, state, data_iterator=task.train_iterator, force=True)
+            ckpt.save(done, state, data_iterator=io.train_iterator, force=True)
             ckpt.wait()
             _log(f"preempted: saved a checkpoint at step {done}; rerun the same command to continue")
             return state, final_metrics, True

@@ -8,10 +8,10 @@ is built in two parts:
                                   the jitted program (`trainer.build_program`), and so all the ahead-of-time
                                   compiler needs (tools/aot_compile.py).
   read(config, workdir, spec)     the I/O: opens and checks the parameter sources (model_source), prepares
-      -> Task                     and opens the data.
+      -> StageIO                     and opens the data.
 
-Pretraining (train/pretraining.py), distillation (distill/task.py) and
-fine-tuning (tasks/finetuning.py) are Stages; `main.STAGES` names them.
+Pretraining (pretraining/stage.py), distillation (distill/stage.py) and
+fine-tuning (finetune/stage.py) are Stages; `main.STAGES` names them.
 """
 
 from __future__ import annotations
@@ -59,7 +59,7 @@ class Spec:
 
 
 @dataclasses.dataclass(frozen=True)
-class Task:
+class StageIO:
     """A stage ready to run: its spec, its data and the parameter sources it reads."""
     spec: Spec
     describe: str  # one line for the run's log: the model, where its inputs come from
@@ -77,8 +77,8 @@ class Task:
 @dataclasses.dataclass(frozen=True)
 class Stage:
     spec: Callable[[ml_collections.ConfigDict], Spec]
-    read: Callable[[ml_collections.ConfigDict, str, Spec], Task]
+    read: Callable[[ml_collections.ConfigDict, str, Spec], StageIO]
 
-    def build_task(self, config: ml_collections.ConfigDict, workdir: str) -> Task:
+    def open(self, config: ml_collections.ConfigDict, workdir: str) -> StageIO:
         """Everything that can be wrong with the config is reported by `spec`, before any I/O."""
         return self.read(config, workdir, self.spec(config))

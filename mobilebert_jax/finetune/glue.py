@@ -25,7 +25,7 @@ import numpy as np
 
 from mobilebert_jax.data.tokenizers.base import Tokenizer
 from mobilebert_jax.errors import DataError
-from mobilebert_jax.tasks.features import FeatureArrays, encode_pairs
+from mobilebert_jax.finetune.features import FeatureArrays, encode_pairs
 
 # GLUE's test files can hold long sentences; the csv module's default field limit is 128 KiB.
 csv.field_size_limit(2**31 - 1)

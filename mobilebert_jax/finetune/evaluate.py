@@ -1,6 +1,6 @@
 """Official metrics and prediction files for a fine-tuning run, from its latest (or a given) checkpoint.
 
-    python -m mobilebert_jax.tasks.evaluate --workdir=runs/rte [--step=N] [--batch_size=64]
+    python -m mobilebert_jax.finetune.evaluate --workdir=runs/rte [--step=N] [--batch_size=64]
 
 GLUE: every dev split's metrics (MNLI matched and mismatched) and, where the
 test files are there, the GLUE submission files. SQuAD: `predictions.json`
@@ -25,9 +25,9 @@ from mobilebert_jax import model_source, storage
 from mobilebert_jax.data.tokenizers import load_tokenizer
 from mobilebert_jax.errors import ConfigError, DataError
 from mobilebert_jax.modeling import MobileBertForQuestionAnswering, MobileBertForSequenceClassification
-from mobilebert_jax.tasks import finetuning, glue, glue_metrics, glue_submission, squad_data, squad_metrics
-from mobilebert_jax.tasks.prediction import predict
-from mobilebert_jax.tasks.squad_postprocess import decode_spans
+from mobilebert_jax.finetune import stage as finetune_stage, glue, glue_metrics, glue_submission, squad_data, squad_metrics
+from mobilebert_jax.finetune.prediction import predict
+from mobilebert_jax.finetune.squad_postprocess import decode_spans
 from mobilebert_jax.train import lineage
 
 
@@ -51,7 +51,7 @@ def load_run(workdir: str, step: Optional[int] = None) -> FinishedRun:
     config = ml_collections.ConfigDict(json.loads(config_file.read_text()))
     if config.get("stage") not in ("glue_finetuning", "squad_finetuning"):
         raise ConfigError(f"--workdir={workdir!r}: stage {config.get('stage')!r} is not a fine-tuning run")
-    model_cfg = finetuning.model_config(config).replace(scan_layers=False)
+    model_cfg = finetune_stage.model_config(config).replace(scan_layers=False)
     if config.stage == "glue_finetuning":
         model = MobileBertForSequenceClassification(model_cfg, num_labels=glue.get_task(config.task).num_labels)
     else:
@@ -79,7 +79,7 @@ def evaluate_glue(run: FinishedRun, output_dir: str, batch_size: int) -> dict:
     report = {}
     for split in (*task.eval_splits, *task.test_splits):
         try:
-            examples = finetuning.glue_examples(config, task, split)
+            examples = finetune_stage.glue_examples(config, task, split)
         except DataError as e:
             if split in task.test_splits:  # test files are optional
                 report[f"{split}_skipped"] = str(e)
@@ -98,8 +98,8 @@ def evaluate_glue(run: FinishedRun, output_dir: str, batch_size: int) -> dict:
 def evaluate_squad(run: FinishedRun, output_dir: str, batch_size: int) -> dict:
     config = run.config
     tokenizer = load_tokenizer(run.tokenizer)
-    examples = finetuning.squad_examples(config, "dev")
-    features = squad_data.build_features(examples, tokenizer, **finetuning.squad_feature_options(config))
+    examples = finetune_stage.squad_examples(config, "dev")
+    features = squad_data.build_features(examples, tokenizer, **finetune_stage.squad_feature_options(config))
     logits = predict(_apply_fn(run.model, run.params), features.arrays, batch_size)
     version_2 = config.version == "2.0"
     decoded = decode_spans(examples, features, logits["start_logits"], logits["end_logits"], version_2=version_2,

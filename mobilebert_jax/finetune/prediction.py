@@ -6,7 +6,7 @@ from typing import Callable
 
 import numpy as np
 
-from mobilebert_jax.tasks.batching import padded_batches
+from mobilebert_jax.finetune.batching import padded_batches
 
 MODEL_INPUTS = ("input_ids", "input_mask", "segment_ids")
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from mobilebert_jax.tasks.glue import GlueDataset
+from mobilebert_jax.finetune.glue import GlueDataset
 
 
 def accuracy(preds_N: np.ndarray, labels_N: np.ndarray) -> float:

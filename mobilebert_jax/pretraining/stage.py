@@ -15,8 +15,8 @@ from mobilebert_jax.errors import ConfigError
 from mobilebert_jax.config import MobileBertConfig
 from mobilebert_jax.data import config as data_config
 from mobilebert_jax.modeling import MobileBertForPreTraining
-from mobilebert_jax.train.losses import PretrainingObjective
-from mobilebert_jax.train.task import Spec, Stage, StatefulIterator, Task
+from mobilebert_jax.pretraining.objective import PretrainingObjective
+from mobilebert_jax.train.stage import Spec, Stage, StatefulIterator, StageIO
 
 
 def model_config(config: ml_collections.ConfigDict) -> MobileBertConfig:
@@ -99,11 +99,11 @@ def spec(config: ml_collections.ConfigDict) -> Spec:
     )
 
 
-def read(config: ml_collections.ConfigDict, workdir: str, stage_spec: Spec) -> Task:
+def read(config: ml_collections.ConfigDict, workdir: str, stage_spec: Spec) -> StageIO:
     c = model_config(config)
     check_vocabulary(config, c)
     train_iterator, eval_batches = pretraining_data(config, workdir)
-    return Task(spec=stage_spec, train_iterator=train_iterator, eval_batches=eval_batches,
+    return StageIO(spec=stage_spec, train_iterator=train_iterator, eval_batches=eval_batches,
                 describe=f"{config.get('model_preset', 'custom')} model, {flops.parameter_count(c):,} backbone "
                          f"parameters, sequences of {config.data.max_seq_length}")
 

@@ -1,4 +1,4 @@
-"""The distillation Task: the progressive schedule, the frozen teacher, copied parameters, strategies, layer maps.
+"""The distillation StageIO: the progressive schedule, the frozen teacher, copied parameters, strategies, layer maps.
 
 Tiny models (hidden 64, 2-4 layers) on synthetic batches with padding; the
 teacher is written to disk and read back as the trainer would.
@@ -23,7 +23,7 @@ from mobilebert_jax.convert import native
 from mobilebert_jax.distill import config as distill_config
 from mobilebert_jax.distill import strategies
 from mobilebert_jax.distill.objective import DistillationObjective
-from mobilebert_jax.distill import task as distill_task
+from mobilebert_jax.distill import stage as distill_stage
 from mobilebert_jax.modeling import MobileBertForPreTraining
 from mobilebert_jax.optim import multipliers
 from mobilebert_jax.train import step as step_lib
@@ -116,7 +116,7 @@ def make_config(strategy: str, teacher_dir: str, teacher_cfg, student_cfg, stage
 def build(c, evaluate: bool = True):
     vocab = c.model.vocab_size
     held_out = (lambda: iter([next(PaddedBatches(vocab, c.eval.batch_size, 99))])) if evaluate else None
-    return distill_task.with_data(c, distill_task.spec(c), lambda: (PaddedBatches(vocab, c.batch_size), held_out))
+    return distill_stage.with_data(c, distill_stage.spec(c), lambda: (PaddedBatches(vocab, c.batch_size), held_out))
 
 
 def init_state(task, c, tx):

@@ -22,7 +22,7 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-from mobilebert_jax.tasks.squad_data import SquadExample, SquadFeatures
+from mobilebert_jax.finetune.squad_data import SquadExample, SquadFeatures
 
 
 @dataclasses.dataclass(frozen=True)

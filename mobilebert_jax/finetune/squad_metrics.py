@@ -6,7 +6,7 @@ normalize to "" are dropped, an unanswerable question's only gold answer is
 "", F1 with an empty side is 1 only when both are empty; with `null_odds`
 the no-answer threshold search of that script (`find_all_best_thresh`).
 
-    python -m mobilebert_jax.tasks.squad_metrics dev-v2.0.json predictions.json [null_odds.json]
+    python -m mobilebert_jax.finetune.squad_metrics dev-v2.0.json predictions.json [null_odds.json]
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from typing import Optional, Sequence
 
 from mobilebert_jax import storage
 from mobilebert_jax.errors import DataError
-from mobilebert_jax.tasks.squad_data import SquadExample, read_squad_json, squad_json_version
+from mobilebert_jax.finetune.squad_data import SquadExample, read_squad_json, squad_json_version
 
 _PUNCTUATION = set(string.punctuation)
 _ARTICLES = re.compile(r"\b(a|an|the)\b", re.UNICODE)

@@ -13,7 +13,7 @@ import numpy as np
 
 from mobilebert_jax import storage
 from mobilebert_jax.errors import DataError
-from mobilebert_jax.tasks.glue import STSB_RANGE, GlueExample, GlueDataset
+from mobilebert_jax.finetune.glue import STSB_RANGE, GlueExample, GlueDataset
 
 
 def format_prediction(task: GlueDataset, prediction) -> str:

@@ -1,4 +1,4 @@
-"""The distillation stage for the generic trainer (train/task.py).
+"""The distillation stage for the generic trainer (train/stage.py).
 
 The teacher is the trainer's frozen tree: loaded from its checkpoint with its
 own shardings, passed to the jitted step as an argument, run without
@@ -28,8 +28,8 @@ from mobilebert_jax.distill.objective import DistillationObjective
 from mobilebert_jax.modeling import MobileBertForPreTraining
 from mobilebert_jax.optim import builder as optim_builder
 from mobilebert_jax.optim import multipliers
-from mobilebert_jax.train.pretraining import check_sequence_length, pretraining_data, pretraining_example
-from mobilebert_jax.train.task import Spec, Stage, StatefulIterator, Task
+from mobilebert_jax.pretraining.stage import check_sequence_length, pretraining_data, pretraining_example
+from mobilebert_jax.train.stage import Spec, Stage, StatefulIterator, StageIO
 
 
 def teacher_config(config: ml_collections.ConfigDict) -> MobileBertConfig:
@@ -142,13 +142,13 @@ def spec(config: ml_collections.ConfigDict) -> Spec:
     )
 
 
-def read(config: ml_collections.ConfigDict, workdir: str, stage_spec: Spec) -> Task:
+def read(config: ml_collections.ConfigDict, workdir: str, stage_spec: Spec) -> StageIO:
     """Opens and checks the teacher (and the student to start from), before any data work; then the data."""
     return with_data(config, stage_spec, lambda: pretraining_data(config, workdir))
 
 
 def with_data(config: ml_collections.ConfigDict, stage_spec: Spec,
-              make_data: Callable[[], tuple[StatefulIterator, Optional[Callable]]]) -> Task:
+              make_data: Callable[[], tuple[StatefulIterator, Optional[Callable]]]) -> StageIO:
     """`read` with the data from `make_data`, called once both parameter sources have passed their checks."""
     d = distill_config.read(config.distill)
     student_cfg = MobileBertConfig.from_dict(config.model.to_dict())
@@ -183,7 +183,7 @@ def with_data(config: ml_collections.ConfigDict, stage_spec: Spec,
     describe = (f"student {flops.parameter_count(student_cfg):,} backbone parameters, "
                 f"{student_cfg.num_hidden_layers} layers; teacher {flops.parameter_count(teacher_cfg):,}, "
                 f"{teacher_cfg.num_hidden_layers} layers from {teacher_source.path}; layer map {list(layer_map)}")
-    return Task(spec=stage_spec, describe=describe, train_iterator=train_iterator, eval_batches=eval_batches,
+    return StageIO(spec=stage_spec, describe=describe, train_iterator=train_iterator, eval_batches=eval_batches,
                 frozen_source=teacher_source, start_from=start_from)
 
 

@@ -1,4 +1,4 @@
-"""GLUE and SQuAD fine-tuning as `Stage`s of the generic trainer (train/task.py).
+"""GLUE and SQuAD fine-tuning as `Stage`s of the generic trainer (train/stage.py).
 
 The model starts from `config.init_checkpoint`: anything `model_source` reads
 (a distillation or pretraining workdir, a checkpoint step, a params directory,
@@ -24,9 +24,9 @@ from mobilebert_jax.errors import ConfigError
 from mobilebert_jax.config import MobileBertConfig
 from mobilebert_jax.data.tokenizers import load_tokenizer
 from mobilebert_jax.modeling import MobileBertForQuestionAnswering, MobileBertForSequenceClassification
-from mobilebert_jax.tasks import glue, glue_tfds, objectives, squad_data
-from mobilebert_jax.tasks.batching import ShuffledBatches, padded_batches
-from mobilebert_jax.train.task import Spec, Stage, Task
+from mobilebert_jax.finetune import glue, glue_tfds, objectives, squad_data
+from mobilebert_jax.finetune.batching import ShuffledBatches, padded_batches
+from mobilebert_jax.train.stage import Spec, Stage, StageIO
 
 BACKBONE = "mobilebert"
 
@@ -97,7 +97,7 @@ def _spec(name: str, model, model_cfg: MobileBertConfig, objective: objectives.P
 
 
 def _task(config, stage_spec: Spec, backbone: Optional[dict[str, np.ndarray]], train_arrays: dict[str, np.ndarray],
-          eval_arrays: Optional[dict[str, np.ndarray]], describe: str) -> Task:
+          eval_arrays: Optional[dict[str, np.ndarray]], describe: str) -> StageIO:
     """The data as batches; the checkpoint's `backbone` put in on a fresh start."""
     train_iterator = ShuffledBatches(train_arrays, config.batch_size, seed=config.seed, **_process())
 
@@ -108,7 +108,7 @@ def _task(config, stage_spec: Spec, backbone: Optional[dict[str, np.ndarray]], t
         del frozen
         return jax.jit(with_backbone, out_shardings=shardings, donate_argnums=0)(params, backbone)
 
-    return Task(spec=stage_spec, describe=f"{describe}; {train_iterator.batches_per_epoch} batches per epoch",
+    return StageIO(spec=stage_spec, describe=f"{describe}; {train_iterator.batches_per_epoch} batches per epoch",
                 train_iterator=train_iterator, eval_batches=eval_batches if eval_arrays is not None else None,
                 start_from=start_from if backbone is not None else None)
 
@@ -131,7 +131,7 @@ def glue_spec(config: ml_collections.ConfigDict) -> Spec:
                  seq_len, {"label": label})
 
 
-def read_glue(config: ml_collections.ConfigDict, workdir: str, stage_spec: Spec) -> Task:
+def read_glue(config: ml_collections.ConfigDict, workdir: str, stage_spec: Spec) -> StageIO:
     del workdir
     backbone = _read_backbone(config, stage_spec)
     dataset = glue.get_task(config.task)
@@ -168,7 +168,7 @@ def squad_spec(config: ml_collections.ConfigDict) -> Spec:
                  squad_feature_options(config)["max_seq_length"], positions)
 
 
-def read_squad(config: ml_collections.ConfigDict, workdir: str, stage_spec: Spec) -> Task:
+def read_squad(config: ml_collections.ConfigDict, workdir: str, stage_spec: Spec) -> StageIO:
     del workdir
     backbone = _read_backbone(config, stage_spec)
     tokenizer = load_tokenizer(config.data.vocab)

@@ -1,1 +1,0 @@
-"""Fine-tuning tasks: GLUE and SQuAD readers, features, objectives, metrics and prediction files."""
