@@ -89,11 +89,9 @@ def get_config(strategy: str, arg: str | None) -> ml_collections.ConfigDict:
     c.microbatches = 1
     c.log_every = 100
     if smoke:
-        c.model_preset = "mobilebert_smoke"
         c.teacher_model = smoke_teacher_model()
         c.model = smoke_student_model(c.teacher_model)
     else:
-        c.model_preset = "mobilebert"
         c.teacher_model = ml_collections.ConfigDict(get_preset("ib_bert_large", dtype="bfloat16").to_dict())
         c.model = ml_collections.ConfigDict(get_preset("mobilebert", dtype="bfloat16", remat=True).to_dict())
 

@@ -47,7 +47,6 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.task = task
     c.seed = 0
     c.init_checkpoint = ""  # required for real runs; empty trains config.model from scratch
-    c.model_preset = "mobilebert"
     c.model = ml_collections.ConfigDict(get_preset("mobilebert").to_dict())
     c.model_overrides = ml_collections.ConfigDict(dict(classifier_dropout=0.1))
     c.batch_size = 32
@@ -60,8 +59,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.data = ml_collections.ConfigDict(dict(
         source="tsv", glue_dir=os.path.join(SHARED_DATA, "glue"), tfds_data_dir="", skip_malformed=task == "qqp",
         # "" = the tokenizer recorded with config.init_checkpoint (an explicit different one is refused);
-        # scratch_vocab: the tokenizer of a model trained from scratch (no init_checkpoint).
-        vocab="", scratch_vocab=os.path.join(SHARED_DATA, "vocab", "bert-uncased-vocab.txt"), max_seq_length=128))
+        # scratch_tokenizer: the tokenizer of a model trained from scratch (no init_checkpoint).
+        tokenizer="", scratch_tokenizer=os.path.join(SHARED_DATA, "vocab", "bert-uncased-vocab.txt"), max_seq_length=128))
 
     c.optimizer = common.optimizer("adamw", lr=5e-5)
     c.optimizer.schedule.kind = "warmup_linear_decay"
@@ -72,7 +71,6 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     common.trainer_sections(c, mesh=common.DATA_PARALLEL, checkpoint_every=every, keep_last=2, enabled=True,
                             every_steps=every, batch_size=64)
     if smoke:
-        c.model_preset = "mobilebert_test"
         c.model = ml_collections.ConfigDict(
             get_preset("mobilebert_test", vocab_size=30522, max_position_embeddings=128).to_dict())
         c.data.max_seq_length = 64

@@ -44,7 +44,6 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.version = version
     c.seed = 0
     c.init_checkpoint = ""
-    c.model_preset = "mobilebert"
     c.model = ml_collections.ConfigDict(get_preset("mobilebert").to_dict())
     c.model_overrides = ml_collections.ConfigDict()
     c.batch_size = 32
@@ -57,8 +56,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         source="json", train_file=os.path.join(squad, f"train-v{version}.json"),
         dev_file=os.path.join(squad, f"dev-v{version}.json"), tfds_data_dir="",
         # "" = the tokenizer recorded with config.init_checkpoint (an explicit different one is refused);
-        # scratch_vocab: the tokenizer of a model trained from scratch (no init_checkpoint).
-        vocab="", scratch_vocab=os.path.join(SHARED_DATA, "vocab", "bert-uncased-vocab.txt"),
+        # scratch_tokenizer: the tokenizer of a model trained from scratch (no init_checkpoint).
+        tokenizer="", scratch_tokenizer=os.path.join(SHARED_DATA, "vocab", "bert-uncased-vocab.txt"),
         max_seq_length=384, doc_stride=128, max_query_length=64))
 
     c.optimizer = common.optimizer("adamw", lr=4e-5)
@@ -71,7 +70,6 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
                             enabled=not smoke, every_steps=100 if smoke else 2000, batch_size=64, n_best_size=20,
                             max_answer_length=30)
     if smoke:
-        c.model_preset = "mobilebert_test"
         c.model = ml_collections.ConfigDict(
             get_preset("mobilebert_test", vocab_size=30522, max_position_embeddings=384).to_dict())
         c.data.train_file = c.data.dev_file = os.path.join(squad, "dev-v1.1.json")

@@ -137,7 +137,6 @@ def scratch_config(scale, teacher: ml_collections.ConfigDict, data_dir: str) -> 
     """The student trained with plain MLM + NSP for as many steps as transfer and PD together."""
     c = teacher_config(scale, data_dir)
     c.stage = "pretraining"
-    c.model_preset = "mobilebert_smoke"
     c.model = student_model(teacher)
     c.total_steps = scale.student_steps
     c.eval.every_steps = scale.student_steps

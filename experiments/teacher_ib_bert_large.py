@@ -44,7 +44,6 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     smoke = common.parse_arg(arg, "teacher_ib_bert_large.py", smoke=False).smoke
     c = ml_collections.ConfigDict()
     c.stage = "teacher_pretraining"
-    c.model_preset = "ib_bert_large"
     # No rematerialization: on v3:8x16 the step needs 9.1 GiB of 16 per core without it, and remat costs 33%
     # more FLOPs (docs/scale_out.md). Turn it on (--config.model.remat=True) for smaller slices.
     model = get_preset("ib_bert_large", dtype="bfloat16", remat=False)
@@ -70,7 +69,6 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     else:
         common.trainer_sections(c, mesh=common.DATA_PARALLEL, checkpoint_every=400, keep_last=3, every_steps=400,
                                 batch_size=64, num_batches=2)
-        c.model_preset = "ib_bert_smoke"
         # Dropout only slows learning when a run sees ~1M tokens once.
         model = get_preset("ib_bert_large", vocab_size=4000, hidden_size=128, intra_bottleneck_size=256,
                            intermediate_size=512, embedding_size=64, num_hidden_layers=4, num_attention_heads=4,

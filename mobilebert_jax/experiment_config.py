@@ -25,6 +25,7 @@ from __future__ import annotations
 import datetime
 import difflib
 import importlib.util
+import json
 import os
 import pprint
 import re
@@ -213,6 +214,44 @@ def check_shared_storage(config: ml_collections.ConfigDict, workdir: str, proces
     data = config.get("data")
     if data is not None and data.get("prepared_dir"):
         storage.require_shared("config.data.prepared_dir", data.prepared_dir, process_count)
+
+
+# Fields renamed or removed since runs were recorded: old dotted name -> new dotted name (None: removed). A
+# workdir's config.json is read through `upgrade_recorded`, so such a run still resumes, evaluates and exports.
+RENAMED_FIELDS = {
+    "data.vocab": "data.tokenizer",  # fine-tuning named its tokenizer as no other stage did
+    "data.scratch_vocab": "data.scratch_tokenizer",
+    "model_preset": None,  # a free-text label that selected nothing
+}
+
+
+def upgrade_recorded(recorded: dict) -> dict:
+    """A recorded config (config.json's dict) with the fields of RENAMED_FIELDS under their current names."""
+    recorded = json.loads(json.dumps(recorded))  # a deep copy
+    for old, new in RENAMED_FIELDS.items():
+        *parents, leaf = old.split(".")
+        section = recorded
+        for name in parents:
+            section = section.get(name) if isinstance(section, dict) else None
+        if not isinstance(section, dict) or leaf not in section:
+            continue
+        value = section.pop(leaf)
+        if new is not None:
+            section.setdefault(new.split(".")[-1], value)
+    return recorded
+
+
+def read_recorded(workdir: str) -> Optional[ml_collections.ConfigDict]:
+    """The config a workdir's run was started with (its config.json, upgraded), or None where it has none."""
+    path = epath.Path(workdir) / "config.json"
+    if not path.exists():
+        return None
+    try:
+        recorded = json.loads(path.read_text())
+    except ValueError as e:
+        raise ConfigError(f"{path}: not valid JSON ({e}); it records the config this workdir was started with: "
+                          "restore it, or use a new --workdir") from None
+    return ml_collections.ConfigDict(upgrade_recorded(recorded))
 
 
 def save_resolved(config: ml_collections.ConfigDict, workdir: str) -> None:

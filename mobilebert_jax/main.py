@@ -24,7 +24,7 @@ import os
 import jax
 from absl import flags
 
-from mobilebert_jax import cli, experiment_config, multihost, preemption
+from mobilebert_jax import cli, experiment_config, multihost, preemption, stages
 from mobilebert_jax.errors import ConfigError
 from mobilebert_jax.distill import pipeline
 
@@ -38,24 +38,6 @@ flags.DEFINE_integer("num_processes", None, "multi-process clusters: how many pr
 flags.DEFINE_integer("process_id", None, "multi-process clusters: this process's index, or $JAX_PROCESS_ID")
 pipeline.define_scale_flags()
 FLAGS = flags.FLAGS
-
-# config.stage -> the module and name of its `train.task.Stage` (imported only when that stage runs).
-STAGES = {
-    "teacher_pretraining": "mobilebert_jax.pretraining.stage:PRETRAINING",
-    "pretraining": "mobilebert_jax.pretraining.stage:PRETRAINING",
-    "distillation": "mobilebert_jax.distill.stage:DISTILLATION",
-    "glue_finetuning": "mobilebert_jax.finetune.stage:GLUE",
-    "squad_finetuning": "mobilebert_jax.finetune.stage:SQUAD",
-}
-
-
-def stage(name: str):
-    """The `train.task.Stage` that config.stage names."""
-    if name not in STAGES:
-        raise ConfigError(f"config.stage={name!r}: choose one of {sorted(STAGES)}")
-    module, attribute = STAGES[name].split(":")
-    return getattr(__import__(module, fromlist=[attribute]), attribute)
-
 
 def _parse(argv: list[str]):
     """(config, rest), or (None, rest) for the default pipeline when no --config is given."""
@@ -84,7 +66,7 @@ def main(parsed) -> None:
         print(f"distributed: {how}", flush=True)
     from mobilebert_jax.train.trainer import train
 
-    train(config, FLAGS.workdir, stage(config.stage))
+    train(config, FLAGS.workdir, stages.lookup(config.stage))
 
 
 def run() -> None:

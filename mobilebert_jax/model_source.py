@@ -28,11 +28,13 @@ carries the tokenizer record it was trained with, if it has one
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import dataclasses
 import json
 import os
 import re
-from typing import Any, Optional
+from typing import Any, Iterator, Optional
 
 import jax
 import numpy as np
@@ -53,6 +55,8 @@ NON_ARCHITECTURE_FIELDS = ("dtype", "remat", "scan_layers", "explicit_weight_gra
 _STATE, _CONFIG, _CHECKPOINTS = "state", "config", "checkpoints"
 _HF_WEIGHTS = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin")
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[A-Za-z0-9][\w.-]*)?$")
+# spec -> Source, while an `opened_once` block is active (None outside one).
+_OPENED: contextvars.ContextVar[Optional[dict]] = contextvars.ContextVar("opened_sources", default=None)
 KINDS = "a trainer workdir, a checkpoint step directory, a params directory, an HF directory or an HF hub id"
 
 
@@ -68,7 +72,30 @@ class Source:
     hf_values: Optional[dict] = dataclasses.field(default=None, repr=False, compare=False)
 
 
+@contextlib.contextmanager
+def opened_once() -> Iterator[None]:
+    """Within the block each spec is opened once: a run's start (its stage's inherit, then read) shares them.
+
+    Scoped, not global: a workdir's latest checkpoint moves on between two runs of one process (the pipeline).
+    """
+    token = _OPENED.set({})
+    try:
+        yield
+    finally:
+        _OPENED.reset(token)
+
+
 def open_source(spec: str, where: str) -> Source:
+    """What `spec` holds (`_open`), opened once per `opened_once` block."""
+    opened = _OPENED.get()
+    if opened is None:
+        return _open(spec, where)
+    if spec not in opened:
+        opened[spec] = _open(spec, where)
+    return opened[spec]
+
+
+def _open(spec: str, where: str) -> Source:
     """Finds what `spec` holds and reads its model config and parameter shapes (the values only for HF)."""
     if not spec:
         raise ConfigError(f"{where} is empty; expected {KINDS}")

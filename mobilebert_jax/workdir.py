@@ -205,14 +205,13 @@ def _alive(pid: Any) -> bool:
 
 def check_config_unchanged(config: ml_collections.ConfigDict, workdir: str) -> None:
     """Raises ConfigError naming each field that differs from the workdir's recorded config.json."""
+    from mobilebert_jax import experiment_config
+
     recorded_path = epath.Path(workdir) / "config.json"
-    if not recorded_path.exists():
+    recorded_config = experiment_config.read_recorded(workdir)
+    if recorded_config is None:
         return
-    try:
-        recorded = json.loads(recorded_path.read_text())
-    except ValueError as e:
-        raise ConfigError(f"{recorded_path}: not valid JSON ({e}); it records the config this workdir was started "
-                          "with: restore it, or use a new --workdir") from None
+    recorded = recorded_config.to_dict()
     now = json.loads(config.to_json_best_effort())
     before, after = _flatten(recorded), _flatten(now)
     changed = [k for k in sorted(set(before) | set(after))

@@ -73,7 +73,7 @@ def helps() -> dict[str, subprocess.CompletedProcess]:
 
 def test_every_tool_is_found():
     for expected in ("mobilebert_jax.main", "mobilebert_jax.convert", "mobilebert_jax.export",
-                     "mobilebert_jax.quantization", "mobilebert_jax.finetune.evaluate", "mobilebert_jax.data.prepare",
+                     "mobilebert_jax.quantization", "mobilebert_jax.evaluate", "mobilebert_jax.data.prepare",
                      "mobilebert_jax.plot", "mobilebert_jax.tools.install_libtpu", "mobilebert_jax.tools.aot_compile",
                      "mobilebert_jax.tools.sweep"):
         assert expected in ENTRY_POINTS

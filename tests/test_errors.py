@@ -169,7 +169,7 @@ def _longer_than_positions(tmp, stage):
 
 
 def _evaluate(tmp, stage=None):
-    from mobilebert_jax.finetune import evaluate
+    from mobilebert_jax import evaluate
 
     if stage:
         (tmp / "config.json").write_text(json.dumps({"stage": stage}))
@@ -271,9 +271,9 @@ CASES = [
     ("convert to-hf: directory without a model", "config", "no such directory",
      ["mobilebert_jax.convert", "to-hf", "--input={tmp}/nowhere", "--output={tmp}/out"]),
     # Evaluation, quantization, export and plots of a run
-    ("finetune.evaluate: workdir without a run", "file", "config.json",
+    ("evaluate: workdir without a run", "file", "config.json",
      lambda tmp: _evaluate(tmp)),
-    ("finetune.evaluate: a pretraining workdir", "config", "is not a fine-tuning run",
+    ("evaluate: a pretraining workdir", "config", "is not a fine-tuning run",
      lambda tmp: _evaluate(tmp, "teacher_pretraining")),
     ("quantization: workdir without a run", "file", "config.json",
      ["mobilebert_jax.quantization", "--workdir={tmp}/nowhere"]),

@@ -248,7 +248,7 @@ def test_glue_finetune_from_a_gcs_checkpoint(gcs, sandbox):
                    "--config.optimizer.schedule.total_steps=4", "--config.log_every=2",
                    "--config.checkpoint.every_steps=4", "--config.eval.every_steps=4", "--config.batch_size=8",
                    # The params directory records no tokenizer; the model has BERT's uncased vocabulary.
-                   f"--config.data.vocab={os.path.join(ROOT, '..', 'shared', 'data', 'vocab')}/bert-uncased-vocab.txt",
+                   f"--config.data.tokenizer={os.path.join(ROOT, '..', 'shared', 'data', 'vocab')}/bert-uncased-vocab.txt",
                    sandbox=sandbox))
     assert "step 4/4" in out, out[-2000:]
     objects = gcs.list("mrpc")

@@ -13,8 +13,8 @@ from flax import traverse_util
 from mobilebert_jax import convert, experiment_config, get_preset
 from mobilebert_jax.errors import ConfigError
 from mobilebert_jax.modeling import MobileBertForPreTraining
-from mobilebert_jax.finetune import evaluate, stage as finetune_stage
-from mobilebert_jax.train import lineage
+from mobilebert_jax import evaluate
+from mobilebert_jax.finetune import stage as finetune_stage
 from mobilebert_jax.train.trainer import train
 from tests.data_fixtures import require_shared_data
 
@@ -50,8 +50,8 @@ def test_backbone_comes_from_the_checkpoint_and_the_head_is_new(tmp_path):
                           ["params"])
     convert.save_params(str(tmp_path / "pretrained"), model_cfg, pretrained)
     config.init_checkpoint = str(tmp_path / "pretrained")
-    config.data.vocab = config.data.scratch_vocab  # the params directory records no tokenizer
-    lineage.resolve(config)  # what train() does first: config.model becomes the checkpoint's
+    config.data.tokenizer = config.data.scratch_tokenizer  # the params directory records no tokenizer
+    finetune_stage.GLUE.inherit(config)  # what train() does first: config.model becomes the checkpoint's
     task = finetune_stage.GLUE(config, str(tmp_path))
     fresh = nn.unbox(task.spec.init_params(jax.random.key(0)))
     one = jax.sharding.SingleDeviceSharding(jax.devices()[0])
@@ -69,7 +69,7 @@ def test_backbone_comes_from_the_checkpoint_and_the_head_is_new(tmp_path):
 def test_the_spec_example_is_what_the_batches_hold(tmp_path):
     """tools/aot_compile builds the batch from the stage's spec alone; the real batches must hold exactly that."""
     config = _smoke_config()
-    lineage.resolve(config)  # what train() does first: the tokenizer spec
+    finetune_stage.GLUE.inherit(config)  # what train() does first: the tokenizer spec
     task = finetune_stage.GLUE(config, str(tmp_path))
     batch = next(task.train_iterator)
     assert {k: (v.shape[1:], v.dtype) for k, v in batch.items()} == \

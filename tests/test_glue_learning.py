@@ -46,7 +46,8 @@ def _require_glue(*tasks: str) -> None:
 _CHILD = """
 import json, sys
 from mobilebert_jax import experiment_config
-from mobilebert_jax.finetune import evaluate, stage as finetune_stage
+from mobilebert_jax import evaluate
+from mobilebert_jax.finetune import stage as finetune_stage
 from mobilebert_jax.train.trainer import train
 spec, overrides, layers, workdir = json.loads(sys.argv[1])
 config = experiment_config.load_experiment(spec, overrides)

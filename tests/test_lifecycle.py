@@ -54,12 +54,12 @@ def test_pretrain_distill_finetune_evaluate_quantize_export(tmp_path):
          "--config.log_every=2", "--config.checkpoint.every_steps=4", "--config.eval.every_steps=4",
          f"--config.data.max_seq_length={SEQ}", f"--config.data.glue_dir={SHARED_DATA / 'glue'}")
     resolved = json.loads((finetuned / "config.json").read_text())
-    assert resolved["model"]["vocab_size"] == 4000 and resolved["data"]["vocab"].endswith(".model")
+    assert resolved["model"]["vocab_size"] == 4000 and resolved["data"]["tokenizer"].endswith(".model")
 
     # A finished run is self-contained: the init checkpoint may go away.
     moved = tmp_path / "elsewhere"
     shutil.move(str(distilled), str(moved))
-    _run("mobilebert_jax.finetune.evaluate", f"--workdir={finetuned}", "--batch_size=32")
+    _run("mobilebert_jax.evaluate", f"--workdir={finetuned}", "--batch_size=32")
     report = json.loads((finetuned / "eval" / "metrics.json").read_text())
     assert 0.0 <= report["dev"]["accuracy"] <= 1.0
     _run("mobilebert_jax.quantization", f"--workdir={finetuned}", "--calibration_examples=16", "--batch_size=32")
@@ -72,9 +72,9 @@ def test_pretrain_distill_finetune_evaluate_quantize_export(tmp_path):
 
     # Equal outputs: our checkpoint, the ONNX graph and transformers on the same tokenized pair.
     from mobilebert_jax.data.tokenizers import load_tokenizer
-    from mobilebert_jax.finetune import evaluate
+    from mobilebert_jax import finished_run
 
-    run = evaluate.load_run(str(finetuned))
+    run = finished_run.load(str(finetuned))
     ours_tok = load_tokenizer(run.tokenizer)
     hf_tok = transformers.AutoTokenizer.from_pretrained(hf_dir)
     first, second = "The module reads the file.", "A file is read by the module."

@@ -1,4 +1,4 @@
-"""What a run takes from the model it starts from (train/lineage.py), a diverged run's stop, and total_steps overrides."""
+"""What a run takes from the model it starts from (each Stage's inherit), a diverged run's stop, and total_steps overrides."""
 
 from __future__ import annotations
 
@@ -19,7 +19,8 @@ from mobilebert_jax.errors import ConfigError
 from mobilebert_jax.data import tokenizer_record
 from mobilebert_jax.data.tokenizers import load_tokenizer
 from mobilebert_jax.modeling import MobileBertForPreTraining
-from mobilebert_jax.train import lineage
+from mobilebert_jax.distill.stage import DISTILLATION
+from mobilebert_jax.finetune.stage import GLUE
 from mobilebert_jax.errors import NonFiniteLossError
 from mobilebert_jax.train.stage import Stage
 from mobilebert_jax.train.trainer import train
@@ -40,41 +41,41 @@ def _params_dir(path, vocab_size: int, tokenizer_spec: str | None) -> str:
 def _glue_config(init_checkpoint: str, vocab: str = "") -> ml_collections.ConfigDict:
     c = experiment_config.load_experiment("experiments/finetune_glue.py:task=rte,smoke")
     c.init_checkpoint = init_checkpoint
-    c.data.vocab = vocab
+    c.data.tokenizer = vocab
     return c
 
 
 def test_fine_tuning_takes_the_init_checkpoints_model_and_tokenizer(tmp_path):
     init = _params_dir(tmp_path / "distilled", 4000, BUILTIN)
     c = _glue_config(init)
-    lineage.resolve(c)
+    GLUE.inherit(c)
     assert c.model.vocab_size == 4000 and c.model.num_hidden_layers == 1
-    assert c.data.vocab.startswith(str(tmp_path / "distilled" / "tokenizer")) and c.data.vocab.endswith(".model")
-    assert load_tokenizer(c.data.vocab).content_hash == load_tokenizer(BUILTIN).content_hash
+    assert c.data.tokenizer.startswith(str(tmp_path / "distilled" / "tokenizer")) and c.data.tokenizer.endswith(".model")
+    assert load_tokenizer(c.data.tokenizer).content_hash == load_tokenizer(BUILTIN).content_hash
     # The same tokenizer named explicitly is accepted.
     c = _glue_config(init, vocab=BUILTIN)
-    lineage.resolve(c)
-    assert c.data.vocab == BUILTIN
+    GLUE.inherit(c)
+    assert c.data.tokenizer == BUILTIN
 
 
 def test_a_different_tokenizer_is_refused_naming_both(tmp_path):
     init = _params_dir(tmp_path / "distilled", 4000, BUILTIN)
     other = write_vocab(tmp_path / "vocab.txt", 300)
     with pytest.raises(ConfigError) as e:
-        lineage.resolve(_glue_config(init, vocab=other))
+        GLUE.inherit(_glue_config(init, vocab=other))
     message = str(e.value)
-    assert f"config.data.vocab={other!r} (wordpiece, 300 tokens" in message
+    assert f"config.data.tokenizer={other!r} (wordpiece, 300 tokens" in message
     assert f"is not the tokenizer config.init_checkpoint={init!r} was trained with (sentencepiece, 4000 tokens" in message
 
 
 def test_a_tokenizer_larger_than_the_model_is_refused(tmp_path):
     init = _params_dir(tmp_path / "small", 512, None)  # records no tokenizer
-    with pytest.raises(ConfigError, match=r"config.data.vocab='builtin:python_docs_sentencepiece' has 4000 tokens but "
+    with pytest.raises(ConfigError, match=r"config.data.tokenizer='builtin:python_docs_sentencepiece' has 4000 tokens but "
                                           r"the model's vocab_size=512"):
-        lineage.resolve(_glue_config(init, vocab=BUILTIN))
-    with pytest.raises(ConfigError, match=r"config.data.vocab is empty and config.init_checkpoint=.* records no "
-                                          r"tokenizer; pass --config.data.vocab=PATH"):
-        lineage.resolve(_glue_config(init))
+        GLUE.inherit(_glue_config(init, vocab=BUILTIN))
+    with pytest.raises(ConfigError, match=r"config.data.tokenizer is empty and config.init_checkpoint=.* records no "
+                                          r"tokenizer; pass --config.data.tokenizer=PATH"):
+        GLUE.inherit(_glue_config(init))
 
 
 def test_distillation_refuses_a_tokenizer_other_than_the_teachers(tmp_path):
@@ -89,10 +90,10 @@ def test_distillation_refuses_a_tokenizer_other_than_the_teachers(tmp_path):
     tokenizer_record.save(load_tokenizer(BUILTIN), str(teacher))
     c = make_config("pd", str(teacher), teacher_cfg, student_cfg)
     c.data.tokenizer = BUILTIN
-    lineage.resolve(c)  # the same tokenizer passes
+    DISTILLATION.inherit(c)  # the same tokenizer passes
     c.data.tokenizer = write_vocab(tmp_path / "vocab.txt", 300)
     with pytest.raises(ConfigError, match=r"config.data.tokenizer=.* is not the tokenizer config.distill.teacher="):
-        lineage.resolve(c)
+        DISTILLATION.inherit(c)
 
 
 class _DivergesAt:

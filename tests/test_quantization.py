@@ -155,8 +155,9 @@ def test_sizes_and_the_qa_head():
 
 
 def test_glue_comparison_reports_both_models_on_the_same_dev_set():
-    from mobilebert_jax.quantization.compare import calibration_rows, compare_glue
     from mobilebert_jax.finetune import glue
+    from mobilebert_jax.finetune.evaluate import calibration_rows, glue_scored
+    from mobilebert_jax.quantization.compare import compare
 
     task = glue.get_task("mrpc")
     model = MobileBertForSequenceClassification(CONFIG, num_labels=2)
@@ -166,8 +167,9 @@ def test_glue_comparison_reports_both_models_on_the_same_dev_set():
     params = nn.unbox(model.init(jax.random.key(1), arrays["input_ids"][:1])["params"])
     rows = calibration_rows(len(arrays["label"]), 16)
     assert np.array_equal(rows, calibration_rows(len(arrays["label"]), 16)) and len(set(rows)) == 16
-    report = compare_glue(model, params, task, {k: v[rows] for k, v in arrays.items()}, arrays, batch_size=8)
+    report = compare(model, params, glue_scored(task, arrays, "MRPC dev"), {k: v[rows] for k, v in arrays.items()},
+                     batch_size=8)
     assert set(report["float"]) == set(report["int8"]) == {"f1", "accuracy", "combined"}
     assert report["difference"]["accuracy"] == pytest.approx(report["int8"]["accuracy"] - report["float"]["accuracy"])
-    assert report["dev_examples"] == 24 and report["calibration_examples"] == 16
+    assert report["held_out_examples"] == 24 and report["calibration_examples"] == 16
     assert 0.0 <= report["prediction_agreement"] <= 1.0 and report["size_ratio"] > 2.5

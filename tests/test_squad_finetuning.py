@@ -7,7 +7,8 @@ import json
 import numpy as np
 
 from mobilebert_jax import experiment_config
-from mobilebert_jax.finetune import evaluate, stage as finetune_stage
+from mobilebert_jax import evaluate
+from mobilebert_jax.finetune import stage as finetune_stage
 from mobilebert_jax.train.trainer import train
 from tests.data_fixtures import require_shared_data
 

@@ -108,6 +108,7 @@ def test_int8_agrees_with_float_on_the_sst2_dev_set(tmp_path):
     from mobilebert_jax.data.tokenizers import load_tokenizer
     from mobilebert_jax.export.compare import compare_forms
     from mobilebert_jax.finetune import glue
+    from mobilebert_jax.finetune.evaluate import glue_scored
 
     task = glue.get_task("sst2")
     tokenizer = load_tokenizer(str(shared / "vocab" / "bert-uncased-vocab.txt"))
@@ -116,7 +117,8 @@ def test_int8_agrees_with_float_on_the_sst2_dev_set(tmp_path):
     config = get_preset("mobilebert_test", vocab_size=30522, max_position_embeddings=32, initializer_range=0.2)
     model = MobileBertForSequenceClassification(config, num_labels=2)
     params = nn.unbox(model.init(jax.random.key(3), dev["input_ids"][:1])["params"])
-    rows = {r["form"]: r for r in compare_forms(model, params, task, calibration, dev, tmp_path, batch_size=8,
+    held_out = glue_scored(task, dev, "SST-2 dev")
+    rows = {r["form"]: r for r in compare_forms(model, params, held_out, calibration, tmp_path, batch_size=8,
                                                 log=lambda *a, **k: None)}
     assert rows["jax_float"]["agreement"] == 1.0
     assert rows["litert_float32"]["agreement"] == 1.0 and rows["onnx_float32"]["agreement"] == 1.0
@@ -167,7 +169,7 @@ def test_cli_exports_a_finetuned_run_with_vocab_metadata_and_the_docs_example_ru
                               for k in ("input_ids", "input_mask", "segment_ids")}
     assert meta["outputs"] == {"logits": {"dtype": "float32", "shape": [1, 2]}}
     assert meta["tokenizer"]["file"] == "sst2.vocab.txt" and meta["tokenizer"]["cls_id"] == 101
-    assert (app_dir / "sst2.vocab.txt").read_bytes() == Path(config.data.vocab).read_bytes()
+    assert (app_dir / "sst2.vocab.txt").read_bytes() == Path(config.data.tokenizer).read_bytes()
     assert meta["quantization"] == "full_int8" and meta["labels"] == ["0", "1"]
 
     # The docs' interpreter example, run as written next to the exported files.

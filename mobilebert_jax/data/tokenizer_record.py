@@ -92,6 +92,23 @@ def choose(spec: str, spec_field: str, record: Optional[dict], record_dir: Optio
     return spec
 
 
+def record_run(config, workdir: str) -> None:
+    """Copies a run's tokenizer (`config.data.tokenizer`) into `workdir/tokenizer/` (process 0)."""
+    import jax
+
+    spec = config.data.get("tokenizer") if "data" in config else None
+    if spec and jax.process_index() == 0:
+        save(load_tokenizer(spec), workdir)
+
+
+def run_tokenizer(workdir: str, config) -> Optional[str]:
+    """The tokenizer spec of a finished run: its own recorded copy, else its config's (runs made before records)."""
+    record = read(epath.Path(workdir))
+    if record is not None:
+        return str(epath.Path(workdir) / DIRNAME / record["file"])
+    return config.data.get("tokenizer") if "data" in config else None
+
+
 def _describe(record: dict) -> str:
     return f"{record['kind']}, {record['vocab_size']} tokens, hash {record['content_hash']}"
 

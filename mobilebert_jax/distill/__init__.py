@@ -4,7 +4,7 @@
 - objective.py   the distillation Objective: one student + one frozen teacher forward per step
 - strategies.py  progressive / joint / auxiliary / pd as functions of the step; optimizer groups
 - layers.py      the teacher layer each student layer learns from; width and head checks
-- stage.py       the stage for the generic trainer (`stage = "distillation"`): its spec, then its inputs
+- stage.py       the stage for the generic trainer (`DISTILLATION`): its spec, then its inputs
 - config.py      the `config.distill` schema and its reader (the values: experiments/distill_common.py)
 - pipeline.py    runs the README job (experiments/pipeline.py): teacher -> progressive -> PD -> scratch -> table
 - evaluate.py    held-out MLM/NSP accuracy

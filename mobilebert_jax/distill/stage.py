@@ -22,6 +22,7 @@ from mobilebert_jax import flops, model_source, partitioning
 from mobilebert_jax.errors import ConfigError
 from mobilebert_jax.config import MobileBertConfig
 from mobilebert_jax.data import config as data_config
+from mobilebert_jax.data import tokenizer_record
 from mobilebert_jax.distill import config as distill_config
 from mobilebert_jax.distill import layers, strategies
 from mobilebert_jax.distill.objective import DistillationObjective
@@ -139,7 +140,23 @@ def spec(config: ml_collections.ConfigDict) -> Spec:
         + teacher_flops,
         frozen_abstract=frozen_abstract,
         step_metrics=step_metrics,
+        models=(student_cfg, teacher_cfg),
     )
+
+
+def inherit(config: ml_collections.ConfigDict) -> None:
+    """`config.data.tokenizer` must be the teacher's and the student_init's; empty, it becomes their recorded copy."""
+    spec = config.data.get("tokenizer") or ""
+    for name, model_field in (("teacher", "teacher_model"), ("student_init", "model")):
+        if config.distill.get(name):
+            where = f"config.distill.{name}"
+            source = model_source.open_source(config.distill[name], where)
+            spec = tokenizer_record.choose(spec, "config.data.tokenizer", source.tokenizer, source.tokenizer_dir,
+                                          f"{where}={config.distill[name]!r}", config[model_field].vocab_size,
+                                          f"config.{model_field}.vocab_size")
+    if spec:
+        with config.unlocked():
+            config.data.tokenizer = spec
 
 
 def read(config: ml_collections.ConfigDict, workdir: str, stage_spec: Spec) -> StageIO:
@@ -187,4 +204,4 @@ def with_data(config: ml_collections.ConfigDict, stage_spec: Spec,
                 frozen_source=teacher_source, start_from=start_from)
 
 
-DISTILLATION = Stage(spec, read)
+DISTILLATION = Stage(spec=spec, read=read, inherit=inherit)

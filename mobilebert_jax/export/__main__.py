@@ -92,12 +92,14 @@ def main(argv) -> None:
     full_int8 = FLAGS.quantization == "full_int8"
     labels, source = None, FLAGS.workdir or FLAGS.params
     if FLAGS.workdir is not None:
-        run, task = sources.run_model(FLAGS.workdir, FLAGS.step)
+        from mobilebert_jax import finished_run
+
+        run = finished_run.load(FLAGS.workdir, FLAGS.step)
+        scoring = finished_run.scoring(run.config, f"--workdir={FLAGS.workdir!r}")
         model, params, config = run.model, run.params, run.config
         seq_len, vocab = FLAGS.seq_len or config.data.max_seq_length, run.tokenizer
-        labels = task.labels if task is not None else None
-        calibration = (sources.run_calibration(config, task, vocab, FLAGS.calibration_examples, seq_len)
-                       if full_int8 else None)
+        labels = scoring.labels(config)
+        calibration = scoring.calibration(run, FLAGS.calibration_examples, seq_len) if full_int8 else None
     else:
         if full_int8 and FLAGS.calibration_text is None:
             raise ConfigError("--quantization=full_int8 with --params needs --calibration_text to calibrate on")

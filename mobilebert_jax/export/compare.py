@@ -1,10 +1,10 @@
-r"""A GLUE run on its dev set in every deployed form: JAX float and int8 simulation, LiteRT and ONNX exports.
+r"""A fine-tuned run on its held-out set in every deployed form: JAX float and int8 simulation, LiteRT and ONNX exports.
 
     python -m mobilebert_jax.export.compare --workdir=runs/sst2 --output_dir=runs/sst2/export \
         [--calibration_examples=300] [--batch_size=1] [--forms=jax_float,...]
 
 Exports the run's model in each form into `--output_dir`, runs each on the whole dev set (the exported
-graphs on their own runtimes: the LiteRT interpreter, onnxruntime) and prints, per form, the task's metrics,
+graphs on their own runtimes: the LiteRT interpreter, onnxruntime) and prints, per form, the stage's metrics,
 how often its predictions agree with JAX float, and the size of what a device stores. The int8 forms share
 one calibration: `--calibration_examples` training examples (the seeded draw of `python -m
 mobilebert_jax.quantization`). Writes `<output_dir>/compare.json` and prints a Markdown table.
@@ -50,15 +50,15 @@ def _file_runner(path: epath.Path, fmt: str) -> Callable[[dict], dict]:
     return lambda batch: dict(zip(names, session.run(None, batch)))
 
 
-def compare_forms(model, params, task, calibration: dict, dev: dict, output_dir: epath.Path, *,
+def compare_forms(model, params, held_out, calibration: dict, output_dir: epath.Path, *,
                   forms=tuple(FORMS), batch_size: int = 1, log=print) -> list[dict]:
-    """One row per form: metrics, agreement with JAX float (over all dev examples), bytes stored."""
+    """One row per form: metrics, agreement with JAX float (over the whole held-out set), bytes stored."""
     from mobilebert_jax.export import export_model, representative_batches
     from mobilebert_jax.quantization import calibrate, float_size_bytes, quantize
-    from mobilebert_jax.finetune import glue_metrics
     from mobilebert_jax.finetune.prediction import predict
 
-    seq_len, output_dir = dev["input_ids"].shape[1], epath.Path(output_dir)
+    arrays = held_out.arrays
+    seq_len, output_dir = arrays["input_ids"].shape[1], epath.Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     rows, reference = [], None
     for name in ("jax_float", *[f for f in forms if f != "jax_float"]):  # float first: the reference
@@ -76,11 +76,12 @@ def compare_forms(model, params, task, calibration: dict, dev: dict, output_dir:
             export_model(model, params, str(path), batch_size=batch_size, seq_len=seq_len, fmt=fmt,
                          quantization=quantization, calibration=calibration if quantization == "full_int8" else None)
             run, size = _file_runner(path, fmt), path.stat().length
-        log(f"{name}: running {len(dev['label']):,} dev examples", flush=True)
-        preds = glue_metrics.predictions_from_logits(task, predict(run, dev, batch_size)["logits"])
+        log(f"{name}: running {len(arrays['input_ids']):,} {held_out.name} examples", flush=True)
+        outputs = predict(run, arrays, batch_size)
+        preds = held_out.predictions(outputs)
         reference = preds if reference is None else reference
-        row = {"form": name, **glue_metrics.compute_metrics(task, preds, dev["label"]), "bytes": int(size)}
-        if task.is_regression:
+        row = {"form": name, **held_out.score(outputs), "bytes": int(size)}
+        if np.issubdtype(preds.dtype, np.floating):  # regression: how far the predictions moved
             row["max_abs_change"] = float(np.max(np.abs(preds - reference)))
         else:
             row["agreement"] = float(np.mean(preds == reference))
@@ -104,7 +105,7 @@ FLAGS = flags.FLAGS
 
 def define_flags() -> None:
     """Called only when run as a command: tests and benchmarks import compare_forms next to other tools' flags."""
-    flags.DEFINE_string("workdir", None, "a GLUE fine-tuning run", required=True)
+    flags.DEFINE_string("workdir", None, "a fine-tuning run", required=True)
     flags.DEFINE_string("output_dir", None, "where the exported files go (default: <workdir>/export)")
     flags.DEFINE_integer("step", None, "checkpoint step (default: latest)")
     flags.DEFINE_integer("calibration_examples", 300, "training examples every int8 form calibrates on")
@@ -115,29 +116,24 @@ def define_flags() -> None:
 def main(argv) -> None:
     del argv
     from mobilebert_jax import cli
-    from mobilebert_jax.data.tokenizers import load_tokenizer
-    from mobilebert_jax.export import sources
-    from mobilebert_jax.finetune import stage as finetune_stage, glue
+    from mobilebert_jax import finished_run
 
     cli.log_libraries_to(FLAGS.workdir)
     unknown = sorted(set(FLAGS.forms) - set(FORMS))
     if unknown:
         raise ConfigError(f"--forms: unknown {unknown}; choose from {list(FORMS)}")
-    run, task = sources.run_model(FLAGS.workdir, FLAGS.step)
-    model, params, config = run.model, run.params, run.config
-    if task is None:
-        raise ConfigError(f"{FLAGS.workdir}: a SQuAD run; this comparison scores GLUE runs")
-    seq_len = config.data.max_seq_length
-    calibration = sources.run_calibration(config, task, run.tokenizer, FLAGS.calibration_examples, seq_len)
-    dev = glue.glue_features(task, finetune_stage.glue_examples(config, task, task.eval_splits[0]),
-                             load_tokenizer(run.tokenizer), seq_len)
+    run = finished_run.load(FLAGS.workdir, FLAGS.step)
+    scoring = finished_run.scoring(run.config, f"--workdir={FLAGS.workdir!r}")
+    calibration = scoring.calibration(run, FLAGS.calibration_examples, run.config.data.max_seq_length)
+    held_out = scoring.held_out(run)
     output_dir = epath.Path(FLAGS.output_dir or epath.Path(FLAGS.workdir) / "export")
-    rows = compare_forms(model, params, task, calibration, dev, output_dir, forms=FLAGS.forms,
+    rows = compare_forms(run.model, run.params, held_out, calibration, output_dir, forms=FLAGS.forms,
                          batch_size=FLAGS.batch_size)
+    examples = int(len(held_out.arrays["input_ids"]))
     (output_dir / "compare.json").write_text(json.dumps(
-        {"task": task.name, "dev_examples": int(len(dev["label"])), "calibration_examples":
+        {"held_out": held_out.name, "held_out_examples": examples, "calibration_examples":
          int(len(calibration["input_ids"])), "rows": rows}, indent=2) + "\n")
-    print(f"{task.name} dev ({len(dev['label']):,} examples), {len(calibration['input_ids'])} calibration examples")
+    print(f"{held_out.name} ({examples:,} examples), {len(calibration['input_ids'])} calibration examples")
     print(markdown(rows))
 
 

@@ -1,4 +1,4 @@
-"""What an export reads: a fine-tuning run's model and calibration examples, or a bare model directory."""
+"""What an export reads besides a finished run (finished_run.py): a bare model directory and its calibration text."""
 
 from __future__ import annotations
 
@@ -6,32 +6,6 @@ import numpy as np
 from etils import epath
 
 from mobilebert_jax.errors import ConfigError
-
-
-def run_model(workdir: str, step):
-    """(the run, its GLUE task or None for SQuAD): model, trained params, config and recorded tokenizer of a
-    fine-tuning run, read from its workdir alone (finetune/evaluate.load_run)."""
-    from mobilebert_jax.finetune import evaluate, glue
-
-    run = evaluate.load_run(workdir, step)
-    task = glue.get_task(run.config.task) if run.config.stage == "glue_finetuning" else None
-    return run, task
-
-
-def run_calibration(config, task, tokenizer: str, count: int, seq_len: int) -> dict[str, np.ndarray]:
-    from mobilebert_jax.data.tokenizers import load_tokenizer
-    from mobilebert_jax.quantization.compare import calibration_rows
-    from mobilebert_jax.finetune import stage as finetune_stage, glue, squad_data
-
-    tokenizer = load_tokenizer(tokenizer)
-    if task is not None:
-        train = finetune_stage.glue_examples(config, task, "train")
-        rows = calibration_rows(len(train), count, seed=config.seed)
-        return glue.glue_features(task, [train[i] for i in rows], tokenizer, seq_len)
-    train = finetune_stage.squad_examples(config, "train")
-    rows = calibration_rows(len(train), count, seed=config.seed)
-    options = dict(finetune_stage.squad_feature_options(config), max_seq_length=seq_len)
-    return squad_data.build_features([train[i] for i in rows], tokenizer, **options).arrays
 
 
 def text_calibration(path: str, vocab: str, count: int, seq_len: int) -> dict[str, np.ndarray]:

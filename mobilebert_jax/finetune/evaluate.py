@@ -1,68 +1,36 @@
-"""Official metrics and prediction files for a fine-tuning run, from its latest (or a given) checkpoint.
+"""How a finished GLUE or SQuAD run is scored: the official metrics and prediction files, the held-out split the
+quantization and export comparisons run, the calibration examples and the labels (`train.stage.Scoring`).
 
-    python -m mobilebert_jax.finetune.evaluate --workdir=runs/rte [--step=N] [--batch_size=64]
-
-GLUE: every dev split's metrics (MNLI matched and mismatched) and, where the
-test files are there, the GLUE submission files. SQuAD: `predictions.json`
-and its EM/F1; v2.0 also `null_odds.json` and the no-answer threshold chosen
-on dev. Everything lands in `<workdir>/eval/` next to `metrics.json`.
+GLUE: every dev split's metrics (MNLI matched and mismatched) and, where the test files are there, the GLUE
+submission files. SQuAD: `predictions.json` and its EM/F1; v2.0 also `null_odds.json` and the no-answer threshold
+chosen on dev. The command is `python -m mobilebert_jax.evaluate`.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import json
 import os
-from typing import Any, Optional
+from typing import Optional
 
-import flax.linen as nn
 import jax
 import ml_collections
-from absl import flags
-from etils import epath
+import numpy as np
 
-from mobilebert_jax import model_source, storage
 from mobilebert_jax.data.tokenizers import load_tokenizer
-from mobilebert_jax.errors import ConfigError, DataError
-from mobilebert_jax.modeling import MobileBertForQuestionAnswering, MobileBertForSequenceClassification
-from mobilebert_jax.finetune import stage as finetune_stage, glue, glue_metrics, glue_submission, squad_data, squad_metrics
+from mobilebert_jax.errors import DataError
+from mobilebert_jax.finetune import glue, glue_metrics, glue_submission, squad_data, squad_metrics
+from mobilebert_jax.finetune.examples import glue_examples, squad_examples, squad_feature_options
 from mobilebert_jax.finetune.prediction import predict
 from mobilebert_jax.finetune.squad_postprocess import decode_spans
-from mobilebert_jax.train import lineage
+from mobilebert_jax.train.stage import FinishedRun, HeldOut
 
 
-@dataclasses.dataclass(frozen=True)
-class FinishedRun:
-    """What a fine-tuning run's workdir alone holds: no init checkpoint or outside tokenizer is read."""
-    config: ml_collections.ConfigDict
-    model: nn.Module
-    params: Any  # numpy, the model's own tree
-    tokenizer: str  # the spec of the run's recorded tokenizer copy
+def calibration_rows(num_train: int, count: int, seed: int = 0) -> np.ndarray:
+    """`count` training rows drawn without replacement, the same for a given seed."""
+    return np.sort(np.random.default_rng(seed).permutation(num_train)[:min(count, num_train)])
 
 
-def load_run(workdir: str, step: Optional[int] = None) -> FinishedRun:
-    """The model, trained parameters (latest checkpoint, or `step`) and tokenizer of a fine-tuning run.
-
-    Always the unrolled model (a `scan_layers` run's layers unstacked): evaluation, quantization (which
-    intercepts each Dense by its path) and export see one layout; evaluation compiles no backward pass."""
-    config_file = epath.Path(workdir) / "config.json"
-    if not config_file.exists():
-        raise FileNotFoundError(f"--workdir={workdir!r}: no config.json; expected the workdir of a fine-tuning run")
-    config = ml_collections.ConfigDict(json.loads(config_file.read_text()))
-    if config.get("stage") not in ("glue_finetuning", "squad_finetuning"):
-        raise ConfigError(f"--workdir={workdir!r}: stage {config.get('stage')!r} is not a fine-tuning run")
-    model_cfg = finetune_stage.model_config(config).replace(scan_layers=False)
-    if config.stage == "glue_finetuning":
-        model = MobileBertForSequenceClassification(model_cfg, num_labels=glue.get_task(config.task).num_labels)
-    else:
-        model = MobileBertForQuestionAnswering(model_cfg)
-    where = f"--workdir={workdir!r}" + (f" --step={step}" if step is not None else "")
-    path = epath.Path(workdir) / "checkpoints" / str(step) if step is not None else epath.Path(workdir)
-    params = model_source.read(model_source.open_source(str(path), where), stacked=False)
-    return FinishedRun(config, model, params, lineage.run_tokenizer(workdir, config))
-
-
-def _apply_fn(model, params):
+def apply_fn(model, params):
+    """The jitted inference function on a batch of model inputs: the model's task outputs, as numpy."""
     @jax.jit
     def fn(batch):
         out = model.apply({"params": params}, batch["input_ids"], attention_mask=batch["input_mask"],
@@ -75,11 +43,11 @@ def _apply_fn(model, params):
 def evaluate_glue(run: FinishedRun, output_dir: str, batch_size: int) -> dict:
     config, task = run.config, glue.get_task(run.config.task)
     tokenizer = load_tokenizer(run.tokenizer)
-    fn = _apply_fn(run.model, run.params)
+    fn = apply_fn(run.model, run.params)
     report = {}
     for split in (*task.eval_splits, *task.test_splits):
         try:
-            examples = finetune_stage.glue_examples(config, task, split)
+            examples = glue_examples(config, task, split)
         except DataError as e:
             if split in task.test_splits:  # test files are optional
                 report[f"{split}_skipped"] = str(e)
@@ -95,12 +63,40 @@ def evaluate_glue(run: FinishedRun, output_dir: str, batch_size: int) -> dict:
     return report
 
 
+def glue_held_out(run: FinishedRun) -> HeldOut:
+    """The first dev split (the one fine-tuning evaluates on)."""
+    task = glue.get_task(run.config.task)
+    split = task.eval_splits[0]
+    arrays = glue.glue_features(task, glue_examples(run.config, task, split), load_tokenizer(run.tokenizer),
+                                run.config.data.max_seq_length)
+    return glue_scored(task, arrays, f"{task.name} {split}")
+
+
+def glue_scored(task: glue.GlueDataset, arrays: dict[str, np.ndarray], name: str) -> HeldOut:
+    """GLUE features (with their labels) scored by the task's metrics."""
+    def predictions(outputs):
+        return glue_metrics.predictions_from_logits(task, outputs["logits"])
+
+    return HeldOut(name=name, arrays=arrays, predictions=predictions,
+                   score=lambda outputs: glue_metrics.compute_metrics(task, predictions(outputs), arrays["label"]))
+
+
+def glue_calibration(run: FinishedRun, count: int, seq_len: int) -> dict[str, np.ndarray]:
+    task = glue.get_task(run.config.task)
+    train = glue_examples(run.config, task, "train")
+    rows = calibration_rows(len(train), count, seed=run.config.seed)
+    return glue.glue_features(task, [train[i] for i in rows], load_tokenizer(run.tokenizer), seq_len)
+
+
+def glue_labels(config: ml_collections.ConfigDict) -> Optional[list[str]]:
+    return glue.get_task(config.task).labels
+
+
 def evaluate_squad(run: FinishedRun, output_dir: str, batch_size: int) -> dict:
     config = run.config
-    tokenizer = load_tokenizer(run.tokenizer)
-    examples = finetune_stage.squad_examples(config, "dev")
-    features = squad_data.build_features(examples, tokenizer, **finetune_stage.squad_feature_options(config))
-    logits = predict(_apply_fn(run.model, run.params), features.arrays, batch_size)
+    examples = squad_examples(config, "dev")
+    features = squad_data.build_features(examples, load_tokenizer(run.tokenizer), **squad_feature_options(config))
+    logits = predict(apply_fn(run.model, run.params), features.arrays, batch_size)
     version_2 = config.version == "2.0"
     decoded = decode_spans(examples, features, logits["start_logits"], logits["end_logits"], version_2=version_2,
                            n_best_size=config.eval.n_best_size, max_answer_length=config.eval.max_answer_length)
@@ -116,29 +112,38 @@ def evaluate_squad(run: FinishedRun, output_dir: str, batch_size: int) -> dict:
     return report
 
 
-def evaluate_run(workdir: str, step: Optional[int] = None, batch_size: int = 64) -> dict:
-    run = load_run(workdir, step)
-    score = evaluate_glue if run.config.stage == "glue_finetuning" else evaluate_squad
-    output_dir = os.path.join(workdir, "eval")
-    storage.path(output_dir).mkdir(parents=True, exist_ok=True)
-    report = score(run, output_dir, batch_size)
-    storage.path(output_dir, "metrics.json").write_text(json.dumps(report, indent=2))
-    return report
+def squad_held_out(run: FinishedRun) -> HeldOut:
+    """The dev set's features; scored by EM/F1 of the decoded answers as fractions, as GLUE's metrics are (v2.0 at
+    the no-answer threshold 0)."""
+    config = run.config
+    examples = squad_examples(config, "dev")
+    features = squad_data.build_features(examples, load_tokenizer(run.tokenizer), **squad_feature_options(config))
+
+    def score(outputs):
+        decoded = decode_spans(examples, features, outputs["start_logits"], outputs["end_logits"],
+                               version_2=config.version == "2.0", n_best_size=config.eval.n_best_size,
+                               max_answer_length=config.eval.max_answer_length)
+        if config.version == "2.0":
+            report = squad_metrics.evaluate_v2(examples, decoded.predictions())
+            return {"exact": report["exact"] / 100, "f1": report["f1"] / 100}
+        report = squad_metrics.evaluate_v1(examples, decoded.predictions())
+        return {"exact_match": report["exact_match"] / 100, "f1": report["f1"] / 100}
+
+    def predictions(outputs):  # each feature's best start and end, as one number
+        seq_len = outputs["start_logits"].shape[-1]
+        return np.argmax(outputs["start_logits"], -1) * seq_len + np.argmax(outputs["end_logits"], -1)
+
+    return HeldOut(name=f"SQuAD v{config.version} dev", arrays=features.arrays, score=score, predictions=predictions)
 
 
-def main(argv) -> None:
-    from mobilebert_jax import cli
+def squad_calibration(run: FinishedRun, count: int, seq_len: int) -> dict[str, np.ndarray]:
+    config = run.config
+    train = squad_examples(config, "train")
+    rows = calibration_rows(len(train), count, seed=config.seed)
+    options = dict(squad_feature_options(config), max_seq_length=seq_len)
+    return squad_data.build_features([train[i] for i in rows], load_tokenizer(run.tokenizer), **options).arrays
 
-    del argv
-    cli.log_libraries_to(flags.FLAGS.workdir)
-    print(json.dumps(evaluate_run(flags.FLAGS.workdir, flags.FLAGS.step, flags.FLAGS.batch_size), indent=2))
 
-
-if __name__ == "__main__":
-    # Defined here, not at import: the quantization and export commands import this module with flags of their own.
-    flags.DEFINE_string("workdir", None, "the fine-tuning run's workdir", required=True)
-    flags.DEFINE_integer("step", None, "checkpoint step (default: latest)")
-    flags.DEFINE_integer("batch_size", 64, "evaluation batch size")
-    from mobilebert_jax import cli
-
-    cli.run_absl(main)
+def squad_labels(config: ml_collections.ConfigDict) -> Optional[list[str]]:
+    del config  # span scores, not classes
+    return None

@@ -3,10 +3,13 @@
 The model starts from `config.init_checkpoint`: anything `model_source` reads
 (a distillation or pretraining workdir, a checkpoint step, a params directory,
 an HF directory or hub id). Its backbone (`mobilebert/...`) is copied onto the
-freshly initialized model on a fresh start; the task head stays as initialized. Its tokenizer is the run's unless
-`config.data.vocab` names the same one (train/lineage.py). With no checkpoint the model is trained from scratch
-from `config.model` (smoke runs). `config.model_overrides` replaces fields
-of the checkpoint's config (dropout for fine-tuning, the dtype).
+freshly initialized model on a fresh start; the task head stays as initialized. Before anything compiles
+(`inherit`), `config.model` becomes the checkpoint's model config, so the resolved config describes the trained
+model by itself (evaluation, quantization and export read only the run's workdir, even once the init checkpoint is
+gone), and an empty `config.data.tokenizer` becomes the checkpoint's recorded tokenizer (an explicit one must be the
+same). With no checkpoint the model is trained from scratch from `config.model` with `config.data.scratch_tokenizer`
+(smoke runs). `config.model_overrides` replaces fields of the checkpoint's config (dropout for fine-tuning, the
+dtype). A finished run's evaluation, held-out and calibration data are finetune/evaluate.py's.
 """
 
 from __future__ import annotations
@@ -22,20 +25,49 @@ from flax import traverse_util
 from mobilebert_jax import flops, model_source, partitioning
 from mobilebert_jax.errors import ConfigError
 from mobilebert_jax.config import MobileBertConfig
+from mobilebert_jax.data import tokenizer_record
 from mobilebert_jax.data.tokenizers import load_tokenizer
 from mobilebert_jax.modeling import MobileBertForQuestionAnswering, MobileBertForSequenceClassification
-from mobilebert_jax.finetune import glue, glue_tfds, objectives, squad_data
+from mobilebert_jax.finetune import evaluate, glue, objectives, squad_data
+from mobilebert_jax.finetune.examples import glue_examples, squad_examples, squad_feature_options
 from mobilebert_jax.finetune.batching import ShuffledBatches, padded_batches
-from mobilebert_jax.train.stage import Spec, Stage, StageIO
+from mobilebert_jax.train.stage import Scoring, Spec, Stage, StageIO
 
 BACKBONE = "mobilebert"
 
 
 def model_config(config: ml_collections.ConfigDict) -> MobileBertConfig:
-    """`config.model` with `config.model_overrides`; train/lineage.py has made `config.model` the init checkpoint's."""
+    """`config.model` with `config.model_overrides`; `inherit` has made `config.model` the init checkpoint's."""
     overrides = dict(config.get("model_overrides", {}) or {})
     base = MobileBertConfig.from_dict(config.model.to_dict())
     return base.replace(**overrides) if overrides else base
+
+
+def inherit(config: ml_collections.ConfigDict) -> None:
+    """`config.model` and `config.data.tokenizer` from `config.init_checkpoint` (module docstring), in place."""
+    spec = config.data.get("tokenizer") or ""
+    source = None
+    with config.unlocked():
+        if config.get("init_checkpoint"):
+            source = model_source.open_source(config.init_checkpoint, "config.init_checkpoint")
+            config.model = ml_collections.ConfigDict(source.config.to_dict())
+        elif not spec:
+            spec = config.data.get("scratch_tokenizer") or ""
+        config.data.tokenizer = tokenizer_record.choose(
+            spec, "config.data.tokenizer", source.tokenizer if source else None,
+            source.tokenizer_dir if source else None, f"config.init_checkpoint={config.init_checkpoint!r}",
+            model_config(config).vocab_size, "the model's vocab_size")
+
+
+def glue_model(config: ml_collections.ConfigDict, unrolled: bool = False) -> MobileBertForSequenceClassification:
+    """The GLUE run's model, as trained (unrolled=True: its layers unrolled, as a finished run is read)."""
+    model_cfg = model_config(config).replace(scan_layers=False) if unrolled else model_config(config)
+    return MobileBertForSequenceClassification(model_cfg, num_labels=glue.get_task(config.task).num_labels)
+
+
+def squad_model(config: ml_collections.ConfigDict, unrolled: bool = False) -> MobileBertForQuestionAnswering:
+    model_cfg = model_config(config).replace(scan_layers=False) if unrolled else model_config(config)
+    return MobileBertForQuestionAnswering(model_cfg)
 
 
 def init_backbone(config: ml_collections.ConfigDict) -> Optional[dict[str, np.ndarray]]:
@@ -93,7 +125,7 @@ def _spec(name: str, model, model_cfg: MobileBertConfig, objective: objectives.P
         init_params=lambda rng: model.init(rng, jnp.zeros((1, seq_len), jnp.int32))["params"],
         example={**tokens, **label}, tokens_per_example=seq_len,
         # Forward + backward = 3 x the forward's matmul FLOPs.
-        train_flops_per_example=3 * flops.encoder_flops_per_token(model_cfg, seq_len) * seq_len)
+        train_flops_per_example=3 * flops.encoder_flops_per_token(model_cfg, seq_len) * seq_len, models=(model_cfg,))
 
 
 def _task(config, stage_spec: Spec, backbone: Optional[dict[str, np.ndarray]], train_arrays: dict[str, np.ndarray],
@@ -113,19 +145,10 @@ def _task(config, stage_spec: Spec, backbone: Optional[dict[str, np.ndarray]], t
                 start_from=start_from if backbone is not None else None)
 
 
-def glue_examples(config: ml_collections.ConfigDict, task: glue.GlueDataset, split: str) -> list[glue.GlueExample]:
-    data = config.data
-    if data.source == "tsv":
-        return glue.read_split(task, data.glue_dir, split, skip_malformed=data.get("skip_malformed", False))
-    if data.source == "tfds":
-        return glue_tfds.read_tfds(task, split, data.get("tfds_data_dir") or None)
-    raise ConfigError(f"config.data.source={data.source!r}: choose 'tsv' or 'tfds'")
-
-
 def glue_spec(config: ml_collections.ConfigDict) -> Spec:
     dataset = glue.get_task(config.task)
     model_cfg, seq_len = model_config(config), config.data.max_seq_length
-    model = MobileBertForSequenceClassification(model_cfg, num_labels=dataset.num_labels)
+    model = glue_model(config)
     label = jax.ShapeDtypeStruct((), jnp.float32 if dataset.is_regression else jnp.int32)
     return _spec(f"glue_{dataset.name}", model, model_cfg, objectives.for_glue(model, dataset.is_regression),
                  seq_len, {"label": label})
@@ -135,7 +158,7 @@ def read_glue(config: ml_collections.ConfigDict, workdir: str, stage_spec: Spec)
     del workdir
     backbone = _read_backbone(config, stage_spec)
     dataset = glue.get_task(config.task)
-    tokenizer = load_tokenizer(config.data.vocab)
+    tokenizer = load_tokenizer(config.data.tokenizer)
     seq_len = config.data.max_seq_length
     train = glue.glue_features(dataset, glue_examples(config, dataset, "train"), tokenizer, seq_len)
     dev = glue.glue_features(dataset, glue_examples(config, dataset, dataset.eval_splits[0]), tokenizer,
@@ -145,24 +168,9 @@ def read_glue(config: ml_collections.ConfigDict, workdir: str, stage_spec: Spec)
                  f"{'regression' if dataset.is_regression else f'{dataset.num_labels} classes'}")
 
 
-def squad_examples(config: ml_collections.ConfigDict, split: str) -> list[squad_data.SquadExample]:
-    data = config.data
-    if data.source == "json":
-        return squad_data.read_squad_json(data.train_file if split == "train" else data.dev_file, config.version)
-    if data.source == "tfds":
-        return squad_data.read_squad_tfds(config.version, "train" if split == "train" else "validation",
-                                          data.get("tfds_data_dir") or None)
-    raise ConfigError(f"config.data.source={data.source!r}: choose 'json' or 'tfds'")
-
-
-def squad_feature_options(config: ml_collections.ConfigDict) -> dict[str, int]:
-    d = config.data
-    return dict(max_seq_length=d.max_seq_length, doc_stride=d.doc_stride, max_query_length=d.max_query_length)
-
-
 def squad_spec(config: ml_collections.ConfigDict) -> Spec:
     model_cfg = model_config(config)
-    model = MobileBertForQuestionAnswering(model_cfg)
+    model = squad_model(config)
     positions = {k: jax.ShapeDtypeStruct((), jnp.int32) for k in ("start_positions", "end_positions")}
     return _spec(f"squad_v{config.version}", model, model_cfg, objectives.Spans(model),
                  squad_feature_options(config)["max_seq_length"], positions)
@@ -171,7 +179,7 @@ def squad_spec(config: ml_collections.ConfigDict) -> Spec:
 def read_squad(config: ml_collections.ConfigDict, workdir: str, stage_spec: Spec) -> StageIO:
     del workdir
     backbone = _read_backbone(config, stage_spec)
-    tokenizer = load_tokenizer(config.data.vocab)
+    tokenizer = load_tokenizer(config.data.tokenizer)
     options = squad_feature_options(config)
     train = squad_data.build_features(squad_examples(config, "train"), tokenizer, **options).arrays
     dev = squad_data.build_features(squad_examples(config, "dev"), tokenizer, **options).arrays \
@@ -181,5 +189,10 @@ def read_squad(config: ml_collections.ConfigDict, workdir: str, stage_spec: Spec
                  f"{options['max_seq_length']}")
 
 
-GLUE = Stage(glue_spec, read_glue)
-SQUAD = Stage(squad_spec, read_squad)
+GLUE_SCORING = Scoring(model=glue_model, evaluate=evaluate.evaluate_glue, held_out=evaluate.glue_held_out,
+                       calibration=evaluate.glue_calibration, labels=evaluate.glue_labels)
+SQUAD_SCORING = Scoring(model=squad_model, evaluate=evaluate.evaluate_squad, held_out=evaluate.squad_held_out,
+                        calibration=evaluate.squad_calibration, labels=evaluate.squad_labels)
+
+GLUE = Stage(spec=glue_spec, read=read_glue, inherit=inherit, scoring=GLUE_SCORING)
+SQUAD = Stage(spec=squad_spec, read=read_squad, inherit=inherit, scoring=SQUAD_SCORING)

@@ -96,6 +96,7 @@ def spec(config: ml_collections.ConfigDict) -> Spec:
         example=pretraining_example(seq_len, predictions),
         tokens_per_example=seq_len,
         train_flops_per_example=flops.pretraining_train_flops_per_sequence(c, seq_len, predictions),
+        models=(c,),
     )
 
 
@@ -104,8 +105,8 @@ def read(config: ml_collections.ConfigDict, workdir: str, stage_spec: Spec) -> S
     check_vocabulary(config, c)
     train_iterator, eval_batches = pretraining_data(config, workdir)
     return StageIO(spec=stage_spec, train_iterator=train_iterator, eval_batches=eval_batches,
-                describe=f"{config.get('model_preset', 'custom')} model, {flops.parameter_count(c):,} backbone "
-                         f"parameters, sequences of {config.data.max_seq_length}")
+                describe=f"{flops.parameter_count(c):,} backbone parameters, {c.num_hidden_layers} layers of "
+                         f"{c.hidden_size}, sequences of {config.data.max_seq_length}")
 
 
-PRETRAINING = Stage(spec, read)
+PRETRAINING = Stage(spec=spec, read=read)

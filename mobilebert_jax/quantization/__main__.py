@@ -1,4 +1,4 @@
-"""Quantize a fine-tuned GLUE run to int8 and score it next to float on the same dev set.
+"""Quantize a fine-tuned run to int8 and score it next to float on the same held-out set (its stage's metrics).
 
     python -m mobilebert_jax.quantization --workdir=runs/sst2 [--calibration_examples=300] [--method=minmax]
 
@@ -10,19 +10,14 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 
 from absl import flags
 
-from mobilebert_jax import cli
-from mobilebert_jax.errors import ConfigError
-
-from mobilebert_jax.data.tokenizers import load_tokenizer
-from mobilebert_jax.quantization.compare import calibration_rows, compare_glue
+from mobilebert_jax import cli, finished_run, storage
+from mobilebert_jax.quantization.compare import compare
 from mobilebert_jax.quantization.ptq import PTQConfig
-from mobilebert_jax.finetune import evaluate, stage as finetune_stage, glue
 
-flags.DEFINE_string("workdir", None, "a GLUE fine-tuning run (experiments/finetune_glue.py)", required=True)
+flags.DEFINE_string("workdir", None, "a fine-tuning run (experiments/finetune_*.py)", required=True)
 flags.DEFINE_integer("step", None, "checkpoint step (default: latest)")
 flags.DEFINE_integer("calibration_examples", 300, "training examples the activation ranges come from")
 flags.DEFINE_enum("method", "minmax", ["minmax", "percentile"], "activation range calibration")
@@ -37,25 +32,16 @@ FLAGS = flags.FLAGS
 def main(argv) -> None:
     del argv
     cli.log_libraries_to(FLAGS.workdir)
-    run = evaluate.load_run(FLAGS.workdir, FLAGS.step)
-    config, model, params = run.config, run.model, run.params
-    if config.stage != "glue_finetuning":
-        raise ConfigError(f"{FLAGS.workdir}/config.json: stage {config.stage!r}; only GLUE runs are compared here")
-    task = glue.get_task(config.task)
-    tokenizer = load_tokenizer(run.tokenizer)
-    seq_len = config.data.max_seq_length
-    train = finetune_stage.glue_examples(config, task, "train")
-    rows = calibration_rows(len(train), FLAGS.calibration_examples, seed=config.seed)
-    calibration = glue.glue_features(task, [train[i] for i in rows], tokenizer, seq_len)
-    dev = glue.glue_features(task, finetune_stage.glue_examples(config, task, task.eval_splits[0]), tokenizer, seq_len)
+    run = finished_run.load(FLAGS.workdir, FLAGS.step)
+    scoring = finished_run.scoring(run.config, f"--workdir={FLAGS.workdir!r}")
+    calibration = scoring.calibration(run, FLAGS.calibration_examples, run.config.data.max_seq_length)
     ptq = PTQConfig(activations=not FLAGS.weights_only,
                     per_channel_input_axes=PTQConfig().per_channel_input_axes if FLAGS.per_channel_streams else ())
-    report = compare_glue(model, params, task, calibration, dev, config=ptq, method=FLAGS.method,
-                          percentile=FLAGS.percentile, batch_size=FLAGS.batch_size)
+    report = compare(run.model, run.params, scoring.held_out(run), calibration, config=ptq, method=FLAGS.method,
+                     percentile=FLAGS.percentile, batch_size=FLAGS.batch_size)
     report["ptq_config"] = dataclasses.asdict(ptq)
-    os.makedirs(os.path.join(FLAGS.workdir, "eval"), exist_ok=True)
-    with open(os.path.join(FLAGS.workdir, "eval", "int8.json"), "w") as f:
-        json.dump(report, f, indent=2)
+    storage.path(FLAGS.workdir, "eval").mkdir(parents=True, exist_ok=True)
+    storage.path(FLAGS.workdir, "eval", "int8.json").write_text(json.dumps(report, indent=2))
     print(json.dumps(report, indent=2))
 
 

@@ -14,7 +14,7 @@ The step is built by the trainer's own code (`trainer.build_program`: mesh,
 logical shardings, the jitted step with its frozen teacher argument and
 donated state) over the topology's compile-only devices, lowered with
 abstract inputs and compiled by libtpu's XLA. It is built from the stage's
-pure part alone (`Stage.spec` of `main.STAGES`: shapes and configs), so no
+pure part alone (`Stage.spec` of `stages.STAGES`: shapes and configs), so no
 data is prepared and no teacher or checkpoint is read.
 
 Printed, per device: arguments (state, batch, teacher), outputs not aliased
@@ -171,7 +171,7 @@ def compile_stage(config: ml_collections.ConfigDict, topology: str, mfu: float =
                   compile_step: bool = True) -> Result:
     """Compiles `config`'s train step for `topology` (prepare_libtpu() first) and measures it; with
     `compile_step=False`, only what the shardings place on each device."""
-    from mobilebert_jax.main import stage
+    from mobilebert_jax import stages
     from mobilebert_jax.train import trainer
 
     if not 0 < mfu <= 1:
@@ -180,7 +180,7 @@ def compile_stage(config: ml_collections.ConfigDict, topology: str, mfu: float =
     hosts = len({d.process_index for d in devices})
     experiment_config.validate(config, len(devices), process_count=hosts)
     mesh = partitioning.make_mesh(config.mesh, devices)
-    spec = stage(config.stage).spec(config)
+    spec = stages.lookup(config.stage).spec(config)
     program = trainer.build_program(config, spec, mesh)
     # The global batch: the stage's example at the real global size.
     batch = {k: jax.ShapeDtypeStruct((config.batch_size, *v.shape), v.dtype, sharding=program.batch_sharding)
@@ -218,6 +218,7 @@ def compile_stage(config: ml_collections.ConfigDict, topology: str, mfu: float =
     outputs = memory.output_size_in_bytes - memory.alias_size_in_bytes
     total = memory.argument_size_in_bytes + outputs + memory.temp_size_in_bytes + memory.generated_code_size_in_bytes
     model_flops = float(spec.train_flops_per_example) * config.batch_size
+    scanned = any(m.scan_layers for m in spec.models)
     peak = hardware.peak_flops(kind, dtype=config.model.get("dtype", "bfloat16"))
     step_seconds = None if peak is None else model_flops / (mfu * peak * len(devices))
     return Result(
@@ -225,16 +226,12 @@ def compile_stage(config: ml_collections.ConfigDict, topology: str, mfu: float =
         argument_bytes=memory.argument_size_in_bytes, output_bytes=outputs, temp_bytes=memory.temp_size_in_bytes,
         code_bytes=memory.generated_code_size_in_bytes, total_bytes=total,
         # cost_analysis describes one device's partition of the SPMD program.
-        xla_flops_per_step=None if _scans_layers(config) else float(cost.get("flops", 0.0)) * len(devices),
+        # None under nn.scan: XLA's cost analysis counts a scanned layer once, not L times (measured: a 4-layer
+        # scanned step's count is that of about one layer plus the rest).
+        xla_flops_per_step=None if scanned else float(cost.get("flops", 0.0)) * len(devices),
         model_flops_per_step=model_flops,
         step_seconds=step_seconds, run_seconds=None if step_seconds is None else step_seconds * config.total_steps,
         compile_seconds=compile_seconds)
-
-
-def _scans_layers(config: ml_collections.ConfigDict) -> bool:
-    """Whether a model of the stage runs its layers under nn.scan: XLA's cost analysis then counts the scanned
-    layer once, not L times (measured: a 4-layer scanned step's count is that of about one layer plus the rest)."""
-    return any(config[m].get("scan_layers", False) for m in ("model", "teacher_model") if m in config)
 
 
 def _gib(n: Optional[float]) -> str:

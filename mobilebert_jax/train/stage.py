@@ -1,17 +1,23 @@
-"""What a training stage plugs into the generic loop, built in two parts.
+"""A stage: everything the project knows about one kind of run, behind one object.
 
 The trainer knows meshes, checkpoints, logging and the step; a stage knows
-its model, its `Objective` (train/objective.py) and its inputs. A `Stage`
-is built in two parts:
+its model, its `Objective` (train/objective.py), its inputs, what it takes
+from the models it starts from and how its finished runs are scored. Every
+command asks the stage (looked up in `stages.STAGES`), none tests its name:
 
+  inherit(config)                 in place, before anything compiles: what the run takes from the models it
+                                  starts from (the init checkpoint's model fields, their tokenizer).
   spec(config) -> Spec            pure: shapes and configs, no file read. All the trainer needs to build
                                   the jitted program (`trainer.build_program`), and so all the ahead-of-time
                                   compiler needs (tools/aot_compile.py).
   read(config, workdir, spec)     the I/O: opens and checks the parameter sources (model_source), prepares
-      -> StageIO                     and opens the data.
+      -> StageIO                  and opens the data.
+  scoring: Scoring                a finished run's model, evaluation, held-out and calibration data, labels
+                                  (finished_run.py; the evaluate, quantization and export commands). None: the
+                                  stage's runs are read as models (model_source), not scored as tasks.
 
 Pretraining (pretraining/stage.py), distillation (distill/stage.py) and
-fine-tuning (finetune/stage.py) are Stages; `main.STAGES` names them.
+fine-tuning (finetune/stage.py) are Stages.
 """
 
 from __future__ import annotations
@@ -19,10 +25,13 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Callable, Iterator, Optional, Protocol
 
+import flax.linen as nn
 import jax
 import ml_collections
+import numpy as np
 
 from mobilebert_jax import model_source
+from mobilebert_jax.config import MobileBertConfig
 from mobilebert_jax.train.objective import Objective
 
 
@@ -56,6 +65,8 @@ class Spec:
     # step -> extra scalars computed inside the jitted step and logged with its metrics (a distillation
     # run's stage, its per-layer learning-rate multipliers).
     step_metrics: Optional[Callable[[jax.Array], dict]] = None
+    # The configs of the models the step runs (the trained one first, then a frozen teacher).
+    models: tuple[MobileBertConfig, ...] = ()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -75,9 +86,50 @@ class StageIO:
 
 
 @dataclasses.dataclass(frozen=True)
+class FinishedRun:
+    """A finished run as its workdir alone holds it (finished_run.load): no init checkpoint or outside tokenizer."""
+    workdir: str
+    config: ml_collections.ConfigDict
+    model: nn.Module  # unrolled layers, whatever the run scanned
+    params: Any  # numpy, the model's own tree
+    tokenizer: str  # the spec of the run's recorded tokenizer copy
+
+
+@dataclasses.dataclass(frozen=True)
+class HeldOut:
+    """A finished run's held-out split as its model takes it, and how to read the model's outputs on it."""
+    name: str  # for reports, e.g. "SST-2 dev"
+    arrays: dict[str, np.ndarray]  # the model inputs (input_ids, input_mask, segment_ids) and whatever `score` needs
+    # The model's outputs on every row of `arrays` (numpy, by output name) -> the stage's metrics.
+    score: Callable[[dict[str, np.ndarray]], dict[str, float]]
+    # The same outputs -> one prediction per row, compared between float and int8 forms (agreement).
+    predictions: Callable[[dict[str, np.ndarray]], np.ndarray]
+
+
+@dataclasses.dataclass(frozen=True)
+class Scoring:
+    """What evaluation, quantization and export need of a stage's finished runs."""
+    # The run's model from its resolved config; unrolled=True whatever config.model.scan_layers says.
+    model: Callable[[ml_collections.ConfigDict, bool], nn.Module]
+    # (run, output_dir, batch_size) -> the official metrics; writes the stage's prediction files into output_dir.
+    evaluate: Callable[[FinishedRun, str, int], dict]
+    held_out: Callable[[FinishedRun], HeldOut]
+    # (run, count, seq_len) -> model inputs of `count` training examples drawn with the run's seed.
+    calibration: Callable[[FinishedRun, int, int], dict[str, np.ndarray]]
+    # The run's class names (an app's labels file), None where the outputs are not classes.
+    labels: Callable[[ml_collections.ConfigDict], Optional[list[str]]]
+
+
+def inherits_nothing(config: ml_collections.ConfigDict) -> None:
+    del config
+
+
+@dataclasses.dataclass(frozen=True)
 class Stage:
     spec: Callable[[ml_collections.ConfigDict], Spec]
     read: Callable[[ml_collections.ConfigDict, str, Spec], StageIO]
+    inherit: Callable[[ml_collections.ConfigDict], None] = inherits_nothing
+    scoring: Optional[Scoring] = None
 
     def open(self, config: ml_collections.ConfigDict, workdir: str) -> StageIO:
         """Everything that can be wrong with the config is reported by `spec`, before any I/O."""

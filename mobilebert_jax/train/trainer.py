@@ -26,8 +26,9 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from mobilebert_jax import checkpointing, experiment_config, hardware, model_source, optim, partitioning, plot, storage
 from mobilebert_jax import workdir as workdir_lib
 from mobilebert_jax.errors import DataError, NonFiniteLossError
+from mobilebert_jax.data import tokenizer_record
+from mobilebert_jax.data.tokenizers import loaded_once
 from mobilebert_jax.metrics_writer import MetricsWriter
-from mobilebert_jax.train import lineage
 from mobilebert_jax.train import step as step_lib
 from mobilebert_jax.train.stage import Spec, Stage, StageIO
 
@@ -118,9 +119,11 @@ def train(config: ml_collections.ConfigDict, workdir: str, stage: Stage) -> dict
     From here on a SIGTERM stops the run cleanly (before the first step, if it comes that early); the workdir is
     locked against a second run, and a config other than the one it was started with is refused.
     """
-    with checkpointing.PreemptionGuard():  # catches a SIGTERM during set-up; the loop's guard sees it too
-        # Everything that can be wrong with the config fails here, before any data work or compile.
-        lineage.resolve(config)
+    # One start opens each model source and loads each tokenizer once (inherit, then read, share them).
+    with checkpointing.PreemptionGuard(), model_source.opened_once(), loaded_once():
+        # The guard catches a SIGTERM during set-up; the loop's guard sees it too. Everything that can be wrong
+        # with the config fails here, before any data work or compile.
+        stage.inherit(config)
         experiment_config.validate(config, jax.device_count(), process_count=jax.process_count())
         experiment_config.check_shared_storage(config, workdir, jax.process_count())
         with workdir_lib.WorkdirLock(workdir) as lock:
@@ -136,7 +139,7 @@ def _train(config: ml_collections.ConfigDict, workdir: str, stage: Stage,
     finished_marker = epath.Path(workdir) / FINISHED
     if jax.process_index() == 0:
         finished_marker.unlink(missing_ok=True)
-    lineage.record_tokenizer(config, workdir)
+    tokenizer_record.record_run(config, workdir)
     mesh = partitioning.make_mesh(config.mesh)
     io = stage.open(config, workdir)
     spec = io.spec
