@@ -11,7 +11,11 @@ setup(
     name="mobilebert-jax",
     version="0.1.0",
     description="MobileBERT and IB-BERT pretraining, distillation and fine-tuning in JAX/Flax",
-    packages=find_packages(include=["mobilebert_jax", "mobilebert_jax.*"]),
+    # experiments/ (one config per stage, the README job's pipeline) installs as mobilebert_jax.experiments, so
+    # the installed command runs the default pipeline without a checkout.
+    packages=find_packages(include=["mobilebert_jax", "mobilebert_jax.*"]) + ["mobilebert_jax.experiments"],
+    package_dir={"mobilebert_jax.experiments": "experiments"},
+    package_data={"mobilebert_jax.experiments": ["sweeps/*"]},
     python_requires=">=3.11",
     install_requires=[
         f"jax=={JAX}",
