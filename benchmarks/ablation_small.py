@@ -21,7 +21,7 @@ Each variant runs once per seed (--seeds); the table gives the mean and sample s
 Every model is scored on the same held-out batches. The table, with this command, replaces the section
 between the ablation markers of docs/distillation.md (--docs="" to leave the docs alone).
 
-A teacher from `python -m mobilebert_jax.distill.pipeline` is reused when --teacher points at it and
+A teacher from `python -m mobilebert_jax.main` (the README job) is reused when --teacher points at it and
 its architecture matches; otherwise one is trained first (part of the run time).
 """
 
@@ -42,12 +42,12 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from mobilebert_jax import flops, model_source, preemption  # noqa: E402
 from mobilebert_jax.config import MobileBertConfig  # noqa: E402
-from mobilebert_jax.distill import pipeline  # noqa: E402
+from mobilebert_jax.experiments import pipeline  # noqa: E402
 from mobilebert_jax.distill.evaluate import eval_batches, held_out_metrics  # noqa: E402
 
 DOCS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "docs", "distillation.md")
 BEGIN, END = "<!-- ablation:begin -->", "<!-- ablation:end -->"
-JOB = pipeline.job()  # experiments/pipeline.py: each stage's config at the README job's scale
+JOB = pipeline  # experiments/pipeline.py: each stage's config at the README job's scale
 
 @dataclasses.dataclass(frozen=True)
 class Variant:

@@ -1,24 +1,41 @@
-"""The README's main job: the whole MobileBERT recipe at small scale on the embedded corpus, its settings.
+"""The README's main job: the whole MobileBERT recipe at small scale, in one command, on the embedded corpus.
 
-    python -m mobilebert_jax.main        # runs it (mobilebert_jax/distill/pipeline.py) in runs/pipeline
+    python -m mobilebert_jax.main [--workdir=runs/pipeline] [--teacher_steps=N ... any Scale field]
 
-Not an experiment of one stage (no get_config): `SCALE` is the job's size (the fields of
-`mobilebert_jax.distill.pipeline.Scale`, each a flag of main: `--teacher_steps=...`), and the functions below
-turn a `Scale` into the four stages' configs, each the smoke experiment of that stage (experiments/*.py:smoke)
-at this scale: the teacher, a distillation stage (progressive, pd; the ablation's joint and auxiliary), and the
-student from scratch. The values are chosen for about ten minutes on two free CPU cores; docs/distillation.md
-says why each one is what it is.
+1. prepare the data (the bundled Python docs, SentencePiece vocabulary, held-out split);
+2. pretrain a small IB-BERT teacher (MLM + NSP);
+3. progressive knowledge transfer into a MobileBERT-shaped student, one stage per layer;
+4. pretraining distillation (PD) of that student;
+5. train the same student from scratch (MLM + NSP) for as many steps as 3 and 4 together;
+6. score the teacher, the distilled student and the scratch student on the same held-out batches,
+   print the table, and write `results.md` and `results.json` to the workdir.
+
+Every stage is an ordinary trainer run in its own subdirectory (checkpoints, TensorBoard, metrics.jsonl and
+curves.png), so rerunning the command continues an interrupted pipeline where it stopped. Each stage's config is
+the smoke experiment of that stage (experiments/*.py:smoke) at this job's size: `SCALE` (the fields of `Scale`,
+each a flag of main without --config). The values are chosen for about ten minutes on two free CPU cores;
+docs/distillation.md says why each one is what it is. The ablation (benchmarks/ablation_small.py) builds its
+stages here too. This file installs with the package (mobilebert_jax.experiments.pipeline), so the installed
+command runs the job without a checkout.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import os
+import time
 from typing import Any
 
+import jax
 import ml_collections
+from absl import flags
 
-from mobilebert_jax import experiment_config
+from mobilebert_jax import experiment_config, flops, model_source, plot, preemption, storage
 from mobilebert_jax.distill import strategies
+from mobilebert_jax.distill.evaluate import eval_batches, held_out_metrics
+from mobilebert_jax.errors import ConfigError
+from mobilebert_jax.train.stage import Stage
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
@@ -41,6 +58,52 @@ SCALE = dict(
     student_lr=1e-3,  # PD and the scratch student
     eval_batch_size=64,
 )
+
+
+@dataclasses.dataclass(frozen=True)
+class Scale:
+    """Everything the small pipeline sets; the README run's values are `SCALE`."""
+
+    seq_len: int
+    max_predictions: int  # masked positions per sequence
+    held_out_fraction: float  # of the documents, for the held-out table
+    batch_size: int
+    layers: int  # teacher and student
+    teacher_intra_bottleneck_size: int
+    teacher_intermediate_size: int
+    teacher_steps: int
+    stage_steps: int  # progressive: layers x stage_steps transfer steps
+    pd_steps: int
+    optimizer: str  # config.optimizer.name of every stage
+    teacher_lr: float
+    transfer_lr: float  # the base rate; progressive multiplies it by 3 bg(t) at the current layer
+    student_lr: float  # PD and the scratch student
+    eval_batch_size: int
+
+    def __post_init__(self) -> None:
+        # Named as the flags that set them, before any data work: a zero or negative count would
+        # otherwise surface as a config error of one stage, after the earlier stages have run.
+        for field in dataclasses.fields(self):
+            value = getattr(self, field.name)
+            if isinstance(value, (int, float)) and not value > 0:
+                raise ConfigError(f"--{field.name}={value}: must be positive")
+        if not self.held_out_fraction < 1:
+            raise ConfigError(f"--held_out_fraction={self.held_out_fraction}: must be below 1")
+        if self.max_predictions > self.seq_len:
+            raise ConfigError(f"--max_predictions={self.max_predictions} exceeds --seq_len={self.seq_len}")
+
+    @property
+    def transfer_steps(self) -> int:
+        return self.layers * self.stage_steps
+
+    @property
+    def student_steps(self) -> int:
+        return self.transfer_steps + self.pd_steps
+
+
+def default_scale(**overrides: Any) -> Scale:
+    """The README run's `Scale` (`SCALE`), with `overrides` (the flags given) in place."""
+    return Scale(**{**SCALE, **overrides})
 
 
 def _smoke_experiment(name: str) -> ml_collections.ConfigDict:
@@ -142,3 +205,107 @@ def scratch_config(scale, teacher: ml_collections.ConfigDict, data_dir: str) -> 
     c.eval.every_steps = scale.student_steps
     _optimizer(c, scale, scale.student_lr, scale.student_steps)
     return c
+
+
+def train_stage(name: str, config: ml_collections.ConfigDict, workdir: str, stage: Stage,
+                timings: dict[str, float]) -> bool:
+    """Trains (or resumes) one stage; False when a signal stopped it early, with its checkpoint saved.
+
+    The stages after it read its final model, so a caller stops there: the flag that stopped this stage stays set
+    (the entry points install `preemption`'s handler first) and would stop each later stage before its first step.
+    """
+    from mobilebert_jax.train.trainer import train
+
+    print(f"\n=== {name}: {workdir} ===", flush=True)
+    start = time.monotonic()
+    train(config, workdir, stage)
+    timings[name] = time.monotonic() - start
+    if preemption.STOP.is_set():
+        print(f"stopped during {name} by a signal: its checkpoint is saved; rerun the same command to continue",
+              flush=True)
+        return False
+    return True
+
+
+def markdown_table(rows: list[dict]) -> str:
+    lines = ["| model | backbone params | training steps | held-out MLM accuracy | held-out MLM loss | "
+             "held-out NSP accuracy |", "|---|---|---|---|---|---|"]
+    for r in rows:
+        lines.append(f"| {r['model']} | {r['params']:,} | {r['steps']} | {100 * r['mlm_accuracy']:.2f}% | "
+                     f"{r['mlm_loss']:.3f} | {100 * r['nsp_accuracy']:.2f}% |")
+    return "\n".join(lines)
+
+
+def run(workdir: str, scale: Scale | None = None) -> list[dict]:
+    """Every stage (each resumed where it stopped), then the table; [] when a signal stopped a stage.
+
+    `scale`: None is the README run's (`default_scale()`).
+    """
+    from mobilebert_jax.distill.stage import DISTILLATION
+    from mobilebert_jax.pretraining.stage import PRETRAINING
+
+    scale = default_scale() if scale is None else scale
+
+    started = time.monotonic()
+    timings: dict[str, float] = {}
+    data_dir = os.path.join(workdir, "data")
+    dirs = {k: os.path.join(workdir, k) for k in ("teacher", "progressive", "pd", "scratch")}
+
+    teacher_cfg = teacher_config(scale, data_dir)
+    if not train_stage("teacher pretraining", teacher_cfg, dirs["teacher"], PRETRAINING, timings):
+        return []
+    progressive = distill_config("progressive", scale, teacher_cfg.model, dirs["teacher"], data_dir)
+    if not train_stage("progressive knowledge transfer", progressive, dirs["progressive"], DISTILLATION,
+                       timings):
+        return []
+    pd = distill_config("pd", scale, teacher_cfg.model, dirs["teacher"], data_dir,
+                               student_init=dirs["progressive"])
+    if not train_stage("pretraining distillation", pd, dirs["pd"], DISTILLATION, timings):
+        return []
+    scratch = scratch_config(scale, teacher_cfg.model, data_dir)
+    if not train_stage("student from scratch", scratch, dirs["scratch"], PRETRAINING, timings):
+        return []
+
+    start = time.monotonic()
+    batches = eval_batches(teacher_cfg.data, scale.eval_batch_size)
+    rows = []
+    for name, key, model, steps in (
+            ("IB-BERT teacher", "teacher", teacher_cfg.model, scale.teacher_steps),
+            ("MobileBERT after progressive transfer (teacher's heads)", "progressive", pd.model, scale.transfer_steps),
+            ("MobileBERT distilled (progressive + PD)", "pd", pd.model, scale.student_steps),
+            ("MobileBERT from scratch", "scratch", scratch.model, scale.student_steps)):
+        source = model_source.open_source(dirs[key], f"the pipeline's {key} run")
+        cfg, params = source.config, model_source.read(source)
+        rows.append(dict(model=name, params=flops.parameter_count(cfg), steps=steps,
+                         **held_out_metrics(cfg, params, batches)))
+    timings["evaluation"] = time.monotonic() - start
+    timings["total"] = time.monotonic() - started
+
+    table = markdown_table(rows)
+    distilled, scratch_row = rows[2], rows[3]
+    margin = 100 * (distilled["mlm_accuracy"] - scratch_row["mlm_accuracy"])
+    verdict = (f"The distilled student {'beats' if margin > 0 else 'does NOT beat'} the scratch student on held-out "
+               f"MLM accuracy by {margin:+.2f} points ({sum(b['masked_lm_weights'].sum() for b in batches):.0f} "
+               f"masked tokens in {len(batches)} batches).")
+    report = (f"{table}\n\n{verdict}\n\nWall time: " + ", ".join(f"{k} {v:.0f}s" for k, v in timings.items())
+              + f" on {jax.device_count()} {jax.devices()[0].platform} device(s).\nCurves: "
+              + ", ".join(os.path.join(d, plot.CURVES_PNG) for d in dirs.values()) + "\n")
+    storage.path(workdir, "results.md").write_text(report)
+    storage.path(workdir, "results.json").write_text(
+        json.dumps(dict(rows=rows, timings=timings, scale=dataclasses.asdict(scale)), indent=2))
+    print("\n" + report, flush=True)
+    return rows
+
+
+def define_scale_flags() -> None:
+    """One absl flag per `Scale` field (--teacher_steps=..., --seq_len=...); None: `SCALE`'s value."""
+    for field in dataclasses.fields(Scale):
+        kind = {"int": flags.DEFINE_integer, "float": flags.DEFINE_float, "str": flags.DEFINE_string}[field.type]
+        kind(field.name, None, f"the default pipeline (no --config): override Scale.{field.name} "
+                               f"(default {SCALE[field.name]})")
+
+
+def scale_overrides() -> dict[str, Any]:
+    """The `Scale` fields given on the command line."""
+    return {field.name: getattr(flags.FLAGS, field.name) for field in dataclasses.fields(Scale)
+            if getattr(flags.FLAGS, field.name) is not None}

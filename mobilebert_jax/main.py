@@ -10,8 +10,9 @@
 
 Without --config, runs the embedded default: the whole MobileBERT recipe at small scale on the
 bundled Python-docs corpus (teacher, progressive transfer, PD, a scratch baseline, the held-out
-table and the plots; mobilebert_jax/distill/pipeline.py runs it, experiments/pipeline.py holds its settings) in
-runs/pipeline. Its `Scale` fields are the flags below (--teacher_steps=..., --seq_len=...).
+table and the plots; experiments/pipeline.py, installed as mobilebert_jax.experiments.pipeline) in
+runs/pipeline. Its `Scale` fields are flags then (--teacher_steps=..., --seq_len=...; listed by --help without
+--config).
 
 Each run writes to its workdir: checkpoints/, metrics.jsonl, tensorboard/, config.py (the resolved config),
 command.txt (this command line and the git revision), log.txt (library logs) and curves.png.
@@ -26,7 +27,6 @@ from absl import flags
 
 from mobilebert_jax import cli, experiment_config, multihost, preemption, stages
 from mobilebert_jax.errors import ConfigError
-from mobilebert_jax.distill import pipeline
 
 DEFAULT_WORKDIR = os.path.join("runs", "pipeline")
 
@@ -36,27 +36,28 @@ flags.DEFINE_string("coordinator_address", None, "multi-process CPU/GPU clusters
                                                  "$JAX_COORDINATOR_ADDRESS (Cloud TPU VMs find it themselves)")
 flags.DEFINE_integer("num_processes", None, "multi-process clusters: how many processes, or $JAX_NUM_PROCESSES")
 flags.DEFINE_integer("process_id", None, "multi-process clusters: this process's index, or $JAX_PROCESS_ID")
-pipeline.define_scale_flags()
 FLAGS = flags.FLAGS
+
 
 def _parse(argv: list[str]):
     """(config, rest), or (None, rest) for the default pipeline when no --config is given."""
     if not any(a == "--config" or a.startswith("--config") for a in argv[1:]):
+        from mobilebert_jax.experiments import pipeline
+
+        pipeline.define_scale_flags()  # only then: a --config run has no pipeline flags
         return None, FLAGS(argv)
     return experiment_config.absl_flags_parser(argv)
 
 
 def main(parsed) -> None:
     config, _ = parsed
-    scale = pipeline.scale_overrides()
     if config is None:
+        from mobilebert_jax.experiments import pipeline
+
         workdir = FLAGS.workdir or DEFAULT_WORKDIR
         cli.log_libraries_to(workdir)
-        pipeline.run(workdir, pipeline.default_scale(**scale))
+        pipeline.run(workdir, pipeline.default_scale(**pipeline.scale_overrides()))
         return
-    if scale:
-        raise ConfigError(f"{', '.join('--' + k for k in sorted(scale))}: pipeline settings, for the default run "
-                          "without --config; a --config run takes --config.FIELD=VALUE")
     if FLAGS.workdir is None:
         raise ConfigError("--workdir is required with --config")
     cli.log_libraries_to(FLAGS.workdir)

@@ -11,11 +11,11 @@ import pytest
 
 from mobilebert_jax import experiment_config
 from mobilebert_jax.distill import config as distill_config
-from mobilebert_jax.distill import pipeline
+from mobilebert_jax.experiments import pipeline
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCALE = pipeline.default_scale()
-JOB = pipeline.job()  # experiments/pipeline.py
+JOB = pipeline  # experiments/pipeline.py: each stage's config at the README job's scale
 
 
 @pytest.fixture(scope="module")

@@ -10,12 +10,13 @@ import pytest
 
 from mobilebert_jax import experiment_config, optim
 from mobilebert_jax.config import MobileBertConfig
-from mobilebert_jax.distill import pipeline, strategies
+from mobilebert_jax.distill import strategies
+from mobilebert_jax.experiments import pipeline
 from mobilebert_jax.distill import config as distill_config
 from mobilebert_jax.modeling import MobileBertForPreTraining
 
 SCALE = pipeline.default_scale()
-JOB = pipeline.job()  # experiments/pipeline.py
+JOB = pipeline  # experiments/pipeline.py: each stage's config at the README job's scale
 
 
 @pytest.fixture(scope="module")
