@@ -17,25 +17,14 @@ fine-tuning (finetune/stage.py) are Stages; `main.STAGES` names them.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable, Iterator, Optional, Protocol
+from typing import Any, Callable, Iterator, Optional
 
 import jax
 import ml_collections
 
 from mobilebert_jax import model_source
+from mobilebert_jax.checkpointing import StatefulIterator
 from mobilebert_jax.train.objective import Objective
-
-
-class StatefulIterator(Protocol):
-    """A host-local batch iterator whose position can be saved and restored exactly."""
-
-    def __next__(self) -> dict: ...
-
-    def __iter__(self): ...
-
-    def get_state(self) -> Any: ...
-
-    def set_state(self, state: Any) -> None: ...
 
 
 @dataclasses.dataclass(frozen=True)
