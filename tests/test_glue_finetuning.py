@@ -52,7 +52,7 @@ def test_backbone_comes_from_the_checkpoint_and_the_head_is_new(tmp_path):
     config.init_checkpoint = str(tmp_path / "pretrained")
     config.data.vocab = config.data.scratch_vocab  # the params directory records no tokenizer
     lineage.resolve(config)  # what train() does first: config.model becomes the checkpoint's
-    task = finetune_stage.GLUE(config, str(tmp_path))
+    task = finetune_stage.GLUE.read(config, str(tmp_path), finetune_stage.GLUE.spec(config))
     fresh = nn.unbox(task.spec.init_params(jax.random.key(0)))
     one = jax.sharding.SingleDeviceSharding(jax.devices()[0])
     params = traverse_util.flatten_dict(task.start_from(fresh, None, jax.tree.map(lambda _: one, fresh)), sep="/")
@@ -63,14 +63,14 @@ def test_backbone_comes_from_the_checkpoint_and_the_head_is_new(tmp_path):
 
     config.model_overrides.num_hidden_layers = 2  # the checkpoint has one layer
     with pytest.raises(ConfigError, match="lacks .* backbone parameters"):
-        finetune_stage.GLUE(config, str(tmp_path))
+        finetune_stage.GLUE.read(config, str(tmp_path), finetune_stage.GLUE.spec(config))
 
 
 def test_the_spec_example_is_what_the_batches_hold(tmp_path):
     """tools/aot_compile builds the batch from the stage's spec alone; the real batches must hold exactly that."""
     config = _smoke_config()
     lineage.resolve(config)  # what train() does first: the tokenizer spec
-    task = finetune_stage.GLUE(config, str(tmp_path))
+    task = finetune_stage.GLUE.read(config, str(tmp_path), finetune_stage.GLUE.spec(config))
     batch = next(task.train_iterator)
     assert {k: (v.shape[1:], v.dtype) for k, v in batch.items()} == \
         {k: (v.shape, v.dtype) for k, v in task.spec.example.items()}

@@ -187,4 +187,4 @@ def with_data(config: ml_collections.ConfigDict, stage_spec: Spec,
                 frozen_source=teacher_source, start_from=start_from)
 
 
-DISTILLATION = Stage(spec, read)
+DISTILLATION = Stage(spec, read, sections=dict(data=data_config.SCHEMA, distill=distill_config.SCHEMA))

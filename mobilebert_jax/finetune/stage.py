@@ -20,6 +20,7 @@ import numpy as np
 from flax import traverse_util
 
 from mobilebert_jax import flops, model_source, partitioning
+from mobilebert_jax.config_schema import Schema
 from mobilebert_jax.errors import ConfigError
 from mobilebert_jax.config import MobileBertConfig
 from mobilebert_jax.data.tokenizers import load_tokenizer
@@ -29,6 +30,15 @@ from mobilebert_jax.finetune.batching import ShuffledBatches, padded_batches
 from mobilebert_jax.train.stage import Spec, Stage, StageIO
 
 BACKBONE = "mobilebert"
+
+# config.data of each fine-tuning stage; the values are the experiments' (finetune_glue.py, finetune_squad.py).
+# Optional: tfds_data_dir ("": TFDS's default data_dir), skip_malformed (False: a malformed TSV row is an error).
+GLUE_DATA = Schema(fields=("source", "glue_dir", "tfds_data_dir", "skip_malformed", "vocab", "scratch_vocab",
+                           "max_seq_length"),
+                   optional=dict(tfds_data_dir="", skip_malformed=False))
+SQUAD_DATA = Schema(fields=("source", "train_file", "dev_file", "tfds_data_dir", "vocab", "scratch_vocab",
+                            "max_seq_length", "doc_stride", "max_query_length"),
+                    optional=dict(tfds_data_dir=""))
 
 
 def model_config(config: ml_collections.ConfigDict) -> MobileBertConfig:
@@ -114,12 +124,12 @@ def _task(config, stage_spec: Spec, backbone: Optional[dict[str, np.ndarray]], t
 
 
 def glue_examples(config: ml_collections.ConfigDict, task: glue.GlueDataset, split: str) -> list[glue.GlueExample]:
-    data = config.data
-    if data.source == "tsv":
-        return glue.read_split(task, data.glue_dir, split, skip_malformed=data.get("skip_malformed", False))
-    if data.source == "tfds":
-        return glue_tfds.read_tfds(task, split, data.get("tfds_data_dir") or None)
-    raise ConfigError(f"config.data.source={data.source!r}: choose 'tsv' or 'tfds'")
+    data = GLUE_DATA.read(config.data, "config.data")
+    if data["source"] == "tsv":
+        return glue.read_split(task, data["glue_dir"], split, skip_malformed=data["skip_malformed"])
+    if data["source"] == "tfds":
+        return glue_tfds.read_tfds(task, split, data["tfds_data_dir"] or None)
+    raise ConfigError(f"config.data.source={data['source']!r}: choose 'tsv' or 'tfds'")
 
 
 def glue_spec(config: ml_collections.ConfigDict) -> Spec:
@@ -146,13 +156,14 @@ def read_glue(config: ml_collections.ConfigDict, workdir: str, stage_spec: Spec)
 
 
 def squad_examples(config: ml_collections.ConfigDict, split: str) -> list[squad_data.SquadExample]:
-    data = config.data
-    if data.source == "json":
-        return squad_data.read_squad_json(data.train_file if split == "train" else data.dev_file, config.version)
-    if data.source == "tfds":
+    data = SQUAD_DATA.read(config.data, "config.data")
+    if data["source"] == "json":
+        return squad_data.read_squad_json(data["train_file"] if split == "train" else data["dev_file"],
+                                          config.version)
+    if data["source"] == "tfds":
         return squad_data.read_squad_tfds(config.version, "train" if split == "train" else "validation",
-                                          data.get("tfds_data_dir") or None)
-    raise ConfigError(f"config.data.source={data.source!r}: choose 'json' or 'tfds'")
+                                          data["tfds_data_dir"] or None)
+    raise ConfigError(f"config.data.source={data['source']!r}: choose 'json' or 'tfds'")
 
 
 def squad_feature_options(config: ml_collections.ConfigDict) -> dict[str, int]:
@@ -181,5 +192,5 @@ def read_squad(config: ml_collections.ConfigDict, workdir: str, stage_spec: Spec
                  f"{options['max_seq_length']}")
 
 
-GLUE = Stage(glue_spec, read_glue)
-SQUAD = Stage(squad_spec, read_squad)
+GLUE = Stage(glue_spec, read_glue, sections=dict(data=GLUE_DATA))
+SQUAD = Stage(squad_spec, read_squad, sections=dict(data=SQUAD_DATA))

@@ -108,4 +108,4 @@ def read(config: ml_collections.ConfigDict, workdir: str, stage_spec: Spec) -> S
                          f"parameters, sequences of {config.data.max_seq_length}")
 
 
-PRETRAINING = Stage(spec, read)
+PRETRAINING = Stage(spec, read, sections=dict(data=data_config.SCHEMA))

@@ -17,12 +17,13 @@ fine-tuning (finetune/stage.py) are Stages; `main.STAGES` names them.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable, Iterator, Optional
+from typing import Any, Callable, Iterator, Mapping, Optional
 
 import jax
 import ml_collections
 
 from mobilebert_jax import model_source
+from mobilebert_jax.config_schema import Schema
 from mobilebert_jax.checkpointing import StatefulIterator
 from mobilebert_jax.train.objective import Objective
 
@@ -67,6 +68,9 @@ class StageIO:
 class Stage:
     spec: Callable[[ml_collections.ConfigDict], Spec]
     read: Callable[[ml_collections.ConfigDict, str, Spec], StageIO]
+    # The schemas of the config sections the stage reads beyond the trainer's (trainer.SECTIONS), by name: a
+    # resumed run takes a field its recorded config lacks at the schema's default.
+    sections: Mapping[str, Schema] = dataclasses.field(default_factory=dict)
 
     def open(self, config: ml_collections.ConfigDict, workdir: str) -> StageIO:
         """Everything that can be wrong with the config is reported by `spec`, before any I/O."""
