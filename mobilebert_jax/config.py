@@ -266,10 +266,14 @@ def _validate(c: MobileBertConfig) -> None:
 # Presets (REFERENCE section 1).
 # ---------------------------------------------------------------------------
 _PRESETS: dict[str, dict] = {
+    # TF1's uncased_L-24_H-1024_B-512_A-4.json omits classifier_activation and TF1's BertConfig defaults it to
+    # true: the teacher's NSP head reads a tanh pooler. The TF2 Model Garden's yaml sets it false (the raw [CLS]
+    # vector): get_preset("ib_bert_large", classifier_activation=False), or
+    # --config.model.classifier_activation=False on the teacher experiment (REFERENCE section 1).
     "ib_bert_large": dict(
         intra_bottleneck_size=1024, intermediate_size=4096, num_feedforward_networks=1,
         key_query_shared_bottleneck=False, normalization_type="layer_norm", hidden_act="gelu_new",
-        hidden_dropout_prob=0.1),
+        hidden_dropout_prob=0.1, classifier_activation=True),
     "mobilebert": dict(),
     "mobilebert_tiny": dict(num_feedforward_networks=2, key_query_shared_bottleneck=False,
                             use_bottleneck_attention=True),
