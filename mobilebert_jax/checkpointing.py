@@ -277,11 +277,6 @@ class Checkpointer:
             multihost_utils.sync_global_devices(f"checkpoint_moved_aside_{step}")
         return str(target)
 
-    def restore_config(self, step: Optional[int] = None) -> dict:
-        """The experiment config saved with `step` (default: latest), as a plain dict."""
-        step = self._step_or_latest(step)
-        return self._manager.restore(step, args=ocp.args.Composite(**{CONFIG: ocp.args.JsonRestore()}))[CONFIG]
-
     def wait(self) -> None:
         """Blocks until every started save is on disk (and old checkpoints are pruned); raises if one failed."""
         self._finish_previous()

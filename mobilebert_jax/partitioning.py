@@ -23,8 +23,9 @@ Config fields read here (`config.mesh`):
   rules      optional: [(logical name, mesh axes or None), ...]; replaces the
              default rule of the same name, new names are appended
 
-Inside the train step the lead enters `jax.set_mesh(mesh)` and
-`nn.logical_axis_rules(rules)` so that activation constraints resolve.
+The trainer and the AOT compiler trace, compile and run the steps under
+`jax.set_mesh(mesh)` and `nn.logical_axis_rules(rules)` (`trainer.Program.context`),
+so that the activation constraints resolve when the step is traced.
 """
 
 from __future__ import annotations
