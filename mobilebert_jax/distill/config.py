@@ -109,7 +109,8 @@ def read(cfg: Any, where: str = "config.distill") -> DistillConfig:
     last_stage = d["last_stage"]
     if last_stage is not None:
         last_stage = config_schema.step_count(last_stage, f"{where}.last_stage")
-    lower = config_schema.positive_number(d["lower_layer_multiplier"], f"{where}.lower_layer_multiplier", allow_zero=True)
+    lower = config_schema.positive_number(d["lower_layer_multiplier"], f"{where}.lower_layer_multiplier",
+                                          allow_zero=True)
     if d["layer_loss_scaling"] not in LAYER_LOSS_SCALINGS:
         raise ConfigError(f"{where}.layer_loss_scaling={d['layer_loss_scaling']!r}: choose one of "
                           f"{list(LAYER_LOSS_SCALINGS)}")

@@ -1,4 +1,4 @@
-"""The `config.optimizer` schema: its fields, which of them may be left out, and the reader that checks them.
+"""The `config.optimizer` schema: its fields and which of them may be left out (read by config_schema.Schema.read).
 
 The library holds no values: experiments/common.py's `optimizer(name, lr)` writes every field at TF1's settings
 and a stage changes what it needs. A missing required field is a ConfigError naming it. Fields that may be left
