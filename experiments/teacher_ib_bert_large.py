@@ -25,6 +25,12 @@ Step count: REFERENCE gives the teacher's batch (4096), optimizer (LAMB) and har
 500K steps at the PD stage's learning-rate recipe (warm up 10K steps to 1.5e-3, linear decay to 1.5e-7)
 is this project's default, not a number from the paper.
 
+Pooler: the model follows TF1 (the `ib_bert_large` preset): its NSP head reads tanh(W h[CLS] + b), as TF1's
+BertConfig defaults classifier_activation to true and the teacher's TF1 config omits it. The TF2 Model Garden's
+yaml turns it off (the NSP head reads h[CLS] itself): `--config.model.classifier_activation=False`. The smoke
+run keeps the TF2 choice: its figures above and the README job's table (experiments/pipeline.py starts from it)
+were measured without the pooler.
+
 Any field can be overridden on the command line, e.g. --config.total_steps=1000 --config.mesh.shape='(16,16,1)'.
 """
 
@@ -72,7 +78,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         # Dropout only slows learning when a run sees ~1M tokens once.
         model = get_preset("ib_bert_large", vocab_size=4000, hidden_size=128, intra_bottleneck_size=256,
                            intermediate_size=512, embedding_size=64, num_hidden_layers=4, num_attention_heads=4,
-                           max_position_embeddings=128, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+                           max_position_embeddings=128, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0,
+                           classifier_activation=False)  # see the docstring's "Pooler"
         c.batch_size = 32
         c.total_steps = 1200
         c.log_every = 50

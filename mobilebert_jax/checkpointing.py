@@ -63,16 +63,22 @@ from jax.experimental import multihost_utils
 from orbax.checkpoint import checkpoint_managers as policies
 
 from mobilebert_jax import preemption, storage
+from mobilebert_jax.config_schema import Schema
 from mobilebert_jax.errors import CheckpointError, ConfigError
 
 STATE, DATA, CONFIG = "state", "data", "config"
 CORRUPT_PREFIX = "corrupt-"  # unreadable steps are moved to <directory>/corrupt-<step>-<UTC time>
-CHECKPOINT_FIELDS = ("every_steps", "keep_last", "keep_steps", "keep_period", "async_save")
-CHECKPOINT_OPTIONAL = dict(keep_steps=(), keep_period=None)  # no milestones, no periodic keeps
+SCHEMA = Schema(fields=("every_steps", "keep_last", "keep_steps", "keep_period", "async_save"),
+                optional=dict(keep_steps=(), keep_period=None))  # no milestones, no periodic keeps
 
 
 class StatefulIterator(Protocol):
-    """What the data loader provides: an opaque JSON-able dict or bytes, and its inverse."""
+    """A host-local batch iterator whose position can be saved and restored exactly: `get_state` gives an opaque
+    JSON-able value or bytes (saved with each checkpoint), `set_state` its inverse."""
+
+    def __next__(self) -> dict: ...
+
+    def __iter__(self): ...
 
     def get_state(self) -> Any: ...
 
@@ -271,11 +277,6 @@ class Checkpointer:
             multihost_utils.sync_global_devices(f"checkpoint_moved_aside_{step}")
         return str(target)
 
-    def restore_config(self, step: Optional[int] = None) -> dict:
-        """The experiment config saved with `step` (default: latest), as a plain dict."""
-        step = self._step_or_latest(step)
-        return self._manager.restore(step, args=ocp.args.Composite(**{CONFIG: ocp.args.JsonRestore()}))[CONFIG]
-
     def wait(self) -> None:
         """Blocks until every started save is on disk (and old checkpoints are pruned); raises if one failed."""
         self._finish_previous()
@@ -383,17 +384,7 @@ def _first_line(error: BaseException) -> str:
 
 def read_config(ckpt_cfg: Any) -> dict[str, Any]:
     """`config.checkpoint` as Checkpointer keyword arguments, every field checked (the optional ones filled in)."""
-    if not isinstance(ckpt_cfg, (Mapping, ml_collections.ConfigDict)):
-        raise ConfigError(f"config.checkpoint must be a ConfigDict or dict, got {type(ckpt_cfg).__name__}")
-    fields = dict(ckpt_cfg.items())
-    unknown = sorted(set(fields) - set(CHECKPOINT_FIELDS))
-    if unknown:
-        raise ConfigError(f"config.checkpoint has unknown field(s) {unknown}; known: {list(CHECKPOINT_FIELDS)}")
-    merged = {**CHECKPOINT_OPTIONAL, **fields}
-    missing = [f for f in CHECKPOINT_FIELDS if f not in merged]
-    if missing:
-        raise ConfigError(f"config.checkpoint is missing required field(s) {missing}: set "
-                          + ", ".join(f"config.checkpoint.{f}" for f in missing))
+    merged = SCHEMA.read(ckpt_cfg, "config.checkpoint")
     for field in ("every_steps", "keep_last"):
         _check_positive(merged[field], f"config.checkpoint.{field}")
     if merged["keep_period"] is not None:

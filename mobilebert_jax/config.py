@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 from typing import Any, Optional
 
 # epath, not open(): configs live beside checkpoints, on gs:// as well (see storage.py; storage imports this module).
@@ -186,9 +185,6 @@ class MobileBertConfig:
         except ConfigError as e:
             raise ConfigError(f"{source}: {e}") from None
 
-    def save_hf_json(self, path: str) -> None:
-        epath.Path(path).write_text(json.dumps(self.to_hf_dict(), indent=2, sort_keys=True) + "\n")
-
     @classmethod
     def from_hf_json(cls, path: str) -> "MobileBertConfig":
         try:
@@ -266,10 +262,14 @@ def _validate(c: MobileBertConfig) -> None:
 # Presets (REFERENCE section 1).
 # ---------------------------------------------------------------------------
 _PRESETS: dict[str, dict] = {
+    # TF1's uncased_L-24_H-1024_B-512_A-4.json omits classifier_activation and TF1's BertConfig defaults it to
+    # true: the teacher's NSP head reads a tanh pooler. The TF2 Model Garden's yaml sets it false (the raw [CLS]
+    # vector): get_preset("ib_bert_large", classifier_activation=False), or
+    # --config.model.classifier_activation=False on the teacher experiment (REFERENCE section 1).
     "ib_bert_large": dict(
         intra_bottleneck_size=1024, intermediate_size=4096, num_feedforward_networks=1,
         key_query_shared_bottleneck=False, normalization_type="layer_norm", hidden_act="gelu_new",
-        hidden_dropout_prob=0.1),
+        hidden_dropout_prob=0.1, classifier_activation=True),
     "mobilebert": dict(),
     "mobilebert_tiny": dict(num_feedforward_networks=2, key_query_shared_bottleneck=False,
                             use_bottleneck_attention=True),
@@ -305,14 +305,3 @@ def get_preset(name: str, **overrides: Any) -> MobileBertConfig:
         raise ConfigError(f"unknown MobileBertConfig field(s) {unknown} in overrides of preset {name!r}")
     return MobileBertConfig(**{**_PRESETS[name], **overrides})
 
-
-def load_config(path_or_preset: str) -> MobileBertConfig:
-    """A preset name, an HF `config.json`, or a directory holding one."""
-    if path_or_preset in _PRESETS:
-        return get_preset(path_or_preset)
-    path = path_or_preset
-    if epath.Path(path).is_dir():
-        path = os.path.join(path, "config.json")
-    if not epath.Path(path).exists():
-        raise ConfigError(f"{path_or_preset!r} is neither a preset ({list(PRESET_NAMES)}) nor an existing file")
-    return MobileBertConfig.from_hf_json(path)

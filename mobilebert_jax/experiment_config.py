@@ -13,7 +13,7 @@ Trainer fields `validate` checks (other sections belong to their owners):
   config.optimizer   see optim/config.py (optional section)
   config.checkpoint  see checkpointing.py (optional section)
 
-The lead's `main` can let this module parse the command line:
+A CLI's `main` lets this module parse the command line (main.py, data/prepare.py, tools/aot_compile.py):
 
     app.run(main, flags_parser=experiment_config.absl_flags_parser)
     def main(parsed):

@@ -270,13 +270,6 @@ def read(source: Source, abstract_params: Any = None, stacked: Optional[bool] = 
     return jax.tree.map(lambda x, a: jax.device_put(np.asarray(x, a.dtype), a.sharding), params, abstract_params)
 
 
-def read_checked(spec: str, expected: MobileBertConfig, abstract_params: Any, where: str, config_field: str) -> Any:
-    """Checks the source at `spec` against `expected` and returns its parameters placed like `abstract_params`."""
-    source = open_source(spec, where)
-    check_architecture(source, expected, flat_shapes(abstract_params), where, config_field)
-    return read(source, abstract_params)
-
-
 def _absolute(path: epath.Path) -> epath.Path:
     return epath.Path(storage.absolute(path))
 

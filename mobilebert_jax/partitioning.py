@@ -23,8 +23,9 @@ Config fields read here (`config.mesh`):
   rules      optional: [(logical name, mesh axes or None), ...]; replaces the
              default rule of the same name, new names are appended
 
-Inside the train step the lead enters `jax.set_mesh(mesh)` and
-`nn.logical_axis_rules(rules)` so that activation constraints resolve.
+The trainer and the AOT compiler trace, compile and run the steps under
+`jax.set_mesh(mesh)` and `nn.logical_axis_rules(rules)` (`trainer.Program.context`),
+so that the activation constraints resolve when the step is traced.
 """
 
 from __future__ import annotations
@@ -34,12 +35,12 @@ from typing import Any, Mapping, Optional, Sequence, Union
 
 import flax.linen as nn
 import jax
-import ml_collections
 import numpy as np
 from absl import logging
 from jax.experimental import mesh_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
+from mobilebert_jax.config_schema import Schema
 from mobilebert_jax.errors import ConfigError
 
 MESH_AXES = ("data", "fsdp", "tensor")
@@ -73,20 +74,12 @@ DEFAULT_RULES: Rules = (
     ("layers", None),
 )
 
-_MESH_FIELDS = ("shape", "dcn_shape", "rules")
+SCHEMA = Schema(fields=("shape", "dcn_shape", "rules"), optional=dict(dcn_shape=None, rules=None))
 
 
 def _mesh_fields(mesh_cfg: Any) -> dict[str, Any]:
-    if isinstance(mesh_cfg, ml_collections.ConfigDict):
-        fields = {k: mesh_cfg[k] for k in mesh_cfg.keys()}
-    elif isinstance(mesh_cfg, Mapping):
-        fields = dict(mesh_cfg)
-    else:
-        raise ConfigError(f"config.mesh must be a ConfigDict or dict, got {type(mesh_cfg).__name__}")
-    unknown = sorted(set(fields) - set(_MESH_FIELDS))
-    if unknown:
-        raise ConfigError(f"config.mesh has unknown field(s) {unknown}; known fields: {list(_MESH_FIELDS)}")
-    if fields.get("shape") is None:
+    fields = SCHEMA.read(mesh_cfg, "config.mesh")
+    if fields["shape"] is None:
         raise ConfigError("config.mesh.shape is required: a (data, fsdp, tensor) triple such as (-1, 1, 1)")
     return fields
 

@@ -15,7 +15,9 @@ process 0 takes the lock for all; the others learn the outcome from it.
 
 `check_config_unchanged` compares the resolved config with the one the
 workdir recorded (`config.json`, written by `experiment_config.save_resolved`);
-only the fields in RESUMABLE_FIELDS may differ.
+only the fields in RESUMABLE_FIELDS may differ. A field the recorded config
+lacks (added to the library since the run started) is taken at its default:
+a model field's (MobileBertConfig), a section field's (its `Schema.optional`).
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ import sys
 import threading
 import time
 import uuid
-from typing import Any, Optional
+from typing import Any, Mapping, Optional
 
 import jax
 import ml_collections
@@ -39,6 +41,7 @@ from etils import epath
 
 from mobilebert_jax.checkpointing import CheckpointError
 from mobilebert_jax.config import MobileBertConfig
+from mobilebert_jax.config_schema import NO_DEFAULT, Schema
 from mobilebert_jax.errors import ConfigError
 
 LOCK_KEY = "LOCK"
@@ -203,8 +206,13 @@ def _alive(pid: Any) -> bool:
     return True
 
 
-def check_config_unchanged(config: ml_collections.ConfigDict, workdir: str) -> None:
-    """Raises ConfigError naming each field that differs from the workdir's recorded config.json."""
+def check_config_unchanged(config: ml_collections.ConfigDict, workdir: str,
+                           sections: Mapping[str, Schema] = {}) -> None:
+    """Raises ConfigError naming each field that differs from the workdir's recorded config.json.
+
+    `sections` are the schemas of the config sections the run reads (by name: "optimizer", "data"); a field of
+    theirs that the recorded config lacks counts as recorded at its default.
+    """
     from mobilebert_jax import experiment_config
 
     recorded_path = epath.Path(workdir) / "config.json"
@@ -214,10 +222,14 @@ def check_config_unchanged(config: ml_collections.ConfigDict, workdir: str) -> N
     recorded = recorded_config.to_dict()
     now = json.loads(config.to_json_best_effort())
     before, after = _flatten(recorded), _flatten(now)
+
+    def recorded_value(key: str) -> Any:
+        return before[key] if key in before else _added_field_default(key, sections)
+
     changed = [k for k in sorted(set(before) | set(after))
-               if before.get(k, _added_field_default(k)) != after.get(k, "<absent>") and not _resumable(k)]
+               if recorded_value(k) != after.get(k, "<absent>") and not _resumable(k)]
     if changed:
-        details = "; ".join(f"config.{k}: {before.get(k, _added_field_default(k))!r} recorded, now "
+        details = "; ".join(f"config.{k}: {recorded_value(k)!r} recorded, now "
                             f"{after.get(k, '<absent>')!r}"
                             for k in changed[:10])
         more = f" (and {len(changed) - 10} more)" if len(changed) > 10 else ""
@@ -236,15 +248,20 @@ def _flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
     return {prefix[:-1]: re.sub(r" at 0x[0-9a-f]+", "", tree) if isinstance(tree, str) else tree}
 
 
-def _added_field_default(key: str) -> Any:
-    """What a workdir recorded before a model field existed meant: that field's default (else "<absent>").
+def _added_field_default(key: str, sections: Mapping[str, Schema]) -> Any:
+    """What a workdir recorded before a field existed meant: that field's default (else "<absent>").
 
-    A model option added later (`scan_layers`, `explicit_weight_gradients`) is absent from the config.json of a
-    run started before it; that run computed exactly what the default computes, so resuming it is no change.
+    A model option added later (`scan_layers`, `explicit_weight_gradients`) or a section's optional field
+    (`config.optimizer.mu_dtype`, `config.data.whole_word_masking`) is absent from the config.json of a run
+    started before it; that run computed exactly what the default computes, so resuming it is no change.
     """
     section, _, field = key.partition(".")
     if section in MODEL_SECTIONS and field in _MODEL_FIELD_DEFAULTS:
         return _MODEL_FIELD_DEFAULTS[field]
+    if section in sections and field:
+        default = sections[section].default(tuple(field.split(".")))
+        if default is not NO_DEFAULT:
+            return json.loads(json.dumps(default))  # as config.json holds it: tuples as lists
     return "<absent>"
 
 

@@ -12,7 +12,8 @@ import grain
 import numpy as np
 import pytest
 
-from mobilebert_jax.data.loader import make_pretraining_loader, split_size
+from mobilebert_jax.data.loader import make_pretraining_loader
+from mobilebert_jax.data.manifest import load_manifest
 from mobilebert_jax.data.masking import FEATURE_DTYPES
 from mobilebert_jax.data.prepare import prepare
 from mobilebert_jax.errors import DataError
@@ -67,7 +68,7 @@ def test_same_seed_same_batches_other_seed_other_batches(prepared):
 
 @pytest.mark.parametrize("hosts", [2, 4])
 def test_hosts_together_yield_the_one_host_batch(prepared, hosts):
-    steps = split_size(prepared, "train") // 48 + 2  # runs past the end of the first epoch
+    steps = _instances(prepared, "train") // 48 + 2  # runs past the end of the first epoch
     whole = _take(_loader(prepared, batch=48), steps)
     parts = [_take(_loader(prepared, batch=48, host=h, hosts=hosts), steps) for h in range(hosts)]
     for t in range(steps):
@@ -86,7 +87,7 @@ def test_bad_host_layouts_are_refused(prepared):
 
 
 def test_epochs_visit_every_example_once_and_end(prepared):
-    n = split_size(prepared, "train")
+    n = _instances(prepared, "train")
     batches = list(_loader(prepared, batch=8, num_epochs=1, pad_final_batch=True))
     assert len(batches) == -(-n // 8)
     rows = np.concatenate([b["input_ids"] for b in batches])
@@ -102,6 +103,11 @@ def test_epochs_visit_every_example_once_and_end(prepared):
     assert rows.shape[1] == 64
 
 
+def _instances(data_cfg, split):
+    """A prepared split's size, from its manifest (what the loader reads)."""
+    return int(load_manifest(data_cfg.prepared_dir)["splits"][split]["instances"])
+
+
 def _unmasked(batch):
     ids = batch["input_ids"].copy()
     rows, cols = np.nonzero(batch["masked_lm_weights"])
@@ -110,7 +116,7 @@ def _unmasked(batch):
 
 
 def test_too_small_split_for_one_batch_is_a_clear_error(prepared):
-    n = split_size(prepared, "eval")
+    n = _instances(prepared, "eval")
     with pytest.raises(DataError, match=f"the eval split has {n} instances"):
         _loader(prepared, split="eval", batch=4 * n, num_epochs=1)
 

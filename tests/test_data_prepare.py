@@ -160,11 +160,11 @@ def test_data_section_is_checked_against_its_schema():
     from mobilebert_jax.errors import ConfigError
 
     full = data_config()
-    assert set(full) == set(data_config_lib.FIELDS)
+    assert set(full) == set(data_config_lib.SCHEMA.fields)
     partial = full.to_dict()
-    for field in data_config_lib.OPTIONAL:
+    for field in data_config_lib.SCHEMA.optional:
         del partial[field]
-    assert data_config_lib.read(partial).to_dict() == {**partial, **data_config_lib.OPTIONAL}
+    assert data_config_lib.read(partial).to_dict() == {**partial, **data_config_lib.SCHEMA.optional}
     del partial["masked_lm_prob"]
     with pytest.raises(ConfigError, match=r"config.data is missing required field\(s\) \['masked_lm_prob'\]"):
         data_config_lib.read(partial)

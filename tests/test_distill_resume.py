@@ -35,7 +35,7 @@ def _final_params(workdir, student_cfg) -> dict[str, np.ndarray]:
     shapes = partitioning.unbox_without_constraints(
         jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros((1, SEQ), jnp.int32))["params"]))
     abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=one), shapes)
-    params = model_source.read_checked(str(workdir), student_cfg, abstract, "final", "config.model")
+    params = model_source.read(model_source.open_source(str(workdir), "final"), abstract)
     return {k: np.asarray(v) for k, v in traverse_util.flatten_dict(jax.device_get(params), sep="/").items()}
 
 

@@ -1,4 +1,4 @@
-"""GLUE fine-tuning learns (issue 7): short runs on the shared SST-2 and STS-B files beat the trivial baselines.
+"""GLUE fine-tuning learns: short runs on the shared SST-2 and STS-B files beat the trivial baselines.
 
 No pretrained MobileBERT weights exist in shared/data (its README lists them as unavailable) and a useful
 MLM pretraining of even a tiny model does not fit this test's CPU budget, so both runs start FROM SCRATCH:

@@ -29,6 +29,14 @@ def _abstract(cfg):
     return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=one), shapes)
 
 
+def _read_checked(spec, expected, abstract):
+    """What the distillation stage does with its teacher: open, check against the config, read onto shardings."""
+    source = model_source.open_source(spec, "config.distill.teacher")
+    model_source.check_architecture(source, expected, model_source.flat_shapes(abstract), "config.distill.teacher",
+                                    "config.teacher_model")
+    return model_source.read(source, abstract)
+
+
 def write_trainer_checkpoint(workdir, cfg, params, step=7) -> None:
     """What the trainer leaves in a workdir: checkpoints/<step>/{state, config} (optimizer state included)."""
     config = ml_collections.ConfigDict(dict(model=cfg.to_dict(), stage="teacher_pretraining"))
@@ -48,8 +56,7 @@ def test_reads_a_trainer_workdir_its_step_directory_and_a_params_directory(tmp_p
     expected = jax.tree.map(lambda x: np.asarray(x) * 3.0, params)  # save_teacher scales the init by 3
     for path, want in ((tmp_path / "run", params), (tmp_path / "run" / "checkpoints" / "7", params),
                        (tmp_path / "native", expected)):
-        got = model_source.read_checked(str(path), teacher_cfg, _abstract(teacher_cfg), "config.distill.teacher",
-                                  "config.teacher_model")
+        got = _read_checked(str(path), teacher_cfg, _abstract(teacher_cfg))
         jax.tree.map(lambda a, b: np.testing.assert_array_equal(np.asarray(a), np.asarray(b)), got, want)
 
 

@@ -1,5 +1,7 @@
 """Mesh construction, logical-axis rules and batch placement on 8 fake CPU devices (tests/conftest.py)."""
 
+import re
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -91,8 +93,10 @@ def test_bad_mesh_shape_names_the_field(shape, message):
 def test_mesh_config_errors():
     with pytest.raises(ConfigError, match=r"config.mesh has unknown field\(s\) \['shap'\]"):
         partitioning.make_mesh({"shap": (8, 1, 1)})
-    with pytest.raises(ConfigError, match="config.mesh.shape is required"):
+    with pytest.raises(ConfigError, match=re.escape("config.mesh is missing required field(s) ['shape']")):
         partitioning.make_mesh({})
+    with pytest.raises(ConfigError, match="config.mesh.shape is required"):
+        partitioning.make_mesh({"shape": None})
     # Off TPU each process would be a slice, and the 8 CPU devices here are one process.
     with pytest.raises(ConfigError, match=r"config.mesh.dcn_shape=\(2, 1, 1\) asks for 2 slices, but the devices "
                                           r"form one slice: all 8 are on one process"):

@@ -62,7 +62,7 @@ def test_runs_get_distinct_workdirs_and_bad_fields_fail_before_running(tmp_path)
     with pytest.raises(ConfigError, match=r"run 0 .*config.optimizer has no field 'lrate'"):
         sweep.build(bad, str(tmp_path))
     unknown = write_sweep(tmp_path, "def get_sweep():\n    return dict(config='x.py', axes=[], grid=[])\n", "u.py")
-    with pytest.raises(ConfigError, match=r"unknown sweep field\(s\) \['grid'\]"):
+    with pytest.raises(ConfigError, match=r"u.py: get_sweep\(\) has unknown field\(s\) \['grid'\]"):
         sweep.build(unknown, str(tmp_path))
 
 

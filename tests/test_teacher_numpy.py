@@ -115,3 +115,22 @@ def test_teacher_matches_numpy(mode):
         np.testing.assert_allclose(b[keep], a[keep], atol=2e-5, rtol=1e-5, err_msg=f"scores of layer {i}")
         if mode == "replace":  # TF1 replaces masked scores by exactly -6
             assert np.all(b[~keep] == -6.0)
+
+
+@pytest.mark.parametrize("pooler", [True, False], ids=["tf1_tanh_pooler", "tf2_no_pooler"])
+def test_teacher_nsp_head_reads_the_pooler_tf1_or_tf2_chooses(pooler):
+    """TF1 (the ib_bert_large preset): NSP logits = (tanh(h[CLS] W_p + b_p)) W + b; the TF2 Model Garden's yaml
+    (classifier_activation=False): h[CLS] W + b, no pooler parameters."""
+    assert get_preset("ib_bert_large").classifier_activation and get_preset("ib_bert_test").classifier_activation
+    c = get_preset("ib_bert_test", classifier_activation=pooler)
+    ids = np.random.default_rng(1).integers(1, c.vocab_size, (2, 6))
+    model = MobileBertForPreTraining(c)
+    params = _randomize(nn.unbox(model.init(jax.random.key(0), jnp.asarray(ids))["params"]), seed=4)
+    assert ("pooler" in params["mobilebert"]) == pooler
+    ours = model.apply({"params": params}, ids)
+    p = _np(params)
+    hidden, _ = numpy_teacher(c, p, ids, np.ones_like(ids), np.zeros_like(ids), "replace")
+    first = hidden[-1][:, 0]
+    pooled = np.tanh(_lin(first, p["mobilebert"]["pooler"]["dense"])) if pooler else first
+    np.testing.assert_allclose(np.asarray(ours["nsp_logits"]), _lin(pooled, p["cls"]["seq_relationship"]),
+                               atol=2e-5, rtol=1e-5)

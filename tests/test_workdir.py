@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -12,6 +13,8 @@ import pytest
 
 from mobilebert_jax import ConfigError
 from mobilebert_jax import workdir as workdir_lib
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _record(path):
@@ -110,3 +113,72 @@ def test_a_model_field_added_since_the_run_started_is_no_change_at_its_default(t
     now.new_section_field = 1  # outside the model sections an added field is still a change
     with pytest.raises(ConfigError, match=r"config.new_section_field: '<absent>' recorded, now 1"):
         workdir_lib.check_config_unchanged(now, str(tmp_path))
+
+
+def _other_value(value):
+    """A value other than `value`, of a kind config.json holds."""
+    if isinstance(value, bool):
+        return not value
+    if isinstance(value, (int, float)):
+        return value + 1
+    if isinstance(value, str):
+        return value + "x"
+    if isinstance(value, (list, tuple)):
+        return [0]
+    if isinstance(value, dict):
+        return {"x": {"pattern": "x"}}
+    return 7  # None
+
+
+def _optional_fields(schema, path=()):
+    """(path under the section, default) of every optional field of `schema` and its nested sections."""
+    for field, default in schema.optional.items():
+        yield path + (field,), default
+    for name, nested in schema.sections.items():
+        yield from _optional_fields(nested, path + (name,))
+
+
+@pytest.mark.parametrize("spec, stage", [
+    ("teacher_ib_bert_large.py:smoke", "mobilebert_jax.pretraining.stage:PRETRAINING"),
+    ("distill_progressive.py:smoke", "mobilebert_jax.distill.stage:DISTILLATION"),
+    ("finetune_glue.py:task=mrpc,smoke", "mobilebert_jax.finetune.stage:GLUE"),
+    ("finetune_squad.py:version=1.1,smoke", "mobilebert_jax.finetune.stage:SQUAD"),
+])
+def test_a_section_field_added_since_the_run_started_is_no_change_at_its_default(tmp_path, spec, stage):
+    """Every optional field of every section a stage reads (the trainer's and the stage's own): a run recorded
+    without it resumes when the field is at its schema's default, and is refused at another value unless the
+    section may change on resume."""
+    from mobilebert_jax import experiment_config
+    from mobilebert_jax.train import trainer
+
+    module, attribute = stage.split(":")
+    stage = getattr(__import__(module, fromlist=[attribute]), attribute)
+    sections = {**trainer.SECTIONS, **stage.sections}
+    assert set(sections) >= {"optimizer", "checkpoint", "mesh", "data"}
+    config = json.loads(experiment_config.load_experiment(os.path.join(REPO, "experiments", spec))
+                        .to_json_best_effort())
+    assert set(sections) <= set(config), "a stage names a section its experiment does not have"
+    checked = 0
+    for name, schema in sections.items():
+        schema.read(config[name], f"config.{name}")  # the experiment's section is what the schema describes
+        for path, default in _optional_fields(schema):
+            recorded, now = json.loads(json.dumps(config)), json.loads(json.dumps(config))
+            parent, leaf = recorded[name], path[-1]
+            for key in path[:-1]:
+                parent = parent[key]
+            parent.pop(leaf, None)
+            (tmp_path / "config.json").write_text(json.dumps(recorded))
+            parent = now[name]
+            for key in path[:-1]:
+                parent = parent[key]
+            parent[leaf] = default
+            workdir_lib.check_config_unchanged(ml_collections.ConfigDict(now), str(tmp_path), sections)
+            parent[leaf] = _other_value(default)
+            field = ".".join((name,) + path)
+            if name in workdir_lib.RESUMABLE_FIELDS:
+                workdir_lib.check_config_unchanged(ml_collections.ConfigDict(now), str(tmp_path), sections)
+            else:
+                with pytest.raises(ConfigError, match=rf"config\.{re.escape(field)}[.:]"):
+                    workdir_lib.check_config_unchanged(ml_collections.ConfigDict(now), str(tmp_path), sections)
+            checked += 1
+    assert checked >= len(trainer.SECTIONS)

@@ -4,10 +4,10 @@
 `python -m mobilebert_jax.data.prepare` load the module twice (runpy's RuntimeWarning).
 """
 
-from mobilebert_jax.data.loader import make_pretraining_dataset, make_pretraining_loader, split_size
+from mobilebert_jax.data.loader import make_pretraining_dataset, make_pretraining_loader
 from mobilebert_jax.data.manifest import load_manifest
 from mobilebert_jax.data.tokenizers import Tokenizer, load_tokenizer
 from mobilebert_jax.errors import DataError
 
 __all__ = ["DataError", "Tokenizer", "load_manifest", "load_tokenizer",
-           "make_pretraining_dataset", "make_pretraining_loader", "split_size"]
+           "make_pretraining_dataset", "make_pretraining_loader"]

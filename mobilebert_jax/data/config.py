@@ -26,17 +26,18 @@ from typing import Any
 
 import ml_collections
 
-from mobilebert_jax.optim import config as cfg_lib
+from mobilebert_jax.config_schema import Schema
 
-FIELDS = ("corpus", "corpus_format", "tfds_data_dir", "tfds_text_field", "max_line_bytes", "tokenizer",
+SCHEMA = Schema(fields=("corpus", "corpus_format", "tfds_data_dir", "tfds_text_field", "max_line_bytes", "tokenizer",
           "prepared_dir", "max_seq_length", "short_seq_prob", "dupe_factor", "held_out_fraction", "num_shards",
           "seed", "prepare_workers", "unit_bytes", "tfds_examples_per_unit", "max_predictions_per_seq",
           "masked_lm_prob", "whole_word_masking", "dynamic_masking", "loader_workers", "loader_threads",
-          "prefetch_buffer_size")
-OPTIONAL = dict(tfds_data_dir="", prepared_dir="", prepare_workers=0, whole_word_masking=False, loader_workers=0)
+          "prefetch_buffer_size"),
+                optional=dict(tfds_data_dir="", prepared_dir="", prepare_workers=0, whole_word_masking=False,
+                              loader_workers=0))
 
 
 def read(data_cfg: Any, where: str = "config.data") -> ml_collections.ConfigDict:
     """`data_cfg` with the optional fields filled in, as a new ConfigDict; unknown and missing fields are
     ConfigErrors naming them. The values' ranges are checked where they are used (data/prepare.py, masking)."""
-    return ml_collections.ConfigDict(cfg_lib.read(data_cfg, FIELDS, where, OPTIONAL))
+    return ml_collections.ConfigDict(SCHEMA.read(data_cfg, where))

@@ -175,10 +175,3 @@ def make_pretraining_dataset(data_config: ml_collections.ConfigDict, *, split: s
                                num_positions=num_positions)
     return grain.MapDataset.range(num_batches).map(host_batches)
 
-
-def split_size(data_config: ml_collections.ConfigDict, split: str) -> int:
-    """Instances in a prepared split (one epoch)."""
-    manifest = load_manifest(data_config.prepared_dir)
-    if split not in manifest["splits"]:
-        raise DataError(f"{data_config.prepared_dir} has no {split!r} split")
-    return int(manifest["splits"][split]["instances"])

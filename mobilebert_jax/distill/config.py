@@ -45,7 +45,8 @@ import dataclasses
 from typing import Any
 
 from mobilebert_jax.errors import ConfigError
-from mobilebert_jax.optim import config as cfg_lib
+from mobilebert_jax import config_schema
+from mobilebert_jax.config_schema import Schema
 
 STRATEGIES = ("progressive", "joint", "auxiliary", "pd")
 WEIGHT_NAMES = ("feature_map", "mean", "variance", "attention", "mlm", "nsp")
@@ -55,7 +56,9 @@ FIELDS = ("strategy", "teacher", "student_init", "copy_from_teacher", "stage_ste
           "lower_layer_multiplier", "train_embedding_norm_in_transfer", "layer_loss_scaling", "layer_map",
           "include_padding", "student_dropout", "alpha", "temperature", "weights", "teacher_dtype")
 TEACHER_DTYPES = ("float32", "bfloat16")
-OPTIONAL = dict(student_init="", last_stage=None, layer_map=())
+WEIGHTS = Schema(fields=WEIGHT_NAMES)
+SCHEMA = Schema(fields=FIELDS, optional=dict(student_init="", last_stage=None, layer_map=()),
+                sections=dict(weights=WEIGHTS))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -93,7 +96,7 @@ class DistillConfig:
 
 def read(cfg: Any, where: str = "config.distill") -> DistillConfig:
     """`config.distill` checked field by field; errors name the field."""
-    d = cfg_lib.read(cfg, FIELDS, where, OPTIONAL)
+    d = SCHEMA.read(cfg, where)
     if d["strategy"] not in STRATEGIES:
         raise ConfigError(f"{where}.strategy={d['strategy']!r}: choose one of {list(STRATEGIES)}")
     for field in ("teacher", "student_init"):
@@ -102,11 +105,12 @@ def read(cfg: Any, where: str = "config.distill") -> DistillConfig:
     for field in ("copy_from_teacher", "include_padding", "student_dropout", "train_embedding_norm_in_transfer"):
         if not isinstance(d[field], bool):
             raise ConfigError(f"{where}.{field}={d[field]!r}: must be true or false")
-    stage_steps = cfg_lib.step_count(d["stage_steps"], f"{where}.stage_steps", allow_zero=False)
+    stage_steps = config_schema.step_count(d["stage_steps"], f"{where}.stage_steps", allow_zero=False)
     last_stage = d["last_stage"]
     if last_stage is not None:
-        last_stage = cfg_lib.step_count(last_stage, f"{where}.last_stage")
-    lower = cfg_lib.positive_number(d["lower_layer_multiplier"], f"{where}.lower_layer_multiplier", allow_zero=True)
+        last_stage = config_schema.step_count(last_stage, f"{where}.last_stage")
+    lower = config_schema.positive_number(d["lower_layer_multiplier"], f"{where}.lower_layer_multiplier",
+                                          allow_zero=True)
     if d["layer_loss_scaling"] not in LAYER_LOSS_SCALINGS:
         raise ConfigError(f"{where}.layer_loss_scaling={d['layer_loss_scaling']!r}: choose one of "
                           f"{list(LAYER_LOSS_SCALINGS)}")
@@ -114,14 +118,14 @@ def read(cfg: Any, where: str = "config.distill") -> DistillConfig:
     if isinstance(layer_map, (str, bytes)) or not isinstance(layer_map, (list, tuple)) or not all(
             isinstance(i, int) and not isinstance(i, bool) for i in layer_map):
         raise ConfigError(f"{where}.layer_map={layer_map!r}: must be a list of teacher layer indices")
-    alpha = cfg_lib.positive_number(d["alpha"], f"{where}.alpha", allow_zero=True)
+    alpha = config_schema.positive_number(d["alpha"], f"{where}.alpha", allow_zero=True)
     if alpha > 1:
         raise ConfigError(f"{where}.alpha={alpha!r}: must be in [0, 1]")
-    temperature = cfg_lib.positive_number(d["temperature"], f"{where}.temperature")
+    temperature = config_schema.positive_number(d["temperature"], f"{where}.temperature")
     if d["teacher_dtype"] not in TEACHER_DTYPES:
         raise ConfigError(f"{where}.teacher_dtype={d['teacher_dtype']!r}: choose one of {list(TEACHER_DTYPES)}")
-    weights = cfg_lib.read(d["weights"], WEIGHT_NAMES, f"{where}.weights")
-    weights = {k: cfg_lib.positive_number(v, f"{where}.weights.{k}", allow_zero=True) for k, v in weights.items()}
+    weights = WEIGHTS.read(d["weights"], f"{where}.weights")
+    weights = {k: config_schema.positive_number(v, f"{where}.weights.{k}", allow_zero=True) for k, v in weights.items()}
     return DistillConfig(strategy=d["strategy"], teacher=d["teacher"], student_init=d["student_init"],
                          copy_from_teacher=d["copy_from_teacher"], stage_steps=stage_steps, last_stage=last_stage,
                          lower_layer_multiplier=lower,

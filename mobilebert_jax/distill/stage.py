@@ -204,4 +204,5 @@ def with_data(config: ml_collections.ConfigDict, stage_spec: Spec,
                 frozen_source=teacher_source, start_from=start_from)
 
 
-DISTILLATION = Stage(spec=spec, read=read, inherit=inherit)
+DISTILLATION = Stage(spec=spec, read=read, inherit=inherit,
+                     sections=dict(data=data_config.SCHEMA, distill=distill_config.SCHEMA))

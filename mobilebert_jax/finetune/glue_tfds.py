@@ -13,7 +13,7 @@ from typing import Optional
 
 from mobilebert_jax.errors import DataError
 from mobilebert_jax.finetune.glue import STSB_RANGE, GlueExample, GlueDataset
-from mobilebert_jax.finetune.tfds_reader import SourceOpener, as_text, field, open_tfds_source
+from mobilebert_jax.data.tfds_reader import SourceOpener, as_text, field, open_tfds_source
 
 
 @dataclasses.dataclass(frozen=True)

@@ -20,7 +20,7 @@ import numpy as np
 from mobilebert_jax.data.tokenizers.base import Tokenizer
 from mobilebert_jax.errors import ConfigError, DataError
 from mobilebert_jax.finetune.features import pad_rows
-from mobilebert_jax.finetune.tfds_reader import SourceOpener, as_text, field, open_tfds_source
+from mobilebert_jax.data.tfds_reader import SourceOpener, as_text, field, open_tfds_source
 
 VERSIONS = ("1.1", "2.0")
 

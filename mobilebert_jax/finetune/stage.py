@@ -29,12 +29,11 @@ from mobilebert_jax.data import tokenizer_record
 from mobilebert_jax.data.tokenizers import load_tokenizer
 from mobilebert_jax.modeling import MobileBertForQuestionAnswering, MobileBertForSequenceClassification
 from mobilebert_jax.finetune import evaluate, glue, objectives, squad_data
-from mobilebert_jax.finetune.examples import glue_examples, squad_examples, squad_feature_options
+from mobilebert_jax.finetune.examples import GLUE_DATA, SQUAD_DATA, glue_examples, squad_examples, squad_feature_options
 from mobilebert_jax.finetune.batching import ShuffledBatches, padded_batches
 from mobilebert_jax.train.stage import Scoring, Spec, Stage, StageIO
 
 BACKBONE = "mobilebert"
-
 
 def model_config(config: ml_collections.ConfigDict) -> MobileBertConfig:
     """`config.model` with `config.model_overrides`; `inherit` has made `config.model` the init checkpoint's."""
@@ -194,5 +193,7 @@ GLUE_SCORING = Scoring(model=glue_model, evaluate=evaluate.evaluate_glue, held_o
 SQUAD_SCORING = Scoring(model=squad_model, evaluate=evaluate.evaluate_squad, held_out=evaluate.squad_held_out,
                         calibration=evaluate.squad_calibration, labels=evaluate.squad_labels)
 
-GLUE = Stage(spec=glue_spec, read=read_glue, inherit=inherit, scoring=GLUE_SCORING)
-SQUAD = Stage(spec=squad_spec, read=read_squad, inherit=inherit, scoring=SQUAD_SCORING)
+GLUE = Stage(spec=glue_spec, read=read_glue, inherit=inherit, scoring=GLUE_SCORING, sections=dict(data=GLUE_DATA))
+SQUAD = Stage(spec=squad_spec, read=read_squad, inherit=inherit, scoring=SQUAD_SCORING,
+              sections=dict(data=SQUAD_DATA))
+

@@ -40,6 +40,7 @@ import optax
 
 from mobilebert_jax.errors import ConfigError
 from mobilebert_jax.modeling import stacking
+from mobilebert_jax import config_schema
 from mobilebert_jax.optim import config as cfg_lib
 from mobilebert_jax.optim import multipliers, paths, schedules, transforms
 
@@ -83,7 +84,7 @@ def parse_groups(groups_cfg: Any, where: str) -> list[Group]:
         gw = f"{where}.{name}"
         if name == DEFAULT_GROUP:
             raise ConfigError(f"{gw}: the group name {DEFAULT_GROUP!r} is reserved for parameters no group matches")
-        g = cfg_lib.read(group_cfg, cfg_lib.GROUP_FIELDS, gw, cfg_lib.GROUP_OPTIONAL)
+        g = cfg_lib.GROUP.read(group_cfg, gw)
         try:
             pattern = re.compile(g["pattern"])
         except (re.error, TypeError) as e:
@@ -125,12 +126,12 @@ def build_optimizer(
     `experiment_config.validate` does). `exempt(path keys)` says which
     parameters get neither weight decay nor the trust ratio.
     """
-    opt = cfg_lib.read(opt_cfg, cfg_lib.OPTIMIZER_FIELDS, where, cfg_lib.OPTIMIZER_OPTIONAL)
+    opt = cfg_lib.OPTIMIZER.read(opt_cfg, where)
     name = opt["name"]
     if name not in cfg_lib.OPTIMIZERS:
         raise ConfigError(f"{where}.name={name!r}: choose one of {list(cfg_lib.OPTIMIZERS)}")
     schedule = schedules.build_schedule(opt_cfg, where)
-    hyper = {k: cfg_lib.positive_number(opt[k], f"{where}.{k}", allow_zero=(k == "weight_decay"))
+    hyper = {k: config_schema.positive_number(opt[k], f"{where}.{k}", allow_zero=(k == "weight_decay"))
              for k in ("b1", "b2", "eps", "weight_decay")}
     for k in ("b1", "b2"):
         if not hyper[k] < 1:
@@ -144,7 +145,7 @@ def build_optimizer(
     clip_norm = opt["clip_norm"]
     clip = optax.identity()
     if clip_norm:
-        clip = optax.clip_by_global_norm(cfg_lib.positive_number(clip_norm, f"{where}.clip_norm"))
+        clip = optax.clip_by_global_norm(config_schema.positive_number(clip_norm, f"{where}.clip_norm"))
 
     groups = parse_groups(opt["groups"], f"{where}.groups")
     excluded = _patterns(opt["exclude"], f"{where}.exclude")

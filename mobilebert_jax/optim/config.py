@@ -1,4 +1,4 @@
-"""The `config.optimizer` schema: its fields, which of them may be left out, and the reader that checks them.
+"""The `config.optimizer` schema: its fields and which of them may be left out (read by config_schema.Schema.read).
 
 The library holds no values: experiments/common.py's `optimizer(name, lr)` writes every field at TF1's settings
 and a stage changes what it needs. A missing required field is a ConfigError naming it. Fields that may be left
@@ -21,11 +21,7 @@ so a typo in an experiment file or an override points at itself.
 
 from __future__ import annotations
 
-from typing import Any, Mapping
-
-import ml_collections
-
-from mobilebert_jax.errors import ConfigError
+from mobilebert_jax.config_schema import Schema
 
 OPTIMIZERS = ("lamb", "adamw")
 SCHEDULE_KINDS = ("constant", "warmup_constant", "warmup_linear_decay", "warmup_polynomial_decay")
@@ -33,50 +29,14 @@ SCHEDULE_KINDS = ("constant", "warmup_constant", "warmup_linear_decay", "warmup_
 # the first steps; optax-style joins start the decay where warmup ends.
 DECAY_ORIGINS = ("warmup_end", "step_zero")
 
-OPTIMIZER_FIELDS = ("name", "lr", "b1", "b2", "eps", "bias_correction", "weight_decay", "clip_norm", "mu_dtype",
-                    "schedule", "groups", "exclude")
-OPTIMIZER_OPTIONAL = dict(mu_dtype=None, groups={}, exclude=())
-SCHEDULE_FIELDS = ("kind", "warmup_steps", "warmup_fraction", "total_steps", "end_lr", "power", "decay_origin")
-SCHEDULE_OPTIONAL = dict(warmup_steps=0, warmup_fraction=None, total_steps=None, end_lr=0.0, power=1.0,
-                         decay_origin="warmup_end")
-GROUP_FIELDS = ("pattern", "multiplier", "reset_state_when_zero")
-GROUP_OPTIONAL = dict(multiplier=1.0, reset_state_when_zero=False)
-
-
-def read(cfg: Any, fields: tuple[str, ...], where: str, optional: Mapping[str, Any] = ()) -> dict[str, Any]:
-    """`cfg` (ConfigDict or mapping) as a plain dict over `fields`; unknown and missing keys are errors.
-
-    `optional` maps the fields that may be left out to their neutral meaning (the module docstring's).
-    """
-    if isinstance(cfg, ml_collections.ConfigDict):
-        items = {k: cfg[k] for k in cfg.keys()}
-    elif isinstance(cfg, Mapping):
-        items = dict(cfg)
-    else:
-        raise ConfigError(f"{where} must be a ConfigDict or dict, got {type(cfg).__name__}")
-    unknown = sorted(set(items) - set(fields))
-    if unknown:
-        raise ConfigError(f"{where} has unknown field(s) {unknown}; known fields: {list(fields)}")
-    out = dict(optional)
-    out.update(items)
-    missing = [f for f in fields if f not in out]
-    if missing:
-        raise ConfigError(f"{where} is missing required field(s) {sorted(missing)}: set "
-                          + ", ".join(f"{where}.{f}" for f in missing))
-    return out
-
-
-def positive_number(value: Any, where: str, allow_zero: bool = False) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise ConfigError(f"{where}={value!r}: must be a number")
-    if value < 0 or (value == 0 and not allow_zero):
-        raise ConfigError(f"{where}={value!r}: must be {'non-negative' if allow_zero else 'positive'}")
-    return float(value)
-
-
-def step_count(value: Any, where: str, allow_zero: bool = True) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise ConfigError(f"{where}={value!r}: must be an integer number of steps")
-    if value < 0 or (value == 0 and not allow_zero):
-        raise ConfigError(f"{where}={value!r}: must be {'non-negative' if allow_zero else 'positive'}")
-    return value
+SCHEDULE = Schema(
+    fields=("kind", "warmup_steps", "warmup_fraction", "total_steps", "end_lr", "power", "decay_origin"),
+    optional=dict(warmup_steps=0, warmup_fraction=None, total_steps=None, end_lr=0.0, power=1.0,
+                  decay_origin="warmup_end"))
+GROUP = Schema(fields=("pattern", "multiplier", "reset_state_when_zero"),
+               optional=dict(multiplier=1.0, reset_state_when_zero=False))
+OPTIMIZER = Schema(
+    fields=("name", "lr", "b1", "b2", "eps", "bias_correction", "weight_decay", "clip_norm", "mu_dtype", "schedule",
+            "groups", "exclude"),
+    optional=dict(mu_dtype=None, groups={}, exclude=()),
+    sections=dict(schedule=SCHEDULE), entries=dict(groups=GROUP))

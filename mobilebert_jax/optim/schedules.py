@@ -7,6 +7,7 @@ from typing import Any
 import optax
 
 from mobilebert_jax.errors import ConfigError
+from mobilebert_jax import config_schema
 from mobilebert_jax.optim import config as cfg_lib
 
 
@@ -21,10 +22,10 @@ def build_schedule(opt_cfg: Any, where: str = "config.optimizer") -> optax.Sched
     step and S = total_steps, so the rate right after warmup is already
     slightly below lr.
     """
-    opt = cfg_lib.read(opt_cfg, cfg_lib.OPTIMIZER_FIELDS, where, cfg_lib.OPTIMIZER_OPTIONAL)
-    lr = cfg_lib.positive_number(opt["lr"], f"{where}.lr")
+    opt = cfg_lib.OPTIMIZER.read(opt_cfg, where)
+    lr = config_schema.positive_number(opt["lr"], f"{where}.lr")
     where = f"{where}.schedule"
-    s = cfg_lib.read(opt["schedule"], cfg_lib.SCHEDULE_FIELDS, where, cfg_lib.SCHEDULE_OPTIONAL)
+    s = cfg_lib.SCHEDULE.read(opt["schedule"], where)
     kind = s["kind"]
     if kind not in cfg_lib.SCHEDULE_KINDS:
         raise ConfigError(f"{where}.kind={kind!r}: choose one of {list(cfg_lib.SCHEDULE_KINDS)}")
@@ -40,7 +41,7 @@ def build_schedule(opt_cfg: Any, where: str = "config.optimizer") -> optax.Sched
 
     total = s["total_steps"]
     if total is not None:
-        total = cfg_lib.step_count(total, f"{where}.total_steps", allow_zero=False)
+        total = config_schema.step_count(total, f"{where}.total_steps", allow_zero=False)
     elif decays:
         raise ConfigError(f"{where}.total_steps is required for kind {kind!r}")
     warmup = _warmup_steps(s, total, where)
@@ -51,10 +52,10 @@ def build_schedule(opt_cfg: Any, where: str = "config.optimizer") -> optax.Sched
 
     if total <= warmup:
         raise ConfigError(f"{where}.total_steps={total} must exceed the warmup ({warmup} steps)")
-    end_lr = cfg_lib.positive_number(s["end_lr"], f"{where}.end_lr", allow_zero=True)
+    end_lr = config_schema.positive_number(s["end_lr"], f"{where}.end_lr", allow_zero=True)
     if end_lr > lr:
         raise ConfigError(f"{where}.end_lr={end_lr!r} exceeds {where.rsplit('.', 1)[0]}.lr={lr!r}")
-    power = cfg_lib.positive_number(s["power"], f"{where}.power")
+    power = config_schema.positive_number(s["power"], f"{where}.power")
     if kind == "warmup_linear_decay" and power != 1.0:
         raise ConfigError(f"{where}.power={power!r} applies to kind 'warmup_polynomial_decay' only")
 
@@ -70,7 +71,7 @@ def build_schedule(opt_cfg: Any, where: str = "config.optimizer") -> optax.Sched
 
 def _warmup_steps(s: dict, total: int | None, where: str) -> int:
     if s["warmup_fraction"] is None:
-        return cfg_lib.step_count(s["warmup_steps"], f"{where}.warmup_steps")
+        return config_schema.step_count(s["warmup_steps"], f"{where}.warmup_steps")
     if s["warmup_steps"]:
         raise ConfigError(f"{where}: set warmup_steps or warmup_fraction, not both")
     fraction = s["warmup_fraction"]

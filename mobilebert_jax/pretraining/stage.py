@@ -109,4 +109,4 @@ def read(config: ml_collections.ConfigDict, workdir: str, stage_spec: Spec) -> S
                          f"{c.hidden_size}, sequences of {config.data.max_seq_length}")
 
 
-PRETRAINING = Stage(spec=spec, read=read)
+PRETRAINING = Stage(spec=spec, read=read, sections=dict(data=data_config.SCHEMA))

@@ -39,11 +39,13 @@ from typing import Any, Callable, Optional, Sequence
 from etils import epath
 
 from mobilebert_jax import cli, experiment_config, storage
+from mobilebert_jax.config_schema import Schema
 from mobilebert_jax.errors import ConfigError
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 TPU_RUN = os.path.join(REPO_ROOT, "launch", "tpu_run.sh")
-SWEEP_FIELDS = ("config", "axes", "fixed", "derive", "metrics")
+SCHEMA = Schema(fields=("config", "axes", "fixed", "derive", "metrics"),
+                optional=dict(fixed={}, derive=None, metrics=None))  # no fixed fields, settings as fields, all metrics
 
 
 @dataclasses.dataclass(frozen=True)
@@ -75,13 +77,7 @@ def load_sweep_file(path: str) -> dict:
     sweep = module.get_sweep()
     if not isinstance(sweep, dict):
         raise ConfigError(f"{path}: get_sweep() returned {type(sweep).__name__}, expected a dict")
-    unknown = sorted(set(sweep) - set(SWEEP_FIELDS))
-    if unknown:
-        raise ConfigError(f"{path}: unknown sweep field(s) {unknown}; known: {list(SWEEP_FIELDS)}")
-    for field in ("config", "axes"):
-        if field not in sweep:
-            raise ConfigError(f"{path}: the sweep needs {field!r}")
-    return sweep
+    return SCHEMA.read(sweep, f"{path}: get_sweep()")
 
 
 def expand_axes(axes: Sequence[dict], where: str = "axes") -> list[dict[str, Any]]:

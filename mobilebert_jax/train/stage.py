@@ -23,7 +23,7 @@ fine-tuning (finetune/stage.py) are Stages.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable, Iterator, Optional, Protocol
+from typing import Any, Callable, Iterator, Mapping, Optional
 
 import flax.linen as nn
 import jax
@@ -32,19 +32,9 @@ import numpy as np
 
 from mobilebert_jax import model_source
 from mobilebert_jax.config import MobileBertConfig
+from mobilebert_jax.config_schema import Schema
+from mobilebert_jax.checkpointing import StatefulIterator
 from mobilebert_jax.train.objective import Objective
-
-
-class StatefulIterator(Protocol):
-    """A host-local batch iterator whose position can be saved and restored exactly."""
-
-    def __next__(self) -> dict: ...
-
-    def __iter__(self): ...
-
-    def get_state(self) -> Any: ...
-
-    def set_state(self, state: Any) -> None: ...
 
 
 @dataclasses.dataclass(frozen=True)
@@ -130,6 +120,9 @@ class Stage:
     read: Callable[[ml_collections.ConfigDict, str, Spec], StageIO]
     inherit: Callable[[ml_collections.ConfigDict], None] = inherits_nothing
     scoring: Optional[Scoring] = None
+    # The schemas of the config sections the stage reads beyond the trainer's (trainer.SECTIONS), by name: a
+    # resumed run takes a field its recorded config lacks at the schema's default.
+    sections: Mapping[str, Schema] = dataclasses.field(default_factory=dict)
 
     def open(self, config: ml_collections.ConfigDict, workdir: str) -> StageIO:
         """Everything that can be wrong with the config is reported by `spec`, before any I/O."""

@@ -29,6 +29,7 @@ from mobilebert_jax.errors import DataError, NonFiniteLossError
 from mobilebert_jax.data import tokenizer_record
 from mobilebert_jax.data.tokenizers import loaded_once
 from mobilebert_jax.metrics_writer import MetricsWriter
+from mobilebert_jax.optim import config as optim_config
 from mobilebert_jax.train import step as step_lib
 from mobilebert_jax.train.stage import Spec, Stage, StageIO
 
@@ -109,6 +110,9 @@ def build_program(config: ml_collections.ConfigDict, spec: Spec, mesh: Mesh) -> 
                    train_step=train_step, eval_step=eval_step)
 
 
+# The config sections the trainer reads, whatever the stage (a Stage names its own in Stage.sections).
+SECTIONS = dict(optimizer=optim_config.OPTIMIZER, checkpoint=checkpointing.SCHEMA, mesh=partitioning.SCHEMA)
+
 # The file the trainer writes into the workdir when the run has reached its last step (holds that step).
 FINISHED = "FINISHED"
 
@@ -127,7 +131,7 @@ def train(config: ml_collections.ConfigDict, workdir: str, stage: Stage) -> dict
         experiment_config.validate(config, jax.device_count(), process_count=jax.process_count())
         experiment_config.check_shared_storage(config, workdir, jax.process_count())
         with workdir_lib.WorkdirLock(workdir) as lock:
-            workdir_lib.check_config_unchanged(config, workdir)
+            workdir_lib.check_config_unchanged(config, workdir, {**SECTIONS, **stage.sections})
             return _train(config, workdir, stage, lock)
 
 

@@ -8,10 +8,10 @@ dataset must already be prepared in `data_dir` (for example with `tfds build`).
 from __future__ import annotations
 
 import functools
-from typing import Any, Sequence
 
 from mobilebert_jax.data.sources.sentences import split_sentences
 from mobilebert_jax.data.sources.skips import SkipLog
+from mobilebert_jax.data.tfds_reader import open_tfds_source
 from mobilebert_jax.errors import DataError
 
 Document = list[str]
@@ -26,16 +26,8 @@ def parse_tfds_spec(spec: str) -> tuple[str, str]:
     return name, split or "train"
 
 
-@functools.lru_cache(maxsize=8)
-def open_source(name: str, split: str, data_dir: str) -> Sequence[Any]:
-    import tensorflow_datasets as tfds  # heavy; only the TFDS path pays for it
-    try:
-        return tfds.data_source(name, split=split, data_dir=data_dir or None, download=False)
-    except Exception as e:  # TFDS raises several unrelated types for "not there"
-        raise DataError(
-            f"TFDS dataset {name!r} split {split!r} could not be opened from data_dir={data_dir or '(default)'!r}: "
-            f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}. Prepare it first "
-            f"(`tfds build {name} --data_dir=... --file_format=array_record`).") from None
+# Planning counts a dataset's examples and every unit reads from it: one open data source per (name, split, data_dir).
+open_source = functools.lru_cache(maxsize=8)(open_tfds_source)
 
 
 def read_documents(name: str, split: str, data_dir: str, text_field: str, start: int, stop: int,

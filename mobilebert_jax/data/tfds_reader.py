@@ -1,4 +1,6 @@
-"""Opening a prepared TFDS dataset for random access (`tfds.data_source`, no TensorFlow needed)."""
+"""Opening a prepared TFDS dataset for random access (`tfds.data_source`, no TensorFlow needed): the one opener of
+the pretraining corpus source (data/sources/tfds_source.py) and of GLUE and SQuAD (finetune/glue_tfds.py,
+finetune/squad_data.py)."""
 
 from __future__ import annotations
 
