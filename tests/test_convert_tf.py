@@ -1,4 +1,5 @@
-"""`convert from-tf`: TF1 MobileBERT checkpoints written by TensorFlow itself, in google-research's variable layout.
+"""`convert from-tf`: MobileBERT checkpoints written by TensorFlow itself, in google-research's TF1 variable layout
+and in TF2 Model Garden's object-based layout.
 
 Each checkpoint is saved with `tf.compat.v1.train.Saver` under the names google-research's modeling.py and
 run_pretraining.py give their variables (the scopes are spelled out below from those files' structure, not from the
@@ -6,6 +7,13 @@ converter), every variable random, with Adam/LAMB slots and `global_step` beside
 them. The converted model is compared with a float64 NumPy forward pass that reads the checkpoint by its TF1 names
 and follows TF1's equations (REFERENCE section 2): the -6 mask replacement, NoNorm, LayerNorm epsilon 1e-12.
 transformers 5 has no TF1 loader for MobileBERT any more, so it cannot serve as the reference here.
+
+The TF2 checkpoints are object graphs built here with nested `tf.train.Checkpoint`s whose keys are those that
+`tf.train.Checkpoint(encoder=MobileBERTEncoder(...), masked_lm=MobileBertMaskedLM(...)).save()` writes with
+tf-models-official 2.20 and tf_keras 2.21 (listed once from those libraries, which the test extra does not
+install): `encoder/layer_with_weights-K/...` (0 the embeddings, 1..L the blocks, L + 1 the pooler), Keras
+MultiHeadAttention's [in, heads, head_dim] kernels, and the word table saved once, under `masked_lm/embedding_table`.
+Their values are the TF1 checkpoint's, reshaped, so the same TF1 reference checks them.
 """
 
 from __future__ import annotations
@@ -108,6 +116,71 @@ def save_tf1(path, values: dict[str, np.ndarray], with_slots: bool = True) -> st
         variables["global_step"] = tf.Variable(np.int64(1234))
     path.mkdir(parents=True, exist_ok=True)
     return tf.compat.v1.train.Saver(var_list=variables).save(None, str(path / "model.ckpt-1234"))
+
+
+def model_garden_values(c: dict, v: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """The TF1 values `v` under Model Garden's checkpoint keys (without `/.ATTRIBUTES/VARIABLE_VALUE`)."""
+    norm = "FakeLayerNorm" if c["normalization_type"] == "no_norm" else "LayerNorm"
+    heads = c["num_attention_heads"]
+    d = c["intra_bottleneck_size"] // heads
+    out = {"masked_lm/embedding_table": v["bert/embeddings/word_embeddings"]}
+
+    def copy(src, dst, norm_name=norm):
+        if f"{src}/kernel" in v:
+            out[f"{dst}/kernel"], out[f"{dst}/bias"] = v[f"{src}/kernel"], v[f"{src}/bias"]
+        else:
+            out[f"{dst}/gamma"], out[f"{dst}/beta"] = v[f"{src}/{norm_name}/gamma"], v[f"{src}/{norm_name}/beta"]
+
+    e = "encoder/layer_with_weights-0"
+    copy("bert/embeddings/embedding_transformation", f"{e}/word_embedding_proj")
+    out[f"{e}/type_embedding/embeddings"] = v["bert/embeddings/token_type_embeddings"]
+    out[f"{e}/pos_embedding/embeddings"] = v["bert/embeddings/position_embeddings"]
+    copy("bert/embeddings", f"{e}/layer_norm")
+    for layer in range(c["num_hidden_layers"]):
+        p, t = f"bert/encoder/layer_{layer}", f"encoder/layer_with_weights-{layer + 1}/block_layers"
+        copy(f"{p}/bottleneck/input/dense", f"{t}/bottleneck_input/0")
+        copy(f"{p}/bottleneck/input", f"{t}/bottleneck_input/1")
+        if f"{p}/bottleneck/attention/dense/kernel" in v:
+            copy(f"{p}/bottleneck/attention/dense", f"{t}/kq_shared_bottleneck/0")
+            copy(f"{p}/bottleneck/attention", f"{t}/kq_shared_bottleneck/1")
+        for name in ("query", "key", "value"):
+            kernel = v[f"{p}/attention/self/{name}/kernel"]
+            out[f"{t}/attention/0/_{name}_dense/kernel"] = kernel.reshape(kernel.shape[0], heads, d)
+            out[f"{t}/attention/0/_{name}_dense/bias"] = v[f"{p}/attention/self/{name}/bias"].reshape(heads, d)
+        out[f"{t}/attention/0/_output_dense/kernel"] = v[f"{p}/attention/output/dense/kernel"].reshape(heads, d, -1)
+        out[f"{t}/attention/0/_output_dense/bias"] = v[f"{p}/attention/output/dense/bias"]
+        copy(f"{p}/attention/output", f"{t}/attention/1")
+        for f in range(c["num_feedforward_networks"]):
+            src = f"{p}/ffn_layer_{f}" if f < c["num_feedforward_networks"] - 1 else p
+            copy(f"{src}/intermediate/dense", f"{t}/ffn/{f}/0")
+            copy(f"{src}/output/dense", f"{t}/ffn/{f}/1")
+            copy(f"{src}/output", f"{t}/ffn/{f}/2")
+        copy(f"{p}/output/bottleneck/dense", f"{t}/bottleneck_output/0")
+        copy(f"{p}/output/bottleneck", f"{t}/bottleneck_output/2")
+    if "bert/pooler/dense/kernel" in v:
+        copy("bert/pooler/dense", f"encoder/layer_with_weights-{c['num_hidden_layers'] + 1}")
+    copy("cls/predictions/transform/dense", "masked_lm/dense")
+    copy("cls/predictions/transform", "masked_lm/layer_norm", "LayerNorm")
+    out["masked_lm/extra_output_weights"] = v["cls/predictions/extra_output_weights"]
+    out["masked_lm/output_bias.Sbias"] = v["cls/predictions/output_bias"]  # the weight named "output_bias/bias"
+    return out
+
+
+def save_object_graph(path, values: dict[str, np.ndarray]) -> str:
+    """Saves `values` by tf.train.Checkpoint as nested objects named by their keys' parts (".S" is an escaped "/"),
+    with an optimizer beside them as a training run leaves it."""
+    tree: dict = {"optimizer": {"iter": np.int64(1234)}}
+    for key, value in values.items():
+        parts = [part.replace(".S", "/") for part in key.split("/")]
+        node = tree
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+        node[parts[-1]] = value
+
+    def build(node):
+        return tf.train.Checkpoint(**{k: build(x) if isinstance(x, dict) else tf.Variable(x) for k, x in node.items()})
+
+    return build(tree).save(str(path / "ckpt"))
 
 
 # ---------------------------------------------------------------------------
@@ -221,6 +294,48 @@ def test_tf1_checkpoint_matches_tf1_equations(layout, tmp_path):
             assert _relative_error(ours, ref) < 2e-5, (layout, name, mask.min())
 
 
+@pytest.mark.parametrize("layout", sorted(LAYOUTS))
+def test_model_garden_checkpoint_matches_tf1_equations(layout, tmp_path):
+    c = {**LAYOUTS[layout], "classifier_activation": False}  # Model Garden's configs: no pooler
+    values = random_values(tf1_variables(c), seed=len(layout))
+    values = {k: x for k, x in values.items() if not k.startswith("cls/seq_relationship")}
+    garden = model_garden_values(c, values)
+    prefix = save_object_graph(tmp_path / "ckpt", garden)
+    out = tmp_path / "params"
+    message = convert("from-tf", prefix, str(out), config=_write_config(tmp_path, c))
+    assert f"TF2 object-based checkpoint: {len(garden)} variables placed as MobileBertForMaskedLM" in message
+    assert "the checkpoint has no NSP head (cls/seq_relationship)" in message
+
+    source = model_source.open_source(str(out), "--input")
+    assert source.config.attention_mask_mode == "replace" and source.config.layer_norm_eps == 1e-12
+    model = hf.build_model(source.config, "MobileBertForMaskedLM")
+    params = model_source.read(source)
+    ids, types, padded = _inputs(c["vocab_size"])
+    for mask in (np.ones_like(padded), padded):
+        got = model.apply({"params": params}, ids, mask, types)
+        seq, mlm, _ = tf1_forward(c, {**values, "cls/seq_relationship/output_weights": np.zeros((2, 64)),
+                                      "cls/seq_relationship/output_bias": np.zeros(2)}, ids, types, mask)
+        assert _relative_error(got["last_hidden_state"], seq) < 2e-5, (layout, mask.min())
+        assert _relative_error(got["mlm_logits"], mlm) < 2e-5, (layout, mask.min())
+
+
+def test_model_garden_keys_it_cannot_place_are_named(tmp_path):
+    c = {**MOBILEBERT}
+    values = random_values(tf1_variables(c), 6)
+    garden = model_garden_values(c, values)
+    garden["next_sentence/dense/kernel"] = np.zeros((64, 2), np.float32)
+    garden["encoder/layer_with_weights-0/word_embedding/embeddings"] = garden["masked_lm/embedding_table"]
+    prefix = save_object_graph(tmp_path / "unknown", {k: x for k, x in garden.items() if k != "masked_lm/embedding_table"})
+    with pytest.raises(CheckpointError, match=r"no place in a MobileBERT.*'next_sentence/dense/kernel/\.ATTRIBUTES/"
+                                              r"VARIABLE_VALUE'\]"):
+        convert("from-tf", prefix, str(tmp_path / "out"), config=_write_config(tmp_path, c))
+    del garden["next_sentence/dense/kernel"]
+    prefix = save_object_graph(tmp_path / "twice", garden)
+    with pytest.raises(CheckpointError, match=r"two variables for one parameter: encoder/layer_with_weights-0/"
+                                              r"word_embedding/embeddings.* and masked_lm/embedding_table"):
+        convert("from-tf", prefix, str(tmp_path / "out"), config=_write_config(tmp_path, c))
+
+
 def test_a_directory_reads_its_latest_checkpoint_and_a_missing_nsp_head_is_reported(tmp_path):
     values = {k: v for k, v in random_values(tf1_variables(MOBILEBERT), 1).items()
               if not k.startswith("cls/seq_relationship")}
@@ -269,4 +384,4 @@ def test_bad_inputs_are_config_errors(tmp_path, monkeypatch):
                 config=_write_config(tmp_path, MOBILEBERT))
     monkeypatch.setitem(sys.modules, "tensorflow", None)  # as if TensorFlow were not installed
     with pytest.raises(ConfigError, match="TensorFlow, which is not installed"):
-        tf_checkpoint.read_tf1_variables(prefix)
+        tf_checkpoint.read_variables(prefix)

@@ -2,8 +2,8 @@
 
 from-hf:  an HF MobileBERT directory or hub id (google/mobilebert-uncased) -> this project's params directory.
 from-run: a trainer workdir (its latest finished checkpoint) or one checkpoint step directory -> a params directory.
-from-tf:  a TF1 checkpoint of google-research's MobileBERT (its prefix, model.ckpt-NNN, or its directory) with
-          --config bert_config.json -> a params directory with TF1's semantics (needs TensorFlow).
+from-tf:  a TensorFlow MobileBERT checkpoint, google-research's TF1 or Model Garden's TF2 (its prefix or its
+          directory), with --config bert_config.json -> a params directory with TF1's semantics (needs TensorFlow).
 to-hf:    any model (params directory, trainer workdir, checkpoint step, HF directory) -> an HF directory that
           transformers loads, with the model's tokenizer files (`transformers.pipeline("fill-mask", model=DIR)`).
 

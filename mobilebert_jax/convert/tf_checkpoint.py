@@ -1,5 +1,7 @@
-"""Import of the original TensorFlow MobileBERT checkpoints: google-research's TF1 name-based checkpoints
-(`bert/encoder/layer_N/...`) with the `bert_config.json` they were released with.
+"""Import of the original TensorFlow MobileBERT checkpoints, with the `bert_config.json` they were released with:
+google-research's TF1 name-based checkpoints (`bert/encoder/layer_N/...`) and TF2 Model Garden object-based ones
+(`encoder/layer_with_weights-K/...`, `masked_lm/...`, as `tf.train.Checkpoint(encoder=..., masked_lm=...)` saves
+Model Garden's `MobileBERTEncoder` and `MobileBertMaskedLM`).
 
 The released weights were trained with TF1's semantics, so the imported config keeps them: the attention mask
 replaces masked scores with -6 (`attention_mask_mode="replace"`) and every LayerNorm uses `layer_norm_eps`
@@ -122,6 +124,82 @@ def tf1_placement(name: str) -> Optional[Placement]:
     return None
 
 
+# Model Garden's MobileBERTEncoder is a Keras functional model that turns attribute tracking off, so its
+# checkpoint names its layers by position among those with weights: 0 the embeddings, 1..L the blocks, L + 1 the
+# pooler. Inside them the keys are the layers' attribute names; keys end in `/.ATTRIBUTES/VARIABLE_VALUE`.
+_TF2_VALUE = "/.ATTRIBUTES/VARIABLE_VALUE"
+_TF2_BOOKKEEPING = re.compile(r"^(_CHECKPOINTABLE_OBJECT_GRAPH|save_counter/|optimizer/|global_step/)|/\.OPTIMIZER_SLOT/")
+_TF2_EMBEDDINGS = {"word_embedding/embeddings": ("word_embeddings", "embedding"),
+                   "type_embedding/embeddings": ("token_type_embeddings", "embedding"),
+                   "pos_embedding/embeddings": ("position_embeddings", "embedding"),
+                   "word_embedding_proj/kernel": ("embedding_transformation", "kernel"),
+                   "word_embedding_proj/bias": ("embedding_transformation", "bias"),
+                   "layer_norm/gamma": ("LayerNorm", "scale"), "layer_norm/beta": ("LayerNorm", "bias")}
+_TF2_LEAVES = {"kernel": "kernel", "bias": "bias", "gamma": "scale", "beta": "bias"}
+# block_layers/<group>/<index> -> our module path; the norms are NoNorm or LayerNorm (gamma/beta either way).
+_TF2_BLOCK = {("bottleneck_input", "0"): ("bottleneck", "input", "dense"),
+              ("bottleneck_input", "1"): ("bottleneck", "input", "LayerNorm"),
+              ("kq_shared_bottleneck", "0"): ("bottleneck", "attention", "dense"),
+              ("kq_shared_bottleneck", "1"): ("bottleneck", "attention", "LayerNorm"),
+              ("attention", "1"): ("attention", "output", "LayerNorm"),
+              ("bottleneck_output", "0"): ("output", "bottleneck", "dense"),
+              ("bottleneck_output", "2"): ("output", "bottleneck", "LayerNorm")}
+_TF2_HEADS = {"masked_lm/embedding_table": ("mobilebert", "embeddings", "word_embeddings", "embedding"),
+              "masked_lm/dense/kernel": ("cls", "predictions", "transform", "dense", "kernel"),
+              "masked_lm/dense/bias": ("cls", "predictions", "transform", "dense", "bias"),
+              "masked_lm/layer_norm/gamma": ("cls", "predictions", "transform", "LayerNorm", "scale"),
+              "masked_lm/layer_norm/beta": ("cls", "predictions", "transform", "LayerNorm", "bias"),
+              "masked_lm/output_bias.Sbias": ("cls", "predictions", "bias")}
+
+
+def _heads_merged(a: np.ndarray) -> np.ndarray:
+    """Keras MultiHeadAttention's [in, heads, head_dim] kernel or [heads, head_dim] bias -> [in, out] / [out]."""
+    a = np.asarray(a)
+    return a.reshape(-1) if a.ndim == 2 else a.reshape(a.shape[0], -1)
+
+
+def _output_merged(a: np.ndarray) -> np.ndarray:
+    a = np.asarray(a)  # the attention output projection's [heads, head_dim, out]
+    return a.reshape(-1, a.shape[-1])
+
+
+def tf2_placement(key: str, config: MobileBertConfig) -> Optional[Placement]:
+    """A Model Garden checkpoint key (without `/.ATTRIBUTES/VARIABLE_VALUE`) -> its placement, or None."""
+    if key in _TF2_HEADS:
+        return _TF2_HEADS[key], _KEEP
+    if key == "masked_lm/extra_output_weights":
+        return ("cls", "predictions", "extra_output_weights"), _transposed
+    m = re.fullmatch(r"encoder/layer_with_weights-(\d+)/(.+)", key)
+    if not m:
+        return None
+    position, rest = int(m.group(1)), m.group(2)
+    if position == 0:
+        return (("mobilebert", "embeddings", *_TF2_EMBEDDINGS[rest]), _KEEP) if rest in _TF2_EMBEDDINGS else None
+    if position == config.num_hidden_layers + 1 and rest in ("kernel", "bias"):
+        return ("mobilebert", "pooler", "dense", rest), _KEEP
+    if position > config.num_hidden_layers:
+        return None
+    layer = ("mobilebert", "encoder", f"layer_{position - 1}")
+    m = re.fullmatch(r"block_layers/(\w+)/(\d+)/(kernel|bias|gamma|beta)", rest)
+    if m and (m.group(1), m.group(2)) in _TF2_BLOCK:
+        return (*layer, *_TF2_BLOCK[m.group(1), m.group(2)], _TF2_LEAVES[m.group(3)]), _KEEP
+    m = re.fullmatch(r"block_layers/attention/0/_(query|key|value|output)_dense/(kernel|bias)", rest)
+    if m:
+        name, leaf = m.groups()
+        if name == "output":
+            return (*layer, "attention", "output", "dense", leaf), _output_merged if leaf == "kernel" else _KEEP
+        return (*layer, "attention", "self", name, leaf), _heads_merged
+    m = re.fullmatch(r"block_layers/ffn/(\d+)/([012])/(kernel|bias|gamma|beta)", rest)
+    if m:
+        # Model Garden numbers every FFN from 0; TF1 and this model give the last one the block's own
+        # intermediate/output names and number only those before it.
+        index, part, leaf = int(m.group(1)), m.group(2), m.group(3)
+        ffn = (f"ffn_{index}",) if index < config.num_feedforward_networks - 1 else ()
+        module = {"0": ("intermediate", "dense"), "1": ("output", "dense"), "2": ("output", "LayerNorm")}[part]
+        return (*layer, *ffn, *module, _TF2_LEAVES[leaf]), _KEEP
+    return None
+
+
 # ---------------------------------------------------------------------------
 # Reading.
 # ---------------------------------------------------------------------------
@@ -134,8 +212,8 @@ def _tensorflow():
     return tf
 
 
-def read_tf1_variables(path: str) -> dict[str, np.ndarray]:
-    """Every variable of a TF1 checkpoint: `path` is its prefix (model.ckpt-NNN) or a directory holding one."""
+def read_variables(path: str) -> dict[str, np.ndarray]:
+    """Every variable of a TF checkpoint: `path` is its prefix (model.ckpt-NNN) or a directory holding one."""
     tf = _tensorflow()
     prefix = path
     if epath.Path(path).is_dir():
@@ -151,20 +229,37 @@ def read_tf1_variables(path: str) -> dict[str, np.ndarray]:
     return {name: reader.get_tensor(name) for name in reader.get_variable_to_shape_map()}
 
 
-def params_from_tf1(config: MobileBertConfig, variables: dict[str, np.ndarray], source: str):
-    """TF1 variables -> (architecture, params, skipped names); the architecture is the heads the checkpoint has."""
-    placed: dict[tuple, np.ndarray] = {}
-    skipped, unplaced = [], []
+def is_object_based(variables: dict[str, np.ndarray]) -> bool:
+    """TF2's tf.train.Checkpoint writes its object graph beside the values; TF1's Saver does not."""
+    return "_CHECKPOINTABLE_OBJECT_GRAPH" in variables
+
+
+def place(config: MobileBertConfig, variables: dict[str, np.ndarray], source: str):
+    """TF1 or TF2 variables -> (architecture, params, skipped names); the heads the checkpoint has decide the
+    architecture."""
+    object_based = is_object_based(variables)
+    placed: dict[tuple, tuple[str, np.ndarray]] = {}
+    skipped, unplaced, twice = [], [], []
     for name, array in variables.items():
-        if _TF1_SLOT.search(name):
+        if object_based:
+            if _TF2_BOOKKEEPING.search(name) or not name.endswith(_TF2_VALUE):
+                skipped.append(name)
+                continue
+            placement = tf2_placement(name[: -len(_TF2_VALUE)], config)
+        elif _TF1_SLOT.search(name):
             skipped.append(name)
             continue
-        placement = tf1_placement(name)
+        else:
+            placement = tf1_placement(name)
         if placement is None:
             unplaced.append(name)
             continue
         path, transform = placement
+        if path in placed:
+            twice.append(f"{' and '.join(sorted((placed[path][0], name)))} (parameter {'/'.join(path)})")
         placed[path] = (name, transform(array))
+    if twice:
+        raise CheckpointError(f"{source}: two variables for one parameter: {'; '.join(sorted(twice))}")
     heads = {p[1] for p in placed if p[0] == "cls"}
     arch = ("MobileBertForPreTraining" if "seq_relationship" in heads
             else "MobileBertForMaskedLM" if "predictions" in heads else "MobileBertModel")
@@ -195,13 +290,15 @@ def params_from_tf1(config: MobileBertConfig, variables: dict[str, np.ndarray], 
 
 
 def from_tf(checkpoint: str, config_path: str):
-    """A TF1 MobileBERT checkpoint and its bert_config.json -> (config, architecture, params, report line)."""
+    """A TF1 or TF2 MobileBERT checkpoint and its bert_config.json -> (config, architecture, params, report line)."""
     config = read_bert_config(config_path)
-    variables = read_tf1_variables(checkpoint)
-    arch, params, skipped = params_from_tf1(config, variables, f"--input={checkpoint}")
+    variables = read_variables(checkpoint)
+    arch, params, skipped = place(config, variables, f"--input={checkpoint}")
     absent = {"MobileBertForPreTraining": [],
               "MobileBertForMaskedLM": ["NSP head (cls/seq_relationship)"],
               "MobileBertModel": ["MLM head (cls/predictions)", "NSP head (cls/seq_relationship)"]}[arch]
-    report = (f"{len(variables) - len(skipped)} variables placed as {arch}; {len(skipped)} optimizer slots and "
-              f"step counters skipped" + (f"; the checkpoint has no {' and no '.join(absent)}" if absent else ""))
+    kind = "TF2 object-based" if is_object_based(variables) else "TF1"
+    report = (f"{kind} checkpoint: {len(variables) - len(skipped)} variables placed as {arch}; {len(skipped)} "
+              f"optimizer slots, step counters and checkpoint bookkeeping skipped"
+              + (f"; the checkpoint has no {' and no '.join(absent)}" if absent else ""))
     return config, arch, params, report
