@@ -5,9 +5,9 @@ Model Garden's `MobileBERTEncoder` and `MobileBertMaskedLM`).
 
 The released weights were trained with TF1's semantics, so the imported config keeps them: the attention mask
 replaces masked scores with -6 (`attention_mask_mode="replace"`) and every LayerNorm uses `layer_norm_eps`
-(1e-12, TF1's epsilon) rather than HF's 1e-5. Every variable in the checkpoint is either placed
-or named in the one error that refuses it; only optimizer slots and step counters are passed over, and the heads
-the checkpoint lacks are reported, never initialized. TensorFlow is imported only here, when a checkpoint is read.
+(1e-12, TF1's epsilon) rather than HF's 1e-5. Every variable in the checkpoint is either placed or named in the
+one error that refuses it; only optimizer slots, step counters and a TF2 checkpoint's bookkeeping are passed over
+(and counted), and the heads the checkpoint lacks are reported, never initialized. TensorFlow is imported only here, when a checkpoint is read.
 """
 
 from __future__ import annotations
