@@ -29,7 +29,7 @@ tf = pytest.importorskip("tensorflow")
 
 from mobilebert_jax import model_source  # noqa: E402
 from mobilebert_jax.convert import hf, tf_checkpoint  # noqa: E402
-from mobilebert_jax.convert.__main__ import convert  # noqa: E402
+from mobilebert_jax.convert.__main__ import convert, main  # noqa: E402
 from mobilebert_jax.errors import CheckpointError, ConfigError  # noqa: E402
 
 # bert_config.json files as google-research releases them (uncased_L-24_H-128_B-512_A-4_F-4_OPT), at toy widths.
@@ -325,7 +325,8 @@ def test_model_garden_keys_it_cannot_place_are_named(tmp_path):
     garden = model_garden_values(c, values)
     garden["next_sentence/dense/kernel"] = np.zeros((64, 2), np.float32)
     garden["encoder/layer_with_weights-0/word_embedding/embeddings"] = garden["masked_lm/embedding_table"]
-    prefix = save_object_graph(tmp_path / "unknown", {k: x for k, x in garden.items() if k != "masked_lm/embedding_table"})
+    without_mlm_table = {k: x for k, x in garden.items() if k != "masked_lm/embedding_table"}
+    prefix = save_object_graph(tmp_path / "unknown", without_mlm_table)
     with pytest.raises(CheckpointError, match=r"no place in a MobileBERT.*'next_sentence/dense/kernel/\.ATTRIBUTES/"
                                               r"VARIABLE_VALUE'\]"):
         convert("from-tf", prefix, str(tmp_path / "out"), config=_write_config(tmp_path, c))
@@ -336,12 +337,13 @@ def test_model_garden_keys_it_cannot_place_are_named(tmp_path):
         convert("from-tf", prefix, str(tmp_path / "out"), config=_write_config(tmp_path, c))
 
 
-def test_a_directory_reads_its_latest_checkpoint_and_a_missing_nsp_head_is_reported(tmp_path):
+def test_a_directory_reads_its_latest_checkpoint_and_a_missing_nsp_head_is_reported(tmp_path, capsys):
     values = {k: v for k, v in random_values(tf1_variables(MOBILEBERT), 1).items()
               if not k.startswith("cls/seq_relationship")}
     save_tf1(tmp_path / "ckpt", values)
-    message = convert("from-tf", str(tmp_path / "ckpt"), str(tmp_path / "out"),
-                      config=_write_config(tmp_path, MOBILEBERT))
+    assert main(["from-tf", f"--input={tmp_path / 'ckpt'}", f"--config={_write_config(tmp_path, MOBILEBERT)}",
+                 f"--output={tmp_path / 'out'}"]) == 0
+    message = capsys.readouterr().out
     assert "as MobileBertForMaskedLM" in message and "the checkpoint has no NSP head (cls/seq_relationship)" in message
     source = model_source.open_source(str(tmp_path / "out"), "--input")
     assert "seq_relationship" not in model_source.read(source)["cls"]

@@ -7,7 +7,8 @@ The released weights were trained with TF1's semantics, so the imported config k
 replaces masked scores with -6 (`attention_mask_mode="replace"`) and every LayerNorm uses `layer_norm_eps`
 (1e-12, TF1's epsilon) rather than HF's 1e-5. Every variable in the checkpoint is either placed or named in the
 one error that refuses it; only optimizer slots, step counters and a TF2 checkpoint's bookkeeping are passed over
-(and counted), and the heads the checkpoint lacks are reported, never initialized. TensorFlow is imported only here, when a checkpoint is read.
+(and counted), and the heads the checkpoint lacks are reported, never initialized. TensorFlow is imported only
+here, when a checkpoint is read.
 """
 
 from __future__ import annotations
@@ -128,7 +129,8 @@ def tf1_placement(name: str) -> Optional[Placement]:
 # checkpoint names its layers by position among those with weights: 0 the embeddings, 1..L the blocks, L + 1 the
 # pooler. Inside them the keys are the layers' attribute names; keys end in `/.ATTRIBUTES/VARIABLE_VALUE`.
 _TF2_VALUE = "/.ATTRIBUTES/VARIABLE_VALUE"
-_TF2_BOOKKEEPING = re.compile(r"^(_CHECKPOINTABLE_OBJECT_GRAPH|save_counter/|optimizer/|global_step/)|/\.OPTIMIZER_SLOT/")
+_TF2_BOOKKEEPING = re.compile(r"^(_CHECKPOINTABLE_OBJECT_GRAPH|save_counter/|optimizer/|global_step/)"
+                              r"|/\.OPTIMIZER_SLOT/")
 _TF2_EMBEDDINGS = {"word_embedding/embeddings": ("word_embeddings", "embedding"),
                    "type_embedding/embeddings": ("token_type_embeddings", "embedding"),
                    "pos_embedding/embeddings": ("position_embeddings", "embedding"),
