@@ -70,6 +70,21 @@ def _from_hf(path):
     from_hf(path)
 
 
+def _from_tf(tmp, config: dict | None = None, variables: dict | None = None, prefix: str | None = None):
+    """`convert from-tf` on a TF1 checkpoint of `variables`, saved by TensorFlow, under a toy bert_config.json."""
+    from mobilebert_jax.convert.__main__ import convert
+
+    bert_config = tmp / "bert_config.json"
+    bert_config.write_text(json.dumps(config or dict(vocab_size=97, hidden_size=64, num_hidden_layers=1,
+                                                      num_attention_heads=4, intermediate_size=48)))
+    if variables is not None:
+        import tensorflow as tf
+
+        saved = {name: tf.Variable(value) for name, value in variables.items()}
+        prefix = tf.compat.v1.train.Saver(var_list=saved).save(None, str(tmp / "ckpt" / "model.ckpt-1"))
+    convert("from-tf", prefix, str(tmp / "out"), config=str(bert_config))
+
+
 def _truncated_safetensors(tmp):
     good = tmp / "good.safetensors"
     save_file({"w": np.zeros((64, 64), np.float32)}, str(good))
@@ -268,6 +283,13 @@ CASES = [
      lambda tmp: _from_hf(_hf_dir(tmp, {WE: _word_embeddings(TINY, value=np.nan)}))),
     ("convert from-hf: directory that does not exist", "checkpoint", "expected an HF model directory",
      lambda tmp: _from_hf(str(tmp / "nowhere"))),
+    ("convert from-tf: checkpoint prefix that does not exist", "checkpoint", "not a readable TF checkpoint",
+     lambda tmp: _from_tf(tmp, prefix=str(tmp / "model.ckpt-1"))),
+    ("convert from-tf: a variable that is no MobileBERT parameter", "checkpoint",
+     "no place in a MobileBERT of this config",
+     lambda tmp: _from_tf(tmp, variables={"bert/encoder/layer_0/attention/self/query/quant_max": np.float32(6)})),
+    ("convert from-tf: bert_config.json with a field TF1 BERT does not have", "config", "not TF1 BertConfig fields",
+     lambda tmp: _from_tf(tmp, config={"vocab_size": 97, "use_qat": True}, prefix=str(tmp / "model.ckpt-1"))),
     ("convert to-hf: directory without a model", "config", "no such directory",
      ["mobilebert_jax.convert", "to-hf", "--input={tmp}/nowhere", "--output={tmp}/out"]),
     # Evaluation, quantization, export and plots of a run

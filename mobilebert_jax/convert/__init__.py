@@ -3,7 +3,8 @@
     config, params = from_hf("google-mobilebert-uncased/")
     to_hf(config, params, "exported/")  # transformers.MobileBertForPreTraining.from_pretrained("exported/")
 
-Command line: `python -m mobilebert_jax.convert {from-hf,from-run,to-hf} --input ... --output ...`.
+Command line: `python -m mobilebert_jax.convert {from-hf,from-run,from-tf,to-hf} --input ... --output ...`
+(from-tf: the original TF1 and Model Garden TF2 checkpoints, `convert/tf_checkpoint.py`).
 Reading any model from disk: `mobilebert_jax.model_source`.
 """
 

@@ -1,7 +1,9 @@
-"""python -m mobilebert_jax.convert {from-hf,from-run,to-hf} --input SOURCE --output DIR [--architecture NAME]
+"""python -m mobilebert_jax.convert {from-hf,from-run,from-tf,to-hf} --input SOURCE --output DIR [--architecture NAME]
 
 from-hf:  an HF MobileBERT directory or hub id (google/mobilebert-uncased) -> this project's params directory.
 from-run: a trainer workdir (its latest finished checkpoint) or one checkpoint step directory -> a params directory.
+from-tf:  a TensorFlow MobileBERT checkpoint, google-research's TF1 or Model Garden's TF2 (its prefix or its
+          directory), with --config bert_config.json -> a params directory with TF1's semantics (needs TensorFlow).
 to-hf:    any model (params directory, trainer workdir, checkpoint step, HF directory) -> an HF directory that
           transformers loads, with the model's tokenizer files (`transformers.pipeline("fill-mask", model=DIR)`).
 
@@ -15,14 +17,24 @@ import sys
 from mobilebert_jax import cli, model_source
 from mobilebert_jax.errors import ConfigError
 from mobilebert_jax.convert.hf import ARCHITECTURES, to_hf
+from mobilebert_jax.convert import tf_checkpoint
 from mobilebert_jax.convert.native import save_params
 from mobilebert_jax.data import tokenizer_record
 
 # direction -> the source kinds it takes (None: any).
-_KINDS = {"from-hf": ("hf_dir",), "from-run": ("checkpoint",), "to-hf": None}
+_KINDS = {"from-hf": ("hf_dir",), "from-run": ("checkpoint",), "from-tf": (), "to-hf": None}
 
 
-def convert(direction: str, input_spec: str, output: str, architecture: str | None = None) -> str:
+def convert(direction: str, input_spec: str, output: str, architecture: str | None = None,
+            config: str | None = None) -> str:
+    if (direction == "from-tf") != (config is not None):
+        raise ConfigError("--config (the checkpoint's bert_config.json) goes with from-tf, and only with it")
+    if direction == "from-tf":
+        if architecture is not None:
+            raise ConfigError("from-tf takes no --architecture: the checkpoint's heads decide it")
+        model_config, arch, params, report = tf_checkpoint.from_tf(input_spec, config)
+        save_params(output, model_config, params, arch)
+        return f"wrote {output}: {report} (no tokenizer recorded: the vocab.txt released beside it is not read)"
     source = model_source.open_source(input_spec, "--input")
     kinds = _KINDS[direction]
     if kinds is not None and source.kind not in kinds:
@@ -46,8 +58,10 @@ def main(argv=None) -> int:
     parser.add_argument("--output", required=True, help="directory to write")
     parser.add_argument("--architecture", choices=sorted(ARCHITECTURES), default=None,
                         help="model class; inferred from config.json or the tensors when omitted")
+    parser.add_argument("--config", default=None,
+                        help="from-tf only: the bert_config.json released with the TF1 checkpoint")
     args = parser.parse_args(argv)
-    print(convert(args.direction, args.input, args.output, args.architecture))
+    print(convert(args.direction, args.input, args.output, args.architecture, args.config))
     return 0
 
 
