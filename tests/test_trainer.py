@@ -6,6 +6,7 @@ in-process runs see conftest's 8.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import re
@@ -119,6 +120,10 @@ def _never(config, workdir):
     ({"mesh.shape": (3, 1, 1)}, re.escape("config.mesh.shape=(3, 1, 1) covers 3 devices, but 8")),
     ({"batch_size": 6}, "batch"),
     ({"optimizer.schedule.kind": "cosine"}, "config.optimizer.schedule.kind"),
+    ({"optimizer.lr": float("nan")}, re.escape("config.optimizer.lr=nan: must be a finite number")),
+    ({"optimizer.lr": -1e-3}, re.escape("config.optimizer.lr=-0.001: must be positive")),
+    ({"microbatches": 3}, re.escape("config.microbatches=3 does not divide config.batch_size=8")),
+    ({"eval.batch_size": 6}, re.escape("config.eval.batch_size=6 is not divisible by data=8")),
 ])
 def test_bad_config_fails_before_anything_compiles(tmp_path, overrides, message):
     c = synthetic_training.config()
@@ -133,6 +138,23 @@ def test_unknown_override_is_named(tmp_path):
         experiment_config.load_experiment(
             os.path.join(os.path.dirname(__file__), "..", "experiments", "teacher_ib_bert_large.py") + ":smoke",
             ["--config.optimizer.lrr=1e-3"])
+
+
+def test_a_failing_evaluation_loses_no_checkpoint(tmp_path):
+    """Step 4 is a save and an evaluation step: the save comes first, so the failure costs no work."""
+    c = synthetic_training.config(total_steps=TOTAL)  # saves every 2 steps, evaluates every 4
+
+    def read(config, workdir, spec):
+        io = synthetic_training.read_synthetic(config, workdir, spec)
+
+        def failing():
+            raise RuntimeError("evaluation failed")
+
+        return dataclasses.replace(io, eval_batches=failing)
+
+    with pytest.raises(RuntimeError, match="evaluation failed"):
+        train(c, str(tmp_path), Stage(spec=synthetic_training.synthetic_spec, read=read))
+    assert sorted(os.listdir(tmp_path / "checkpoints")) == ["2", "4"]
 
 
 @pytest.fixture(scope="module")

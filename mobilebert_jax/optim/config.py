@@ -21,6 +21,7 @@ so a typo in an experiment file or an override points at itself.
 
 from __future__ import annotations
 
+import math
 from typing import Any, Mapping
 
 import ml_collections
@@ -69,6 +70,9 @@ def read(cfg: Any, fields: tuple[str, ...], where: str, optional: Mapping[str, A
 def positive_number(value: Any, where: str, allow_zero: bool = False) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise ConfigError(f"{where}={value!r}: must be a number")
+    # NaN passes every comparison below and would surface only as a non-finite loss after compiling.
+    if not math.isfinite(value):
+        raise ConfigError(f"{where}={value!r}: must be a finite number")
     if value < 0 or (value == 0 and not allow_zero):
         raise ConfigError(f"{where}={value!r}: must be {'non-negative' if allow_zero else 'positive'}")
     return float(value)

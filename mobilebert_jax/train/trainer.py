@@ -239,6 +239,14 @@ def _loop(config: ml_collections.ConfigDict, workdir: str, io: StageIO, program:
         if evaluate_now or save_now or stop or done == total_steps:
             fetch(*pending)  # a diverged state is never evaluated or saved
             pending = None
+        lock.check()
+        ckpt.check()  # a background save that failed stops the run at the next step, naming its step
+        # Saves start before the evaluation, so an evaluation that fails (or outlasts a preemption's grace period)
+        # costs no work.
+        if save_now and ckpt.save(done, state, data_iterator=io.train_iterator, force=True):
+            _log(f"checkpoint {done}: saving in the background")
+        if stop and not save_now:
+            ckpt.save(done, state, data_iterator=io.train_iterator, force=True)
         if evaluate_now:
             batches = (partitioning.make_global_batch(b, mesh, rules) for b in io.eval_batches())
             eval_metrics = step_lib.evaluate(program.eval_step, spec.objective, state.params, batches, frozen,
@@ -246,12 +254,7 @@ def _loop(config: ml_collections.ConfigDict, workdir: str, io: StageIO, program:
             writer.write(done, {f"eval/{k}": v for k, v in eval_metrics.items()}, progress=False)
             _log(f"eval at step {done}: " + ", ".join(f"{k} {v:.4f}" for k, v in eval_metrics.items()))
             final_metrics.update({f"eval/{k}": v for k, v in eval_metrics.items()})
-        lock.check()
-        ckpt.check()  # a background save that failed stops the run at the next step, naming its step
-        if save_now and ckpt.save(done, state, data_iterator=io.train_iterator, force=True):
-            _log(f"checkpoint {done}: saving in the background")
         if stop:
-            ckpt.save(done, state, data_iterator=io.train_iterator, force=True)
             ckpt.wait()
             _log(f"preempted: saved a checkpoint at step {done}; rerun the same command to continue")
             return state, final_metrics, True
