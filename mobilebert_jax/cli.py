@@ -27,7 +27,7 @@ from absl import app, flags
 from absl import logging as absl_logging
 from etils import epath
 
-from mobilebert_jax import errors
+from mobilebert_jax import errors, preemption
 
 HELP_FLAGS = ("--help", "-help", "-h", "--helpshort", "-helpshort", "--helpfull", "-helpfull", "-?")
 LOG_FILE = "log.txt"
@@ -44,9 +44,17 @@ def fatal(kind: str, message: Any) -> NoReturn:
 
 @contextlib.contextmanager
 def errors_are_fatal() -> Iterator[None]:
-    """Turns the project's error types raised inside into `FATAL <kind> error: ...` and exit 1."""
+    """Turns the project's error types raised inside into `FATAL <kind> error: ...` and exit 1.
+
+    Ctrl-C outside the training loop (which saves first, preemption.py) is one line and exit 130, no traceback:
+    every file the project writes is written whole or not at all, so a rerun continues or starts again.
+    """
     try:
         yield
+    except KeyboardInterrupt:
+        print("interrupted: stopped before the end; rerun the same command to continue", file=sys.stderr,
+              flush=True)
+        sys.exit(preemption.INTERRUPTED_EXIT)
     except Exception as e:  # noqa: BLE001 -- re-raised unless it is an expected input error
         kind = errors.kind_of(e)
         if kind is None:

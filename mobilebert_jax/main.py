@@ -71,6 +71,7 @@ def main(parsed) -> None:
         workdir = FLAGS.workdir or DEFAULT_WORKDIR
         cli.log_libraries_to(workdir)
         pipeline.run(workdir, pipeline.default_scale(**scale))
+        preemption.exit_if_stopped()  # a stage stopped early: never exit 0 before the end
         return
     if scale:
         raise ConfigError(f"{', '.join('--' + k for k in sorted(scale))}: pipeline settings, for the default run "
@@ -85,6 +86,7 @@ def main(parsed) -> None:
     from mobilebert_jax.train.trainer import train
 
     train(config, FLAGS.workdir, stage(config.stage))
+    preemption.exit_if_stopped()  # a run stopped before config.total_steps never exits 0
 
 
 def run() -> None:

@@ -356,3 +356,21 @@ def test_docs_table_lists_every_case():
             f.write(text.replace(begin + current + end, begin + table + end))
         return
     assert current == table, "docs/errors.md is out of date; rerun with MOBILEBERT_WRITE_ERRORS_DOC=1"
+
+
+def test_ctrl_c_outside_the_training_loop_is_one_line(tmp_path):
+    """Ctrl-C while a command works (data preparation, a conversion): one line, exit 130, no traceback."""
+    import signal
+
+    script = ("import time\nfrom mobilebert_jax import cli\n"
+              "def main(argv):\n    print('READY', flush=True)\n    time.sleep(60)\n"
+              "cli.run_absl(main, doc='a command')\n")
+    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (REPO, env.get("PYTHONPATH")) if p)
+    proc = subprocess.Popen([sys.executable, "-c", script], cwd=REPO, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    assert proc.stdout.readline().strip() == "READY"
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=HANG_S)
+    assert proc.returncode == 130, err
+    assert err.strip() == "interrupted: stopped before the end; rerun the same command to continue", err

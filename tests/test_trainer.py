@@ -73,15 +73,21 @@ def _assert_bitwise_equal(a, b):
         np.testing.assert_array_equal(a[k], b[k], err_msg=k)
 
 
-def test_resume_after_sigterm_is_exact(tmp_path, straight):
+@pytest.mark.parametrize("sig,status,says", [
+    (signal.SIGTERM, 75, "preempted, resume with the same command"),
+    (signal.SIGINT, 130, "interrupted: the run stopped before its last step; resume with the same command"),
+])
+def test_resume_after_a_signal_is_exact(tmp_path, straight, sig, status, says):
+    """A preemption's SIGTERM and Ctrl-C both save the step and exit non-zero: the run has not reached its end."""
     proc = _run(tmp_path, slow=0.3, wait=False)
     _wait_for_checkpoint(tmp_path, 2, proc)
-    proc.send_signal(signal.SIGTERM)
+    proc.send_signal(sig)
     out, _ = proc.communicate(timeout=HANG_S)
-    assert proc.returncode == 0, out
-    assert "preempted: saved a checkpoint at step" in out
+    assert proc.returncode == status, out
+    assert "preempted: saved a checkpoint at step" in out and says in out, out
+    assert "Traceback" not in out, out
     assert not os.path.exists(tmp_path / "final_params.npz")
-    assert not os.path.exists(tmp_path / "FINISHED")  # exit 0 after a SIGTERM is not the end (tpu_run.sh watch)
+    assert not os.path.exists(tmp_path / "FINISHED")
     out = _run(tmp_path)  # the same command again
     assert "resumed from step" in out
     _assert_bitwise_equal(_params(tmp_path), straight)
@@ -190,8 +196,9 @@ def test_sigterm_before_the_first_step_exits_cleanly(tmp_path):
         pass
     proc.send_signal(signal.SIGTERM)
     out, _ = proc.communicate(timeout=HANG_S)
-    assert proc.returncode == 0, out
+    assert proc.returncode == 75, out
     assert "stopped by a signal before step 1: nothing new to save" in out, out
+    assert "preempted, resume with the same command" in out, out
     assert not os.path.exists(tmp_path / "final_params.npz")
 
 

@@ -31,6 +31,7 @@ import json
 import logging
 import multiprocessing
 import os
+import signal
 import time
 from typing import Any, Callable, Optional, Sequence
 
@@ -190,13 +191,27 @@ def _run_stage(name: str, jobs: Sequence[Job], *, workers: int, unit: str, count
                 fn, args, _ = jobs[i]
                 finished(i, fn(*args))
         else:
-            # spawn: no forked copies of tokenizer thread pools or JAX state.
+            # spawn: no forked copies of tokenizer thread pools or JAX state. Ctrl-C reaches the whole process
+            # group: the workers ignore it (no traceback from each) and this process ends them; every file is
+            # written atomically, so a rerun redoes only the jobs without a done-file.
             with concurrent.futures.ProcessPoolExecutor(
-                    max_workers=min(workers, len(pending)), mp_context=multiprocessing.get_context("spawn")) as pool:
-                futures = {pool.submit(jobs[i][0], *jobs[i][1]): i for i in pending}
-                for future in concurrent.futures.as_completed(futures):
-                    finished(futures[future], future.result())
+                    max_workers=min(workers, len(pending)), mp_context=multiprocessing.get_context("spawn"),
+                    initializer=_ignore_interrupts) as pool:
+                try:
+                    futures = {pool.submit(jobs[i][0], *jobs[i][1]): i for i in pending}
+                    for future in concurrent.futures.as_completed(futures):
+                        finished(futures[future], future.result())
+                except KeyboardInterrupt:
+                    workers_left = list(getattr(pool, "_processes", {}).values())
+                    pool.shutdown(wait=False, cancel_futures=True)
+                    for process in workers_left:
+                        process.terminate()
+                    raise
     return [results[i] for i in range(len(jobs))]
+
+
+def _ignore_interrupts() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 def _unit_path(output_dir: str, index: int) -> str:

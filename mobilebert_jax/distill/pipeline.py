@@ -209,6 +209,7 @@ def main(argv: list[str]) -> None:
     cli.log_libraries_to(flags.FLAGS.workdir)
     preemption.install()  # a SIGTERM stops the current stage and every stage after it (see train_stage)
     run(flags.FLAGS.workdir, default_scale(**scale_overrides()))
+    preemption.exit_if_stopped()
 
 
 if __name__ == "__main__":

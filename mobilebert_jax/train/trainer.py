@@ -13,6 +13,7 @@ import contextlib
 import dataclasses
 import math
 import os
+import signal
 from typing import Any, Callable, Iterator
 
 import flax.linen as nn
@@ -23,7 +24,8 @@ import ml_collections
 import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from mobilebert_jax import checkpointing, experiment_config, hardware, model_source, optim, partitioning, plot, storage
+from mobilebert_jax import checkpointing, experiment_config, hardware, model_source, optim, partitioning, plot
+from mobilebert_jax import preemption, storage
 from mobilebert_jax import workdir as workdir_lib
 from mobilebert_jax.errors import DataError, NonFiniteLossError
 from mobilebert_jax.metrics_writer import MetricsWriter
@@ -115,8 +117,10 @@ FINISHED = "FINISHED"
 def train(config: ml_collections.ConfigDict, workdir: str, stage: Stage) -> dict[str, float]:
     """Runs (or resumes) the stage `config` describes in `workdir`; returns the final metrics.
 
-    From here on a SIGTERM stops the run cleanly (before the first step, if it comes that early); the workdir is
-    locked against a second run, and a config other than the one it was started with is refused.
+    From here on a SIGTERM stops the run cleanly (before the first step, if it comes that early), and once steps
+    run so does Ctrl-C: the step is saved and `train` returns early with `preemption.STOP` set, for the entry
+    point to exit non-zero (`preemption.exit_if_stopped`). The workdir is locked against a second run, and a
+    config other than the one it was started with is refused.
     """
     with checkpointing.PreemptionGuard():  # catches a SIGTERM during set-up; the loop's guard sees it too
         # Everything that can be wrong with the config fails here, before any data work or compile.
@@ -165,7 +169,7 @@ def _train(config: ml_collections.ConfigDict, workdir: str, stage: Stage,
         with MetricsWriter(workdir, total_steps=config.total_steps,
                            tokens_per_step=spec.tokens_per_example * config.batch_size,
                            progress_keys=spec.objective.progress_keys) as writer, \
-                checkpointing.PreemptionGuard() as guard:
+                checkpointing.PreemptionGuard((signal.SIGTERM, signal.SIGINT)) as guard:  # Ctrl-C saves too
             if guard.should_stop(first_step):  # signalled during set-up: stop before compiling the step
                 _log(f"stopped by a signal before step {first_step + 1}: nothing new to save; rerun the same "
                      "command to continue")
@@ -256,6 +260,7 @@ def _loop(config: ml_collections.ConfigDict, workdir: str, io: StageIO, program:
             final_metrics.update({f"eval/{k}": v for k, v in eval_metrics.items()})
         if stop:
             ckpt.wait()
+            preemption.STOP.set()  # multi-host: the sync point, not a local signal, stopped it; main exits non-zero
             _log(f"preempted: saved a checkpoint at step {done}; rerun the same command to continue")
             return state, final_metrics, True
     return state, final_metrics, False
