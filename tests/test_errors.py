@@ -287,8 +287,8 @@ CASES = [
      ["mobilebert_jax.quantization", "--workdir={tmp}/nowhere"]),
     ("plot: workdir without metrics.jsonl", "data", "metrics.jsonl: not found",
      lambda tmp: _plot(tmp)),
-    ("plot: metrics.jsonl with a broken line", "data", "metrics.jsonl, line 2: not a metrics record",
-     lambda tmp: _plot(tmp, '{"step": 1, "loss": 2}\n{"loss": \n')),
+    ("plot: metrics.jsonl with a record that has no step", "data", "metrics.jsonl, line 2: not a metrics record",
+     lambda tmp: _plot(tmp, '{"step": 1, "loss": 2}\n{"loss": 1}\n')),
 ]
 
 
