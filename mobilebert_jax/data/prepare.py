@@ -17,10 +17,13 @@ Layout of the prepared directory:
   documents/unit-NNNNN.*         stage 1: one ArrayRecord of tokenized documents per corpus work unit,
                                  and a .json of its counts, written after the records are complete
   {train,eval}-NNNNN-of-MMMMM.*  stage 2: instances (unmasked sentence pairs) and a .json of counts
-  manifest.json                  written last: tokenizer hash, counts, skips, shard lists
+  manifest.json                  written last: tokenizer hash, counts, skips, shard lists, each shard's size
+                                 and sha256
 
 A restarted preparation skips every unit and shard whose .json exists; any
-different setting or tokenizer is refused instead of mixing data. Masks are
+different setting or tokenizer is refused instead of mixing data. A finished
+directory is reused only after each shard's size and sha256 match the
+manifest; a shard deleted, cut short or changed is named and prepared again. Masks are
 drawn at load time (see loader.py), so masking settings are not fixed here.
 """
 
@@ -54,10 +57,11 @@ DOCUMENTS_DIR = "documents"
 ARRAY_RECORD_OPTIONS = "group_size:1"  # one record per chunk: fast random access for the loader
 
 
-def prepare(data_config: ml_collections.ConfigDict, output_dir: str) -> dict[str, Any]:
+def prepare(data_config: ml_collections.ConfigDict, output_dir: str, *, checksums: bool = False) -> dict[str, Any]:
     """Prepares `data_config.corpus` into `output_dir` and returns its manifest.
 
-    Idempotent: a finished directory is returned as it is; a partial one is
+    Idempotent: a finished directory is returned as it is once its shards match the manifest (sizes; sha256 too
+    with `checksums` or config.data.verify_checksums), and a damaged shard is prepared again; a partial one is
     completed without redoing finished units and shards.
     """
     data_config = data_config_lib.read(data_config)
@@ -67,8 +71,19 @@ def prepare(data_config: ml_collections.ConfigDict, output_dir: str) -> dict[str
     if storage.path(manifest_path).is_file():
         manifest = manifest_lib.load_manifest(output_dir)
         manifest_lib.check_same_settings(manifest_path, manifest["settings"], settings)
-        logging.info("reusing prepared data in %s", output_dir)
-        return manifest
+        damaged = manifest_lib.damaged_shards(output_dir, manifest,
+                                              checksums=checksums or data_config.verify_checksums)
+        if not damaged:
+            logging.info("reusing prepared data in %s", output_dir)
+            return manifest
+        # Never reused as it is: the damaged shards (and the manifest, written last) go, and the run below
+        # prepares exactly those again from the tokenized documents.
+        logging.warning("prepared data damaged, preparing those shards again: %s",
+                        manifest_lib.describe_damage(output_dir, damaged))
+        for name in damaged:
+            storage.path(output_dir, name).unlink(missing_ok=True)
+            storage.path(output_dir, name.removesuffix(".array_record") + ".json").unlink(missing_ok=True)
+        storage.path(manifest_path).unlink()
     storage.path(output_dir, DOCUMENTS_DIR).mkdir(parents=True, exist_ok=True)
     settings_path = os.path.join(output_dir, manifest_lib.SETTINGS)
     # With the record format: finished shards of an older layout must not be continued in this one.
@@ -107,10 +122,13 @@ def prepare(data_config: ml_collections.ConfigDict, output_dir: str) -> dict[str
             [(_instances_shard, (split, s, num_shards, output_dir, doc_paths, settings), _shard_done(output_dir, split, s, num_shards))
              for s in range(num_shards)],
             workers=data_config.prepare_workers, unit="shard", count_key="instances")
+        shards = [os.path.basename(_shard_path(output_dir, split, s, num_shards)) + ".array_record"
+                  for s in range(num_shards)]
         splits[split] = {
             "documents": int(len(docs)),
-            "shards": [os.path.basename(_shard_path(output_dir, split, s, num_shards)) + ".array_record"
-                       for s in range(num_shards)],
+            "shards": shards,
+            # What the loader and a later prepare check the files against (data/manifest.py).
+            "files": {name: manifest_lib.shard_facts(os.path.join(output_dir, name)) for name in shards},
             **{k: int(sum(c[k] for c in shard_counts)) for k in ("instances", "random_next", "tokens")},
         }
     manifest = {
@@ -352,7 +370,7 @@ def main(argv: Optional[list[str]] = None) -> None:
             raise ConfigError("config.data.prepared_dir is empty: set --config.data.prepared_dir=DIR (where the data "
                               "goes; the stage reads it from there given the same flag)")
         logging.getLogger().setLevel(logging.INFO)
-        manifest = prepare(data, data.prepared_dir)
+        manifest = prepare(data, data.prepared_dir, checksums=True)  # the command checks every byte
         print(json.dumps({"prepared_dir": data.prepared_dir, "tokenizer": manifest["tokenizer"],
                           "corpus": {k: v for k, v in manifest["corpus"].items() if k != "skipped"},
                           "skipped": manifest["corpus"]["skipped"]["counts"],
