@@ -47,6 +47,14 @@ def _prepare(tmp, corpus, vocab=None):
                         max_predictions_per_seq=5), str(tmp / "prepared"))
 
 
+def _prepare_into(tmp, out):
+    from data_fixtures import data_config
+    from mobilebert_jax.data.prepare import prepare
+
+    prepare(data_config(corpus=str(_corpus(tmp, SENTENCES.encode())), tokenizer=_vocab(tmp), max_seq_length=32,
+                        max_predictions_per_seq=5), str(out))
+
+
 def _corpus(tmp, content: bytes, name="corpus.txt"):
     path = tmp / name
     path.write_bytes(content)
@@ -184,6 +192,39 @@ def _plot(tmp, text=None):
     plot.plot_run(str(tmp))
 
 
+def _fake_run(tmp):
+    """What makes a directory a training workdir to the commands that write: config.json and checkpoints/."""
+    run = tmp / "run"
+    (run / "checkpoints").mkdir(parents=True)
+    (run / "config.json").write_text(json.dumps({"stage": "glue_finetuning"}))
+    return run
+
+
+def _convert(*argv):
+    from mobilebert_jax.convert.__main__ import main
+
+    main(list(argv))
+
+
+def _foreign_dir(tmp):
+    out = tmp / "out"
+    out.mkdir()
+    (out / "notes.txt").write_text("mine\n")
+    return out
+
+
+def _train_sentencepiece(tmp, *argv):
+    from absl import flags
+
+    from mobilebert_jax.data import train_sentencepiece
+
+    if "model_prefix" not in flags.FLAGS:
+        train_sentencepiece.define_flags()
+    flags.FLAGS.unparse_flags()
+    flags.FLAGS(["train_sentencepiece", *argv])
+    train_sentencepiece.main([])
+
+
 TINY = get_preset("mobilebert_tiny")
 WE = "mobilebert.embeddings.word_embeddings.weight"
 
@@ -278,6 +319,19 @@ CASES = [
      lambda tmp: _from_hf(str(tmp / "nowhere"))),
     ("convert to-hf: directory without a model", "config", "no such directory",
      ["mobilebert_jax.convert", "to-hf", "--input={tmp}/nowhere", "--output={tmp}/out"]),
+    # Nothing overwritten
+    ("convert to-hf: `--output` the run it reads", "config", "is inside the training workdir",
+     lambda tmp: _convert("to-hf", f"--input={_fake_run(tmp)}", f"--output={tmp / 'run'}")),
+    ("convert: `--output` a directory holding other files", "config",
+     "already holds files this command did not write (notes.txt)",
+     lambda tmp: _convert("to-hf", f"--input={_fake_run(tmp)}", f"--output={_foreign_dir(tmp)}")),
+    ("train_sentencepiece: a model file that exists", "config", "sp.model already exists",
+     lambda tmp: _train_sentencepiece(tmp, "--corpus=builtin:python_docs", f"--model_prefix={_corpus(tmp, b'x', 'sp.model').with_suffix('')}")),
+    ("export: `--output` that exists", "config", "vocab.txt already exists; choose another name, or pass --overwrite",
+     ["mobilebert_jax.export", "--params={tmp}/nowhere", "--output={tmp}/vocab.txt", "--format=tflite"]),
+    ("data.prepare: `prepared_dir` holding other files", "config",
+     "config.data.prepared_dir='<tmp>/out' already holds files this command did not write (notes.txt); choose a new or empty directory",
+     lambda tmp: _prepare_into(tmp, _foreign_dir(tmp))),
     # Evaluation, quantization, export and plots of a run
     ("finetune.evaluate: workdir without a run", "file", "config.json",
      lambda tmp: _evaluate(tmp)),

@@ -1,18 +1,20 @@
 """python -m mobilebert_jax.convert {from-hf,from-run,to-hf} --input SOURCE --output DIR [--architecture NAME]
+                                  [--overwrite]
 
 from-hf:  an HF MobileBERT directory or hub id (google/mobilebert-uncased) -> this project's params directory.
 from-run: a trainer workdir (its latest finished checkpoint) or one checkpoint step directory -> a params directory.
 to-hf:    any model (params directory, trainer workdir, checkpoint step, HF directory) -> an HF directory that
           transformers loads, with the model's tokenizer files (`transformers.pipeline("fill-mask", model=DIR)`).
 
-The tokenizer recorded with the input travels to the output.
+The tokenizer recorded with the input travels to the output. --output must be a new or empty directory, or one
+this command wrote before (--overwrite writes over other files); a training workdir is always refused.
 """
 
 from __future__ import annotations
 
 import sys
 
-from mobilebert_jax import cli, model_source
+from mobilebert_jax import cli, model_source, output_paths
 from mobilebert_jax.errors import ConfigError
 from mobilebert_jax.convert.hf import ARCHITECTURES, to_hf
 from mobilebert_jax.convert.native import save_params
@@ -22,13 +24,16 @@ from mobilebert_jax.data import tokenizer_record
 _KINDS = {"from-hf": ("hf_dir",), "from-run": ("checkpoint",), "to-hf": None}
 
 
-def convert(direction: str, input_spec: str, output: str, architecture: str | None = None) -> str:
+def convert(direction: str, input_spec: str, output: str, architecture: str | None = None,
+            overwrite: bool = False) -> str:
+    output_paths.check_directory(output, "--output", f"convert {direction}", overwrite)  # before anything is read
     source = model_source.open_source(input_spec, "--input")
     kinds = _KINDS[direction]
     if kinds is not None and source.kind not in kinds:
         raise ConfigError(f"--input={input_spec!r} is a {source.kind.replace('_', ' ')}; {direction} takes "
                           f"{' or '.join(k.replace('_', ' ') for k in kinds)} (to-hf takes any model)")
     params = model_source.read(source)
+    output_paths.mark_directory(output, f"convert {direction}")
     if direction == "to-hf":
         to_hf(source.config, params, output, architecture)
         files = tokenizer_record.write_hf_files(source.tokenizer, source.tokenizer_dir, output,
@@ -46,8 +51,10 @@ def main(argv=None) -> int:
     parser.add_argument("--output", required=True, help="directory to write")
     parser.add_argument("--architecture", choices=sorted(ARCHITECTURES), default=None,
                         help="model class; inferred from config.json or the tensors when omitted")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="write into --output even if it holds files this command did not write")
     args = parser.parse_args(argv)
-    print(convert(args.direction, args.input, args.output, args.architecture))
+    print(convert(args.direction, args.input, args.output, args.architecture, args.overwrite))
     return 0
 
 

@@ -43,7 +43,7 @@ import numpy as np
 from array_record.python.array_record_module import ArrayRecordWriter
 from tqdm import tqdm
 
-from mobilebert_jax import storage
+from mobilebert_jax import output_paths, storage
 from mobilebert_jax.data import config as data_config_lib
 from mobilebert_jax.data import manifest as manifest_lib
 from mobilebert_jax.data import records
@@ -84,8 +84,9 @@ def prepare(data_config: ml_collections.ConfigDict, output_dir: str, *, checksum
             storage.path(output_dir, name).unlink(missing_ok=True)
             storage.path(output_dir, name.removesuffix(".array_record") + ".json").unlink(missing_ok=True)
         storage.path(manifest_path).unlink()
-    storage.path(output_dir, DOCUMENTS_DIR).mkdir(parents=True, exist_ok=True)
     settings_path = os.path.join(output_dir, manifest_lib.SETTINGS)
+    _check_target(output_dir, settings_path)
+    storage.path(output_dir, DOCUMENTS_DIR).mkdir(parents=True, exist_ok=True)
     # With the record format: finished shards of an older layout must not be continued in this one.
     started_with = {**settings, "format_version": manifest_lib.FORMAT_VERSION}
     if storage.path(settings_path).is_file():
@@ -143,6 +144,14 @@ def prepare(data_config: ml_collections.ConfigDict, output_dir: str, *, checksum
     manifest_lib.write_json_atomic(manifest_path, manifest)
     logging.info("prepared %s: %s", output_dir, {s: v["instances"] for s, v in splits.items()})
     return manifest
+
+
+def _check_target(output_dir: str, settings_path: str) -> None:
+    """Prepares only into a new or empty directory, or one a preparation began (its settings.json written first)."""
+    if storage.path(settings_path).is_file():
+        return
+    # No --overwrite here: mixing shards into another directory's files helps no one; deleting them is for a person.
+    output_paths.check_directory(output_dir, "config.data.prepared_dir", "data.prepare", has_overwrite_flag=False)
 
 
 def _settings(c: ml_collections.ConfigDict, tokenizer: Tokenizer) -> dict[str, Any]:
