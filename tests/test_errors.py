@@ -428,3 +428,30 @@ def test_ctrl_c_outside_the_training_loop_is_one_line(tmp_path):
     _, err = proc.communicate(timeout=HANG_S)
     assert proc.returncode == 130, err
     assert err.strip() == "interrupted: stopped before the end; rerun the same command to continue", err
+
+
+SMOKE = "--config=experiments/teacher_ib_bert_large.py:smoke"
+
+
+@pytest.mark.parametrize("module,args,unknown,closest", [
+    ("mobilebert_jax.main", [SMOKE, "--work_dir=x"], "work_dir", "workdir"),
+    ("mobilebert_jax.data.prepare", [SMOKE, "--prepare_workerz=2"], "prepare_workerz", None),
+    ("mobilebert_jax.convert", ["to-hf", "--input=a", "--output=b", "--ouptut=c"], "--ouptut", "--output"),
+    ("mobilebert_jax.finetune.evaluate", ["--workdir=x", "--batchsize=3"], "batchsize", "batch_size"),
+    ("mobilebert_jax.quantization", ["--workdir=x", "--batchsize=3"], "batchsize", "batch_size"),
+    ("mobilebert_jax.export", ["--output=x.tflite", "--batchsize=1"], "batchsize", "batch_size"),
+    ("mobilebert_jax.tools.sweep", ["sweep.py", "list", "--dryrun"], "--dryrun", "--dry_run"),
+    ("mobilebert_jax.plot", ["x", "--outt=y.png"], "outt", "out"),
+    ("mobilebert_jax.tools.aot_compile", [SMOKE, "--topolgy=v5e:2x2"], "topolgy", "topology"),
+    ("mobilebert_jax.data.train_sentencepiece", ["--corpus=x", "--model_prefx=y"], "model_prefx", "model_prefix"),
+])
+def test_an_unknown_flag_is_a_usage_error_naming_the_closest_real_one(module, args, unknown, closest):
+    """Every entry point: one line `FATAL usage error: ...` naming the flag (and the closest real one), exit 1."""
+    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (REPO, env.get("PYTHONPATH")) if p)
+    r = subprocess.run([sys.executable, "-m", module, *args], cwd=REPO, env=env, capture_output=True, text=True,
+                       timeout=HANG_S)
+    assert "Traceback" not in r.stderr, r.stderr
+    fatal = [line for line in r.stderr.splitlines() if line.startswith("FATAL")]
+    assert r.returncode == 1 and len(fatal) == 1 and fatal[0].startswith("FATAL usage error: "), r.stderr
+    assert unknown in fatal[0] and (closest is None or closest in fatal[0].split(unknown, 1)[1]), fatal[0]
