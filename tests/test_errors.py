@@ -55,6 +55,21 @@ def _prepare_into(tmp, out):
                         max_predictions_per_seq=5), str(out))
 
 
+def _load_damaged(tmp):
+    """Prepared data whose first train shard was cut short after preparation, loaded as a stage does."""
+    from data_fixtures import data_config
+    from mobilebert_jax.data.loader import make_pretraining_loader
+    from mobilebert_jax.data.prepare import prepare
+
+    config = data_config(corpus=str(_corpus(tmp, (SENTENCES * 20).encode())), tokenizer=_vocab(tmp),
+                         max_seq_length=32, max_predictions_per_seq=5, prepared_dir=str(tmp / "prepared"))
+    with redirect_stderr(io.StringIO()):  # its progress bars
+        manifest = prepare(config, config.prepared_dir)
+    shard = tmp / "prepared" / manifest["splits"]["train"]["shards"][0]
+    shard.write_bytes(shard.read_bytes()[:40])
+    make_pretraining_loader(config, split="train", global_batch_size=2, process_index=0, process_count=1, seed=0)
+
+
 def _corpus(tmp, content: bytes, name="corpus.txt"):
     path = tmp / name
     path.write_bytes(content)
@@ -293,6 +308,8 @@ CASES = [
      lambda tmp: _prepare(tmp, _corpus(tmp, SENTENCES.encode()), vocab=_vocab(tmp, []))),
     ("vocabulary with a duplicate entry", "data", "cat",
      lambda tmp: _prepare(tmp, _corpus(tmp, SENTENCES.encode()), vocab=_vocab(tmp, VOCAB + ["cat"]))),
+    ("prepared data with a train shard cut short", "data", "prepared data damaged: <tmp>/prepared/train-00000-of-",
+     lambda tmp: _load_damaged(tmp)),
     # Fine-tuning data
     ("GLUE train.tsv without its label column", "data", "examples have no label (first at <tmp>/train.tsv:2)",
      lambda tmp: _glue(tmp, "sentence\nthe cat sat\n")),
@@ -337,6 +354,8 @@ CASES = [
      lambda tmp: _evaluate(tmp)),
     ("finetune.evaluate: a pretraining workdir", "config", "is not a fine-tuning run",
      lambda tmp: _evaluate(tmp, "teacher_pretraining")),
+    ("finetune.evaluate: `--batch_size=0`", "usage", "flag --batch_size=0: 0 is not a positive integer",
+     ["mobilebert_jax.finetune.evaluate", "--workdir={tmp}", "--batch_size=0"]),
     ("quantization: workdir without a run", "file", "config.json",
      ["mobilebert_jax.quantization", "--workdir={tmp}/nowhere"]),
     ("plot: workdir without metrics.jsonl", "data", "metrics.jsonl: not found",

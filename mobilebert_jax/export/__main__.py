@@ -42,7 +42,7 @@ flags.DEFINE_integer("calibration_examples", 300, "full_int8: training examples 
 flags.DEFINE_string("calibration_text", None, "full_int8 with --params: a text file, one passage per line")
 flags.DEFINE_integer("step", None, "checkpoint step (default: latest)")
 flags.DEFINE_integer("seq_len", None, "the fixed sequence length (default: the run's max_seq_length, else 128)")
-flags.DEFINE_integer("batch_size", 1, "the fixed batch size of the exported graph")
+flags.DEFINE_integer("batch_size", 1, "the fixed batch size of the exported graph", lower_bound=1)
 flags.DEFINE_bool("overwrite", False, "replace --output and its .json and vocabulary files if they exist")
 FLAGS = flags.FLAGS
 
