@@ -343,11 +343,13 @@ CASES = [
      "already holds files this command did not write (notes.txt)",
      lambda tmp: _convert("to-hf", f"--input={_fake_run(tmp)}", f"--output={_foreign_dir(tmp)}")),
     ("train_sentencepiece: a model file that exists", "config", "sp.model already exists",
-     lambda tmp: _train_sentencepiece(tmp, "--corpus=builtin:python_docs", f"--model_prefix={_corpus(tmp, b'x', 'sp.model').with_suffix('')}")),
+     lambda tmp: _train_sentencepiece(tmp, "--corpus=builtin:python_docs",
+                                      f"--model_prefix={_corpus(tmp, b'x', 'sp.model').with_suffix('')}")),
     ("export: `--output` that exists", "config", "vocab.txt already exists; choose another name, or pass --overwrite",
      ["mobilebert_jax.export", "--params={tmp}/nowhere", "--output={tmp}/vocab.txt", "--format=tflite"]),
     ("data.prepare: `prepared_dir` holding other files", "config",
-     "config.data.prepared_dir='<tmp>/out' already holds files this command did not write (notes.txt); choose a new or empty directory",
+     "config.data.prepared_dir='<tmp>/out' already holds files this command did not write (notes.txt); choose a "
+     "new or empty directory",
      lambda tmp: _prepare_into(tmp, _foreign_dir(tmp))),
     # Evaluation, quantization, export and plots of a run
     ("finetune.evaluate: workdir without a run", "file", "config.json",
