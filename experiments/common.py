@@ -144,6 +144,7 @@ def pretraining_data(max_seq_length: int, max_predictions_per_seq: int) -> ml_co
         dynamic_masking=True,  # fresh masks each epoch; False: an example keeps its masks forever
         # --- loader ---
         loader_workers=0,  # grain worker processes; 0 reads in this process's threads
+        verify_checksums=False,  # True: a start also checks each prepared shard's sha256 (reads every byte)
         loader_threads=4,
         prefetch_buffer_size=64,
     ))

@@ -297,6 +297,10 @@ def run(workdir: str, scale: Scale | None = None) -> list[dict]:
     return rows
 
 
+def scale_fields() -> set[str]:
+    return {field.name for field in dataclasses.fields(Scale)}
+
+
 def define_scale_flags() -> None:
     """One absl flag per `Scale` field (--teacher_steps=..., --seq_len=...); None: `SCALE`'s value."""
     for field in dataclasses.fields(Scale):

@@ -25,8 +25,9 @@ Commands:
                Starting the run failing is checked the same way: a preemption while it started is one
                restart; a failure on a healthy slice ends the watch with its status.
                The run has finished when process 0 exits with status 0 and the trainer's marker
-               WORKDIR/FINISHED exists; a non-zero exit status ends the watch with that status and the log's
-               last lines.
+               WORKDIR/FINISHED exists; status 75 (the trainer saved on a SIGTERM: "preempted, resume with the
+               same command") is a preemption; status 130 (Ctrl-C) ends the watch with it; any other non-zero
+               exit status ends the watch with that status and the log's last lines.
   logs         show the logs: --worker=N follows worker N's log of the first slice (default 0); --worker=all
                prints the last lines of every worker's log
   fetch-logs DIR  copy every worker's log into the local directory DIR
@@ -271,7 +272,8 @@ echo "\$HOSTNAME: started process \$(cat $LOGS/$RUN.pid) (log $LOGS/$RUN-\$HOSTN
 EOF
 }
 
-# What process 0 (worker 0 of the first node) is doing: running, finished, stopped, exited STATUS or gone.
+# What process 0 (worker 0 of the first node) is doing: running, finished, stopped, preempted (the trainer saved on a
+# SIGTERM and exited 75), interrupted (Ctrl-C: exited 130), exited STATUS or gone.
 # The wrapper outlives the trainer until it has written the exit status: while it is alive the run is still
 # running (a trainer that has just ended, its status not yet written, is not `gone`); once it is dead without a
 # status, it was killed with the VM.
@@ -284,8 +286,12 @@ if { [ -f $LOGS/$RUN.pid ] && alive "\$(cat $LOGS/$RUN.pid)"; } ||
   echo running
 elif [ -f $LOGS/$RUN.exit ]; then
   status=\$(cat $LOGS/$RUN.exit)
-  if [ "\$status" = 0 ] && [ -f $LOGS/$RUN.stopped ]; then
+  if { [ "\$status" = 0 ] || [ "\$status" = 75 ]; } && [ -f $LOGS/$RUN.stopped ]; then
     echo stopped
+  elif [ "\$status" = 75 ]; then
+    echo preempted
+  elif [ "\$status" = 130 ]; then
+    echo interrupted
   elif [ "\$status" = 0 ] && $VENV/bin/python -c 'import sys; from etils import epath; sys.exit(not epath.Path(sys.argv[1]).exists())' $(printf '%q' "$marker"); then
     echo finished
   else
@@ -436,8 +442,9 @@ watch_launch() {
 #                                               while it started); still healthy -> exit with the failure's status
 #   slice unhealthy                          -> restart (ensure_slice deletes and requests it again)
 #   healthy, process 0 running (or no answer) -> poll again
-#   healthy, finished / stopped              -> exit 0;  exited N > 0 -> exit N with the log's end
-#   healthy, process 0 gone or exited 0      -> settled_health: unhealthy within --settle -> restart (a preemption:
+#   healthy, finished / stopped              -> exit 0;  interrupted -> exit 130;  exited N > 0 -> exit N with the
+#                                               log's end
+#   healthy, process 0 gone or preempted     -> settled_health: unhealthy within --settle -> restart (a preemption:
 #                                               one restart, on a new slice); still healthy -> restart in place
 # Every restart is counted once against --max_restarts; requesting the slice again (however many polls the
 # queued resource takes to go from ACTIVE through SUSPENDED to absent) is part of that one restart.
@@ -466,7 +473,10 @@ watch_run() {
         running|unknown|"") continue ;;
         finished) echo "watch: the run finished (process 0 exited 0, $workdir/FINISHED exists)"; return 0 ;;
         stopped) echo "watch: the run was stopped (tpu_run.sh stop); not restarting it"; return 0 ;;
-        "exited 0"|gone)
+        interrupted)
+          echo "watch: the run was interrupted (Ctrl-C on worker 0, exit 130); not restarting it" >&2
+          exit 130 ;;
+        "exited 0"|preempted|gone)
           echo "watch: process 0 stopped before the end ($state); checking the slice for up to ${SETTLE}s"
           health=$(settled_health)
           if [[ "$health" == ok ]]; then health="process 0 stopped before the end ($state) on a healthy slice"; fi ;;

@@ -477,6 +477,7 @@ class PreemptionGuard:
         self._previous.clear()
         if outermost:
             preemption.STOP.clear()
+            preemption.RECEIVED.clear()
 
     def __enter__(self) -> "PreemptionGuard":
         return self

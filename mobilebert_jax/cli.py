@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import difflib
 import functools
 import logging
 import os
@@ -27,7 +28,7 @@ from absl import app, flags
 from absl import logging as absl_logging
 from etils import epath
 
-from mobilebert_jax import errors
+from mobilebert_jax import errors, preemption
 
 HELP_FLAGS = ("--help", "-help", "-h", "--helpshort", "-helpshort", "--helpfull", "-helpfull", "-?")
 LOG_FILE = "log.txt"
@@ -44,9 +45,17 @@ def fatal(kind: str, message: Any) -> NoReturn:
 
 @contextlib.contextmanager
 def errors_are_fatal() -> Iterator[None]:
-    """Turns the project's error types raised inside into `FATAL <kind> error: ...` and exit 1."""
+    """Turns the project's error types raised inside into `FATAL <kind> error: ...` and exit 1.
+
+    Ctrl-C outside the training loop (which saves first, preemption.py) is one line and exit 130, no traceback:
+    every file the project writes is written whole or not at all, so a rerun continues or starts again.
+    """
     try:
         yield
+    except KeyboardInterrupt:
+        print("interrupted: stopped before the end; rerun the same command to continue", file=sys.stderr,
+              flush=True)
+        sys.exit(preemption.INTERRUPTED_EXIT)
     except Exception as e:  # noqa: BLE001 -- re-raised unless it is an expected input error
         kind = errors.kind_of(e)
         if kind is None:
@@ -87,9 +96,24 @@ def run_absl(main: Callable[[Any], None], *, flags_parser: Optional[Callable] = 
             doc = sys.modules[main.__module__].__doc__
         sys.stdout.write(help_text(doc, full=any("full" in a for a in asked)))
         sys.exit(0)
-    parse = fatal_on_errors(flags_parser) if flags_parser is not None else None
-    kwargs = {"flags_parser": parse} if parse is not None else {}
-    app.run(fatal_on_errors(main), argv=argv, **kwargs)
+    app.run(fatal_on_errors(main), argv=argv, flags_parser=_usage_errors_are_fatal(flags_parser or flags.FLAGS))
+
+
+def _usage_errors_are_fatal(parse: Callable) -> Callable:
+    """A flags parser whose flag errors (an unknown or mistyped flag, a bad value) are `FATAL usage error: ...`.
+
+    absl's message names the flag and, for an unknown one, the closest real ones ("Did you mean: workdir ?");
+    absl itself would print `FATAL Flags parsing error`, and a project parser would let the error through as a
+    traceback.
+    """
+    @functools.wraps(parse)
+    def parse_or_fail(argv):
+        with errors_are_fatal():
+            try:
+                return parse(argv)
+            except flags.Error as e:
+                fatal("usage", f"{e} (--help lists the flags)")
+    return parse_or_fail
 
 
 class ArgumentParser(argparse.ArgumentParser):
@@ -101,7 +125,20 @@ class ArgumentParser(argparse.ArgumentParser):
 
     def error(self, message: str) -> NoReturn:
         self.print_usage(sys.stderr)
+        if message.startswith("unrecognized arguments:"):
+            message += self._closest(message.split(":", 1)[1].split())
         fatal("usage", message)
+
+    def _closest(self, unknown: Sequence[str]) -> str:
+        """"; did you mean --output?" for each unknown flag with a close real one (argparse names none)."""
+        known = [o for action in self._actions for o in action.option_strings if o.startswith("--")]
+        hints = []
+        for arg in unknown:
+            flag = arg.split("=", 1)[0]
+            close = difflib.get_close_matches(flag, known, n=1)
+            if flag.startswith("-") and close:
+                hints.append(f"{flag}: did you mean {close[0]}?")
+        return ("; " + "; ".join(hints)) if hints else ""
 
 
 def run_argparse(main: Callable[[Optional[Sequence[str]]], int], argv: Optional[Sequence[str]] = None) -> int:

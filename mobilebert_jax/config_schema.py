@@ -13,6 +13,8 @@ checked by the module that uses it.
 
 from __future__ import annotations
 
+import math
+
 import dataclasses
 from typing import Any, Mapping
 
@@ -76,6 +78,9 @@ class Schema:
 def positive_number(value: Any, where: str, allow_zero: bool = False) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise ConfigError(f"{where}={value!r}: must be a number")
+    # NaN passes every comparison below and would surface only as a non-finite loss after compiling.
+    if not math.isfinite(value):
+        raise ConfigError(f"{where}={value!r}: must be a finite number")
     if value < 0 or (value == 0 and not allow_zero):
         raise ConfigError(f"{where}={value!r}: must be {'non-negative' if allow_zero else 'positive'}")
     return float(value)

@@ -38,7 +38,7 @@ if __name__ == "__main__":
     # Defined here, not at import: tests import evaluate_run next to other commands' flags.
     flags.DEFINE_string("workdir", None, "the fine-tuning run's workdir", required=True)
     flags.DEFINE_integer("step", None, "checkpoint step (default: latest)")
-    flags.DEFINE_integer("batch_size", 64, "evaluation batch size")
+    flags.DEFINE_integer("batch_size", 64, "evaluation batch size", lower_bound=1)
     from mobilebert_jax import cli
 
     cli.run_absl(main)

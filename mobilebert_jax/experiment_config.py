@@ -10,6 +10,8 @@ files next to them (`experiments/common.py`), read with `load_module`.
 Trainer fields `validate` checks (other sections belong to their owners):
   config.mesh        see partitioning.py
   config.batch_size  global batch size (sequences per step, all hosts together)
+  config.microbatches  how many equal pieces of it each step accumulates (must divide it)
+  config.eval.batch_size  when set, split over the mesh and the processes like config.batch_size
   config.optimizer   see optim/config.py (optional section)
   config.checkpoint  see checkpointing.py (optional section)
 
@@ -179,6 +181,13 @@ def validate(config: ml_collections.ConfigDict, device_count: int, *, process_co
         errors.append("config.batch_size is required (the global batch size)")
     elif shape is not None:
         attempt(lambda: partitioning.check_batch_size(config.batch_size, shape, rules, process_count))
+    if "batch_size" in config:
+        attempt(lambda: check_microbatches(config.get("microbatches", 1), config.batch_size))
+    eval_cfg = config.get("eval")
+    if shape is not None and eval_cfg is not None and eval_cfg.get("batch_size") is not None:
+        # Otherwise the first evaluation, after hours of training, is what finds out.
+        attempt(lambda: partitioning.check_batch_size(eval_cfg.batch_size, shape, rules, process_count,
+                                                      where="config.eval.batch_size"))
     if "optimizer" in config:
         attempt(lambda: optim.build_optimizer(config.optimizer, params=None))
         attempt(lambda: check_schedule_length(config))
@@ -188,6 +197,15 @@ def validate(config: ml_collections.ConfigDict, device_count: int, *, process_co
         # One line (the FATAL convention), every problem in it: fixing them one rerun at a time wastes starts.
         raise ConfigError(f"invalid experiment config ({len(errors)} problem{'s' if len(errors) > 1 else ''}): "
                           + "; ".join(errors))
+
+
+def check_microbatches(microbatches: Any, batch_size: Any) -> None:
+    """`config.microbatches` splits the global batch into equal pieces that are accumulated."""
+    if isinstance(microbatches, bool) or not isinstance(microbatches, int) or microbatches < 1:
+        raise ConfigError(f"config.microbatches={microbatches!r}: must be a positive whole number")
+    if isinstance(batch_size, int) and batch_size > 0 and batch_size % microbatches:
+        raise ConfigError(f"config.microbatches={microbatches} does not divide config.batch_size={batch_size}: "
+                          "each step accumulates equal microbatches of the global batch")
 
 
 def check_schedule_length(config: ml_collections.ConfigDict) -> None:

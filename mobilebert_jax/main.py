@@ -11,8 +11,8 @@
 Without --config, runs the embedded default: the whole MobileBERT recipe at small scale on the
 bundled Python-docs corpus (teacher, progressive transfer, PD, a scratch baseline, the held-out
 table and the plots; experiments/pipeline.py, installed as mobilebert_jax.experiments.pipeline) in
-runs/pipeline. Its `Scale` fields are flags then (--teacher_steps=..., --seq_len=...; listed by --help without
---config).
+runs/pipeline. Then each field of its `Scale` (experiments/pipeline.py: seq_len, layers, teacher_steps, stage_steps,
+pd_steps, ...) is a flag too: --teacher_steps=2500 --layers=6.
 
 Each run writes to its workdir: checkpoints/, metrics.jsonl, tensorboard/, config.py (the resolved config),
 command.txt (this command line and the git revision), log.txt (library logs) and curves.png.
@@ -41,11 +41,15 @@ FLAGS = flags.FLAGS
 
 def _parse(argv: list[str]):
     """(config, rest), or (None, rest) for the default pipeline when no --config is given."""
-    if not any(a == "--config" or a.startswith("--config") for a in argv[1:]):
-        from mobilebert_jax.experiments import pipeline
+    from mobilebert_jax.experiments import pipeline
 
+    if not any(a == "--config" or a.startswith("--config") for a in argv[1:]):
         pipeline.define_scale_flags()  # only then: a --config run has no pipeline flags
         return None, FLAGS(argv)
+    given = sorted({a[2:].split("=")[0] for a in argv[1:] if a.startswith("--")} & pipeline.scale_fields())
+    if given:
+        raise ConfigError(f"{', '.join('--' + k for k in given)}: pipeline settings, for the default run without "
+                          "--config; a --config run takes --config.FIELD=VALUE")
     return experiment_config.absl_flags_parser(argv)
 
 
@@ -57,6 +61,7 @@ def main(parsed) -> None:
         workdir = FLAGS.workdir or DEFAULT_WORKDIR
         cli.log_libraries_to(workdir)
         pipeline.run(workdir, pipeline.default_scale(**pipeline.scale_overrides()))
+        preemption.exit_if_stopped()  # a stage stopped early: never exit 0 before the end
         return
     if FLAGS.workdir is None:
         raise ConfigError("--workdir is required with --config")
@@ -68,6 +73,7 @@ def main(parsed) -> None:
     from mobilebert_jax.train.trainer import train
 
     train(config, FLAGS.workdir, stages.lookup(config.stage))
+    preemption.exit_if_stopped()  # a run stopped before config.total_steps never exits 0
 
 
 def run() -> None:

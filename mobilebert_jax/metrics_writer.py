@@ -23,6 +23,7 @@ import jax
 import numpy as np
 import tensorboardX
 
+from mobilebert_jax import jsonl as jsonl_lib
 from mobilebert_jax import storage
 
 
@@ -96,7 +97,7 @@ class MetricsWriter:
             # tensorboardX writes gs:// event files itself (google-cloud-storage), local ones with open().
             self._tb = tensorboardX.SummaryWriter(logdir=os.path.join(workdir, "tensorboard"))
         if jsonl:
-            self._jsonl = storage.open_append(os.path.join(workdir, "metrics.jsonl"))
+            self._jsonl = jsonl_lib.open_append(os.path.join(workdir, "metrics.jsonl"))  # a torn last line repaired
 
     def write(self, step: int, metrics: Mapping[str, float], progress: bool = True) -> None:
         """Records scalar metrics for `step`; prints a progress line unless `progress=False` (e.g. eval)."""

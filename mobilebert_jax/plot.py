@@ -10,13 +10,13 @@ writes `<workdir>/curves.png` at the end of every run, so every stage of the pip
 
 from __future__ import annotations
 
-import json
 import math
 import re
 from typing import Optional
 
 from etils import epath
 
+from mobilebert_jax import jsonl
 from mobilebert_jax.errors import DataError
 
 CURVES_PNG = "curves.png"
@@ -29,20 +29,18 @@ _NOT_CURVES = {"step", "time", "stage"}
 def read_metrics(workdir: str) -> tuple[list[dict], list[dict]]:
     """(training records, evaluation records) of `workdir/metrics.jsonl`, each in step order.
 
-    A resumed run appends; the last record of each step wins.
+    A resumed run appends; the last record of each step wins. A line cut short by a crash is skipped with a
+    warning; a JSON value that is not a record of a step is an error.
     """
     path = epath.Path(workdir) / "metrics.jsonl"
     if not path.exists():
         raise DataError(f"{path}: not found (the trainer writes it at the first logging step)")
     train, evals = {}, {}
-    for n, line in enumerate(path.read_text().splitlines(), 1):
-        if not line.strip():
-            continue
+    for n, record in jsonl.records(path):
         try:
-            record = json.loads(line)
             step = int(record["step"])
         except (ValueError, KeyError, TypeError) as e:
-            raise DataError(f"{path}, line {n}: not a metrics record ({e})") from None
+            raise DataError(f"{path}, line {n}: not a metrics record (no step: {e!r})") from None
         target = evals if any(k.startswith("eval/") for k in record) else train
         target[step] = {**target.get(step, {}), **record}
     return [train[s] for s in sorted(train)], [evals[s] for s in sorted(evals)]

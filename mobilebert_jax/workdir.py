@@ -55,6 +55,7 @@ RESUMABLE_FIELDS = (
     "checkpoint",  # how often and how many are kept
     "mesh",  # checkpoints restore onto any mesh
     "microbatches",  # the same global batch, accumulated in fewer or more pieces (memory vs. speed)
+    "data.verify_checksums",  # how thoroughly the prepared shards are checked, not what they hold
 )
 
 # Config sections that hold a MobileBertConfig's fields, and those fields' defaults.

@@ -164,3 +164,4 @@ if __name__ == "__main__":
     preemption.install()  # as mobilebert_jax.main does
     print("STARTED", flush=True)
     main(sys.argv)
+    preemption.exit_if_stopped()

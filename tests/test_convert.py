@@ -150,5 +150,7 @@ def test_command_line_roundtrip(hf_dir, tmp_path):
     r = run("to-hf", "--input", str(tmp_path / "nowhere"), "--output", str(back))
     assert r.returncode == 1 and r.stderr.splitlines()[-1].startswith("FATAL config error: --input=") and \
         "no such directory" in r.stderr
-    r = run("from-run", "--input", str(native), "--output", str(back))
+    r = run("to-hf", "--input", str(native), "--output", str(native))  # written by from-hf: not overwritten
+    assert r.returncode == 1 and "already holds files this command did not write" in r.stderr, r.stderr
+    r = run("from-run", "--input", str(native), "--output", str(tmp_path / "other"))
     assert r.returncode == 1 and "is a params dir; from-run takes checkpoint" in r.stderr, r.stderr

@@ -107,6 +107,34 @@ def test_loader_refuses_another_tokenizer_or_length(tmp_path):
         make_pretraining_loader(missing, **kw)
 
 
+@pytest.mark.parametrize("damage", ["deleted", "half-truncated", "one byte changed"])
+def test_a_damaged_shard_is_named_by_the_loader_and_prepared_again(tmp_path, caplog, damage):
+    config = _state_union_config(prepared_dir=str(tmp_path))
+    first = prepare(config, str(tmp_path))
+    shard = tmp_path / "train-00001-of-00004.array_record"
+    assert first["splits"]["train"]["files"][shard.name]["bytes"] == shard.stat().st_size
+    good = shard.read_bytes()
+    if damage == "deleted":
+        shard.unlink()
+    elif damage == "half-truncated":
+        shard.write_bytes(good[:len(good) // 2])
+    else:
+        shard.write_bytes(good[:100] + bytes([good[100] ^ 1]) + good[101:])
+    kw = dict(split="train", global_batch_size=8, process_index=0, process_count=1, seed=0)
+    if damage == "one byte changed":  # the same size: only the checksum tells
+        make_pretraining_loader(config, **kw)
+        config.verify_checksums = True
+    with pytest.raises(DataError, match=f"prepared data damaged: {shard}: .*prepare the damaged shards again"):
+        make_pretraining_loader(config, **kw)
+    config.verify_checksums = False
+    again = prepare(config, str(tmp_path), checksums=True)  # as the prepare command does
+    assert f"preparing those shards again: {shard}" in caplog.text
+    assert shard.read_bytes() == good
+    again.pop("seconds"), first.pop("seconds")
+    assert again == first
+    make_pretraining_loader(config, **kw)
+
+
 def test_parallel_preparation_writes_the_same_bytes(tmp_path):
     inline = prepare(_state_union_config(), str(tmp_path / "inline"))
     parallel = prepare(_state_union_config(prepare_workers=2), str(tmp_path / "parallel"))

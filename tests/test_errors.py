@@ -47,6 +47,29 @@ def _prepare(tmp, corpus, vocab=None):
                         max_predictions_per_seq=5), str(tmp / "prepared"))
 
 
+def _prepare_into(tmp, out):
+    from data_fixtures import data_config
+    from mobilebert_jax.data.prepare import prepare
+
+    prepare(data_config(corpus=str(_corpus(tmp, SENTENCES.encode())), tokenizer=_vocab(tmp), max_seq_length=32,
+                        max_predictions_per_seq=5), str(out))
+
+
+def _load_damaged(tmp):
+    """Prepared data whose first train shard was cut short after preparation, loaded as a stage does."""
+    from data_fixtures import data_config
+    from mobilebert_jax.data.loader import make_pretraining_loader
+    from mobilebert_jax.data.prepare import prepare
+
+    config = data_config(corpus=str(_corpus(tmp, (SENTENCES * 20).encode())), tokenizer=_vocab(tmp),
+                         max_seq_length=32, max_predictions_per_seq=5, prepared_dir=str(tmp / "prepared"))
+    with redirect_stderr(io.StringIO()):  # its progress bars
+        manifest = prepare(config, config.prepared_dir)
+    shard = tmp / "prepared" / manifest["splits"]["train"]["shards"][0]
+    shard.write_bytes(shard.read_bytes()[:40])
+    make_pretraining_loader(config, split="train", global_batch_size=2, process_index=0, process_count=1, seed=0)
+
+
 def _corpus(tmp, content: bytes, name="corpus.txt"):
     path = tmp / name
     path.write_bytes(content)
@@ -199,6 +222,39 @@ def _plot(tmp, text=None):
     plot.plot_run(str(tmp))
 
 
+def _fake_run(tmp):
+    """What makes a directory a training workdir to the commands that write: config.json and checkpoints/."""
+    run = tmp / "run"
+    (run / "checkpoints").mkdir(parents=True)
+    (run / "config.json").write_text(json.dumps({"stage": "glue_finetuning"}))
+    return run
+
+
+def _convert(*argv):
+    from mobilebert_jax.convert.__main__ import main
+
+    main(list(argv))
+
+
+def _foreign_dir(tmp):
+    out = tmp / "out"
+    out.mkdir()
+    (out / "notes.txt").write_text("mine\n")
+    return out
+
+
+def _train_sentencepiece(tmp, *argv):
+    from absl import flags
+
+    from mobilebert_jax.data import train_sentencepiece
+
+    if "model_prefix" not in flags.FLAGS:
+        train_sentencepiece.define_flags()
+    flags.FLAGS.unparse_flags()
+    flags.FLAGS(["train_sentencepiece", *argv])
+    train_sentencepiece.main([])
+
+
 TINY = get_preset("mobilebert_tiny")
 WE = "mobilebert.embeddings.word_embeddings.weight"
 
@@ -228,6 +284,14 @@ CASES = [
      lambda tmp: _stage_without(tmp, "data", "masked_lm_prob")),
     ("global batch not divisible by the data-parallel devices", "config", "batch_size",
      lambda tmp: _validate(tmp, "--config.batch_size=3", "--config.mesh.shape=(-1, 1, 1)")),
+    ("`--config.optimizer.lr=nan`", "config", "config.optimizer.lr=nan: must be a finite number",
+     lambda tmp: _validate(tmp, "--config.optimizer.lr=nan")),
+    ("`--config.optimizer.lr=-0.001`", "config", "config.optimizer.lr=-0.001: must be positive",
+     lambda tmp: _validate(tmp, "--config.optimizer.lr=-0.001")),
+    ("microbatches that do not divide the batch", "config", "config.microbatches=3 does not divide",
+     lambda tmp: _validate(tmp, "--config.microbatches=3")),
+    ("eval batch the devices cannot split", "config", "config.eval.batch_size=12 is not divisible by data=8",
+     lambda tmp: _validate(tmp, "--config.eval.batch_size=12", "--config.mesh.shape=(-1, 1, 1)")),
     ("pretraining: sequences longer than the model's positions", "config",
      "config.data.max_seq_length=32 exceeds config.model.max_position_embeddings=16",
      lambda tmp: _longer_than_positions(tmp, "pretraining")),
@@ -259,6 +323,8 @@ CASES = [
      lambda tmp: _prepare(tmp, _corpus(tmp, SENTENCES.encode()), vocab=_vocab(tmp, []))),
     ("vocabulary with a duplicate entry", "data", "cat",
      lambda tmp: _prepare(tmp, _corpus(tmp, SENTENCES.encode()), vocab=_vocab(tmp, VOCAB + ["cat"]))),
+    ("prepared data with a train shard cut short", "data", "prepared data damaged: <tmp>/prepared/train-00000-of-",
+     lambda tmp: _load_damaged(tmp)),
     # Fine-tuning data
     ("GLUE train.tsv without its label column", "data", "examples have no label (first at <tmp>/train.tsv:2)",
      lambda tmp: _glue(tmp, "sentence\nthe cat sat\n")),
@@ -292,17 +358,34 @@ CASES = [
      lambda tmp: _from_tf(tmp, config={"vocab_size": 97, "use_qat": True}, prefix=str(tmp / "model.ckpt-1"))),
     ("convert to-hf: directory without a model", "config", "no such directory",
      ["mobilebert_jax.convert", "to-hf", "--input={tmp}/nowhere", "--output={tmp}/out"]),
+    # Nothing overwritten
+    ("convert to-hf: `--output` the run it reads", "config", "is inside the training workdir",
+     lambda tmp: _convert("to-hf", f"--input={_fake_run(tmp)}", f"--output={tmp / 'run'}")),
+    ("convert: `--output` a directory holding other files", "config",
+     "already holds files this command did not write (notes.txt)",
+     lambda tmp: _convert("to-hf", f"--input={_fake_run(tmp)}", f"--output={_foreign_dir(tmp)}")),
+    ("train_sentencepiece: a model file that exists", "config", "sp.model already exists",
+     lambda tmp: _train_sentencepiece(tmp, "--corpus=builtin:python_docs",
+                                      f"--model_prefix={_corpus(tmp, b'x', 'sp.model').with_suffix('')}")),
+    ("export: `--output` that exists", "config", "vocab.txt already exists; choose another name, or pass --overwrite",
+     ["mobilebert_jax.export", "--params={tmp}/nowhere", "--output={tmp}/vocab.txt", "--format=tflite"]),
+    ("data.prepare: `prepared_dir` holding other files", "config",
+     "config.data.prepared_dir='<tmp>/out' already holds files this command did not write (notes.txt); choose a "
+     "new or empty directory",
+     lambda tmp: _prepare_into(tmp, _foreign_dir(tmp))),
     # Evaluation, quantization, export and plots of a run
     ("evaluate: workdir without a run", "file", "config.json",
      lambda tmp: _evaluate(tmp)),
     ("evaluate: a pretraining workdir", "config", "is not a fine-tuning run",
      lambda tmp: _evaluate(tmp, "teacher_pretraining")),
+    ("finetune.evaluate: `--batch_size=0`", "usage", "flag --batch_size=0: 0 is not a positive integer",
+     ["mobilebert_jax.finetune.evaluate", "--workdir={tmp}", "--batch_size=0"]),
     ("quantization: workdir without a run", "file", "config.json",
      ["mobilebert_jax.quantization", "--workdir={tmp}/nowhere"]),
     ("plot: workdir without metrics.jsonl", "data", "metrics.jsonl: not found",
      lambda tmp: _plot(tmp)),
-    ("plot: metrics.jsonl with a broken line", "data", "metrics.jsonl, line 2: not a metrics record",
-     lambda tmp: _plot(tmp, '{"step": 1, "loss": 2}\n{"loss": \n')),
+    ("plot: metrics.jsonl with a record that has no step", "data", "metrics.jsonl, line 2: not a metrics record",
+     lambda tmp: _plot(tmp, '{"step": 1, "loss": 2}\n{"loss": 1}\n')),
 ]
 
 
@@ -370,3 +453,48 @@ def test_docs_table_lists_every_case():
             f.write(text.replace(begin + current + end, begin + table + end))
         return
     assert current == table, "docs/errors.md is out of date; rerun with MOBILEBERT_WRITE_ERRORS_DOC=1"
+
+
+def test_ctrl_c_outside_the_training_loop_is_one_line(tmp_path):
+    """Ctrl-C while a command works (data preparation, a conversion): one line, exit 130, no traceback."""
+    import signal
+
+    script = ("import time\nfrom mobilebert_jax import cli\n"
+              "def main(argv):\n    print('READY', flush=True)\n    time.sleep(60)\n"
+              "cli.run_absl(main, doc='a command')\n")
+    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (REPO, env.get("PYTHONPATH")) if p)
+    proc = subprocess.Popen([sys.executable, "-c", script], cwd=REPO, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    assert proc.stdout.readline().strip() == "READY"
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=HANG_S)
+    assert proc.returncode == 130, err
+    assert err.strip() == "interrupted: stopped before the end; rerun the same command to continue", err
+
+
+SMOKE = "--config=experiments/teacher_ib_bert_large.py:smoke"
+
+
+@pytest.mark.parametrize("module,args,unknown,closest", [
+    ("mobilebert_jax.main", [SMOKE, "--work_dir=x"], "work_dir", "workdir"),
+    ("mobilebert_jax.data.prepare", [SMOKE, "--prepare_workerz=2"], "prepare_workerz", None),
+    ("mobilebert_jax.convert", ["to-hf", "--input=a", "--output=b", "--ouptut=c"], "--ouptut", "--output"),
+    ("mobilebert_jax.finetune.evaluate", ["--workdir=x", "--batchsize=3"], "batchsize", "batch_size"),
+    ("mobilebert_jax.quantization", ["--workdir=x", "--batchsize=3"], "batchsize", "batch_size"),
+    ("mobilebert_jax.export", ["--output=x.tflite", "--batchsize=1"], "batchsize", "batch_size"),
+    ("mobilebert_jax.tools.sweep", ["sweep.py", "list", "--dryrun"], "--dryrun", "--dry_run"),
+    ("mobilebert_jax.plot", ["x", "--outt=y.png"], "outt", "out"),
+    ("mobilebert_jax.tools.aot_compile", [SMOKE, "--topolgy=v5e:2x2"], "topolgy", "topology"),
+    ("mobilebert_jax.data.train_sentencepiece", ["--corpus=x", "--model_prefx=y"], "model_prefx", "model_prefix"),
+])
+def test_an_unknown_flag_is_a_usage_error_naming_the_closest_real_one(module, args, unknown, closest):
+    """Every entry point: one line `FATAL usage error: ...` naming the flag (and the closest real one), exit 1."""
+    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (REPO, env.get("PYTHONPATH")) if p)
+    r = subprocess.run([sys.executable, "-m", module, *args], cwd=REPO, env=env, capture_output=True, text=True,
+                       timeout=HANG_S)
+    assert "Traceback" not in r.stderr, r.stderr
+    fatal = [line for line in r.stderr.splitlines() if line.startswith("FATAL")]
+    assert r.returncode == 1 and len(fatal) == 1 and fatal[0].startswith("FATAL usage error: "), r.stderr
+    assert unknown in fatal[0] and (closest is None or closest in fatal[0].split(unknown, 1)[1]), fatal[0]

@@ -118,3 +118,16 @@ def test_mfu():
         hardware.mfu(1.0, 1.0, [FakeDevice("TPU v4"), FakeDevice("TPU v5 lite")])
     with pytest.raises(ValueError, match="step_time_s=0"):
         hardware.mfu(1.0, 0, v4)
+
+
+@pytest.mark.parametrize("tail,kept", [('{"step": 3, "lo', ['{"step": 1}', '{"step": 2}']),
+                                       ('{"step": 3}', ['{"step": 1}', '{"step": 2}', '{"step": 3}'])])
+def test_a_torn_last_line_is_repaired_before_appending(tmp_path, caplog, tail, kept):
+    """A run killed mid-write left a line without its newline: the resumed writer neither appends onto it nor
+    keeps a line that does not parse."""
+    (tmp_path / "metrics.jsonl").write_text('{"step": 1}\n{"step": 2}\n' + tail)
+    with MetricsWriter(str(tmp_path), total_steps=9, stream=io.StringIO(), tensorboard=False) as writer:
+        writer.write(4, {"loss": 1.0})
+    lines = (tmp_path / "metrics.jsonl").read_text().splitlines()
+    assert lines[:-1] == kept and json.loads(lines[-1])["step"] == 4
+    assert ("dropped its last line" in caplog.text) == (len(kept) == 2), caplog.text

@@ -48,6 +48,14 @@ def test_reads_training_and_evaluation_records_with_layers_and_stages(tmp_path):
     assert titles == ["loss", "accuracy and evaluation metrics", "learning rate", "tokens per second"]
 
 
+def test_a_line_cut_short_is_skipped_with_a_warning(tmp_path, caplog):
+    (tmp_path / "metrics.jsonl").write_text('{"step": 1, "loss": 2}\n{"step": 2, "lo{"step": 3, "loss": 1}\n'
+                                            '{"step": 4, "loss": 0.5}\n{"loss": ')
+    train, _ = plot.read_metrics(str(tmp_path))
+    assert [r["step"] for r in train] == [1, 4]
+    assert "metrics.jsonl, line 2: skipped" in caplog.text and "line 4: skipped" in caplog.text, caplog.text
+
+
 def _assert_png(path, n_panels):
     with open(path, "rb") as f:
         assert f.read(8) == b"\x89PNG\r\n\x1a\n"

@@ -368,8 +368,9 @@ def _stub_image(tmp_path):
 if [ "$1" = -c ]; then exec {os.path.join(REPO, ".venv", "bin", "python")} "$@"; fi
 case "$STUB_MODE" in
   fail) echo "FATAL config error: config.model.hidden_size=-1: must be positive"; exit 1 ;;
-  early) echo "preempted: saved a checkpoint at step 4"; exit 0 ;;
-  sleep) trap 'echo "preempted: saved a checkpoint at step 4"; exit 0' TERM
+  early) echo "preempted: saved a checkpoint at step 4"; exit 75 ;;
+  interrupted) echo "interrupted: the run stopped before its last step"; exit 130 ;;
+  sleep) trap 'echo "preempted: saved a checkpoint at step 4"; exit 75' TERM
          for _ in $(seq 3000); do sleep 0.1; done ;;
   # The moment between the trainer's end and the wrapper writing its exit status, held open for 2 s: the pid
   # file names a process that has ended, and there is no status yet. Then the run finishes.
@@ -386,6 +387,7 @@ esac
 @pytest.mark.parametrize("mode,code,message", [
     ("fail", 1, "watch: the run failed: process 0 exited 1"),
     ("early", 1, "the run was restarted 1 times already (--max_restarts): giving up"),
+    ("interrupted", 130, "watch: the run was interrupted (Ctrl-C on worker 0, exit 130); not restarting it"),
 ])
 def test_watch_ends_on_a_failure_and_bounds_restarts(tmp_path, mode, code, message):
     env = _pod_env(tmp_path, _stub_image(tmp_path), FAKE_GCLOUD_WORKERS="1", TPU_MAX_RESTARTS="1", STUB_MODE=mode,
@@ -394,8 +396,10 @@ def test_watch_ends_on_a_failure_and_bounds_restarts(tmp_path, mode, code, messa
     assert proc.returncode == code and message in proc.stderr, proc.stdout + proc.stderr
     if mode == "fail":  # not restarted (it would fail the same way), and the log's end shown
         assert "restarting" not in proc.stdout and "FATAL config error: config.model.hidden_size" in proc.stderr
-    else:  # exit 0 without FINISHED on a healthy slice: restarted there, without requesting a new slice
-        assert ("process 0 stopped before the end (exited 0) on a healthy slice: restarting the run (restart 1 of at "
+    elif mode == "interrupted":  # a person stopped it: not restarted
+        assert "restarting" not in proc.stdout
+    else:  # saved and stopped early (status 75) on a healthy slice: restarted there, without requesting a new slice
+        assert ("process 0 stopped before the end (preempted) on a healthy slice: restarting the run (restart 1 of at "
                 "most 1)") in proc.stdout
         creates = [c for c in _calls(env["FAKE_GCLOUD_ROOT"]) if c[2:4] == ["queued-resources", "create"]]
         assert len(creates) == 1

@@ -6,6 +6,7 @@ in-process runs see conftest's 8.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import re
@@ -97,15 +98,21 @@ def _assert_bitwise_equal(a, b):
         np.testing.assert_array_equal(a[k], b[k], err_msg=k)
 
 
-def test_resume_after_sigterm_is_exact(tmp_path, straight):
+@pytest.mark.parametrize("sig,status,says", [
+    (signal.SIGTERM, 75, "preempted, resume with the same command"),
+    (signal.SIGINT, 130, "interrupted: the run stopped before its last step; resume with the same command"),
+])
+def test_resume_after_a_signal_is_exact(tmp_path, straight, sig, status, says):
+    """A preemption's SIGTERM and Ctrl-C both save the step and exit non-zero: the run has not reached its end."""
     proc = _run(tmp_path, slow=0.3, wait=False)
     _wait_for_checkpoint(tmp_path, 2, proc)
-    proc.send_signal(signal.SIGTERM)
+    proc.send_signal(sig)
     out, _ = proc.communicate(timeout=HANG_S)
-    assert proc.returncode == 0, out
-    assert "preempted: saved a checkpoint at step" in out
+    assert proc.returncode == status, out
+    assert "preempted: saved a checkpoint at step" in out and says in out, out
+    assert "Traceback" not in out, out
     assert not os.path.exists(tmp_path / "final_params.npz")
-    assert not os.path.exists(tmp_path / "FINISHED")  # exit 0 after a SIGTERM is not the end (tpu_run.sh watch)
+    assert not os.path.exists(tmp_path / "FINISHED")
     out = _run(tmp_path)  # the same command again
     assert "resumed from step" in out
     _assert_bitwise_equal(_params(tmp_path), straight)
@@ -144,6 +151,10 @@ def _never(config, workdir):
     ({"mesh.shape": (3, 1, 1)}, re.escape("config.mesh.shape=(3, 1, 1) covers 3 devices, but 8")),
     ({"batch_size": 6}, "batch"),
     ({"optimizer.schedule.kind": "cosine"}, "config.optimizer.schedule.kind"),
+    ({"optimizer.lr": float("nan")}, re.escape("config.optimizer.lr=nan: must be a finite number")),
+    ({"optimizer.lr": -1e-3}, re.escape("config.optimizer.lr=-0.001: must be positive")),
+    ({"microbatches": 3}, re.escape("config.microbatches=3 does not divide config.batch_size=8")),
+    ({"eval.batch_size": 6}, re.escape("config.eval.batch_size=6 is not divisible by data=8")),
 ])
 def test_bad_config_fails_before_anything_compiles(tmp_path, overrides, message):
     c = synthetic_training.config()
@@ -158,6 +169,23 @@ def test_unknown_override_is_named(tmp_path):
         experiment_config.load_experiment(
             os.path.join(os.path.dirname(__file__), "..", "experiments", "teacher_ib_bert_large.py") + ":smoke",
             ["--config.optimizer.lrr=1e-3"])
+
+
+def test_a_failing_evaluation_loses_no_checkpoint(tmp_path):
+    """Step 4 is a save and an evaluation step: the save comes first, so the failure costs no work."""
+    c = synthetic_training.config(total_steps=TOTAL)  # saves every 2 steps, evaluates every 4
+
+    def read(config, workdir, spec):
+        io = synthetic_training.read_synthetic(config, workdir, spec)
+
+        def failing():
+            raise RuntimeError("evaluation failed")
+
+        return dataclasses.replace(io, eval_batches=failing)
+
+    with pytest.raises(RuntimeError, match="evaluation failed"):
+        train(c, str(tmp_path), Stage(spec=synthetic_training.synthetic_spec, read=read))
+    assert sorted(os.listdir(tmp_path / "checkpoints")) == ["2", "4"]
 
 
 @pytest.fixture(scope="module")
@@ -193,8 +221,9 @@ def test_sigterm_before_the_first_step_exits_cleanly(tmp_path):
         pass
     proc.send_signal(signal.SIGTERM)
     out, _ = proc.communicate(timeout=HANG_S)
-    assert proc.returncode == 0, out
+    assert proc.returncode == 75, out
     assert "stopped by a signal before step 1: nothing new to save" in out, out
+    assert "preempted, resume with the same command" in out, out
     assert not os.path.exists(tmp_path / "final_params.npz")
 
 

@@ -12,7 +12,9 @@ be left out have a neutral meaning, the one an absent setting has:
                  optional: tfds_data_dir ("": TFDS's default data_dir), prepared_dir ("": a stage prepares into
                            WORKDIR/data; the prepare command needs it set), prepare_workers (0: inline),
                            whole_word_masking (False: masks pick single pieces), loader_workers (0: the loader
-                           reads in this process's threads)
+                           reads in this process's threads), verify_checksums (False: a stage and the
+                           loader check each prepared shard's size against the manifest; True: its sha256 too,
+                           which reads every byte; `data.prepare` always checks both)
 
 What the values mean (the stage of the data they fix): `corpus`...`max_line_bytes` what is read; `tokenizer` how
 it is tokenized; `max_seq_length`...`tfds_examples_per_unit` the instances, fixed at preparation (a change needs a
@@ -32,9 +34,9 @@ SCHEMA = Schema(fields=("corpus", "corpus_format", "tfds_data_dir", "tfds_text_f
           "prepared_dir", "max_seq_length", "short_seq_prob", "dupe_factor", "held_out_fraction", "num_shards",
           "seed", "prepare_workers", "unit_bytes", "tfds_examples_per_unit", "max_predictions_per_seq",
           "masked_lm_prob", "whole_word_masking", "dynamic_masking", "loader_workers", "loader_threads",
-          "prefetch_buffer_size"),
+          "prefetch_buffer_size", "verify_checksums"),
                 optional=dict(tfds_data_dir="", prepared_dir="", prepare_workers=0, whole_word_masking=False,
-                              loader_workers=0))
+                              loader_workers=0, verify_checksums=False))
 
 
 def read(data_cfg: Any, where: str = "config.data") -> ml_collections.ConfigDict:

@@ -22,7 +22,7 @@ import numpy as np
 
 from mobilebert_jax import storage
 from mobilebert_jax.data import records
-from mobilebert_jax.data.manifest import load_manifest
+from mobilebert_jax.data.manifest import damaged_shards, describe_damage, load_manifest
 from mobilebert_jax.data.masking import FEATURE_DTYPES, Masker, stack_features
 from mobilebert_jax.data.randomness import Stream, rng
 from mobilebert_jax.data.tokenizers import load_tokenizer
@@ -147,8 +147,18 @@ def make_pretraining_dataset(data_config: ml_collections.ConfigDict, *, split: s
         raise DataError(f"{data_config.prepared_dir} has no {split!r} split (held_out_fraction="
                         f"{settings['held_out_fraction']}); splits: {sorted(manifest['splits'])}")
     info = manifest["splits"][split]
+    only_split = {"splits": {split: info}}
+    missing = {n: why for n, why in damaged_shards(data_config.prepared_dir, only_split, checksums=False).items()
+               if why == "missing"}
+    if missing:
+        raise DataError(_damage_message(data_config.prepared_dir, missing))
     # ArrayRecord opens local files only: gs:// shards are read from this host's scratch copy.
     paths = [storage.local_copy(f"{data_config.prepared_dir}/{name}") for name in info["shards"]]
+    # Before any record is read: a shard cut short would otherwise fail deep inside the reader, mid-training.
+    damaged = damaged_shards(data_config.prepared_dir, only_split, checksums=data_config.verify_checksums,
+                             paths=dict(zip(info["shards"], paths)))
+    if damaged:
+        raise DataError(_damage_message(data_config.prepared_dir, damaged))
     source = grain.sources.ArrayRecordDataSource(paths)
     if len(source) != info["instances"]:
         raise DataError(f"{data_config.prepared_dir}: the {split} shards hold {len(source)} instances, the "
@@ -174,4 +184,9 @@ def make_pretraining_dataset(data_config: ml_collections.ConfigDict, *, split: s
                                process_index=process_index, process_count=process_count,
                                num_positions=num_positions)
     return grain.MapDataset.range(num_batches).map(host_batches)
+
+
+def _damage_message(prepared_dir: str, damaged: dict[str, str]) -> str:
+    return (f"prepared data damaged: {describe_damage(prepared_dir, damaged)}; run python -m "
+            "mobilebert_jax.data.prepare with the same config to prepare the damaged shards again")
 

@@ -1,10 +1,15 @@
-"""The manifest of prepared data: what made it (settings, tokenizer hash) and what it holds."""
+"""The manifest of prepared data: what made it (settings, tokenizer hash), what it holds, each shard's size and sha256.
+
+A shard deleted, cut short or changed after preparation is found by its size (a stat, on every load) or its sha256
+(when preparing, and when loading with config.data.verify_checksums) and named; it is never read as it is.
+"""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
-from typing import Any
+from typing import Any, Optional
 
 from mobilebert_jax import storage
 from mobilebert_jax.errors import DataError
@@ -50,3 +55,43 @@ def load_manifest(prepared_dir: str) -> dict[str, Any]:
         raise DataError(f"{path}: format_version {manifest.get('format_version')!r}, this code reads "
                         f"{list(READABLE_VERSIONS)}; prepare the data again")
     return manifest
+
+
+def shard_facts(path: str, checksum: bool = True) -> dict[str, Any]:
+    """{"bytes": size, "sha256": hex digest} of a prepared file (the digest only with `checksum`)."""
+    p = storage.path(path)
+    facts: dict[str, Any] = {"bytes": p.stat().length}
+    if checksum:
+        digest = hashlib.sha256()
+        with p.open("rb") as f:
+            while chunk := f.read(1 << 22):
+                digest.update(chunk)
+        facts["sha256"] = digest.hexdigest()
+    return facts
+
+
+def damaged_shards(prepared_dir: str, manifest: dict[str, Any], *, checksums: bool,
+                   paths: Optional[dict[str, str]] = None) -> dict[str, str]:
+    """{shard name: what is wrong} for the shards whose size (and with `checksums`, digest) differ from the manifest.
+
+    Cheap without `checksums` (one stat per shard). `paths` maps a shard name to the file to check (the loader's
+    local copies); by default the files in `prepared_dir`. A manifest without file facts (written before they were
+    recorded) checks nothing.
+    """
+    damaged = {}
+    for split in manifest.get("splits", {}).values():
+        for name, wanted in split.get("files", {}).items():
+            path = (paths or {}).get(name) or os.path.join(prepared_dir, name)
+            if not storage.path(path).is_file():
+                damaged[name] = "missing"
+                continue
+            found = shard_facts(path, checksum=checksums)
+            if found["bytes"] != wanted["bytes"]:
+                damaged[name] = f"{found['bytes']} bytes, the manifest records {wanted['bytes']} (cut short or changed)"
+            elif checksums and found["sha256"] != wanted["sha256"]:
+                damaged[name] = "its sha256 differs from the manifest's (the content changed)"
+    return damaged
+
+
+def describe_damage(prepared_dir: str, damaged: dict[str, str]) -> str:
+    return "; ".join(f"{os.path.join(prepared_dir, name)}: {why}" for name, why in sorted(damaged.items()))

@@ -17,10 +17,13 @@ Layout of the prepared directory:
   documents/unit-NNNNN.*         stage 1: one ArrayRecord of tokenized documents per corpus work unit,
                                  and a .json of its counts, written after the records are complete
   {train,eval}-NNNNN-of-MMMMM.*  stage 2: instances (unmasked sentence pairs) and a .json of counts
-  manifest.json                  written last: tokenizer hash, counts, skips, shard lists
+  manifest.json                  written last: tokenizer hash, counts, skips, shard lists, each shard's size
+                                 and sha256
 
 A restarted preparation skips every unit and shard whose .json exists; any
-different setting or tokenizer is refused instead of mixing data. Masks are
+different setting or tokenizer is refused instead of mixing data. A finished
+directory is reused only after each shard's size and sha256 match the
+manifest; a shard deleted, cut short or changed is named and prepared again. Masks are
 drawn at load time (see loader.py), so masking settings are not fixed here.
 """
 
@@ -31,6 +34,7 @@ import json
 import logging
 import multiprocessing
 import os
+import signal
 import time
 from typing import Any, Callable, Optional, Sequence
 
@@ -39,7 +43,7 @@ import numpy as np
 from array_record.python.array_record_module import ArrayRecordWriter
 from tqdm import tqdm
 
-from mobilebert_jax import storage
+from mobilebert_jax import output_paths, storage
 from mobilebert_jax.data import config as data_config_lib
 from mobilebert_jax.data import manifest as manifest_lib
 from mobilebert_jax.data import records
@@ -53,10 +57,11 @@ DOCUMENTS_DIR = "documents"
 ARRAY_RECORD_OPTIONS = "group_size:1"  # one record per chunk: fast random access for the loader
 
 
-def prepare(data_config: ml_collections.ConfigDict, output_dir: str) -> dict[str, Any]:
+def prepare(data_config: ml_collections.ConfigDict, output_dir: str, *, checksums: bool = False) -> dict[str, Any]:
     """Prepares `data_config.corpus` into `output_dir` and returns its manifest.
 
-    Idempotent: a finished directory is returned as it is; a partial one is
+    Idempotent: a finished directory is returned as it is once its shards match the manifest (sizes; sha256 too
+    with `checksums` or config.data.verify_checksums), and a damaged shard is prepared again; a partial one is
     completed without redoing finished units and shards.
     """
     data_config = data_config_lib.read(data_config)
@@ -66,10 +71,22 @@ def prepare(data_config: ml_collections.ConfigDict, output_dir: str) -> dict[str
     if storage.path(manifest_path).is_file():
         manifest = manifest_lib.load_manifest(output_dir)
         manifest_lib.check_same_settings(manifest_path, manifest["settings"], settings)
-        logging.info("reusing prepared data in %s", output_dir)
-        return manifest
-    storage.path(output_dir, DOCUMENTS_DIR).mkdir(parents=True, exist_ok=True)
+        damaged = manifest_lib.damaged_shards(output_dir, manifest,
+                                              checksums=checksums or data_config.verify_checksums)
+        if not damaged:
+            logging.info("reusing prepared data in %s", output_dir)
+            return manifest
+        # Never reused as it is: the damaged shards (and the manifest, written last) go, and the run below
+        # prepares exactly those again from the tokenized documents.
+        logging.warning("prepared data damaged, preparing those shards again: %s",
+                        manifest_lib.describe_damage(output_dir, damaged))
+        for name in damaged:
+            storage.path(output_dir, name).unlink(missing_ok=True)
+            storage.path(output_dir, name.removesuffix(".array_record") + ".json").unlink(missing_ok=True)
+        storage.path(manifest_path).unlink()
     settings_path = os.path.join(output_dir, manifest_lib.SETTINGS)
+    _check_target(output_dir, settings_path)
+    storage.path(output_dir, DOCUMENTS_DIR).mkdir(parents=True, exist_ok=True)
     # With the record format: finished shards of an older layout must not be continued in this one.
     started_with = {**settings, "format_version": manifest_lib.FORMAT_VERSION}
     if storage.path(settings_path).is_file():
@@ -106,10 +123,13 @@ def prepare(data_config: ml_collections.ConfigDict, output_dir: str) -> dict[str
             [(_instances_shard, (split, s, num_shards, output_dir, doc_paths, settings), _shard_done(output_dir, split, s, num_shards))
              for s in range(num_shards)],
             workers=data_config.prepare_workers, unit="shard", count_key="instances")
+        shards = [os.path.basename(_shard_path(output_dir, split, s, num_shards)) + ".array_record"
+                  for s in range(num_shards)]
         splits[split] = {
             "documents": int(len(docs)),
-            "shards": [os.path.basename(_shard_path(output_dir, split, s, num_shards)) + ".array_record"
-                       for s in range(num_shards)],
+            "shards": shards,
+            # What the loader and a later prepare check the files against (data/manifest.py).
+            "files": {name: manifest_lib.shard_facts(os.path.join(output_dir, name)) for name in shards},
             **{k: int(sum(c[k] for c in shard_counts)) for k in ("instances", "random_next", "tokens")},
         }
     manifest = {
@@ -124,6 +144,14 @@ def prepare(data_config: ml_collections.ConfigDict, output_dir: str) -> dict[str
     manifest_lib.write_json_atomic(manifest_path, manifest)
     logging.info("prepared %s: %s", output_dir, {s: v["instances"] for s, v in splits.items()})
     return manifest
+
+
+def _check_target(output_dir: str, settings_path: str) -> None:
+    """Prepares only into a new or empty directory, or one a preparation began (its settings.json written first)."""
+    if storage.path(settings_path).is_file():
+        return
+    # No --overwrite here: mixing shards into another directory's files helps no one; deleting them is for a person.
+    output_paths.check_directory(output_dir, "config.data.prepared_dir", "data.prepare", has_overwrite_flag=False)
 
 
 def _settings(c: ml_collections.ConfigDict, tokenizer: Tokenizer) -> dict[str, Any]:
@@ -190,13 +218,27 @@ def _run_stage(name: str, jobs: Sequence[Job], *, workers: int, unit: str, count
                 fn, args, _ = jobs[i]
                 finished(i, fn(*args))
         else:
-            # spawn: no forked copies of tokenizer thread pools or JAX state.
+            # spawn: no forked copies of tokenizer thread pools or JAX state. Ctrl-C reaches the whole process
+            # group: the workers ignore it (no traceback from each) and this process ends them; every file is
+            # written atomically, so a rerun redoes only the jobs without a done-file.
             with concurrent.futures.ProcessPoolExecutor(
-                    max_workers=min(workers, len(pending)), mp_context=multiprocessing.get_context("spawn")) as pool:
-                futures = {pool.submit(jobs[i][0], *jobs[i][1]): i for i in pending}
-                for future in concurrent.futures.as_completed(futures):
-                    finished(futures[future], future.result())
+                    max_workers=min(workers, len(pending)), mp_context=multiprocessing.get_context("spawn"),
+                    initializer=_ignore_interrupts) as pool:
+                try:
+                    futures = {pool.submit(jobs[i][0], *jobs[i][1]): i for i in pending}
+                    for future in concurrent.futures.as_completed(futures):
+                        finished(futures[future], future.result())
+                except KeyboardInterrupt:
+                    workers_left = list(getattr(pool, "_processes", {}).values())
+                    pool.shutdown(wait=False, cancel_futures=True)
+                    for process in workers_left:
+                        process.terminate()
+                    raise
     return [results[i] for i in range(len(jobs))]
+
+
+def _ignore_interrupts() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 def _unit_path(output_dir: str, index: int) -> str:
@@ -337,7 +379,7 @@ def main(argv: Optional[list[str]] = None) -> None:
             raise ConfigError("config.data.prepared_dir is empty: set --config.data.prepared_dir=DIR (where the data "
                               "goes; the stage reads it from there given the same flag)")
         logging.getLogger().setLevel(logging.INFO)
-        manifest = prepare(data, data.prepared_dir)
+        manifest = prepare(data, data.prepared_dir, checksums=True)  # the command checks every byte
         print(json.dumps({"prepared_dir": data.prepared_dir, "tokenizer": manifest["tokenizer"],
                           "corpus": {k: v for k, v in manifest["corpus"].items() if k != "skipped"},
                           "skipped": manifest["corpus"]["skipped"]["counts"],

@@ -3,7 +3,8 @@ r"""Trains a SentencePiece vocabulary with the BERT special tokens at ids 0-4.
     python -m mobilebert_jax.data.train_sentencepiece --corpus=PATH_OR_SPEC \
         --model_prefix=out/sp32k --vocab_size=32000 [--corpus_format=paragraphs]
 
-writes out/sp32k.model (use it as `--config.data.tokenizer=out/sp32k.model`) and out/sp32k.vocab.
+writes out/sp32k.model (use it as `--config.data.tokenizer=out/sp32k.model`) and out/sp32k.vocab; existing
+files of those names are refused unless --overwrite (a vocabulary that data was prepared with must not change).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from typing import Iterator
 from absl import flags
 from tqdm import tqdm
 
+from mobilebert_jax import output_paths
 from mobilebert_jax.data.sources import SkipLog, plan_units, read_unit
 from mobilebert_jax.data.tokenizers import SentencePieceTokenizer
 from mobilebert_jax.data.tokenizers.sentence_piece import train_sentencepiece
@@ -44,6 +46,7 @@ def train_sentencepiece_from_corpus(corpus: str, model_prefix: str, *, vocab_siz
 def main(argv: list[str]) -> None:
     del argv
     f = flags.FLAGS
+    output_paths.claim_files([f"{f.model_prefix}.model", f"{f.model_prefix}.vocab"], "--model_prefix", f.overwrite)
     tok = train_sentencepiece_from_corpus(
         f.corpus, f.model_prefix, vocab_size=f.vocab_size, corpus_format=f.corpus_format,
         model_type=f.model_type, lowercase=f.lowercase, max_sentences=f.max_sentences,
@@ -62,6 +65,7 @@ def define_flags() -> None:
     flags.DEFINE_string("tfds_data_dir", "", "TFDS data_dir for tfds: corpora")
     flags.DEFINE_string("tfds_text_field", "text", "the text feature of a tfds: corpus")
     flags.DEFINE_integer("seed", 0, "SentencePiece's random seed")
+    flags.DEFINE_bool("overwrite", False, "replace PREFIX.model and PREFIX.vocab if they exist")
 
 
 if __name__ == "__main__":

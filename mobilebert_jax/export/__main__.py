@@ -13,7 +13,8 @@ directory, e.g. a bare pretraining model (`mlm_logits`, `nsp_logits`); full_int8
 of `--calibration_text` (one passage per line, e.g. the pretraining corpus).
 
 Next to OUTPUT it writes the tokenizer's vocabulary (`<stem>.vocab.txt`, or `<stem>.spm.model` for
-SentencePiece) and `<stem>.json`: input and output names, dtypes and shapes, the special token ids, labels.
+SentencePiece) and `<stem>.json`: input and output names, dtypes and shapes, the special token ids, labels. An
+existing file of these is refused unless `--overwrite`; so is a place inside a training workdir.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ import numpy as np
 from absl import app, flags
 from etils import epath
 
+from mobilebert_jax import output_paths
 from mobilebert_jax.errors import ConfigError
 from mobilebert_jax.export import sources
 
@@ -40,16 +42,26 @@ flags.DEFINE_integer("calibration_examples", 300, "full_int8: training examples 
 flags.DEFINE_string("calibration_text", None, "full_int8 with --params: a text file, one passage per line")
 flags.DEFINE_integer("step", None, "checkpoint step (default: latest)")
 flags.DEFINE_integer("seq_len", None, "the fixed sequence length (default: the run's max_seq_length, else 128)")
-flags.DEFINE_integer("batch_size", 1, "the fixed batch size of the exported graph")
+flags.DEFINE_integer("batch_size", 1, "the fixed batch size of the exported graph", lower_bound=1)
+flags.DEFINE_bool("overwrite", False, "replace --output and its .json and vocabulary files if they exist")
 FLAGS = flags.FLAGS
 
 
-def _vocab_sidecar(vocab: str, output: epath.Path) -> epath.Path:
+def _vocab_file(vocab: str) -> str:
     if vocab.startswith("builtin:"):
         from mobilebert_jax.data.builtin_tokenizer import builtin_tokenizer_path
 
-        vocab = builtin_tokenizer_path(vocab)
-    target = output.with_name(output.stem + (".spm.model" if vocab.endswith(".model") else ".vocab.txt"))
+        return builtin_tokenizer_path(vocab)
+    return vocab
+
+
+def _vocab_sidecar_path(vocab: str, output: epath.Path) -> epath.Path:
+    return output.with_name(output.stem + (".spm.model" if vocab.endswith(".model") else ".vocab.txt"))
+
+
+def _vocab_sidecar(vocab: str, output: epath.Path) -> epath.Path:
+    vocab = _vocab_file(vocab)
+    target = _vocab_sidecar_path(vocab, output)
     target.write_bytes(epath.Path(vocab).read_bytes())
     return target
 
@@ -89,6 +101,7 @@ def main(argv) -> None:
     if fmt is None:
         raise ConfigError(f"--output={FLAGS.output}: cannot tell the format from the suffix; use .tflite or .onnx "
                           "or pass --format")
+    output_paths.claim_files([output, output.with_name(output.stem + ".json")], "--output", FLAGS.overwrite)
     full_int8 = FLAGS.quantization == "full_int8"
     labels, source = None, FLAGS.workdir or FLAGS.params
     if FLAGS.workdir is not None:
@@ -111,6 +124,8 @@ def main(argv) -> None:
         seq_len = FLAGS.seq_len or 128
         calibration = (sources.text_calibration(FLAGS.calibration_text, vocab, FLAGS.calibration_examples, seq_len)
                        if full_int8 else None)
+    # The vocabulary file too (its name depends on the tokenizer), before the (minutes-long) conversion starts.
+    output_paths.claim_files([_vocab_sidecar_path(_vocab_file(vocab), output)], "--output", FLAGS.overwrite)
     print(f"exporting {source} to {fmt} ({FLAGS.quantization}), inputs int32[{FLAGS.batch_size}, {seq_len}]"
           + (f", calibrating on {len(calibration['input_ids'])} examples" if full_int8 else ""), flush=True)
     output.parent.mkdir(parents=True, exist_ok=True)

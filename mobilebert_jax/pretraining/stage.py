@@ -31,7 +31,7 @@ def prepared_data_config(config: ml_collections.ConfigDict, workdir: str) -> ml_
     if not data_cfg.prepared_dir:
         data_cfg.prepared_dir = os.path.join(workdir, "data")
     if jax.process_index() == 0:
-        prepare(data_cfg, data_cfg.prepared_dir)  # logs what it prepared or reused
+        prepare(data_cfg, data_cfg.prepared_dir)  # logs what it prepared or reused; a damaged shard is redone
     multihost_utils.sync_global_devices("prepared data")
     return data_cfg
 

@@ -25,7 +25,7 @@ flags.DEFINE_float("percentile", 99.99, "with --method=percentile")
 flags.DEFINE_bool("per_channel_streams", True, "one scale per channel for inputs read off the residual streams "
                                                "(False: one scale per tensor everywhere, the naive baseline)")
 flags.DEFINE_bool("weights_only", False, "int8 weights, float activations")
-flags.DEFINE_integer("batch_size", 64, "evaluation batch size")
+flags.DEFINE_integer("batch_size", 64, "evaluation batch size", lower_bound=1)
 FLAGS = flags.FLAGS
 
 

@@ -13,6 +13,7 @@ import contextlib
 import dataclasses
 import math
 import os
+import signal
 from typing import Any, Callable, Iterator
 
 import flax.linen as nn
@@ -23,7 +24,8 @@ import ml_collections
 import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from mobilebert_jax import checkpointing, experiment_config, hardware, model_source, optim, partitioning, plot, storage
+from mobilebert_jax import checkpointing, experiment_config, hardware, model_source, optim, partitioning, plot
+from mobilebert_jax import preemption, storage
 from mobilebert_jax import workdir as workdir_lib
 from mobilebert_jax.errors import DataError, NonFiniteLossError
 from mobilebert_jax.data import tokenizer_record
@@ -120,8 +122,10 @@ FINISHED = "FINISHED"
 def train(config: ml_collections.ConfigDict, workdir: str, stage: Stage) -> dict[str, float]:
     """Runs (or resumes) the stage `config` describes in `workdir`; returns the final metrics.
 
-    From here on a SIGTERM stops the run cleanly (before the first step, if it comes that early); the workdir is
-    locked against a second run, and a config other than the one it was started with is refused.
+    From here on a SIGTERM stops the run cleanly (before the first step, if it comes that early), and once steps
+    run so does Ctrl-C: the step is saved and `train` returns early with `preemption.STOP` set, for the entry
+    point to exit non-zero (`preemption.exit_if_stopped`). The workdir is locked against a second run, and a
+    config other than the one it was started with is refused.
     """
     # One start opens each model source and loads each tokenizer once (inherit, then read, share them).
     with checkpointing.PreemptionGuard(), model_source.opened_once(), loaded_once():
@@ -172,7 +176,7 @@ def _train(config: ml_collections.ConfigDict, workdir: str, stage: Stage,
         with MetricsWriter(workdir, total_steps=config.total_steps,
                            tokens_per_step=spec.tokens_per_example * config.batch_size,
                            progress_keys=spec.objective.progress_keys) as writer, \
-                checkpointing.PreemptionGuard() as guard:
+                checkpointing.PreemptionGuard((signal.SIGTERM, signal.SIGINT)) as guard:  # Ctrl-C saves too
             if guard.should_stop(first_step):  # signalled during set-up: stop before compiling the step
                 _log(f"stopped by a signal before step {first_step + 1}: nothing new to save; rerun the same "
                      "command to continue")
@@ -246,6 +250,14 @@ def _loop(config: ml_collections.ConfigDict, workdir: str, io: StageIO, program:
         if evaluate_now or save_now or stop or done == total_steps:
             fetch(*pending)  # a diverged state is never evaluated or saved
             pending = None
+        lock.check()
+        ckpt.check()  # a background save that failed stops the run at the next step, naming its step
+        # Saves start before the evaluation, so an evaluation that fails (or outlasts a preemption's grace period)
+        # costs no work.
+        if save_now and ckpt.save(done, state, data_iterator=io.train_iterator, force=True):
+            _log(f"checkpoint {done}: saving in the background")
+        if stop and not save_now:
+            ckpt.save(done, state, data_iterator=io.train_iterator, force=True)
         if evaluate_now:
             batches = (partitioning.make_global_batch(b, mesh, rules) for b in io.eval_batches())
             eval_metrics = step_lib.evaluate(program.eval_step, spec.objective, state.params, batches, frozen,
@@ -253,13 +265,9 @@ def _loop(config: ml_collections.ConfigDict, workdir: str, io: StageIO, program:
             writer.write(done, {f"eval/{k}": v for k, v in eval_metrics.items()}, progress=False)
             _log(f"eval at step {done}: " + ", ".join(f"{k} {v:.4f}" for k, v in eval_metrics.items()))
             final_metrics.update({f"eval/{k}": v for k, v in eval_metrics.items()})
-        lock.check()
-        ckpt.check()  # a background save that failed stops the run at the next step, naming its step
-        if save_now and ckpt.save(done, state, data_iterator=io.train_iterator, force=True):
-            _log(f"checkpoint {done}: saving in the background")
         if stop:
-            ckpt.save(done, state, data_iterator=io.train_iterator, force=True)
             ckpt.wait()
+            preemption.STOP.set()  # multi-host: the sync point, not a local signal, stopped it; main exits non-zero
             _log(f"preempted: saved a checkpoint at step {done}; rerun the same command to continue")
             return state, final_metrics, True
     return state, final_metrics, False
