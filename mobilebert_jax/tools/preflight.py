@@ -4,6 +4,9 @@ r"""Check a stage's whole configuration against a TPU slice before asking for on
     python -m mobilebert_jax.tools.preflight --config=experiments/distill_progressive.py --topology=v5e:16x16 \
         [--num_slices=2] [--workdir=gs://BUCKET/runs/x] [--offline] [--nocompile] [--config.FIELD=VALUE ...]
 
+It takes the training command's arguments as they are (`python -m mobilebert_jax.main`'s flags are accepted:
+`--workdir` is checked, the others change nothing here).
+
 --topology is JAX's slice name (v3:8x16, v5e:16x16, ...) or Cloud TPU's accelerator type (v3-256,
 v5litepod-256, ...); --num_slices=N is N such slices over the data-center network (multislice).
 Nothing runs on a TPU: the checks use libtpu's compile-only devices, as tools/aot_compile.py does.
@@ -37,14 +40,15 @@ from typing import Callable, Optional
 import ml_collections
 from absl import flags
 
-from mobilebert_jax import experiment_config, partitioning, storage
+# main's flags (--workdir, ...): the preflight takes the training arguments as they are (tpu_run.sh passes them
+# through) and checks --workdir; the others do not change what is checked.
+from mobilebert_jax import experiment_config, main as train_main, partitioning, storage  # noqa: F401
 from mobilebert_jax.errors import ConfigError, DataError
 from mobilebert_jax.tools import aot_compile
 
 flags.DEFINE_string("topology", None, "the slice: JAX's name (v3:8x16, v5e:16x16, ...) or Cloud TPU's accelerator "
                                       "type (v3-256, v5litepod-256, v4-128, v5p-128, v6e-16, ...)")
 flags.DEFINE_integer("num_slices", 1, "how many such slices (multislice over the data-center network)")
-flags.DEFINE_string("workdir", None, "the run's --workdir: with several hosts it must be shared storage")
 flags.DEFINE_bool("offline", False, "skip the checks that read storage (tokenizer, data, teacher, checkpoints)")
 flags.DEFINE_bool("compile", True, "--nocompile: skip the memory check (the train step's compile for the slice)")
 FLAGS = flags.FLAGS
