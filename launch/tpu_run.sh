@@ -59,6 +59,12 @@ Options (each also read from the environment variable in brackets):
   --max_restarts=N      for watch: how many times the run may be restarted [TPU_MAX_RESTARTS] (default 20)
   --settle=SECONDS      for watch: how long a slice that looks healthy is checked after process 0 stopped before
                         the end, before the run is restarted there [TPU_SETTLE] (default 120)
+  --preflight=PYTHON    for start and watch: the local Python that first checks the training arguments against
+                        --accelerator x --node_count (`python -m mobilebert_jax.tools.preflight`, with this
+                        checkout's code and libtpu: `python -m mobilebert_jax.tools.install_libtpu`); a problem
+                        stops here, before any slice is requested; none skips it [TPU_PREFLIGHT] (default python3)
+  --preflight_args=ARGS extra preflight flags, e.g. "--nocompile" (no memory check: seconds instead of minutes
+                        and ~14 GB) or "--offline" [TPU_PREFLIGHT_ARGS]
   --dry_run             print the gcloud commands instead of running them; the slice is taken to be absent,
                         so `start` shows its creation
   -h, --help            this text
@@ -96,6 +102,8 @@ PYTHON=${TPU_PYTHON:-3.11}
 POLL=${TPU_POLL:-30}
 MAX_RESTARTS=${TPU_MAX_RESTARTS:-20}
 SETTLE=${TPU_SETTLE:-120}
+PREFLIGHT=${TPU_PREFLIGHT:-python3}
+PREFLIGHT_ARGS=${TPU_PREFLIGHT_ARGS:-}
 WORKER=0
 GRACE=120
 DRY_RUN=0
@@ -124,6 +132,8 @@ while [[ $# -gt 0 ]]; do
     --poll=*) POLL=${1#*=} ;;
     --max_restarts=*) MAX_RESTARTS=${1#*=} ;;
     --settle=*) SETTLE=${1#*=} ;;
+    --preflight=*) PREFLIGHT=${1#*=} ;;
+    --preflight_args=*) PREFLIGHT_ARGS=${1#*=} ;;
     --dry_run) DRY_RUN=1 ;;
     --) shift; TRAIN_ARGS=("$@"); break ;;
     -*) die "unknown option $1 (see --help)" ;;
@@ -401,6 +411,22 @@ launch_run() {
   on_all_workers "$(start_script)"
 }
 
+# The config checked against the slice before asking for it (mobilebert_jax/tools/preflight.py), here, with this
+# checkout's code: the same code the workers get.
+run_preflight() {
+  [[ "$PREFLIGHT" == none ]] && { echo "preflight: skipped (--preflight=none)"; return 0; }
+  local cmd=("$PREFLIGHT" -m mobilebert_jax.tools.preflight "--topology=$ACCELERATOR" "--num_slices=$NODE_COUNT")
+  # shellcheck disable=SC2206  # the extra flags are words, e.g. "--nocompile --offline"
+  cmd+=($PREFLIGHT_ARGS "${TRAIN_ARGS[@]}")
+  if [[ "$DRY_RUN" == 1 ]]; then
+    echo "preflight (not run with --dry_run): $(printf '%q ' "${cmd[@]}")" >&2
+    return 0
+  fi
+  echo "preflight: $(printf '%q ' "${cmd[@]}")"
+  (cd "$REPO" && PYTHONPATH="$REPO${PYTHONPATH:+:$PYTHONPATH}" "${cmd[@]}") ||
+    die "the preflight refused the run (FATAL lines above): fix the config, or skip the check with --preflight=none"
+}
+
 # The value of --workdir in the training arguments.
 train_workdir() {
   local i
@@ -451,7 +477,6 @@ watch_launch() {
 watch_run() {
   local workdir restarts=0 health state
   workdir=$(train_workdir)
-  [[ -n "$workdir" ]] || die "watch needs --workdir in the training arguments (it looks for WORKDIR/FINISHED)"
   watch_launch
   [[ "$DRY_RUN" == 1 ]] && return
   while true; do
@@ -500,7 +525,10 @@ case "$COMMAND" in
   start|watch)
     [[ ${#TRAIN_ARGS[@]} -gt 0 ]] ||
       die "$COMMAND needs the training arguments after --, e.g. -- --config=experiments/X.py --workdir=gs://BUCKET/run"
+    [[ "$COMMAND" == start || -n "$(train_workdir)" ]] ||
+      die "watch needs --workdir in the training arguments (it looks for WORKDIR/FINISHED)"
     want="$(sha256sum "$REPO/setup.py" | cut -d' ' -f1) $PYTHON $PIP_SPEC"
+    run_preflight
     if [[ "$COMMAND" == start ]]; then launch_run; else watch_run; fi
     ;;
   logs)

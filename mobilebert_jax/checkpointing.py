@@ -4,7 +4,10 @@ A checkpoint step directory holds three items:
   state   the train-state pytree (params, optimizer state, step, stage, ...),
           written by every process for the shards it owns;
   data    the data iterator's state (`get_state()`), one JSON file per
-          process, since every host reads its own part of the data;
+          process (`process_I-of-N.json`). The state is the global stream's
+          position (the next global batch), the same on every host; a
+          restore on another process count reads the one state all N files
+          hold, so a run resumes on a slice of any size;
   config  the resolved experiment config as JSON, written by process 0.
 
 Orbax writes each step into `<step>.orbax-checkpoint-tmp-<time>` and renames
@@ -116,9 +119,10 @@ class Checkpointer:
             enable_async_checkpointing=async_save,
             cleanup_tmp_directories=True,
         )
-        # Each process writes (and later reads) only its own data-iterator file.
+        # Each process writes its own data-iterator file and, on as many processes, restores it through orbax;
+        # on another process count `_try_restore` reads the file `_data_state_file` picks.
         data_handler = ocp.JsonCheckpointHandler(
-            filename=f"process_{jax.process_index()}-of-{jax.process_count()}.json",
+            filename=_data_filename(jax.process_index(), jax.process_count()),
             multiprocessing_options=ocp.options.MultiprocessingOptions(primary_host=None))
         registry = ocp.handlers.DefaultCheckpointHandlerRegistry()
         registry.add(STATE, ocp.args.StandardSave, ocp.StandardCheckpointHandler)
@@ -238,11 +242,12 @@ class Checkpointer:
         """(state, []), or (None, what is wrong with `step`, as every process agrees)."""
         step_dir = self.directory / str(step)
         items = {STATE: ocp.args.StandardRestore(abstract_state)}
-        if data_iterator is not None:
-            _check_data_state_layout(step_dir)
+        data_file = _data_state_file(step_dir) if data_iterator is not None else None
+        ours = data_file is not None and data_file.name == _data_filename(jax.process_index(), jax.process_count())
+        if ours:
             items[DATA] = ocp.args.JsonRestore()
         # Files checked before any array is read, and agreed on, so no process enters orbax's restore barrier alone.
-        problems = _all_processes(_inspect(step_dir, data_iterator is not None))
+        problems = _all_processes(_inspect(step_dir, data_file))
         if problems:
             return None, problems
         problem = None
@@ -257,8 +262,9 @@ class Checkpointer:
         problems = _all_processes(problem)
         if problems:
             return None, problems
-        if data_iterator is not None:
-            data_iterator.set_state(_decode_data_state(restored[DATA], f"{step_dir}/{DATA}"))
+        if data_file is not None:
+            saved = restored[DATA] if ours else json.loads(data_file.read_text())
+            data_iterator.set_state(_decode_data_state(saved, str(data_file)))
         return restored[STATE], None
 
     def _reload(self) -> None:
@@ -302,14 +308,14 @@ class Checkpointer:
         return step
 
 
-def _inspect(step_dir: epath.Path, with_data: bool) -> Optional[str]:
+def _inspect(step_dir: epath.Path, data_file: Optional[epath.Path]) -> Optional[str]:
     """The first missing or unparsable file of this process's part of `step_dir`, found without reading arrays."""
     required = [step_dir / STATE / "_METADATA"]
     if list((step_dir / STATE).glob("ocdbt.process_*")):
         required.append(step_dir / STATE / "manifest.ocdbt")  # the root of the OCDBT database
         required += [p / "manifest.ocdbt" for p in (step_dir / STATE).glob("ocdbt.process_*")]
-    if with_data:
-        required.append(step_dir / DATA / f"process_{jax.process_index()}-of-{jax.process_count()}.json")
+    if data_file is not None:
+        required.append(data_file)
     for path in required:
         if not path.exists():
             return f"{path} is missing"
@@ -323,17 +329,45 @@ def _inspect(step_dir: epath.Path, with_data: bool) -> Optional[str]:
     return None
 
 
-def _check_data_state_layout(step_dir: epath.Path) -> None:
-    """Raises if `step_dir` has no data-iterator state for this many processes (not corruption: a different setup)."""
+def _data_filename(process_index: int, process_count: int) -> str:
+    return f"process_{process_index}-of-{process_count}.json"
+
+
+def _data_state_file(step_dir: epath.Path) -> epath.Path:
+    """The data-iterator file this process restores from.
+
+    Its own when the checkpoint was written by as many processes as now run (a missing one is left to `_inspect`,
+    which treats it as corruption). Written by another count, the files hold one global position, the same in
+    each: any of them continues the same global stream here, and files that differ (an iterator whose state is
+    per host) are refused, naming the count that wrote them.
+    """
     if not (step_dir / DATA).exists():
         raise CheckpointError(f"checkpoint {step_dir} holds no data iterator state: it was written without a data "
                               "iterator")
-    ours = f"process_{jax.process_index()}-of-{jax.process_count()}.json"
+    ours = step_dir / DATA / _data_filename(jax.process_index(), jax.process_count())
     written = sorted(p.name for p in (step_dir / DATA).glob("process_*-of-*.json"))
-    if written and not any(name.endswith(f"-of-{jax.process_count()}.json") for name in written):
-        raise CheckpointError(f"checkpoint {step_dir}: the data iterator state is per process and was written by "
-                              f"another number of processes ({', '.join(written)}), not {ours}; resume with the "
-                              "process count that wrote it")
+    counts = {int(m.group(1)) for m in (re.fullmatch(r"process_\d+-of-(\d+)\.json", n) for n in written) if m}
+    if not counts or jax.process_count() in counts:
+        return ours
+    if len(counts) > 1:
+        raise CheckpointError(f"checkpoint {step_dir}/{DATA}: data iterator states written by several process "
+                              f"counts ({', '.join(written)}); the step directory was assembled from two runs")
+    (count,) = counts
+    files = [step_dir / DATA / _data_filename(i, count) for i in range(count)]
+    missing = [f.name for f in files if not f.exists()]
+    if missing:
+        return step_dir / DATA / missing[0]  # `_inspect` reports it
+    states = set()
+    for f in files:
+        try:
+            states.add(json.dumps(json.loads(f.read_text()), sort_keys=True))
+        except (ValueError, UnicodeDecodeError):
+            return f  # `_inspect` reports it
+    if len(states) > 1:
+        raise CheckpointError(f"checkpoint {step_dir}/{DATA}: the {count} processes that wrote it saved different "
+                              f"data iterator states, a per-host position that {jax.process_count()} processes "
+                              f"cannot continue; resume with {count} processes")
+    return files[0]
 
 
 # What tensorstore, orbax and json say when a file is missing, cut short or garbled (as opposed to a target that

@@ -318,3 +318,48 @@ def test_a_save_that_runs_out_of_space_stops_naming_the_step(small_disk, async_s
     with checkpointing.Checkpointer(str(small_disk / "ckpt"), every_steps=1, keep_last=5) as again:
         assert list(again.all_steps()) == [1]
         assert_bitwise_equal(again.restore(abstract_of(small)), small)
+
+
+def _as_written_by(step_dir, count, states):
+    """Rewrites `step_dir`'s data item as if `count` processes had saved `states` (one per process)."""
+    data = step_dir / "data"
+    saved = {p.name: p.read_text() for p in data.glob("process_*.json")}
+    assert list(saved) == ["process_0-of-1.json"], saved
+    for name in saved:
+        (data / name).unlink()
+    for i, state in enumerate(states):
+        (data / f"process_{i}-of-{count}.json").write_text(
+            saved["process_0-of-1.json"].replace('"position": 3', f'"position": {state}'))
+
+
+def test_a_data_position_saved_by_two_processes_restores_on_one(tmp_path):
+    """The iterator state is the global stream position: the same in every process's file, usable by any count
+    (two processes -> one and one -> two run for real in tests/test_multihost.py)."""
+    state_of = lambda step: {"w": jnp.arange(8.0) + step}  # noqa: E731
+    _save_steps(tmp_path, (3,), state_of)
+    _as_written_by(tmp_path / "3", 2, [3, 3])
+    with checkpointing.Checkpointer(str(tmp_path), every_steps=1, keep_last=10) as ckpt:
+        it = FakeIterator(None)
+        ckpt.restore(abstract_of(state_of(0)), data_iterator=it)
+    assert it.state == {"position": 3}
+
+
+def test_per_process_positions_are_refused_on_another_process_count(tmp_path):
+    state_of = lambda step: {"w": jnp.arange(8.0) + step}  # noqa: E731
+    _save_steps(tmp_path, (3,), state_of)
+    _as_written_by(tmp_path / "3", 2, [3, 4])
+    with checkpointing.Checkpointer(str(tmp_path), every_steps=1, keep_last=10) as ckpt:
+        with pytest.raises(checkpointing.CheckpointError, match=r"the 2 processes that wrote it saved different data "
+                                                                r"iterator states.*resume with 2 processes"):
+            ckpt.restore(abstract_of(state_of(0)), data_iterator=FakeIterator(None))
+
+
+def test_a_missing_process_file_of_another_count_is_an_unreadable_step(tmp_path, capfd):
+    state_of = lambda step: {"w": jnp.arange(8.0) + step}  # noqa: E731
+    _save_steps(tmp_path, (2, 3), state_of)
+    _as_written_by(tmp_path / "3", 2, [3])  # process 1's file never written
+    with checkpointing.Checkpointer(str(tmp_path), every_steps=1, keep_last=10) as ckpt:
+        it = FakeIterator(None)
+        ckpt.restore(abstract_of(state_of(0)), data_iterator=it)
+    assert it.state == {"position": 2}
+    assert "process_1-of-2.json is missing" in capfd.readouterr().err

@@ -152,6 +152,27 @@ def test_restored_in_a_new_process_the_loader_continues_exactly(prepared, tmp_pa
     _assert_same(resumed, uninterrupted[k:])
 
 
+@pytest.mark.parametrize("before, after", [(2, 1), (1, 2), (2, 4)])
+def test_the_state_is_a_global_position_that_any_host_count_continues(prepared, before, after):
+    """What checkpointing relies on to resume on another slice size: every host's state is the same, and set on
+    `after` hosts it continues the global stream (the hosts' rows together are the uninterrupted batches)."""
+    k, m = 3, 3
+    uninterrupted = _take(_loader(prepared, batch=16, seed=5), k + m)
+    old = [_loader(prepared, batch=16, host=h, hosts=before, seed=5) for h in range(before)]
+    for loader in old:
+        _take(loader, k)
+    states = [loader.get_state() for loader in old]
+    assert all(state == states[0] for state in states), states
+    new = [_loader(prepared, batch=16, host=h, hosts=after, seed=5) for h in range(after)]
+    for loader in new:
+        loader.set_state(states[0])
+    parts = [_take(loader, m) for loader in new]
+    for t in range(m):
+        for key in FEATURE_DTYPES:
+            np.testing.assert_array_equal(np.concatenate([p[t][key] for p in parts]), uninterrupted[k + t][key],
+                                          err_msg=key)
+
+
 def test_orbax_checkpoint_of_the_iterator(prepared, tmp_path):
     ocp = pytest.importorskip("orbax.checkpoint")
     loader = _loader(prepared, seed=11)

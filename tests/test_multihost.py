@@ -62,12 +62,12 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_workers(args: list[str], port: int, scratch, slow: float = 0.0) -> list[subprocess.Popen]:
-    """Two processes of one job running this file with `args`: [ROOT, WORKDIR] (the distillation run) or
-    ["dcn", WORKDIR] (the two-slice run)."""
+def start_workers(args: list[str], port: int, scratch, slow: float = 0.0, count: int = 2) -> list[subprocess.Popen]:
+    """`count` processes of one job running this file with `args`: [ROOT, WORKDIR] (the distillation run),
+    ["dcn", WORKDIR] (the two-slice run) or ["resume", WORKDIR, TOTAL_STEPS] (the process-count change)."""
     procs = []
-    for i in range(2):
-        env = dict(os.environ, JAX_COORDINATOR_ADDRESS=f"localhost:{port}", JAX_NUM_PROCESSES="2",
+    for i in range(count):
+        env = dict(os.environ, JAX_COORDINATOR_ADDRESS=f"localhost:{port}", JAX_NUM_PROCESSES=str(count),
                    JAX_PROCESS_ID=str(i), JAX_NUM_CPU_DEVICES="4", JAX_PLATFORMS="cpu", SLOW_STEP_SECONDS=str(slow),
                    MOBILEBERT_JAX_SCRATCH=str(scratch / f"host_{i}"))
         env.pop("XLA_FLAGS", None)
@@ -215,6 +215,91 @@ def test_two_processes_as_two_slices_match_one_slice(tmp_path, gcs):
         np.testing.assert_allclose(two_slices[k], reference[k], rtol=1e-5, atol=1e-6, err_msg=k)
 
 
+RESUME_AT, RESUME_TOTAL = 2, 4  # steps the first process count runs, then the second continues to RESUME_TOTAL
+
+
+@pytest.mark.slow  # three worker processes in two rounds, each compiling: a few minutes on 2 loaded cores
+@pytest.mark.parametrize("before, after", [
+    (2, 1),
+    # Seen once (the only run): the two processes restored step 2 written by one, trained steps 3-4, then hung in the step-4 save (process 1 never wrote its array metadata). Not understood yet.
+    pytest.param(1, 2, marks=pytest.mark.skip(reason="hangs in the first save after restoring a one-process "
+                                                     "checkpoint on two processes; cause not found yet")),
+])
+def test_resume_on_another_process_count_continues_the_global_batches(tmp_path, gcs, before, after):
+    """`before` processes train to step RESUME_AT and save; `after` processes resume there. Every global batch
+    (the processes' rows in process order) equals the uninterrupted stream's batch of that step."""
+    import synthetic_training
+
+    workdir = gcs.uri("resume", tmp_path.name)
+    first = finish(start_workers(["resume", workdir, RESUME_AT], free_port(), tmp_path / "scratch", count=before))
+    second = finish(start_workers(["resume", workdir, RESUME_TOTAL], free_port(), tmp_path / "scratch",
+                                  count=after))
+    assert f"resumed from step {RESUME_AT}" in second[0], second[0]
+    c = _resume_config(RESUME_TOTAL)
+    stream = synthetic_training.SyntheticBatches(c.model.vocab_size, c.batch_size, c.seed)
+    uninterrupted = [next(stream)["input_ids"].tolist() for _ in range(RESUME_TOTAL)]
+    for outs, count, steps in ((first, before, range(RESUME_AT)), (second, after, range(RESUME_AT, RESUME_TOTAL))):
+        rows = {}  # (step, process) -> that process's rows of the step's global batch
+        for out in outs:
+            for line in out.splitlines():
+                if line.startswith("BATCH "):
+                    record = json.loads(line[6:])
+                    rows[record["step"], record["process"]] = record["input_ids"]
+        assert sorted(rows) == [(t, p) for t in steps for p in range(count)], outs
+        for t in steps:
+            assert sum((rows[t, p] for p in range(count)), []) == uninterrupted[t], t
+
+
+def _resume_config(total_steps):
+    import synthetic_training
+
+    c = synthetic_training.config(total_steps=total_steps)
+    c.checkpoint.every_steps = RESUME_AT
+    c.eval.num_batches = 0
+    return c
+
+
+def _resume_worker(workdir: str, total_steps: int) -> None:
+    """One process of the process-count test: the synthetic stage, printing each global batch's rows it reads."""
+    sys.path.insert(0, TESTS)
+    from mobilebert_jax import multihost
+
+    multihost.initialize()
+    import dataclasses
+
+    import jax
+    import synthetic_training
+
+    from mobilebert_jax.train.stage import Stage
+    from mobilebert_jax.train.trainer import train
+
+    class Recording:
+        def __init__(self, batches):
+            self.batches = batches
+
+        def __iter__(self):
+            return self
+
+        def __next__(self):
+            step = self.batches.get_state()["index"]  # the global batch about to be read
+            batch = next(self.batches)
+            print("BATCH " + json.dumps({"step": step, "process": jax.process_index(),
+                                         "input_ids": batch["input_ids"].tolist()}), flush=True)
+            return batch
+
+        def get_state(self):
+            return self.batches.get_state()
+
+        def set_state(self, state):
+            self.batches.set_state(state)
+
+    def read(c, workdir, spec):
+        io = synthetic_training.read_synthetic(c, workdir, spec)
+        return dataclasses.replace(io, train_iterator=Recording(io.train_iterator))
+
+    train(_resume_config(total_steps), workdir, Stage(spec=synthetic_training.synthetic_spec, read=read))
+
+
 @pytest.mark.parametrize("field", ["--workdir", "config.data.prepared_dir"])
 def test_local_paths_with_several_processes_are_refused(tmp_path, field):
     from mobilebert_jax import experiment_config
@@ -330,5 +415,7 @@ if __name__ == "__main__":
     sys.path.insert(0, REPO)
     if sys.argv[1] == "dcn":
         _dcn_worker(sys.argv[2])
+    elif sys.argv[1] == "resume":
+        _resume_worker(sys.argv[2], int(sys.argv[3]))
     else:
         _worker(sys.argv[1], sys.argv[2])

@@ -13,6 +13,7 @@ import json
 import os
 import re
 import subprocess
+import sys
 import time
 
 import pytest
@@ -190,6 +191,27 @@ def test_bad_arguments_are_named(args, message):
     assert proc.returncode == 2 and message in proc.stderr, proc.stderr
 
 
+def test_the_preflight_runs_before_any_slice_is_requested_and_a_problem_stops_there(tmp_path):
+    from test_preflight import has_libtpu
+
+    if not has_libtpu():
+        pytest.skip("libtpu is not installed (python -m mobilebert_jax.tools.install_libtpu)")
+    env = {**os.environ, "PATH": FAKE + os.pathsep + os.environ["PATH"], "FAKE_GCLOUD_ROOT": str(tmp_path),
+           "TPU_PREFLIGHT": sys.executable, "TPU_PREFLIGHT_ARGS": "--nocompile --offline"}
+    env.pop("XLA_FLAGS", None)
+    proc = tpu_run("--name=mb", "--zone=z", "--accelerator=v5litepod-8", "start", "--",
+                   "--config=experiments/teacher_ib_bert_large.py:smoke", "--workdir=gs://bucket/runs/t",
+                   "--config.batch_size=12", env=env, check=False)
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert "preflight: " in proc.stdout and "--topology=v5litepod-8 --num_slices=1 --nocompile --offline" in proc.stdout
+    fatal = [line for line in proc.stderr.splitlines() if line.startswith("FATAL ")]
+    assert len(fatal) == 1 and "config.batch_size=12 is not divisible by data=8" in fatal[0], proc.stderr
+    assert "the preflight refused the run" in proc.stderr
+    assert not os.path.exists(os.path.join(tmp_path, "calls.jsonl"))  # gcloud was never called
+    dry = tpu_run("--name=mb", "--zone=z", "--dry_run", "start", "--", "--config=x.py", "--workdir=gs://b/r").stderr
+    assert "preflight (not run with --dry_run): python3 -m mobilebert_jax.tools.preflight --topology=v3-8" in dry
+
+
 def test_help():
     out = tpu_run("--help").stdout
     assert out.startswith("Usage: launch/tpu_run.sh") and "fetch-logs DIR" in out and "--dry_run" in out
@@ -248,6 +270,8 @@ def _finalized(step_dir) -> bool:
 def _pod_env(tmp_path, image, **extra) -> dict[str, str]:
     return {**os.environ, "PATH": FAKE + os.pathsep + os.environ["PATH"], "FAKE_GCLOUD_ROOT": str(tmp_path / "gcloud"),
             "FAKE_GCLOUD_IMAGE": str(image), "TPU_NAME": "pod", "TPU_ZONE": "local-a", "TPU_POLL": "0.2",
+            # The simulated slices are CPU processes; the preflight's own test is test_the_preflight_*.
+            "TPU_PREFLIGHT": "none",
             # The bundled tokenizer, trained once, is shared rather than retrained in every fresh worker home.
             "MOBILEBERT_JAX_CACHE": os.environ.get("MOBILEBERT_JAX_CACHE") or
             os.path.join(os.path.expanduser("~"), ".cache", "mobilebert_jax"), **extra}

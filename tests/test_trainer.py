@@ -21,7 +21,7 @@ import numpy as np
 import pytest
 
 import synthetic_training
-from mobilebert_jax import experiment_config
+from mobilebert_jax import compile_cache, experiment_config
 from mobilebert_jax import workdir as workdir_lib
 from mobilebert_jax.errors import ConfigError
 from mobilebert_jax.train.stage import Stage
@@ -113,10 +113,21 @@ def test_resume_after_a_signal_is_exact(tmp_path, straight, sig, status, says):
     assert "Traceback" not in out, out
     assert not os.path.exists(tmp_path / "final_params.npz")
     assert not os.path.exists(tmp_path / "FINISHED")
+    # The first start stored its train step in the workdir's compilation cache; the restart loads it.
+    steps_cached = _cached(tmp_path, "jit_step-")
+    assert len(steps_cached) == 1, os.listdir(tmp_path / compile_cache.DIRNAME)
     out = _run(tmp_path)  # the same command again
     assert "resumed from step" in out
     _assert_bitwise_equal(_params(tmp_path), straight)
     assert (tmp_path / "FINISHED").read_text() == f"{TOTAL}\n"
+    loaded = re.search(r"(\d+) programs loaded from the compilation cache", out)
+    assert loaded and int(loaded.group(1)) >= 1, out
+    assert _cached(tmp_path, "jit_step-") == steps_cached  # nothing compiled again for the step
+
+
+def _cached(workdir, prefix):
+    """The workdir's compilation-cache entries of the programs whose file name starts with `prefix`."""
+    return sorted(f for f in os.listdir(os.path.join(workdir, compile_cache.DIRNAME)) if f.startswith(prefix))
 
 
 def test_resume_after_sigkill_is_exact(tmp_path, straight):

@@ -7,8 +7,9 @@ index shuffle, a fresh permutation each epoch). Global batch t is positions
 rows together are the one-host batch. Masks come from (seed, mask epoch,
 example index), the mask epoch being the epoch with dynamic masking and 0
 without (static: an example keeps its masks in every epoch). The grain
-iterator's state is just the next batch index, so a restored iterator
-continues with exactly the batches the uninterrupted one would have produced.
+iterator's state is just the next global batch index, the same on every
+host, so a restored iterator continues with exactly the batches the
+uninterrupted one would have produced, on any number of hosts.
 """
 
 from __future__ import annotations

@@ -55,13 +55,19 @@ TOPOLOGY_EXAMPLES = (
     ("v5e:16x16", "v5litepod-256"),
     ("v6e:4x4", "v6e-16"),
 )
-flags.DEFINE_string("topology", None, "TPU slice as JAX names it, GENERATION:SHAPE in chips, e.g. " +
-                    ", ".join(f"{name} ({what})" for name, what in TOPOLOGY_EXAMPLES) +
-                    "; v4 and v5p compile as megacore (one JAX device per chip), as they run")
-flags.DEFINE_bool("compile", True, "--nocompile: stop after building the step and report only what each device holds "
-                  "of the train state and the frozen teacher, from their shardings (seconds, not minutes)")
-flags.DEFINE_float("mfu", 0.4, "model FLOPs utilization at which step and run times are predicted")
-flags.DEFINE_string("json_out", None, "also write the results to this JSON file")
+
+
+def define_flags() -> None:
+    """This command's flags (defined when it runs, so that tools.preflight can import this module)."""
+    flags.DEFINE_string("topology", None, "TPU slice as JAX names it, GENERATION:SHAPE in chips, e.g. " +
+                        ", ".join(f"{name} ({what})" for name, what in TOPOLOGY_EXAMPLES) +
+                        "; v4 and v5p compile as megacore (one JAX device per chip), as they run")
+    flags.DEFINE_bool("compile", True, "--nocompile: stop after building the step and report only what each device "
+                      "holds of the train state and the frozen teacher, from their shardings (seconds, not minutes)")
+    flags.DEFINE_float("mfu", 0.4, "model FLOPs utilization at which step and run times are predicted")
+    flags.DEFINE_string("json_out", None, "also write the results to this JSON file")
+
+
 FLAGS = flags.FLAGS
 
 GIB = 1 << 30
@@ -111,7 +117,8 @@ MEGACORE_GENERATIONS = ("v4", "v5p")
 GENERATIONS = ("v2", "v3", "v4", "v5e", "v5p", "v6e")
 
 
-def topology_devices(topology: str) -> list:
+def topology_devices(topology: str, num_slices: int = 1) -> list:
+    """The compile-only devices of `num_slices` x `topology`; with several slices each carries its slice_index."""
     from jax.experimental import topologies
 
     generation = topology.split(":", 1)[0]
@@ -119,6 +126,8 @@ def topology_devices(topology: str) -> list:
         raise ConfigError(f"--topology={topology!r}: must be GENERATION:SHAPE with GENERATION one of "
                           f"{list(GENERATIONS)}, e.g. v3:8x16, v4:4x4x8, v5e:16x16")
     options = {"chip_config_name": "megacore"} if generation in MEGACORE_GENERATIONS else {}
+    if num_slices > 1:
+        options["num_slices"] = num_slices
     try:
         return list(topologies.get_topology_desc(topology, "tpu", **options).devices)
     except Exception as e:  # libtpu reports a bad name as a generic runtime error
@@ -168,15 +177,15 @@ class Result:
 
 
 def compile_stage(config: ml_collections.ConfigDict, topology: str, mfu: float = 0.4, config_name: str = "",
-                  compile_step: bool = True) -> Result:
-    """Compiles `config`'s train step for `topology` (prepare_libtpu() first) and measures it; with
-    `compile_step=False`, only what the shardings place on each device."""
+                  compile_step: bool = True, num_slices: int = 1) -> Result:
+    """Compiles `config`'s train step for (`num_slices` x) `topology` (prepare_libtpu() first) and measures it;
+    with `compile_step=False`, only what the shardings place on each device."""
     from mobilebert_jax import stages
     from mobilebert_jax.train import trainer
 
     if not 0 < mfu <= 1:
         raise ConfigError(f"--mfu={mfu}: must be in (0, 1]")
-    devices = topology_devices(topology)
+    devices = topology_devices(topology, num_slices)
     hosts = len({d.process_index for d in devices})
     experiment_config.validate(config, len(devices), process_count=hosts)
     mesh = partitioning.make_mesh(config.mesh, devices)
@@ -234,7 +243,7 @@ def compile_stage(config: ml_collections.ConfigDict, topology: str, mfu: float =
         compile_seconds=compile_seconds)
 
 
-def _gib(n: Optional[float]) -> str:
+def gib(n: Optional[float]) -> str:
     if n is None:
         return "?"
     return f"{n / GIB:.2f} GiB" if n >= GIB / 10 else f"{n / (1 << 20):.1f} MiB"
@@ -257,9 +266,9 @@ def _xla_flops(r: Result) -> str:
 
 def report(r: Result) -> str:
     verdict = {True: "fits", False: "DOES NOT FIT", None: "HBM unknown"}[r.fits]
-    held = f"  held per device (from the shardings): train state {_gib(r.state_bytes)}"
+    held = f"  held per device (from the shardings): train state {gib(r.state_bytes)}"
     if r.frozen_dtype is not None:
-        held += f", frozen teacher {_gib(r.frozen_bytes)} ({r.frozen_dtype})"
+        held += f", frozen teacher {gib(r.frozen_bytes)} ({r.frozen_dtype})"
     lines = [
         f"{r.config} on {r.topology}: {r.devices} x {r.device_kind} ({r.hosts} hosts), mesh {r.mesh}, "
         f"global batch {r.batch_size}" + (f" in {r.microbatches} microbatches" if r.microbatches > 1 else ""),
@@ -268,9 +277,9 @@ def report(r: Result) -> str:
     if not r.compiled:
         return "\n".join(lines + ["  not compiled (--nocompile)"])
     lines += [
-        f"  memory per device: arguments {_gib(r.argument_bytes)}, outputs (not aliased) {_gib(r.output_bytes)}, "
-        f"temporaries {_gib(r.temp_bytes)}, code {_gib(r.code_bytes)}",
-        f"  total {_gib(r.total_bytes)} of {_gib(r.hbm_bytes)} HBM: {verdict}",
+        f"  memory per device: arguments {gib(r.argument_bytes)}, outputs (not aliased) {gib(r.output_bytes)}, "
+        f"temporaries {gib(r.temp_bytes)}, code {gib(r.code_bytes)}",
+        f"  total {gib(r.total_bytes)} of {gib(r.hbm_bytes)} HBM: {verdict}",
         f"  FLOPs per step: XLA {_xla_flops(r)}, model {r.model_flops_per_step:.4g}",
         f"  at {r.mfu:.0%} MFU: {_duration(r.step_seconds)} per step, {r.total_steps:,} steps in "
         f"{_duration(r.run_seconds)}" + ("" if r.xla_flops_per_step is None else
@@ -302,5 +311,6 @@ def main(parsed) -> None:
 if __name__ == "__main__":
     from mobilebert_jax import cli
 
+    define_flags()
     cli.run_absl(main, flags_parser=experiment_config.absl_flags_parser,
                  doc=__doc__ + "\n--config=experiments/X.py[:arg] with --config.FIELD=VALUE overrides, and:")

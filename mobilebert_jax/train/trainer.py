@@ -24,8 +24,8 @@ import ml_collections
 import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from mobilebert_jax import checkpointing, experiment_config, hardware, model_source, optim, partitioning, plot
-from mobilebert_jax import preemption, storage
+from mobilebert_jax import checkpointing, compile_cache, experiment_config, hardware, model_source, optim, partitioning
+from mobilebert_jax import plot, preemption, storage
 from mobilebert_jax import workdir as workdir_lib
 from mobilebert_jax.errors import DataError, NonFiniteLossError
 from mobilebert_jax.data import tokenizer_record
@@ -143,6 +143,8 @@ def _train(config: ml_collections.ConfigDict, workdir: str, stage: Stage,
            lock: workdir_lib.WorkdirLock) -> dict[str, float]:
     storage.path(workdir).mkdir(parents=True, exist_ok=True)
     experiment_config.save_resolved(config, workdir)
+    cache_dir = compile_cache.use(workdir)  # before the first compile, so a restart loads instead of compiling
+    compiled_before = compile_cache.counts()
     # FINISHED (written last) tells launch/tpu_run.sh's watch that this run is complete; an older one would lie.
     finished_marker = epath.Path(workdir) / FINISHED
     if jax.process_index() == 0:
@@ -183,6 +185,8 @@ def _train(config: ml_collections.ConfigDict, workdir: str, stage: Stage,
                 return {}
             state, final_metrics, preempted = _loop(config, workdir, io, program, state, frozen, ckpt, writer,
                                                     guard, lock)
+        if cache_dir:
+            _log(f"{compile_cache.counts().since(compiled_before).describe()} ({cache_dir})")
         if preempted:
             _write_curves(workdir)
             return final_metrics
