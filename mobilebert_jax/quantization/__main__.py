@@ -14,7 +14,7 @@ import os
 
 from absl import flags
 
-from mobilebert_jax import cli
+from mobilebert_jax import cli, storage
 from mobilebert_jax.errors import ConfigError
 
 from mobilebert_jax.data.tokenizers import load_tokenizer
@@ -53,9 +53,8 @@ def main(argv) -> None:
     report = compare_glue(model, params, task, calibration, dev, config=ptq, method=FLAGS.method,
                           percentile=FLAGS.percentile, batch_size=FLAGS.batch_size)
     report["ptq_config"] = dataclasses.asdict(ptq)
-    os.makedirs(os.path.join(FLAGS.workdir, "eval"), exist_ok=True)
-    with open(os.path.join(FLAGS.workdir, "eval", "int8.json"), "w") as f:
-        json.dump(report, f, indent=2)
+    storage.makedirs(os.path.join(FLAGS.workdir, "eval"))
+    storage.path(FLAGS.workdir, "eval", "int8.json").write_text(json.dumps(report, indent=2))
     print(json.dumps(report, indent=2))
 
 
