@@ -8,9 +8,13 @@ this module: `path` (an `epath.Path`, what orbax uses), `open`, `makedirs`,
 call, `os.makedirs`, `glob` or `"://"` test elsewhere in the library. This
 module adds the few things epath does not do:
 
-- `local_copy` / `staged_write`: ArrayRecord's C++ reader and writer (riegeli
-  file descriptors) only open local files. gs:// shards are read from a copy in
-  this host's scratch directory and written there first, then uploaded. The
+- `local_copy` / `staged_write`: ArrayRecord's C++ reader and writer reach
+  gs:// through their own Cloud Storage client, which neither this module's
+  credentials nor the test emulator reach (tried against tests/gcs_emulator.py:
+  the reader waited 300 s without an answer). gs:// shards are read from a copy
+  in this host's scratch directory, refused with a DataError naming the folder
+  and the bytes needed when the disk lacks room, and written there first, then
+  uploaded. The
   scratch directory is `$MOBILEBERT_JAX_SCRATCH`, else `<tmp>/mobilebert_jax`:
   per host, disposable, never the place a result is kept.
 - `write_text_atomic`: a local file is written beside and renamed (a reader
@@ -45,7 +49,7 @@ os.environ["EPATH_USE_TF"] = "false"
 from etils import epath  # noqa: E402  (after EPATH_USE_TF)
 from etils.epath import backend as epath_backend  # noqa: E402
 
-from mobilebert_jax.errors import ConfigError  # noqa: E402
+from mobilebert_jax.errors import ConfigError, DataError  # noqa: E402
 
 PathLike = Union[str, os.PathLike]
 SCRATCH_ENV = "MOBILEBERT_JAX_SCRATCH"
@@ -155,6 +159,11 @@ def local_copy(p: PathLike) -> str:
     if os.path.isfile(local) and os.path.isfile(version_file) and builtins.open(version_file).read() == version:
         return local
     os.makedirs(os.path.dirname(local), exist_ok=True)
+    needed = int(fs.size(name))
+    free = shutil.disk_usage(os.path.dirname(local)).free
+    if needed > free:
+        raise DataError(f"{p}: a local copy needs {needed:,} bytes in {os.path.dirname(local)}, which has {free:,} "
+                        f"free; give the scratch directory more room or point ${SCRATCH_ENV} at a larger disk")
     tmp = f"{local}.tmp-{uuid.uuid4().hex[:8]}"
     with path(p).open("rb") as fin, builtins.open(tmp, "wb") as fout:
         shutil.copyfileobj(fin, fout, length=8 << 20)

@@ -162,3 +162,19 @@ def test_a_gcs_workdir_keeps_its_library_log(gcs, tmp_path, monkeypatch):
     log.finish()  # at exit: what is left is uploaded, the scratch file removed
     assert storage.path(uri).read_text() == "an earlier start\nfirst\nlast\n"
     assert os.listdir(tmp_path) == []
+
+
+def test_a_local_copy_without_room_names_the_folder_and_the_bytes(gcs, tmp_path, monkeypatch):
+    import collections
+    import shutil
+    from mobilebert_jax.errors import DataError
+
+    monkeypatch.setenv(storage.SCRATCH_ENV, str(tmp_path))
+    uri = gcs.uri("room", "shard.bin")
+    storage.path(uri).write_bytes(b"x" * 1000)
+    usage = collections.namedtuple("usage", "total used free")
+    monkeypatch.setattr(shutil, "disk_usage", lambda p: usage(10**6, 10**6 - 999, 999))
+    with pytest.raises(DataError, match=rf"shard.bin: a local copy needs 1,000 bytes in {tmp_path}/cache/gs/"
+                                        rf"{gcs.bucket}/room, which has 999 free"):
+        storage.local_copy(uri)
+    assert not list(tmp_path.rglob("shard.bin*"))  # nothing half-written

@@ -147,7 +147,8 @@ def make_pretraining_dataset(data_config: ml_collections.ConfigDict, *, split: s
         raise DataError(f"{data_config.prepared_dir} has no {split!r} split (held_out_fraction="
                         f"{settings['held_out_fraction']}); splits: {sorted(manifest['splits'])}")
     info = manifest["splits"][split]
-    # ArrayRecord opens local files only: gs:// shards are read from this host's scratch copy.
+    # ArrayRecord reaches gs:// through its own client, not this module's: gs:// shards are read from this
+    # host's scratch copy (storage.local_copy, which refuses when the disk lacks room).
     paths = [storage.local_copy(f"{data_config.prepared_dir}/{name}") for name in info["shards"]]
     source = grain.sources.ArrayRecordDataSource(paths)
     if len(source) != info["instances"]:
