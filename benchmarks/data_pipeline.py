@@ -115,7 +115,8 @@ def main(argv) -> None:
 
     with tempfile.TemporaryDirectory() as tmp:
         smoke = common.pretraining_data(max_seq_length=128, max_predictions_per_seq=20)
-        smoke.num_shards, smoke.prepared_dir = 4, os.path.join(tmp, "smoke")
+        common.embedded_corpus(smoke)
+        smoke.prepared_dir = os.path.join(tmp, "smoke")
         start = time.perf_counter()
         manifest = prepare(smoke, smoke.prepared_dir)
         seconds = time.perf_counter() - start
@@ -126,6 +127,8 @@ def main(argv) -> None:
 
         full = common.pretraining_data(max_seq_length=512, max_predictions_per_seq=20)
         full.prepared_dir = os.path.join(tmp, "full")
+        common.embedded_corpus(full)
+        full.num_shards = 8
         if have_shared:
             full.corpus = os.path.join(shared, "corpus", "wikitext-2-raw-test.txt")
             full.corpus_format = "wikitext"

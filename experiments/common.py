@@ -110,20 +110,23 @@ def trainer_sections(c: ml_collections.ConfigDict, *, mesh: tuple[int, int, int]
 
 def pretraining_data(max_seq_length: int, max_predictions_per_seq: int) -> ml_collections.ConfigDict:
     """config.data of the pretraining and distillation stages (data/config.py says what each field means): BERT's
-    sentence pairs and masking (REFERENCE section 4) over the embedded corpus until `corpus` and `tokenizer` are
-    overridden. `python -m mobilebert_jax.data.prepare` takes the same section, from the same config file."""
+    sentence pairs and masking (REFERENCE section 4). `corpus` and `tokenizer` have no value: a run must name them
+    (an empty one is a FATAL config error), and `embedded_corpus` sets the embedded ones for the :smoke configs.
+    `python -m mobilebert_jax.data.prepare` takes the same section, from the same config file."""
     return ml_collections.ConfigDict(dict(
         # --- what to read ---
-        # A file, directory or glob, tfds:NAME[:split], or builtin:python_docs; several joined by commas.
-        corpus="builtin:python_docs",
+        # A file, directory or glob (local or gs://), tfds:NAME[:split], or builtin:python_docs; several joined
+        # by commas. Required.
+        corpus="",
         corpus_format="bert",  # local files: "bert" | "paragraphs" | "wikitext" (see data/sources/text_files.py)
         tfds_data_dir="",  # "" is TFDS's default data_dir
         tfds_text_field="text",
         max_line_bytes=100_000,  # longer lines are skipped and counted
         # --- how to tokenize ---
         # A WordPiece vocab.txt (the released MobileBERT one: bert-uncased-vocab.txt), a SentencePiece
-        # .model, or builtin:python_docs_sentencepiece (trained on the embedded corpus, cached; offline).
-        tokenizer="builtin:python_docs_sentencepiece",
+        # .model (local or gs://), or builtin:python_docs_sentencepiece (trained on the embedded corpus, cached;
+        # offline). Required.
+        tokenizer="",
         # --- instances (fixed at preparation; changing one needs a new prepared_dir) ---
         prepared_dir="",  # where `prepare` writes and the loader reads; "" trains from WORKDIR/data
         max_seq_length=max_seq_length,

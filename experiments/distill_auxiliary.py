@@ -2,11 +2,13 @@ r"""Auxiliary knowledge transfer (REFERENCE section 4): every layer's transfer l
 summed in one stage of 740K steps (the transfer and PD budgets together); the student starts from the teacher's
 embeddings and heads and trains everything. Warm-up over 10K steps to 1.5e-3, linear decay to 1.5e-7.
 
-    python -m mobilebert_jax.main --config=experiments/distill_auxiliary.py --workdir=... --config.distill.teacher=...
+    python -m mobilebert_jax.main --config=experiments/distill_auxiliary.py --workdir=gs://BUCKET/runs/distill_auxiliary \
+        --config.distill.teacher=gs://BUCKET/runs/teacher --config.data.corpus=tfds:wikipedia/20230601.en:train
     python -m mobilebert_jax.main --config=experiments/distill_auxiliary.py:smoke --workdir=runs/distill_auxiliary_smoke
 
 Every field can be overridden (--config.distill.weights.attention=0, --config.distill.layer_map='(1, 3, 5)', ...);
-the fields are described in mobilebert_jax/distill/config.py, the shared settings in distill_common.py.
+the fields are described in mobilebert_jax/distill/config.py, the shared settings in distill_common.py. The
+tokenizer is the one the teacher recorded unless --config.data.tokenizer names it (it must be the same).
 """
 
 import os

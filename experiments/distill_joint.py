@@ -4,11 +4,13 @@ layer-wise transfer; --config.distill.train_embedding_norm_in_transfer=true trai
 --config.distill.student_init=THIS_WORKDIR). The learning rate warms up over 10K steps to 1.5e-3 and decays linearly to
 1.5e-7 (the PD recipe; REFERENCE gives none for this stage).
 
-    python -m mobilebert_jax.main --config=experiments/distill_joint.py --workdir=... --config.distill.teacher=...
+    python -m mobilebert_jax.main --config=experiments/distill_joint.py --workdir=gs://BUCKET/runs/distill_joint \
+        --config.distill.teacher=gs://BUCKET/runs/teacher --config.data.corpus=tfds:wikipedia/20230601.en:train
     python -m mobilebert_jax.main --config=experiments/distill_joint.py:smoke --workdir=runs/distill_joint_smoke
 
 Every field can be overridden (--config.distill.weights.attention=0, --config.distill.layer_map='(1, 3, 5)', ...);
-the fields are described in mobilebert_jax/distill/config.py, the shared settings in distill_common.py.
+the fields are described in mobilebert_jax/distill/config.py, the shared settings in distill_common.py. The
+tokenizer is the one the teacher recorded unless --config.data.tokenizer names it (it must be the same).
 """
 
 import os

@@ -2,12 +2,14 @@ r"""Pretraining distillation (REFERENCE sections 3 and 4): the stage after progr
 cross-entropy against alpha * onehot + (1 - alpha) * softmax(teacher logits / tau) (alpha 0.5, tau 1) plus NSP; 500K steps,
 warm-up 10K steps to 1.5e-3, linear decay to 1.5e-7; every parameter trains.
 
-    python -m mobilebert_jax.main --config=experiments/distill_pd.py --workdir=gs://BUCKET/distill_pd \
-        --config.distill.teacher=gs://BUCKET/teacher --config.distill.student_init=gs://BUCKET/distill_progressive
+    python -m mobilebert_jax.main --config=experiments/distill_pd.py --workdir=gs://BUCKET/runs/distill_pd \
+        --config.distill.teacher=gs://BUCKET/runs/teacher \
+        --config.distill.student_init=gs://BUCKET/runs/distill_progressive --config.data.corpus=tfds:wikipedia/20230601.en:train
 
 student_init is a workdir (its latest checkpoint), a checkpoint step directory or a params directory; with
 --config.distill.student_init="" the student starts fresh from the teacher's embeddings and heads (PD alone, no transfer).
-Hard labels only (no distillation term): --config.distill.alpha=1.
+Hard labels only (no distillation term): --config.distill.alpha=1. The tokenizer is the one the teacher recorded
+unless --config.data.tokenizer names it (it must be the same).
 
 Smoke (after the progressive smoke run):
 

@@ -4,7 +4,7 @@ Paper scale (256 TPU v3 cores, global batch 4096 x 512, LAMB):
 
     python -m mobilebert_jax.main --config=experiments/teacher_ib_bert_large.py \
         --workdir=gs://BUCKET/runs/teacher --config.data.corpus=tfds:wikipedia/20230601.en:train \
-        --config.data.tokenizer=/path/to/bert-uncased-vocab.txt
+        --config.data.tokenizer=gs://BUCKET/bert-uncased-vocab.txt
     (on a pod: launch/tpu_run.sh starts this on every host)
 
 Smoke (2 CPU cores, about 6 minutes, the embedded Python-docs corpus, no download):

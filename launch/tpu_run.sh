@@ -75,12 +75,15 @@ Default runtime version by accelerator generation (Cloud TPU's "TPU software ver
 On the workers: the code lives in ~/mobilebert-jax, the venv in ~/mobilebert-jax-venv, made by uv (installed
 with `python3 -m pip install --user uv`) with a Python >= 3.11 (the images ship 3.10; uv downloads a managed
 one), and set up again only when ~/.mobilebert-jax-setup no longer holds "<sha256 of setup.py> <python> <pip
-spec>". Logs in ~/mobilebert-jax-logs/RUN-HOSTNAME.log. --workdir must be storage every worker shares
-(gs://BUCKET/...): checkpoints written there survive the slice.
+spec>". Logs in ~/mobilebert-jax-logs/RUN-HOSTNAME.log. --workdir, the corpus, the tokenizer and any model a
+stage reads must be storage every worker shares (gs://BUCKET/...): only this checkout is copied to the workers,
+and checkpoints written there survive the slice. A paper-scale config without --config.data.corpus (or, for the
+teacher, --config.data.tokenizer) stops with a FATAL config error instead of training on the embedded corpus.
 
 Example (the paper's teacher on 256 TPU v3 cores, restarted after every preemption until it finishes):
   launch/tpu_run.sh --name=ibbert --zone=europe-west4-a --accelerator=v3-256 --spot watch -- \
-      --config=experiments/teacher_ib_bert_large.py --workdir=gs://BUCKET/runs/teacher
+      --config=experiments/teacher_ib_bert_large.py --workdir=gs://BUCKET/runs/teacher \
+      --config.data.corpus=tfds:wikipedia/20230601.en:train --config.data.tokenizer=gs://BUCKET/bert-uncased-vocab.txt
   launch/tpu_run.sh --name=ibbert --zone=europe-west4-a logs
 EOF
 }

@@ -131,7 +131,7 @@ class Checkpointer:
         registry.add(DATA, ocp.args.JsonRestore, data_handler)
         registry.add(CONFIG, ocp.args.JsonSave, ocp.JsonCheckpointHandler(filename="config.json"))
         registry.add(CONFIG, ocp.args.JsonRestore, ocp.JsonCheckpointHandler(filename="config.json"))
-        self.directory = epath.Path(directory).absolute() if "://" not in str(directory) else epath.Path(directory)
+        self.directory = storage.path(storage.absolute(directory))
         storage.forget_listings(self.directory)  # orbax lists the steps now: other processes may have saved since
         self._manager = ocp.CheckpointManager(self.directory, options=options, handler_registry=registry)
         self._saving: Optional[int] = None  # the step of the save that may still be in flight

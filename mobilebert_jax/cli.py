@@ -15,6 +15,7 @@
 from __future__ import annotations
 
 import argparse
+import atexit
 import contextlib
 import difflib
 import functools
@@ -22,13 +23,13 @@ import logging
 import os
 import sys
 import tempfile
+import threading
 from typing import Any, Callable, Iterator, NoReturn, Optional, Sequence
 
 from absl import app, flags
 from absl import logging as absl_logging
-from etils import epath
 
-from mobilebert_jax import errors, preemption
+from mobilebert_jax import errors, preemption, storage
 
 HELP_FLAGS = ("--help", "-help", "-h", "--helpshort", "-helpshort", "--helpfull", "-helpfull", "-?")
 LOG_FILE = "log.txt"
@@ -158,18 +159,16 @@ def log_libraries_to(workdir: str) -> Optional[str]:
 
     Warnings and errors still reach stderr (absl's --stderrthreshold, here `warning` unless given). None when the
     command line asked for the records on the terminal (-v/--verbosity, --logtostderr, --alsologtostderr). A
-    workdir on a remote file system (gs://) logs to a local temporary file, since appending to a remote object is
-    not possible; the returned path says where.
+    Cloud Storage object cannot be appended to: a gs:// workdir's log is written line by line to a scratch file of
+    this host and copied whole into the workdir's log.txt (after what it held) every `REMOTE_LOG_EVERY_S` and at
+    exit (`_RemoteLog`).
     """
     if verbosity_asked():
         return None
-    if "://" in str(workdir):
-        path = os.path.join(tempfile.mkdtemp(prefix="mobilebert_jax-log-"), LOG_FILE)
-    else:
-        path = os.fspath(epath.Path(workdir) / LOG_FILE)
+    path = os.fspath(storage.path(workdir) / LOG_FILE)
     handler = absl_logging.get_absl_handler().python_handler
     old = handler.stream
-    handler.stream = _OpenedOnFirstWrite(path)
+    handler.stream = _RemoteLog(path) if storage.is_remote(path) else _OpenedOnFirstWrite(path)
     if old not in (sys.stderr, sys.stdout, None):
         old.close()
     if flags.FLAGS.is_parsed() and not flags.FLAGS["stderrthreshold"].present:
@@ -191,8 +190,8 @@ class _OpenedOnFirstWrite:
 
     def write(self, text: str) -> int:
         if self._file is None:
-            os.makedirs(os.path.dirname(self.path) or ".", exist_ok=True)
-            self._file = open(self.path, "a", buffering=1)  # line-buffered: a crash loses no record
+            storage.makedirs(os.path.dirname(self.path) or ".")
+            self._file = storage.open_append(self.path)  # line-buffered: a crash loses no record
         return self._file.write(text)
 
     def flush(self) -> None:
@@ -202,6 +201,83 @@ class _OpenedOnFirstWrite:
     def close(self) -> None:
         if self._file is not None:
             self._file.close()
+
+
+REMOTE_LOG_EVERY_S = 30.0
+
+
+class _RemoteLog:
+    """A remote log: lines go to a scratch file at once; a thread copies the file into the object every `every_s`,
+    and `close` (at exit) once more, then removes the file.
+
+    The object is `path` for process 0 (and a single process), `log.process-N.txt` beside it for process N of a
+    multi-process job, so the hosts of a pod do not overwrite each other; what it held before this process is kept
+    in front. The name is chosen at the first upload, `every_s` after the first record, by when the distributed
+    runtime is initialized (records come before it). Uploads never run under the logging handler's lock (neither
+    in `flush` nor in `close`): gcsfs logs from its own I/O thread, which would wait on that lock while the upload
+    waited on it. A host killed
+    outright loses at most the last `every_s` from the object; the scratch file still has them.
+    """
+
+    def __init__(self, path: str, every_s: float = REMOTE_LOG_EVERY_S):
+        self.path = path
+        self._every = every_s
+        self._file = None
+        self._target = None
+        self._before = ""
+        self._stop = threading.Event()
+        self._thread = None
+        self._uploading = threading.Lock()
+
+    def write(self, text: str) -> int:
+        if self._file is None:
+            self._file = tempfile.NamedTemporaryFile("w", encoding="utf-8", buffering=1, prefix="log-",
+                                                     suffix=".txt", dir=storage.scratch_dir(), delete=False)
+            self._thread = threading.Thread(target=self._upload_every, name="remote-log", daemon=True)
+            self._thread.start()
+            atexit.register(self.finish)
+        if self._file.closed:
+            return 0  # a record after the final upload (at interpreter exit)
+        return self._file.write(text)
+
+    def flush(self) -> None:
+        if self._file is not None and not self._file.closed:
+            self._file.flush()
+
+    def _upload_every(self) -> None:
+        while not self._stop.wait(self._every):
+            try:
+                self.upload()
+            except OSError as e:  # the next upload retries; the scratch file keeps every line meanwhile
+                print(f"warning: could not copy the log to {self.path}: {e}", file=sys.stderr)
+
+    def upload(self) -> None:
+        """Copies the scratch file into the object now."""
+        with self._uploading:
+            if self._target is None:
+                import jax  # already imported by anything that logs; here only to read the process index
+                index = jax.process_index() if jax.distributed.is_initialized() else 0
+                target = storage.path(self.path)
+                self._target = target if index == 0 else target.with_name(f"log.process-{index}.txt")
+                self._before = self._target.read_text() if self._target.exists() else ""
+            with storage.open(self._file.name) as f:
+                self._target.write_text(self._before + f.read())
+
+    def close(self) -> None:
+        """What a logging handler calls, holding its lock (also at exit, from `logging.shutdown`): no upload here,
+        since gcsfs's I/O thread logs and would wait on that lock. `finish` (at exit) uploads."""
+        self.flush()
+
+    def finish(self) -> None:
+        """The last upload, then the scratch file is removed."""
+        if self._file is None or self._file.closed:
+            return
+        self._stop.set()
+        self._thread.join()
+        self._file.flush()
+        self.upload()
+        self._file.close()
+        storage.path(self._file.name).unlink()
 
 
 class _ProjectInfo(logging.StreamHandler):

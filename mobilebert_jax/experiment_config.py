@@ -51,10 +51,16 @@ _OVERRIDE = re.compile(r"^(?:--?config\.|config\.)?([A-Za-z_][A-Za-z0-9_]*(?:\.[
 
 
 def load_experiment(spec: str, overrides: Sequence[str] = ()) -> ml_collections.ConfigDict:
-    """The (locked) config `spec` = "path/to/file.py[:arg]" describes, with `overrides` applied."""
-    path = spec.split(":", 1)[0]
-    if not os.path.isfile(path):
+    """The (locked) config `spec` = "path/to/file.py[:arg]" describes, with `overrides` applied.
+
+    The file may be on gs:// (a run's resolved `config.py` is): it is read from this host's scratch copy, so it
+    must not load files beside it (the resolved config does not).
+    """
+    path, arg = split_spec(spec)
+    if not storage.path(path).is_file():
         raise ConfigError(f"experiment config file {path!r} not found (from {spec!r})")
+    if storage.is_remote(path):
+        spec = storage.local_copy(path) + arg
     parsed = []
     for o in overrides:
         m = _OVERRIDE.match(o)
@@ -69,15 +75,23 @@ def load_experiment(spec: str, overrides: Sequence[str] = ()) -> ml_collections.
     return _parse(spec, [f"--{_FLAG}.{field}={value}" for _, field, value in parsed])
 
 
+def split_spec(spec: str) -> tuple[str, str]:
+    """"file.py:arg" -> ("file.py", ":arg"); the colon of a URL's scheme (gs://) is not the argument's."""
+    scheme = storage.scheme(spec)
+    path, colon, arg = spec[len(scheme):].partition(":")
+    return scheme + path, colon + arg
+
+
 def load_module(path: str) -> types.ModuleType:
     """The Python file `path` as a module, loaded afresh on each call.
 
     How an experiment file uses the files next to it (`os.path.join(os.path.dirname(__file__), "common.py")`):
     experiments/ is a directory of files named on the command line, not a package on sys.path.
     """
-    if not os.path.isfile(path):
+    if not storage.path(path).is_file():
         raise ConfigError(f"experiment module {path!r} not found")
-    spec = importlib.util.spec_from_file_location(os.path.splitext(os.path.basename(path))[0], path)
+    spec = importlib.util.spec_from_file_location(os.path.splitext(os.path.basename(path))[0],
+                                                  storage.local_copy(path))
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module

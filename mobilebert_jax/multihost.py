@@ -24,7 +24,7 @@ devices per process with JAX_NUM_CPU_DEVICES.
 
 from __future__ import annotations
 
-import glob
+import glob  # not a user path: /sys device files only
 import os
 from typing import Optional
 
@@ -38,9 +38,9 @@ _GOOGLE_PCI_VENDOR = "0x1ae0"
 
 def on_cloud_tpu_vm() -> bool:
     """Whether a Google accelerator (a TPU chip) sits on this machine's PCI bus (JAX's own test on TPU VMs)."""
-    for vendor_file in glob.glob("/sys/bus/pci/devices/*/vendor"):
+    for vendor_file in glob.glob("/sys/bus/pci/devices/*/vendor"):  # not a user path: the kernel's device list
         try:
-            with open(vendor_file) as f:
+            with open(vendor_file) as f:  # not a user path: a /sys device file
                 if f.read().strip() == _GOOGLE_PCI_VENDOR:
                     return True
         except OSError:

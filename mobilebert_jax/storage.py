@@ -1,11 +1,20 @@
 """Local and gs:// paths, the same either way: etils.epath plus what it lacks.
 
-Every file the project reads or writes goes through `epath.Path` (what orbax
-uses). This module adds the few things epath does not do:
+Every user path the project reads or writes (vocabularies, corpora, prepared
+data, HF directories, GLUE/SQuAD files, workdirs, outputs, logs) goes through
+this module: `path` (an `epath.Path`, what orbax uses), `open`, `makedirs`,
+`size`, `glob_files`, `files_under`, `is_remote`, `absolute`.
+`tests/test_storage_door.py` fails on a raw `open()`, `os.path.isfile`-like
+call, `os.makedirs`, `glob` or `"://"` test elsewhere in the library. This
+module adds the few things epath does not do:
 
-- `local_copy` / `staged_write`: ArrayRecord's C++ reader and writer (riegeli
-  file descriptors) only open local files. gs:// shards are read from a copy in
-  this host's scratch directory and written there first, then uploaded. The
+- `local_copy` / `staged_write`: ArrayRecord's C++ reader and writer reach
+  gs:// through their own Cloud Storage client, which neither this module's
+  credentials nor the test emulator reach (tried against tests/gcs_emulator.py:
+  the reader waited 300 s without an answer). gs:// shards are read from a copy
+  in this host's scratch directory, refused with a DataError naming the folder
+  and the bytes needed when the disk lacks room, and written there first, then
+  uploaded. The
   scratch directory is `$MOBILEBERT_JAX_SCRATCH`, else `<tmp>/mobilebert_jax`:
   per host, disposable, never the place a result is kept.
 - `write_text_atomic`: a local file is written beside and renamed (a reader
@@ -22,14 +31,16 @@ uses). This module adds the few things epath does not do:
 
 from __future__ import annotations
 
+import builtins
 import contextlib
+import glob as _glob
 import io
 import os
 import shutil
 import tempfile
 import time
 import uuid
-from typing import Callable, Iterator, TextIO, Union
+from typing import IO, Callable, Iterator, TextIO, Union
 
 # etils picks TensorFlow's gfile for gs:// whenever TensorFlow is importable (the `test` extra installs it) and
 # fsspec/gcsfs otherwise. Always use gcsfs, so gs:// behaves the same (and reads STORAGE_EMULATOR_HOST) either way.
@@ -38,7 +49,7 @@ os.environ["EPATH_USE_TF"] = "false"
 from etils import epath  # noqa: E402  (after EPATH_USE_TF)
 from etils.epath import backend as epath_backend  # noqa: E402
 
-from mobilebert_jax.errors import ConfigError  # noqa: E402
+from mobilebert_jax.errors import ConfigError, DataError  # noqa: E402
 
 PathLike = Union[str, os.PathLike]
 SCRATCH_ENV = "MOBILEBERT_JAX_SCRATCH"
@@ -54,9 +65,61 @@ def is_remote(p: PathLike) -> bool:
     return "://" in os.fspath(p)
 
 
+def scheme(p: PathLike) -> str:
+    """"gs://" for gs://bucket/x, "" for a local path."""
+    text = os.fspath(p)
+    return text[:text.index("://") + 3] if is_remote(text) else ""
+
+
 def absolute(p: PathLike) -> str:
     """An absolute local path, or the URL unchanged (`os.path.abspath('gs://b')` would make it local)."""
     return os.fspath(p) if is_remote(p) else os.path.abspath(p)
+
+
+def open(p: PathLike, mode: str = "r", *, encoding: str = "utf-8", newline: str | None = None) -> IO:
+    """`open` for a local or remote file, with the io module's interface (gcsfs's files lack `readline(size)`);
+    text modes decode with `encoding` (epath's own `open` takes UTF-8 only)."""
+    binary = path(p).open(mode.replace("b", "") + "b")
+    if is_remote(p) and "r" in mode:
+        binary = io.BufferedReader(binary, buffer_size=8 << 20)
+    return binary if "b" in mode else io.TextIOWrapper(binary, encoding=encoding, newline=newline)
+
+
+def makedirs(p: PathLike) -> None:
+    """`p` and its parents (Cloud Storage has no directories: nothing to do there)."""
+    path(p).mkdir(parents=True, exist_ok=True)
+
+
+def size(p: PathLike) -> int:
+    """The file's size in bytes."""
+    return int(path(p).stat().length)
+
+
+def _fs(p: PathLike):
+    return epath_backend.fsspec_backend.fs(os.fspath(p))  # the one filesystem instance epath itself uses
+
+
+def _with_scheme(like: PathLike, name: str) -> str:
+    return os.fspath(like).split("://", 1)[0] + "://" + name
+
+
+def glob_files(pattern: PathLike) -> list[str]:
+    """The files (not directories) matching a glob, `**` recursive, sorted."""
+    pattern = os.fspath(pattern)
+    if not is_remote(pattern):
+        return sorted(p for p in _glob.glob(pattern, recursive=True) if os.path.isfile(p))
+    found = _fs(pattern).glob(pattern, detail=True)
+    return sorted(_with_scheme(pattern, name) for name, info in found.items() if info.get("type") == "file")
+
+
+def files_under(directory: PathLike) -> list[str]:
+    """Every file below `directory`, at any depth, sorted."""
+    directory = os.fspath(directory)
+    if not is_remote(directory):
+        return sorted(os.path.join(root, name) for root, _, names in os.walk(directory) for name in names)
+    fs = _fs(directory)
+    forget_listings(directory)  # what is there now, not an earlier listing of this process
+    return sorted(_with_scheme(directory, name) for name in fs.find(fs._strip_protocol(directory)))
 
 
 def scratch_dir() -> str:
@@ -93,14 +156,19 @@ def local_copy(p: PathLike) -> str:
     fs.invalidate_cache(name)  # the object as the server has it now, not as an earlier listing saw it
     version = str(fs.checksum(name))
     version_file = f"{local}.version"
-    if os.path.isfile(local) and os.path.isfile(version_file) and open(version_file).read() == version:
+    if os.path.isfile(local) and os.path.isfile(version_file) and builtins.open(version_file).read() == version:
         return local
     os.makedirs(os.path.dirname(local), exist_ok=True)
+    needed = int(fs.size(name))
+    free = shutil.disk_usage(os.path.dirname(local)).free
+    if needed > free:
+        raise DataError(f"{p}: a local copy needs {needed:,} bytes in {os.path.dirname(local)}, which has {free:,} "
+                        f"free; give the scratch directory more room or point ${SCRATCH_ENV} at a larger disk")
     tmp = f"{local}.tmp-{uuid.uuid4().hex[:8]}"
-    with path(p).open("rb") as fin, open(tmp, "wb") as fout:
+    with path(p).open("rb") as fin, builtins.open(tmp, "wb") as fout:
         shutil.copyfileobj(fin, fout, length=8 << 20)
     os.replace(tmp, local)
-    with open(f"{version_file}.tmp-{uuid.uuid4().hex[:8]}", "w") as f:
+    with builtins.open(f"{version_file}.tmp-{uuid.uuid4().hex[:8]}", "w") as f:
         f.write(version)
     os.replace(f.name, version_file)
     return local
@@ -122,10 +190,30 @@ def staged_write(p: PathLike) -> Iterator[str]:
     os.close(fd)
     try:
         yield tmp
-        with open(tmp, "rb") as fin, path(p).open("wb") as fout:
+        with builtins.open(tmp, "rb") as fin, path(p).open("wb") as fout:
             shutil.copyfileobj(fin, fout, length=8 << 20)
     finally:
         os.remove(tmp)
+
+
+def local_dir_for(p: PathLike) -> str:
+    """A local directory to write `p`'s files into (for a writer that reaches local files only): `p` itself when
+    local, else a new folder in `scratch_dir()`; `publish_dir` then puts them at `p`."""
+    if not is_remote(p):
+        return os.fspath(p)
+    return tempfile.mkdtemp(prefix="dir-", dir=scratch_dir())
+
+
+def publish_dir(local: str, p: PathLike) -> None:
+    """Uploads the files `local_dir_for(p)` gave under `p` (keeping their relative paths) and removes them."""
+    if not is_remote(p) or os.fspath(local) == os.fspath(p):
+        return
+    for root, _, names in os.walk(local):
+        for name in names:
+            source = os.path.join(root, name)
+            with builtins.open(source, "rb") as fin, path(p, os.path.relpath(source, local)).open("wb") as fout:
+                shutil.copyfileobj(fin, fout, length=8 << 20)
+    shutil.rmtree(local)
 
 
 def forget_listings(p: PathLike) -> None:
@@ -138,7 +226,7 @@ def forget_listings(p: PathLike) -> None:
     """
     if not is_remote(p):
         return
-    fs = epath_backend.fsspec_backend.fs(os.fspath(p))  # the instance epath itself uses
+    fs = _fs(p)
     root = fs._strip_protocol(os.fspath(p)).rstrip("/")
     fs.invalidate_cache(root)  # `p` and every directory above it
     for key in [k for k in fs.dircache if k.startswith(root + "/")]:
@@ -188,5 +276,5 @@ class _RemoteAppender(io.TextIOBase):
 def open_append(p: PathLike, upload_every_s: float = 30.0, clock: Callable[[], float] = time.monotonic) -> TextIO:
     """A text file to append lines to: local `open(p, "a")`; remote, see `_RemoteAppender`."""
     if not is_remote(p):
-        return open(p, "a", encoding="utf-8")
+        return builtins.open(p, "a", encoding="utf-8", buffering=1)  # line-buffered: a crash loses no line
     return _RemoteAppender(p, upload_every_s, clock)

@@ -39,6 +39,7 @@ import numpy as np
 import tensorstore as ts
 from etils import epath
 
+from mobilebert_jax import storage
 from mobilebert_jax.checkpointing import CheckpointError
 from mobilebert_jax.config import MobileBertConfig
 from mobilebert_jax.config_schema import NO_DEFAULT, Schema
@@ -175,9 +176,9 @@ class WorkdirLock:
 
 
 def _kvstore_url(workdir: str) -> str:
-    if "://" in workdir:
-        return workdir.rstrip("/") + "/"
-    return "file://" + os.path.abspath(workdir).rstrip("/") + "/"
+    """tensorstore's URL of the workdir: itself for gs://, a file:// URL for a local path."""
+    absolute = storage.absolute(workdir).rstrip("/") + "/"
+    return absolute if storage.is_remote(workdir) else "file://" + absolute
 
 
 def _parse(value: bytes) -> dict:

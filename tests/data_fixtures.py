@@ -59,6 +59,7 @@ def data_config(**overrides):
     from mobilebert_jax.experiment_config import load_module
     common = load_module(str(Path(__file__).resolve().parents[1] / "experiments" / "common.py"))
     c = common.pretraining_data(max_seq_length=512, max_predictions_per_seq=20)
+    c.corpus, c.tokenizer = "builtin:python_docs", "builtin:python_docs_sentencepiece"
     c.prepare_workers = 0
     c.loader_threads = 2
     for key, value in overrides.items():

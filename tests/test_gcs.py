@@ -81,7 +81,8 @@ def test_teacher_run_on_gcs(gcs, sandbox):
                    f"--config.data.prepared_dir={data}", sandbox=sandbox))
     assert "step 6/6 | loss" in out and f"checkpoints in {workdir}/checkpoints" in out
     objects = gcs.list("teacher")
-    assert {"teacher/config.json", "teacher/config.py", "teacher/metrics.jsonl"} <= set(objects)
+    assert {"teacher/config.json", "teacher/config.py", "teacher/metrics.jsonl", "teacher/log.txt"} <= set(objects)
+    assert "CheckpointManager" in storage.path(workdir, "log.txt").read_text()  # the library log, kept in the workdir
     assert any(o.startswith("teacher/checkpoints/6/") for o in objects)
     assert any(o.startswith("teacher/tensorboard/events.out.tfevents") for o in objects)
     metrics = [json.loads(line) for line in storage.path(workdir, "metrics.jsonl").read_text().splitlines()]

@@ -87,3 +87,94 @@ def test_several_processes_need_shared_storage():
     with pytest.raises(ConfigError, match=r"--workdir='runs/x' is a local path, but 4 processes .* Use shared "
                                           r"storage \(gs://"):
         storage.require_shared("--workdir", "runs/x", 4)
+
+
+def test_a_vocabulary_and_a_sentencepiece_model_on_gcs(gcs, tmp_path, monkeypatch):
+    from mobilebert_jax.data.tokenizers import SentencePieceTokenizer, WordPieceTokenizer
+    from mobilebert_jax.data.tokenizers.base import SPECIAL_TOKENS
+    from mobilebert_jax.data.tokenizers.sentence_piece import train_sentencepiece
+    from mobilebert_jax.errors import DataError
+
+    monkeypatch.setenv(storage.SCRATCH_ENV, str(tmp_path / "scratch"))
+    vocab = "".join(f"{t}\n" for t in [*SPECIAL_TOKENS, "the", "cat", "##s", "sat"])
+    (tmp_path / "vocab.txt").write_text(vocab)
+    storage.path(gcs.uri("tok", "vocab.txt")).write_text(vocab)
+    remote, local = WordPieceTokenizer(gcs.uri("tok", "vocab.txt")), WordPieceTokenizer(str(tmp_path / "vocab.txt"))
+    assert remote.encode("the cats sat") == local.encode("the cats sat") != []
+    assert remote.content_hash == local.content_hash
+    with pytest.raises(DataError, match=r"gs://.*/tok/missing.txt: vocabulary file not found"):
+        WordPieceTokenizer(gcs.uri("tok", "missing.txt"))
+
+    sentences = [f"the cat number {i} sat on mat {i % 7} while dog {i % 5} ran" for i in range(300)]
+    model = train_sentencepiece(iter(sentences), gcs.uri("tok", "sp"), vocab_size=40)  # written to gs://
+    assert model == gcs.uri("tok", "sp.model") and storage.path(gcs.uri("tok", "sp.vocab")).is_file()
+    local_model = train_sentencepiece(iter(sentences), str(tmp_path / "sp"), vocab_size=40)
+    sp, sp_local = SentencePieceTokenizer(model), SentencePieceTokenizer(local_model)
+    assert sp.encode("the cat sat") == sp_local.encode("the cat sat") and sp.content_hash == sp_local.content_hash
+    assert os.listdir(tmp_path / "scratch") == []  # the trainer's scratch files are gone
+
+
+def test_a_corpus_folder_and_glob_on_gcs(gcs):
+    from mobilebert_jax.data.sources import SkipLog, plan_units, read_unit
+    from mobilebert_jax.data.sources.text_files import expand_paths
+    from mobilebert_jax.errors import DataError
+
+    texts = {"corpus/a.txt": "One sentence.\nTwo sentence.\n\nThird doc.\n", "corpus/sub/b.txt": "Fourth one.\n",
+             "corpus/sub/c.md": "Not a txt.\n"}
+    for name, text in texts.items():
+        storage.path(gcs.uri(name)).write_text(text)
+    folder = expand_paths(gcs.uri("corpus"))
+    assert folder == [gcs.uri("corpus/a.txt"), gcs.uri("corpus/sub/b.txt"), gcs.uri("corpus/sub/c.md")]
+    assert expand_paths(gcs.uri("corpus/**/*.txt")) == [gcs.uri("corpus/a.txt"), gcs.uri("corpus/sub/b.txt")]
+    assert expand_paths(gcs.uri("corpus/a.txt")) == [gcs.uri("corpus/a.txt")]
+    with pytest.raises(DataError, match="matches no file"):
+        expand_paths(gcs.uri("corpus/*.json"))
+    with pytest.raises(DataError, match="does not exist"):
+        expand_paths(gcs.uri("nothing-here"))
+    skips = SkipLog()
+    documents = [d for unit in plan_units(gcs.uri("corpus/**/*.txt"), corpus_format="bert") for d in read_unit(unit, skips,
+                                                                                       max_line_bytes=1000)]
+    assert documents == [["One sentence.", "Two sentence."], ["Third doc."], ["Fourth one."]]
+
+
+def test_a_gcs_workdir_keeps_its_library_log(gcs, tmp_path, monkeypatch):
+    import logging
+    from mobilebert_jax import cli
+
+    monkeypatch.setenv(storage.SCRATCH_ENV, str(tmp_path))
+    uri = gcs.uri("logrun", cli.LOG_FILE)
+    storage.path(uri).write_text("an earlier start\n")
+    log = cli._RemoteLog(uri, every_s=3600)  # no periodic upload within the test: each is called here
+    handler = logging.StreamHandler(log)
+    logger = logging.getLogger("test_remote_log")
+    logger.addHandler(handler)
+    try:
+        logger.warning("first")  # through a logging handler, as absl's: the upload must not wait on its lock
+        assert storage.path(uri).read_text() == "an earlier start\n"
+        assert [open(tmp_path / n).read() for n in os.listdir(tmp_path)] == ["first\n"]  # kept at once
+        log.upload()
+        assert storage.path(uri).read_text() == "an earlier start\nfirst\n"
+        logger.warning("last")
+    finally:
+        logger.removeHandler(handler)
+    log.close()  # what logging.shutdown calls, holding the handler's lock: nothing leaves this host yet
+    assert storage.path(uri).read_text() == "an earlier start\nfirst\n"
+    log.finish()  # at exit: what is left is uploaded, the scratch file removed
+    assert storage.path(uri).read_text() == "an earlier start\nfirst\nlast\n"
+    assert os.listdir(tmp_path) == []
+
+
+def test_a_local_copy_without_room_names_the_folder_and_the_bytes(gcs, tmp_path, monkeypatch):
+    import collections
+    import shutil
+    from mobilebert_jax.errors import DataError
+
+    monkeypatch.setenv(storage.SCRATCH_ENV, str(tmp_path))
+    uri = gcs.uri("room", "shard.bin")
+    storage.path(uri).write_bytes(b"x" * 1000)
+    usage = collections.namedtuple("usage", "total used free")
+    monkeypatch.setattr(shutil, "disk_usage", lambda p: usage(10**6, 10**6 - 999, 999))
+    with pytest.raises(DataError, match=rf"shard.bin: a local copy needs 1,000 bytes in {tmp_path}/cache/gs/"
+                                        rf"{gcs.bucket}/room, which has 999 free"):
+        storage.local_copy(uri)
+    assert not list(tmp_path.rglob("shard.bin*"))  # nothing half-written

@@ -14,9 +14,9 @@ import jax.numpy as jnp
 import numpy as np
 from flax import traverse_util
 from safetensors import SafetensorError
-from safetensors.numpy import load_file, save_file
+from safetensors.numpy import load, save
 
-from mobilebert_jax import modeling
+from mobilebert_jax import modeling, storage
 from mobilebert_jax.errors import ConfigError
 from mobilebert_jax.config import HF_QUIRK_NORM_EPS, MobileBertConfig
 from mobilebert_jax.convert import names
@@ -76,29 +76,28 @@ def expected_shapes(config: MobileBertConfig, architecture: str, num_labels: int
 # ---------------------------------------------------------------------------
 def read_hf_weights(path: str) -> dict[str, np.ndarray]:
     """All tensors of an HF directory (safetensors, sharded safetensors, or .bin)."""
-    if not os.path.isdir(path):
+    if not storage.path(path).is_dir():
         raise CheckpointError(f"{path}: expected an HF model directory (config.json + weights)")
     single = os.path.join(path, "model.safetensors")
     index = os.path.join(path, "model.safetensors.index.json")
     torch_bin = os.path.join(path, "pytorch_model.bin")
-    if os.path.exists(single):
+    if storage.path(single).exists():
         return _load_safetensors(single)
-    if os.path.exists(index):
-        with open(index) as f:
-            shards = sorted(set(json.load(f)["weight_map"].values()))
+    if storage.path(index).exists():
+        shards = sorted(set(json.loads(storage.path(index).read_text())["weight_map"].values()))
         out: dict[str, np.ndarray] = {}
         for shard in shards:
             out.update(_load_safetensors(os.path.join(path, shard)))
         return out
-    if os.path.exists(torch_bin):
+    if storage.path(torch_bin).exists():
         return load_torch_bin(torch_bin)
     raise CheckpointError(f"{path}: no weights found; expected model.safetensors, model.safetensors.index.json "
-                          f"or pytorch_model.bin, found {sorted(os.listdir(path))}")
+                          f"or pytorch_model.bin, found {sorted(p.name for p in storage.path(path).iterdir())}")
 
 
 def _load_safetensors(path: str) -> dict[str, np.ndarray]:
     try:
-        return load_file(path)
+        return load(storage.path(path).read_bytes())
     except SafetensorError as e:  # truncated, or not a safetensors file at all
         raise CheckpointError(f"{path}: not a readable safetensors file ({e})") from None
 
@@ -174,12 +173,11 @@ def _has_unused_bottleneck_attention(config: MobileBertConfig) -> bool:
 def from_hf(path: str, architecture: Optional[str] = None) -> tuple[MobileBertConfig, Params]:
     """An HF MobileBERT directory -> (config, params); params keep HF's layout
     (`mobilebert`, `cls`, `classifier`, ...) for the matching model class."""
-    if not os.path.isdir(path):
+    if not storage.path(path).is_dir():
         raise CheckpointError(f"{path}: expected an HF model directory (config.json + weights)")
     config_path = os.path.join(path, "config.json")
     config = MobileBertConfig.from_hf_json(config_path)
-    with open(config_path) as f:
-        hf_config = json.load(f)
+    hf_config = json.loads(storage.path(config_path).read_text())
     state = read_hf_weights(path)
     arch = architecture or _infer_architecture(hf_config, set(state))
     return config, params_from_hf_state(config, state, arch, source=path)
@@ -257,14 +255,12 @@ def to_hf(config: MobileBertConfig, params: Params, path: str, architecture: Opt
             for leaf in ("dense.bias", "LayerNorm.weight", "LayerNorm.bias"):
                 state[prefix + leaf] = np.zeros((b,), np.float32)
 
-    os.makedirs(path, exist_ok=True)
+    storage.makedirs(path)
     hf_config = config.to_hf_dict()
     hf_config["architectures"] = [arch]
     if arch in ("MobileBertForSequenceClassification", "MobileBertForTokenClassification"):
         hf_config["id2label"] = {str(i): f"LABEL_{i}" for i in range(num_labels)}
         hf_config["label2id"] = {f"LABEL_{i}": i for i in range(num_labels)}
-    with open(os.path.join(path, "config.json"), "w") as f:
-        json.dump(hf_config, f, indent=2, sort_keys=True)
-        f.write("\n")
-    save_file(state, os.path.join(path, "model.safetensors"), metadata={"format": "pt"})
+    storage.path(path, "config.json").write_text(json.dumps(hf_config, indent=2, sort_keys=True) + "\n")
+    storage.path(path, "model.safetensors").write_bytes(save(state, metadata={"format": "pt"}))
     return path

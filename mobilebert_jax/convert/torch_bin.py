@@ -17,6 +17,7 @@ import zipfile
 import ml_dtypes
 import numpy as np
 
+from mobilebert_jax import storage
 from mobilebert_jax.errors import CheckpointError
 
 _STORAGE_DTYPES = {
@@ -90,10 +91,15 @@ class _Unpickler(pickle.Unpickler):
 
 def load_torch_bin(path: str) -> dict[str, np.ndarray]:
     """Tensor name -> array for a `torch.save`d state dict (zip format)."""
-    if not zipfile.is_zipfile(path):
+    with storage.open(path, "rb") as file:
+        return _load(path, file)
+
+
+def _load(path: str, file) -> dict[str, np.ndarray]:
+    if not zipfile.is_zipfile(file):
         raise CheckpointError(f"{path}: not a zip-format PyTorch file (the legacy pre-1.6 format is not supported; "
                          "re-save it with a recent torch or convert it to safetensors)")
-    with zipfile.ZipFile(path) as archive:
+    with zipfile.ZipFile(file) as archive:
         pickles = [n for n in archive.namelist() if n.endswith("data.pkl")]
         if len(pickles) != 1:
             raise CheckpointError(f"{path}: expected one data.pkl inside the archive, found {len(pickles)}")

@@ -19,7 +19,8 @@ be left out have a neutral meaning, the one an absent setting has:
 What the values mean (the stage of the data they fix): `corpus`...`max_line_bytes` what is read; `tokenizer` how
 it is tokenized; `max_seq_length`...`tfds_examples_per_unit` the instances, fixed at preparation (a change needs a
 new prepared_dir, data/prepare.py refuses to mix); `max_predictions_per_seq`...`dynamic_masking` the masks, drawn
-at load time; the rest the loader's parallelism.
+at load time; the rest the loader's parallelism. `corpus` and `tokenizer` may not be empty (`require_sources`,
+checked where data is prepared): the experiments give them no value outside their :smoke form.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from typing import Any
 import ml_collections
 
 from mobilebert_jax.config_schema import Schema
+from mobilebert_jax.errors import ConfigError
 
 SCHEMA = Schema(fields=("corpus", "corpus_format", "tfds_data_dir", "tfds_text_field", "max_line_bytes", "tokenizer",
           "prepared_dir", "max_seq_length", "short_seq_prob", "dupe_factor", "held_out_fraction", "num_shards",
@@ -37,6 +39,23 @@ SCHEMA = Schema(fields=("corpus", "corpus_format", "tfds_data_dir", "tfds_text_f
           "prefetch_buffer_size", "verify_checksums"),
                 optional=dict(tfds_data_dir="", prepared_dir="", prepare_workers=0, whole_word_masking=False,
                               loader_workers=0, verify_checksums=False))
+
+
+SOURCES = {
+    "corpus": "the text to pretrain on: a file, folder or glob (local or gs://), tfds:NAME[:split], several joined "
+              "by commas, e.g. --config.data.corpus=tfds:wikipedia/20230601.en:train",
+    "tokenizer": "a WordPiece vocab.txt or a SentencePiece .model (local or gs://), e.g. "
+                 "--config.data.tokenizer=gs://BUCKET/bert-uncased-vocab.txt",
+}
+
+
+def require_sources(data_cfg: Any, where: str = "config.data") -> None:
+    """The corpus and tokenizer must be given: a paper-scale config leaves them empty rather than default to the
+    embedded Python-docs corpus (a run would train a toy model without a word said); its :smoke form sets them."""
+    for field, what in SOURCES.items():
+        if not str(data_cfg[field]).strip():
+            raise ConfigError(f"{where}.{field} is empty: give {what} (the :smoke configs use the embedded "
+                              "builtin:python_docs corpus and builtin:python_docs_sentencepiece)")
 
 
 def read(data_cfg: Any, where: str = "config.data") -> ml_collections.ConfigDict:

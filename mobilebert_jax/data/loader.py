@@ -153,7 +153,8 @@ def make_pretraining_dataset(data_config: ml_collections.ConfigDict, *, split: s
                if why == "missing"}
     if missing:
         raise DataError(_damage_message(data_config.prepared_dir, missing))
-    # ArrayRecord opens local files only: gs:// shards are read from this host's scratch copy.
+    # ArrayRecord reaches gs:// through its own client, not this module's: gs:// shards are read from this
+    # host's scratch copy (storage.local_copy, which refuses when the disk lacks room).
     paths = [storage.local_copy(f"{data_config.prepared_dir}/{name}") for name in info["shards"]]
     # Before any record is read: a shard cut short would otherwise fail deep inside the reader, mid-training.
     damaged = damaged_shards(data_config.prepared_dir, only_split, checksums=data_config.verify_checksums,

@@ -65,6 +65,7 @@ def prepare(data_config: ml_collections.ConfigDict, output_dir: str, *, checksum
     completed without redoing finished units and shards.
     """
     data_config = data_config_lib.read(data_config)
+    data_config_lib.require_sources(data_config)
     tokenizer = load_tokenizer(data_config.tokenizer)
     settings = _settings(data_config, tokenizer)
     manifest_path = os.path.join(output_dir, manifest_lib.MANIFEST)

@@ -23,6 +23,7 @@ from typing import Optional, Sequence
 
 import numpy as np
 
+from mobilebert_jax import storage
 from mobilebert_jax.data.tokenizers.base import Tokenizer
 from mobilebert_jax.errors import DataError
 from mobilebert_jax.finetune.features import FeatureArrays, encode_pairs
@@ -106,7 +107,7 @@ def split_path(task: GlueDataset, data_dir: str, split: str) -> str:
     if split not in known:
         raise DataError(f"GLUE {task.name} has no split {split!r}; choose one of {list(known)}")
     in_task_dir = os.path.join(data_dir, f"{split}.tsv")
-    if os.path.isfile(in_task_dir) and not os.path.isdir(os.path.join(data_dir, task.directory)):
+    if storage.path(in_task_dir).is_file() and not storage.path(data_dir, task.directory).is_dir():
         return in_task_dir
     return os.path.join(data_dir, task.directory, f"{split}.tsv")
 
@@ -123,9 +124,9 @@ def read_tsv(task: GlueDataset, path: str, *, skip_malformed: bool = False) -> l
     rows with the wrong number of fields instead (the published QQP files
     have a few), counting them on stderr.
     """
-    if not os.path.isfile(path):
+    if not storage.path(path).is_file():
         raise DataError(f"{path}: GLUE {task.name} file not found")
-    with open(path, encoding="utf-8-sig", newline="") as f:
+    with storage.open(path, encoding="utf-8-sig", newline="") as f:
         try:
             rows = list(csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE))
         except UnicodeDecodeError as e:

@@ -12,11 +12,11 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 from typing import Any, Optional, Sequence
 
 import numpy as np
 
+from mobilebert_jax import storage
 from mobilebert_jax.data.tokenizers.base import Tokenizer
 from mobilebert_jax.errors import ConfigError, DataError
 from mobilebert_jax.finetune.features import pad_rows
@@ -50,10 +50,10 @@ def _check_version(version: str) -> str:
 
 
 def _load_json(path: str) -> dict:
-    if not os.path.isfile(path):
+    if not storage.path(path).is_file():
         raise DataError(f"{path}: SQuAD file not found")
     try:
-        with open(path, encoding="utf-8") as f:
+        with storage.open(path) as f:
             data = json.load(f)
     except json.JSONDecodeError as e:
         raise DataError(f"{path}: not valid JSON (line {e.lineno}, column {e.colno}: {e.msg})") from None

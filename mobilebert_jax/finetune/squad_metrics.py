@@ -162,14 +162,14 @@ def main(argv: list[str]) -> None:
         cli.fatal("usage", f"expected 2 or 3 files, got {len(argv) - 1}: " + __doc__.strip().splitlines()[-1].strip())
     version = squad_json_version(argv[1])
     examples = read_squad_json(argv[1])
-    with open(argv[2], encoding="utf-8") as f:
+    with storage.open(argv[2]) as f:
         predictions = json.load(f)
     if version == "1.1":
         print(json.dumps(evaluate_v1(examples, predictions)))
         return
     null_odds = None
     if len(argv) == 4:
-        with open(argv[3], encoding="utf-8") as f:
+        with storage.open(argv[3]) as f:
             null_odds = json.load(f)
     print(json.dumps(evaluate_v2(examples, predictions, null_odds), indent=2))
 

@@ -42,7 +42,7 @@ import jax
 import ml_collections
 from absl import flags
 
-from mobilebert_jax import experiment_config, hardware, partitioning
+from mobilebert_jax import experiment_config, hardware, partitioning, storage
 from mobilebert_jax.errors import ConfigError
 from mobilebert_jax.tools import install_libtpu
 
@@ -91,7 +91,7 @@ def hbm_bytes(device_kind: str) -> Optional[int]:
 
 def prepare_libtpu() -> None:
     """Checks that libtpu can be found and sets what a compile-only libtpu needs; call before any JAX backend."""
-    if not os.environ.get("TPU_LIBRARY_PATH") and os.path.isfile(install_libtpu.LIBRARY):
+    if not os.environ.get("TPU_LIBRARY_PATH") and os.path.isfile(install_libtpu.LIBRARY):  # not a user path: the venv's libtpu
         os.environ["TPU_LIBRARY_PATH"] = install_libtpu.LIBRARY
     if not os.environ.get("TPU_LIBRARY_PATH"):
         try:
@@ -99,7 +99,7 @@ def prepare_libtpu() -> None:
         except ImportError:
             raise ConfigError("ahead-of-time TPU compiles need libtpu: python -m mobilebert_jax.tools.install_libtpu "
                               "(or pip install -e '.[aot]', or set TPU_LIBRARY_PATH to a libtpu.so)") from None
-    elif not os.path.isfile(os.environ["TPU_LIBRARY_PATH"]):
+    elif not os.path.isfile(os.environ["TPU_LIBRARY_PATH"]):  # not a user path: a shared library dlopen loads locally
         raise ConfigError(f"TPU_LIBRARY_PATH={os.environ['TPU_LIBRARY_PATH']!r} is not a file")
     # No chips are opened, so the one-process-per-TPU lock does not apply; there is
     # no metadata server off Cloud, and no worker list to look up.
@@ -303,9 +303,8 @@ def main(parsed) -> None:
         sys.exit(1)
     print(report(result), flush=True)
     if FLAGS.json_out:
-        with open(FLAGS.json_out, "w") as f:
-            json.dump({**dataclasses.asdict(result), "fits": result.fits}, f, indent=2)
-            f.write("\n")
+        storage.path(FLAGS.json_out).write_text(
+            json.dumps({**dataclasses.asdict(result), "fits": result.fits}, indent=2) + "\n")
 
 
 if __name__ == "__main__":

@@ -46,7 +46,7 @@ def pinned_requirement() -> str:
 
 
 def _installed_version() -> str | None:
-    for name in os.listdir(PRIVATE_DIR) if os.path.isdir(PRIVATE_DIR) else []:
+    for name in os.listdir(PRIVATE_DIR) if os.path.isdir(PRIVATE_DIR) else []:  # not a user path: in the venv
         m = re.fullmatch(r"libtpu-(.+)\.dist-info", name)
         if m:
             return m.group(1)
@@ -58,7 +58,7 @@ def main(argv=None) -> int:
     requirement = pinned_requirement()
     wanted = requirement.split("==", 1)[1]
     installed = _installed_version()
-    if installed == wanted and os.path.isfile(LIBRARY):
+    if installed == wanted and os.path.isfile(LIBRARY):  # not a user path: in the venv
         print(f"libtpu {installed} already in {PRIVATE_DIR}")
         return 0
     subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--upgrade", "--target", PRIVATE_DIR,

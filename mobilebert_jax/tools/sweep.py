@@ -67,9 +67,9 @@ class Sweep:
 
 
 def load_sweep_file(path: str) -> dict:
-    if not os.path.isfile(path):
+    if not storage.path(path).is_file():
         raise ConfigError(f"sweep file {path!r} not found")
-    spec = importlib.util.spec_from_file_location(f"sweep_{os.path.basename(path)[:-3]}", path)
+    spec = importlib.util.spec_from_file_location(f"sweep_{os.path.basename(path)[:-3]}", storage.local_copy(path))
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     if not callable(getattr(module, "get_sweep", None)):

@@ -236,9 +236,12 @@ def _loop(config: ml_collections.ConfigDict, workdir: str, io: StageIO, program:
     # Step t's metrics are fetched once step t + 1 is dispatched, so the host never waits on the step it
     # just queued; a step whose state is saved, evaluated or final is fetched (and checked) first.
     pending: tuple[int, dict] | None = None
+    profile_dir = os.path.join(workdir, "profile")
+    trace_dir = None
     for step in range(int(state.step), total_steps):
         if step == profile.start_step and profile.num_steps > 0 and jax.process_index() == 0:
-            jax.profiler.start_trace(os.path.join(workdir, "profile"))
+            trace_dir = storage.local_dir_for(profile_dir)  # the profiler writes local files only
+            jax.profiler.start_trace(trace_dir)
         batch = partitioning.make_global_batch(next(io.train_iterator), mesh, rules)
         state, metrics = program.train_step(state, batch, frozen)
         done = step + 1
@@ -248,6 +251,7 @@ def _loop(config: ml_collections.ConfigDict, workdir: str, io: StageIO, program:
         if done == profile.start_step + profile.num_steps and profile.num_steps > 0 and jax.process_index() == 0:
             jax.block_until_ready(state)
             jax.profiler.stop_trace()
+            storage.publish_dir(trace_dir, profile_dir)
         evaluate_now = io.eval_batches is not None and (done % config.eval.every_steps == 0 or done == total_steps)
         save_now = ckpt.due(done)
         stop = guard.should_stop(done)

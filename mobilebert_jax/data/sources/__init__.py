@@ -10,9 +10,9 @@ read them; a unit is also the grain at which preparation restarts.
 from __future__ import annotations
 
 import dataclasses
-import os
 from typing import Sequence
 
+from mobilebert_jax import storage
 from mobilebert_jax.data.sources import python_docs, text_files, tfds_source
 from mobilebert_jax.data.sources.skips import SKIP_REASONS, SkipLog
 from mobilebert_jax.errors import DataError
@@ -72,7 +72,7 @@ def _group_by_size(paths: Sequence[str], unit_bytes: int) -> list[list[str]]:
     groups: list[list[str]] = []
     size = unit_bytes
     for path in paths:
-        file_size = os.path.getsize(path)
+        file_size = storage.size(path)
         if size + file_size > unit_bytes or not groups:
             groups.append([])
             size = 0

@@ -34,7 +34,8 @@ def corpus_version() -> str:
 
 def module_files() -> list[str]:
     stdlib = sysconfig.get_paths()["stdlib"]
-    return sorted(os.path.join(stdlib, n) for n in os.listdir(stdlib) if n.endswith(".py"))
+    names = os.listdir(stdlib)  # not a user path: this Python's standard library
+    return sorted(os.path.join(stdlib, n) for n in names if n.endswith(".py"))
 
 
 def unit_parts() -> list[tuple[str, int, int]]:
@@ -56,7 +57,7 @@ def read_documents(part: str, start: int, stop: int, skips: SkipLog) -> list[Doc
 
 def _module_docstrings(path: str, skips: SkipLog) -> str:
     try:
-        with open(path, encoding="utf-8") as f:
+        with open(path, encoding="utf-8") as f:  # not a user path: a standard-library module
             tree = ast.parse(f.read(), filename=path)
     except (OSError, SyntaxError, UnicodeDecodeError, ValueError) as e:
         skips.add("unreadable", path, f"{type(e).__name__}: {e}")

@@ -1,4 +1,4 @@
-"""Local text files in three layouts, read defensively.
+"""Text files (local or gs://) in three layouts, read defensively.
 
 - `bert`: one sentence per line, a blank line between documents (the input of
   BERT's `create_pretraining_data.py`).
@@ -13,11 +13,10 @@ a line over `max_line_bytes` is skipped alone; both are counted and named.
 
 from __future__ import annotations
 
-import glob
-import os
 import re
 from typing import BinaryIO, Iterator
 
+from mobilebert_jax import storage
 from mobilebert_jax.data.sources.sentences import paragraph_blocks, split_sentences
 from mobilebert_jax.data.sources.skips import SkipLog
 from mobilebert_jax.errors import DataError
@@ -40,16 +39,16 @@ class _SkipFile(Exception):
 def expand_paths(spec: str) -> list[str]:
     """A file, a directory (every file below it) or a glob, as a sorted list of files."""
     if any(c in spec for c in "*?["):
-        matches = sorted(p for p in glob.glob(spec, recursive=True) if os.path.isfile(p))
+        matches = storage.glob_files(spec)
         if not matches:
             raise DataError(f"corpus glob {spec!r} matches no file")
         return matches
-    if os.path.isdir(spec):
-        files = sorted(os.path.join(root, name) for root, _, names in os.walk(spec) for name in names)
+    if storage.path(spec).is_dir():
+        files = storage.files_under(spec)
         if not files:
             raise DataError(f"corpus directory {spec!r} holds no file")
         return files
-    if os.path.isfile(spec):
+    if storage.path(spec).is_file():
         return [spec]
     raise DataError(f"corpus path {spec!r} does not exist")
 
@@ -59,7 +58,7 @@ def read_documents(path: str, fmt: str, skips: SkipLog, *, max_line_bytes: int) 
     if fmt not in FORMATS:
         raise DataError(f"corpus_format must be one of {FORMATS}, not {fmt!r}")
     try:
-        with open(path, "rb") as f:
+        with storage.open(path, "rb") as f:
             head = f.read(SNIFF_BYTES)
             if not head.strip():
                 raise _SkipFile("empty_file", "no text")

@@ -5,12 +5,15 @@ from __future__ import annotations
 import functools
 import logging
 import os
+import shutil
+import tempfile
 from typing import Iterable, Sequence
 
 import numpy as np
 import sentencepiece as spm
 
 from mobilebert_jax.data.tokenizers.base import SPECIAL_TOKENS, content_hash
+from mobilebert_jax import storage
 from mobilebert_jax.errors import DataError
 
 # [PAD]=0 [UNK]=1 [CLS]=2 [SEP]=3 [MASK]=4, as ALBERT lays them out.
@@ -23,10 +26,9 @@ class SentencePieceTokenizer:
 
     def __init__(self, model_path: str):
         self.spec = model_path
-        if not os.path.isfile(model_path):
+        if not storage.path(model_path).is_file():
             raise DataError(f"{model_path}: SentencePiece model not found")
-        with open(model_path, "rb") as f:
-            proto = f.read()
+        proto = storage.path(model_path).read_bytes()
         try:
             self._sp = spm.SentencePieceProcessor(model_proto=proto)
         except RuntimeError as e:
@@ -106,17 +108,31 @@ def train_sentencepiece(
     max_sentences: int = 10_000_000,
     seed: int = 0,
 ) -> str:
-    """Trains on `sentences`; writes `<model_prefix>.model` and `.vocab`; returns the model path.
+    """Trains on `sentences`; writes `<model_prefix>.model` and `.vocab` (local or gs://); returns the model path.
 
     One trainer thread and a fixed random seed, so the same sentences always
-    give the same model (and content hash).
+    give the same model (and content hash). The trainer writes local files only:
+    it writes into this host's scratch directory, and the two files are then
+    written to `model_prefix`, each whole (a reader never sees half a model).
     """
     if model_type not in ("unigram", "bpe", "char", "word"):
         raise DataError(f"model_type must be unigram, bpe, char or word, not {model_type!r}")
     if vocab_size <= len(SPECIAL_TOKENS):
         raise DataError(f"vocab_size must exceed the {len(SPECIAL_TOKENS)} special tokens, got {vocab_size}")
-    os.makedirs(os.path.dirname(os.path.abspath(model_prefix)), exist_ok=True)
     counted = _CountingIterator(sentences)
+    with tempfile.TemporaryDirectory(dir=storage.scratch_dir()) as tmp:
+        _train(counted, os.path.join(tmp, "sp"), vocab_size=vocab_size, model_type=model_type, lowercase=lowercase,
+               character_coverage=character_coverage, max_sentences=max_sentences, seed=seed)
+        storage.makedirs(storage.path(model_prefix).parent)
+        for suffix in (".vocab", ".model"):  # the model last: its presence means both are there
+            with storage.staged_write(model_prefix + suffix) as staged:
+                shutil.copyfile(os.path.join(tmp, "sp" + suffix), staged)  # not a user path: scratch to scratch
+    logging.info("trained %s.model on %d sentences", model_prefix, counted.count)
+    return model_prefix + ".model"
+
+
+def _train(counted: "_CountingIterator", model_prefix: str, *, vocab_size: int, model_type: str, lowercase: bool,
+           character_coverage: float, max_sentences: int, seed: int) -> None:
     spm.set_random_generator_seed(seed)
     try:
         spm.SentencePieceTrainer.train(
@@ -137,8 +153,6 @@ def train_sentencepiece(
         )
     except RuntimeError as e:
         raise DataError(f"SentencePiece training on {counted.count} sentences failed: {e}") from None
-    logging.info("trained %s.model on %d sentences", model_prefix, counted.count)
-    return model_prefix + ".model"
 
 
 class _CountingIterator:

@@ -9,7 +9,7 @@ characters mapped to [UNK]), so parity holds by construction and is tested.
 from __future__ import annotations
 
 import functools
-import os
+import io
 from typing import Sequence
 
 import numpy as np
@@ -17,17 +17,18 @@ import tokenizers
 from tokenizers import decoders, models, normalizers, pre_tokenizers
 
 from mobilebert_jax.data.tokenizers.base import SPECIAL_TOKENS, content_hash
+from mobilebert_jax import storage
 from mobilebert_jax.errors import DataError
 
 MAX_INPUT_CHARS_PER_WORD = 100
 
 
-def read_vocab(path: str) -> dict[str, int]:
-    """token -> id, one token per line as BERT's `load_vocab` reads it."""
-    if not os.path.isfile(path):
-        raise DataError(f"{path}: vocabulary file not found")
+def read_vocab(path: str, data: bytes | None = None) -> dict[str, int]:
+    """token -> id, one token per line as BERT's `load_vocab` reads it (`data`: the file's bytes, when read)."""
+    if data is None:
+        data = _read(path)
     vocab: dict[str, int] = {}
-    with open(path, "rb") as f:
+    with io.BytesIO(data) as f:
         for line_no, raw in enumerate(f, start=1):
             try:
                 token = raw.decode("utf-8").strip()
@@ -44,18 +45,23 @@ def read_vocab(path: str) -> dict[str, int]:
     return vocab
 
 
+def _read(path: str) -> bytes:
+    if not storage.path(path).is_file():
+        raise DataError(f"{path}: vocabulary file not found")
+    return storage.path(path).read_bytes()
+
+
 class WordPieceTokenizer:
     """BERT WordPiece; uncased (lower-case and strip accents) unless `lowercase=False`."""
 
     def __init__(self, vocab_path: str, *, lowercase: bool = True):
         self.spec = vocab_path
-        vocab = read_vocab(vocab_path)
+        data = _read(vocab_path)  # one read: a gs:// vocabulary is fetched once
+        vocab = read_vocab(vocab_path, data)
         self._vocab = vocab
         self._id_to_token = list(vocab)
-        with open(vocab_path, "rb") as f:
-            self.content_hash = content_hash(
-                "wordpiece", f.read(),
-                {"lowercase": lowercase, "max_input_chars_per_word": MAX_INPUT_CHARS_PER_WORD})
+        self.content_hash = content_hash(
+            "wordpiece", data, {"lowercase": lowercase, "max_input_chars_per_word": MAX_INPUT_CHARS_PER_WORD})
         tok = tokenizers.Tokenizer(models.WordPiece(
             vocab, unk_token="[UNK]", max_input_chars_per_word=MAX_INPUT_CHARS_PER_WORD))
         tok.normalizer = normalizers.BertNormalizer(
