@@ -182,3 +182,24 @@ def test_a_section_field_added_since_the_run_started_is_no_change_at_its_default
                     workdir_lib.check_config_unchanged(ml_collections.ConfigDict(now), str(tmp_path), sections)
             checked += 1
     assert checked >= len(trainer.SECTIONS)
+
+
+def test_a_run_recorded_under_renamed_fields_resumes(tmp_path):
+    """Fine-tuning's data.vocab/scratch_vocab (now data.tokenizer/scratch_tokenizer) and the removed model_preset
+    of a run recorded before the renames are read under their current names: the same config resumes."""
+    from mobilebert_jax import experiment_config
+
+    config = experiment_config.load_experiment("experiments/finetune_glue.py:task=rte,smoke")
+    config.data.tokenizer = "/vocab/bert-uncased-vocab.txt"
+    recorded = json.loads(config.to_json_best_effort())
+    recorded["data"]["vocab"] = recorded["data"].pop("tokenizer")
+    recorded["data"]["scratch_vocab"] = recorded["data"].pop("scratch_tokenizer")
+    recorded["model_preset"] = "mobilebert_test"
+    (tmp_path / "config.json").write_text(json.dumps(recorded))
+    workdir_lib.check_config_unchanged(config, str(tmp_path))  # no change
+    upgraded = experiment_config.read_recorded(str(tmp_path))
+    assert upgraded.data.tokenizer == "/vocab/bert-uncased-vocab.txt" and "vocab" not in upgraded.data
+    assert "model_preset" not in upgraded
+    config.data.tokenizer = "/another/vocab.txt"
+    with pytest.raises(ConfigError, match=r"config.data.tokenizer: '/vocab/bert-uncased-vocab.txt' recorded"):
+        workdir_lib.check_config_unchanged(config, str(tmp_path))
