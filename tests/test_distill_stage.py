@@ -539,3 +539,37 @@ def test_teacher_dtype_is_checked(tmp_path):
     c = make_config("pd", str(tmp_path), teacher_cfg, student_cfg, teacher_dtype="float16")
     with pytest.raises(ConfigError, match=r"config.distill.teacher_dtype='float16': choose one of"):
         build(c)
+
+
+@pytest.mark.parametrize("strategy", ["progressive", "joint"])
+def test_summary_lines_fit_a_terminal(strategy):
+    """24 layers at the paper's scale: the line names the trained layer's distances, the worst layer, MLM and NSP."""
+    from mobilebert_jax.metrics_writer import LINE_WIDTH, ProgressLine, eval_line
+
+    d = distill_config.read(dict(DISTILL_COMMON.distill(strategy).to_dict(), teacher="T", stage_steps=10000))
+    objective = DistillationObjective(distill=d, num_layers=24, layer_map=tuple(range(24)), student=None,
+                                      teacher=None)
+    metrics = {"loss": 0.0123456, "transfer_loss": 0.0123456, "mlm_accuracy": 0.1746, "mlm_loss": 5.40812,
+               "nsp_accuracy": 0.6205, "nsp_loss": 0.6512}
+    for i in range(24):
+        metrics.update({f"layer_{i}/feature_map": 0.00812345 * (1 + (i == 3)), f"layer_{i}/mean": 1.234567e-05,
+                        f"layer_{i}/variance": 0.9612345, f"layer_{i}/attention": 0.0551234,
+                        f"layer_{i}/attention_ce": 1.2345, f"layer_{i}/loss": 0.0})
+    step = 11 * 10000 + 5000  # in stage 11
+    line = eval_line(step, metrics, objective.summary)
+    assert len(line) <= LINE_WIDTH, (len(line), line)
+    assert "worst layer 3: " in line and line.endswith("MLM acc 17.46% | NSP acc 62.05%")
+    assert ("layer 11: fm 0.0081 mean 1.2e-05 var 0.96 att 0.055 |" in line) == (strategy == "progressive")
+    clock = FakeClockForLines()
+    progress = ProgressLine(total_steps=240000, tokens_per_step=2048 * 512, clock=clock, summary=objective.summary)
+    progress.update(step - 100, metrics)
+    clock.t += 31.0
+    line = progress.update(step, {k: v for k, v in metrics.items() if not k.startswith(("mlm", "nsp"))})
+    assert len(line) <= LINE_WIDTH and "ETA" in line and "loss 0.01235 | " in line, (len(line), line)
+
+
+class FakeClockForLines:
+    t = 0.0
+
+    def __call__(self):
+        return self.t

@@ -18,6 +18,7 @@ reports the held-out MLM accuracy of the student under the teacher's heads).
 from __future__ import annotations
 
 import dataclasses
+from typing import Mapping
 
 import jax
 import jax.numpy as jnp
@@ -28,6 +29,10 @@ from mobilebert_jax.distill.config import LAYER_WEIGHTS, DistillConfig
 from mobilebert_jax.modeling import MobileBertForPreTraining, MobileBertModel
 from mobilebert_jax.pretraining import objective as pretraining_objective
 from mobilebert_jax.train.objective import Batch, StepContext, Sums
+
+
+# How a terminal line names the per-layer distances.
+_SHORT = {"feature_map": "fm", "mean": "mean", "variance": "var", "attention": "att"}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -50,6 +55,33 @@ class DistillationObjective:
         if not self.distill.layer_losses:
             return ()
         return tuple(k for k in LAYER_WEIGHTS if self.distill.weights[k] > 0)
+
+    def trained_layers(self, step: int) -> range:
+        """The layers whose transfer loss has been on by logged step `step` (the count of steps taken)."""
+        if self.distill.strategy != "progressive":
+            return range(self.num_layers)
+        return range(min(max(step - 1, 0) // self.distill.stage_steps, self.num_layers - 1) + 1)
+
+    def summary(self, metrics: Mapping[str, float], step: int) -> list[str]:
+        """A terminal line's parts (metrics_writer.LINE_WIDTH): the loss; in progressive transfer the trained
+        layer's distances; the layer (of those trained so far) farthest from its teacher layer, by the weighted
+        distance the loss uses; held-out MLM and NSP when evaluated."""
+        parts = [f"loss {metrics['loss']:.4g}"] if "loss" in metrics else []
+        if self.components and f"layer_0/{self.components[0]}" in metrics:
+            trained = self.trained_layers(step)
+            if self.distill.strategy == "progressive":
+                parts.append(f"layer {trained[-1]}: " + " ".join(
+                    f"{_SHORT[k]} {metrics[f'layer_{trained[-1]}/{k}']:.2g}" for k in self.components))
+            w = self.distill.weights
+            weighted = {i: sum(w[k] * metrics[f"layer_{i}/{k}"] for k in self.components) for i in trained}
+            worst = max(weighted, key=weighted.get)
+            if len(trained) > 1:
+                parts.append(f"worst layer {worst}: {weighted[worst]:.3g} weighted")
+        if "mlm_accuracy" in metrics:
+            parts.append(f"MLM acc {100 * metrics['mlm_accuracy']:.2f}%")
+        if "nsp_accuracy" in metrics:
+            parts.append(f"NSP acc {100 * metrics['nsp_accuracy']:.2f}%")
+        return parts
 
     def token_weights(self, batch: Batch) -> jax.Array:
         mask = batch["input_mask"].astype(jnp.float32)

@@ -126,12 +126,13 @@ def spec(config: ml_collections.ConfigDict) -> Spec:
             out["stage"] = strategies.stage_of(step, d.stage_steps).astype(jnp.float32)
         return out
 
+    objective = DistillationObjective(distill=d, num_layers=num_layers, layer_map=layer_map, student=student,
+                                      teacher=teacher)
     # The teacher's forward pass is a third of its training FLOPs.
     teacher_flops = flops.pretraining_train_flops_per_sequence(teacher_cfg, seq_len, predictions) // 3
     return Spec(
         name=f"distillation ({d.strategy})",
-        objective=DistillationObjective(distill=d, num_layers=num_layers, layer_map=layer_map, student=student,
-                                        teacher=teacher),
+        objective=objective,
         init_params=lambda rng: student.init(rng, jnp.zeros((1, seq_len), jnp.int32))["params"],
         example=pretraining_example(seq_len, predictions),
         tokens_per_example=seq_len,
@@ -139,6 +140,7 @@ def spec(config: ml_collections.ConfigDict) -> Spec:
         + teacher_flops,
         frozen_abstract=frozen_abstract,
         step_metrics=step_metrics,
+        summary=objective.summary if d.layer_losses else None,
     )
 
 

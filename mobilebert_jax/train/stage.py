@@ -17,7 +17,7 @@ fine-tuning (finetune/stage.py) are Stages; `main.STAGES` names them.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable, Iterator, Optional, Protocol
+from typing import Any, Callable, Iterator, Mapping, Optional, Protocol
 
 import jax
 import ml_collections
@@ -56,6 +56,10 @@ class Spec:
     # step -> extra scalars computed inside the jitted step and logged with its metrics (a distillation
     # run's stage, its per-layer learning-rate multipliers).
     step_metrics: Optional[Callable[[jax.Array], dict]] = None
+    # (metrics, step) -> the parts of the terminal line for a training step's or an evaluation's metrics
+    # ("loss 0.012", ...), for an objective with more metrics than a line holds (metrics_writer.LINE_WIDTH).
+    # None: the objective's progress_keys on progress lines, every metric on evaluation lines.
+    summary: Optional[Callable[[Mapping[str, float], int], list[str]]] = None
 
 
 @dataclasses.dataclass(frozen=True)

@@ -26,6 +26,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from mobilebert_jax import checkpointing, experiment_config, hardware, model_source, optim, partitioning, plot, storage
 from mobilebert_jax import workdir as workdir_lib
 from mobilebert_jax.errors import DataError, NonFiniteLossError
+from mobilebert_jax import metrics_writer
 from mobilebert_jax.metrics_writer import MetricsWriter
 from mobilebert_jax.train import lineage
 from mobilebert_jax.train import step as step_lib
@@ -164,7 +165,7 @@ def _train(config: ml_collections.ConfigDict, workdir: str, stage: Stage,
              f"devices, workdir {workdir}")
         with MetricsWriter(workdir, total_steps=config.total_steps,
                            tokens_per_step=spec.tokens_per_example * config.batch_size,
-                           progress_keys=spec.objective.progress_keys) as writer, \
+                           progress_keys=spec.objective.progress_keys, summary=spec.summary) as writer, \
                 checkpointing.PreemptionGuard() as guard:
             if guard.should_stop(first_step):  # signalled during set-up: stop before compiling the step
                 _log(f"stopped by a signal before step {first_step + 1}: nothing new to save; rerun the same "
@@ -244,7 +245,7 @@ def _loop(config: ml_collections.ConfigDict, workdir: str, io: StageIO, program:
             eval_metrics = step_lib.evaluate(program.eval_step, spec.objective, state.params, batches, frozen,
                                              max(done - 1, 0))
             writer.write(done, {f"eval/{k}": v for k, v in eval_metrics.items()}, progress=False)
-            _log(f"eval at step {done}: " + ", ".join(f"{k} {v:.4f}" for k, v in eval_metrics.items()))
+            _log(metrics_writer.eval_line(done, eval_metrics, spec.summary))
             final_metrics.update({f"eval/{k}": v for k, v in eval_metrics.items()})
         lock.check()
         ckpt.check()  # a background save that failed stops the run at the next step, naming its step
