@@ -189,4 +189,9 @@ def with_data(config: ml_collections.ConfigDict, stage_spec: Spec,
                 frozen_source=teacher_source, start_from=start_from)
 
 
-DISTILLATION = Stage(spec, read)
+def curves(config: ml_collections.ConfigDict) -> str:
+    """Layer-wise transfer gets per-layer distance heat maps and learning rates (plot.py); PD the standard panels."""
+    return "layer_transfer" if distill_config.read(config.distill).layer_losses else "standard"
+
+
+DISTILLATION = Stage(spec, read, curves)

@@ -78,10 +78,18 @@ class StageIO:
     start_from: Optional[Callable[[Any, Any, Any], Any]] = None
 
 
+def standard_curves(config: ml_collections.ConfigDict) -> str:
+    del config
+    return "standard"
+
+
 @dataclasses.dataclass(frozen=True)
 class Stage:
     spec: Callable[[ml_collections.ConfigDict], Spec]
     read: Callable[[ml_collections.ConfigDict, str, Spec], StageIO]
+    # config -> the name of the panels its run's curves.png has (a layout of plot.LAYOUTS); called by the trainer
+    # and, from the recorded config.json, by `python -m mobilebert_jax.plot`, so it reads only config fields.
+    curves: Callable[[ml_collections.ConfigDict], str] = standard_curves
 
     def open(self, config: ml_collections.ConfigDict, workdir: str) -> StageIO:
         """Everything that can be wrong with the config is reported by `spec`, before any I/O."""

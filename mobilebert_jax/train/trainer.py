@@ -174,12 +174,12 @@ def _train(config: ml_collections.ConfigDict, workdir: str, stage: Stage,
             state, final_metrics, preempted = _loop(config, workdir, io, program, state, frozen, ckpt, writer,
                                                     guard, lock)
         if preempted:
-            _write_curves(workdir)
+            _write_curves(workdir, stage.curves(config))
             return final_metrics
         if ckpt.save(int(state.step), state, data_iterator=io.train_iterator, force=True):
             _log(f"checkpoint {int(state.step)}: saving")
         ckpt.wait()
-    curves = _write_curves(workdir)
+    curves = _write_curves(workdir, stage.curves(config))
     _log(f"done: checkpoints in {checkpoints}, TensorBoard logs and metrics.jsonl in {workdir}, resolved config in "
          f"{os.path.join(workdir, 'config.py')}" + (f", curves in {curves}" if curves else ""))
     if jax.process_index() == 0:
@@ -259,12 +259,12 @@ def _loop(config: ml_collections.ConfigDict, workdir: str, io: StageIO, program:
     return state, final_metrics, False
 
 
-def _write_curves(workdir: str) -> str | None:
+def _write_curves(workdir: str, layout: str) -> str | None:
     """`<workdir>/curves.png` (process 0); None when nothing was logged yet (a run resumed at its last step)."""
     if jax.process_index() != 0:
         return None
     try:
-        return plot.plot_run(workdir)
+        return plot.plot_run(workdir, layout=layout)
     except DataError as e:
         _log(f"no curves drawn: {e}")
         return None
