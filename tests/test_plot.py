@@ -90,6 +90,8 @@ def test_the_recorded_config_chooses_the_layout(tmp_path):
     for name, config in cases.items():
         experiment_config.save_resolved(config, str(tmp_path / name))
     assert [plot.recorded_layout(str(tmp_path / name)) for name in cases] == ["layer_transfer", "standard", "standard"]
+    _write_distillation_metrics(tmp_path / "progressive")
+    _assert_png(plot.plot_run(str(tmp_path / "progressive")), 8)  # the layout its recorded config chooses
 
 
 def _assert_png(path, n_panels):
@@ -99,6 +101,9 @@ def _assert_png(path, n_panels):
     width, height = plot.figure_pixels(n_panels)
     assert image.shape[:2] == (height, width)
     assert image[..., :3].std() > 0.05  # not a blank canvas
+    # The panel count, read back: with an odd count the last row's right half is empty, else it is drawn on.
+    cell = image[height - int(plot.PANEL_INCHES[1] * plot.DPI) + 40:height - 10, width // 2 + 10:width - 10, :3]
+    assert (cell.min() == 1.0) == (n_panels % 2 == 1)
 
 
 def test_distillation_run_png_has_eight_panels(tmp_path):
