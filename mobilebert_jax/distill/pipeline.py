@@ -12,7 +12,7 @@
    print the table, and write `results.md` and `results.json` to the workdir.
 
 Every stage is an ordinary trainer run in its own subdirectory (checkpoints, TensorBoard, metrics.jsonl and
-curves.png, whose last panel in the progressive run is the per-layer transfer losses),
+curves.png, which in the progressive run shows every layer's distance to its teacher layer by step),
 so rerunning the command continues an interrupted pipeline where it stopped. This module runs the job; its
 settings (the `Scale` values and each stage's config) are experiments/pipeline.py's, chosen for about ten
 minutes on two free CPU cores; see docs/distillation.md for why each one is what it is.
