@@ -244,12 +244,10 @@ def plot_run(workdir: str, out: Optional[str] = None, title: str = "", layout: O
     for ax, panel in zip(flat, chosen):
         if panel.heat is not None:
             _draw_heat(fig, ax, panel.heat, matplotlib.colors)
-        cmap = plt.get_cmap("viridis", max(len(panel.lines), 2))
-        for i, line in enumerate(panel.lines[:MAX_SERIES]):
+        for line in panel.lines[:MAX_SERIES]:
             steps, values = series(line.records, line.key, line.times)
             ax.plot(steps, values, label=line.label, linestyle="--" if line.dashed else "-",
-                    marker="o" if line.dashed and len(steps) < 30 else None, linewidth=1.2, markersize=3,
-                    color=cmap(i) if len(panel.lines) > 4 else None)
+                    marker="o" if line.dashed and len(steps) < 30 else None, linewidth=1.2, markersize=4)
         for step in panel.boundaries:
             ax.axvline(step, color="white" if panel.heat else "grey", linestyle="--", linewidth=0.8)
         if panel.log:
