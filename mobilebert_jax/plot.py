@@ -61,8 +61,9 @@ class Panel:
     title: str
     lines: tuple = ()
     heat: Optional[HeatMap] = None
-    log: bool = False
+    log: bool = False  # a log axis, when the values span more than a factor of 20
     boundaries: tuple = ()  # steps drawn as vertical dashed lines (the progressive stages' ends)
+    stepwise: bool = False  # a logged value holds since the previous logged step (a piecewise-constant rate)
 
 
 def read_metrics(workdir: str) -> tuple[list[dict], list[dict]]:
@@ -184,7 +185,7 @@ def layer_transfer_panels(train: list[dict], evals: list[dict]) -> list[Panel]:
         if len(layers) <= MAX_SERIES:
             lines = tuple(Line(f"layer {i}", f"lr_multiplier/layer_{i}", train, times="learning_rate")
                           for i in layers)
-            out.append(Panel(title, lines, boundaries=bounds))
+            out.append(Panel(title, lines, boundaries=bounds, stepwise=True))
         else:
             out.append(Panel(title + ", by layer", boundaries=bounds,
                              heat=_heat(train, lambda i: f"lr_multiplier/layer_{i}", layers, False, effective)))
@@ -244,13 +245,16 @@ def plot_run(workdir: str, out: Optional[str] = None, title: str = "", layout: O
     for ax, panel in zip(flat, chosen):
         if panel.heat is not None:
             _draw_heat(fig, ax, panel.heat, matplotlib.colors)
+        spans: list[float] = []
         for line in panel.lines[:MAX_SERIES]:
             steps, values = series(line.records, line.key, line.times)
             ax.plot(steps, values, label=line.label, linestyle="--" if line.dashed else "-",
-                    marker="o" if line.dashed and len(steps) < 30 else None, linewidth=1.2, markersize=4)
+                    marker="o" if line.dashed and len(steps) < 30 else None, linewidth=1.2, markersize=4,
+                    drawstyle="steps-pre" if panel.stepwise else "default")
+            spans.extend(v for v in values if v > 0)
         for step in panel.boundaries:
             ax.axvline(step, color="white" if panel.heat else "grey", linestyle="--", linewidth=0.8)
-        if panel.log:
+        if panel.log and spans and max(spans) > 20 * min(spans):  # a narrow range reads better on a linear axis
             ax.set_yscale("log")
         ax.set_title(panel.title, fontsize=10)
         if len(panel.lines) > 1:
