@@ -11,7 +11,7 @@
    print the table, and write `results.md` and `results.json` to the workdir.
 
 Every stage is an ordinary trainer run in its own subdirectory (checkpoints, TensorBoard, metrics.jsonl and
-curves.png), so rerunning the command continues an interrupted pipeline where it stopped. Each stage's config is
+curves.png, which in the progressive run shows every layer's distance to its teacher layer by step), so rerunning the command continues an interrupted pipeline where it stopped. Each stage's config is
 the smoke experiment of that stage (experiments/*.py:smoke) at this job's size: `SCALE` (the fields of `Scale`,
 each a flag of main without --config). The values are chosen for about ten minutes on two free CPU cores;
 docs/distillation.md says why each one is what it is. The ablation (benchmarks/ablation_small.py) builds its
@@ -22,6 +22,7 @@ command runs the job without a checkout.
 from __future__ import annotations
 
 import dataclasses
+import datetime
 import json
 import os
 import time
@@ -208,15 +209,19 @@ def scratch_config(scale, teacher: ml_collections.ConfigDict, data_dir: str) -> 
 
 
 def train_stage(name: str, config: ml_collections.ConfigDict, workdir: str, stage: Stage,
-                timings: dict[str, float]) -> bool:
+                timings: dict[str, float], resumed: list[str] | None = None) -> bool:
     """Trains (or resumes) one stage; False when a signal stopped it early, with its checkpoint saved.
+
+    `resumed` gets `name` when the stage had already finished (the trainer's FINISHED marker), so trained nothing.
 
     The stages after it read its final model, so a caller stops there: the flag that stopped this stage stays set
     (the entry points install `preemption`'s handler first) and would stop each later stage before its first step.
     """
-    from mobilebert_jax.train.trainer import train
+    from mobilebert_jax.train.trainer import FINISHED, train
 
     print(f"\n=== {name}: {workdir} ===", flush=True)
+    if resumed is not None and storage.path(workdir, FINISHED).exists():
+        resumed.append(name)
     start = time.monotonic()
     train(config, workdir, stage)
     timings[name] = time.monotonic() - start
@@ -248,22 +253,23 @@ def run(workdir: str, scale: Scale | None = None) -> list[dict]:
 
     started = time.monotonic()
     timings: dict[str, float] = {}
+    resumed: list[str] = []
     data_dir = os.path.join(workdir, "data")
     dirs = {k: os.path.join(workdir, k) for k in ("teacher", "progressive", "pd", "scratch")}
 
     teacher_cfg = teacher_config(scale, data_dir)
-    if not train_stage("teacher pretraining", teacher_cfg, dirs["teacher"], PRETRAINING, timings):
+    if not train_stage("teacher pretraining", teacher_cfg, dirs["teacher"], PRETRAINING, timings, resumed):
         return []
     progressive = distill_config("progressive", scale, teacher_cfg.model, dirs["teacher"], data_dir)
     if not train_stage("progressive knowledge transfer", progressive, dirs["progressive"], DISTILLATION,
-                       timings):
+                       timings, resumed):
         return []
     pd = distill_config("pd", scale, teacher_cfg.model, dirs["teacher"], data_dir,
                                student_init=dirs["progressive"])
-    if not train_stage("pretraining distillation", pd, dirs["pd"], DISTILLATION, timings):
+    if not train_stage("pretraining distillation", pd, dirs["pd"], DISTILLATION, timings, resumed):
         return []
     scratch = scratch_config(scale, teacher_cfg.model, data_dir)
-    if not train_stage("student from scratch", scratch, dirs["scratch"], PRETRAINING, timings):
+    if not train_stage("student from scratch", scratch, dirs["scratch"], PRETRAINING, timings, resumed):
         return []
 
     start = time.monotonic()
@@ -287,14 +293,57 @@ def run(workdir: str, scale: Scale | None = None) -> list[dict]:
     verdict = (f"The distilled student {'beats' if margin > 0 else 'does NOT beat'} the scratch student on held-out "
                f"MLM accuracy by {margin:+.2f} points ({sum(b['masked_lm_weights'].sum() for b in batches):.0f} "
                f"masked tokens in {len(batches)} batches).")
-    report = (f"{table}\n\n{verdict}\n\nWall time: " + ", ".join(f"{k} {v:.0f}s" for k, v in timings.items())
-              + f" on {jax.device_count()} {jax.devices()[0].platform} device(s).\nCurves: "
+    runs, kept = _runs(workdir, timings, resumed, jax.device_count(), jax.devices()[0].platform)
+    report = (f"{table}\n\n{verdict}\n\n{_wall_time(runs, kept)}\nCurves: "
               + ", ".join(os.path.join(d, plot.CURVES_PNG) for d in dirs.values()) + "\n")
     storage.path(workdir, "results.md").write_text(report)
     storage.path(workdir, "results.json").write_text(
-        json.dumps(dict(rows=rows, timings=timings, scale=dataclasses.asdict(scale)), indent=2))
+        json.dumps(dict(rows=rows, timings=kept["timings"], runs=runs, scale=dataclasses.asdict(scale)), indent=2))
     print("\n" + report, flush=True)
     return rows
+
+
+STAGE_NAMES = ("teacher pretraining", "progressive knowledge transfer", "pretraining distillation",
+               "student from scratch")
+
+
+def _runs(workdir: str, timings: dict[str, float], resumed: list[str], devices: int,
+          platform: str) -> tuple[list[dict], dict]:
+    """Every run of the pipeline in `workdir` that reached the table, this one last, and the one whose timings
+    describe the models: the latest that trained something (a rerun that only resumes keeps the earlier timings).
+
+    A run is {finished, timings, trained, resumed, devices}: `trained` the stages it ran steps of."""
+    previous = storage.path(workdir, "results.json")
+    runs: list[dict] = []
+    if previous.exists():
+        try:
+            recorded = json.loads(previous.read_text())
+        except ValueError:
+            recorded = {}  # a table cut short by a crash: this run's is the record
+        runs = recorded.get("runs") or ([dict(finished=None, timings=recorded["timings"], trained=list(STAGE_NAMES),
+                                               resumed=[], devices=None)] if "timings" in recorded else [])
+    stamp = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+    runs.append(dict(finished=stamp, timings=timings, trained=[n for n in STAGE_NAMES if n not in resumed],
+                     resumed=list(resumed), devices=f"{devices} {platform}"))
+    kept = next((r for r in reversed(runs) if r["trained"]), runs[-1])
+    return runs, kept
+
+
+def _wall_time(runs: list[dict], kept: dict) -> str:
+    def seconds(timings: dict[str, float]) -> str:
+        return ", ".join(f"{k} {v:.0f}s" for k, v in timings.items())
+
+    this = runs[-1]
+    if this is kept and not this["resumed"]:
+        return f"Wall time: {seconds(this['timings'])} on {this['devices']} device(s)."
+    if this is kept:
+        return (f"Wall time of this run, which resumed {', '.join(this['resumed'])} (already trained) and trained "
+                f"{', '.join(this['trained'])}: {seconds(this['timings'])} on {this['devices']} device(s)."
+                + "".join(f"\nEarlier run (finished {r['finished'] or 'unrecorded'}): {seconds(r['timings'])}."
+                          for r in runs[:-1]))
+    return (f"Wall time: {seconds(kept['timings'])} (the run that trained the models, finished "
+            f"{kept['finished'] or 'unrecorded'}).\nThis run resumed every stage (already trained), trained nothing "
+            f"and re-evaluated: {seconds(this['timings'])}.")
 
 
 def scale_fields() -> set[str]:

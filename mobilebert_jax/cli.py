@@ -31,6 +31,9 @@ from absl import logging as absl_logging
 
 from mobilebert_jax import errors, preemption, storage
 
+# `logging.info(..., extra=FILE_ONLY)`: a record for the log file only, never echoed on the terminal (a line the
+# terminal already shows another way, as a progress bar).
+FILE_ONLY = {"file_only": True}
 HELP_FLAGS = ("--help", "-help", "-h", "--helpshort", "-helpshort", "--helpfull", "-helpfull", "-?")
 LOG_FILE = "log.txt"
 LOGGING_HELP = ("Logging: library INFO records (absl, orbax, jax, grain) go to <workdir>/log.txt; -v 0 (--verbosity=0, "
@@ -293,4 +296,5 @@ class _ProjectInfo(logging.StreamHandler):
         self.setFormatter(logging.Formatter("%(message)s"))
 
     def filter(self, record: logging.LogRecord) -> bool:
-        return record.levelno < logging.WARNING and record.pathname.startswith(self._PACKAGE)
+        return (record.levelno < logging.WARNING and record.pathname.startswith(self._PACKAGE)
+                and not getattr(record, "file_only", False))

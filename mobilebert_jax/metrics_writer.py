@@ -7,7 +7,9 @@ the train loop can call them unconditionally.
     writer.write(step, {"loss": 2.3, "lr": 1e-3})   # every logging step
     writer.close()
 
-prints `step 1200/500000 | loss 2.3 | 3.21 steps/s | 3,366,912 tokens/s | ETA 43:04:11`.
+prints `step 1200/500000 | loss 2.3 | 3.21 steps/s | 3,366,912 tokens/s | ETA 43:04:11`. Lines fit a terminal
+(LINE_WIDTH): an objective with many metrics gives a summary (train/stage.Spec.summary); the full record is in
+metrics.jsonl and TensorBoard.
 """
 
 from __future__ import annotations
@@ -19,6 +21,8 @@ import sys
 import time
 from typing import Callable, Mapping, Optional, Sequence, TextIO
 
+Summary = Callable[[Mapping[str, float], int], list[str]]
+
 import jax
 import numpy as np
 import tensorboardX
@@ -26,18 +30,40 @@ import tensorboardX
 from mobilebert_jax import jsonl as jsonl_lib
 from mobilebert_jax import storage
 
+# The longest line the trainer prints: a wider one is cut, saying where the rest is.
+LINE_WIDTH = 160
+
+
+def join(head: str, parts: Sequence[str], tail: Sequence[str] = (), width: int = LINE_WIDTH) -> str:
+    """`head` then `part | ... | tail...` with as many of `parts` (most important first) as fit in `width`; a
+    line that leaves some out says where they are."""
+    more = "... (all in metrics.jsonl)"
+    for n in range(len(parts), -1, -1):
+        line = head + " | ".join(list(parts[:n]) + ([more] if n < len(parts) else []) + list(tail))
+        if len(line) <= width:
+            break
+    return line
+
+
+def eval_line(step: int, metrics: Mapping[str, float], summary: Optional[Summary] = None) -> str:
+    """`eval at step N: ...`: the summary's parts, or every metric, within LINE_WIDTH."""
+    parts = summary(metrics, step) if summary else [f"{k} {float(v):.4f}" for k, v in metrics.items()]
+    return join(f"eval at step {step}: ", parts)
+
 
 class ProgressLine:
     """Formats progress lines with a smoothed step rate (exponential moving average)."""
 
     def __init__(self, total_steps: int, tokens_per_step: Optional[int] = None, smoothing: float = 0.9,
-                 keys: Sequence[str] = ("loss",), clock: Callable[[], float] = time.monotonic):
+                 keys: Sequence[str] = ("loss",), clock: Callable[[], float] = time.monotonic,
+                 summary: Optional[Summary] = None):
         if not 0 <= smoothing < 1:
             raise ValueError(f"smoothing={smoothing!r} must be in [0, 1)")
         self.total_steps = total_steps
         self.tokens_per_step = tokens_per_step
         self.smoothing = smoothing
         self.keys = tuple(keys)
+        self.summary = summary
         self._clock = clock
         self._last: Optional[tuple[int, float]] = None
         self.steps_per_second: Optional[float] = None
@@ -54,15 +80,18 @@ class ProgressLine:
                 self.steps_per_second = self.smoothing * self.steps_per_second + (1 - self.smoothing) * rate
         self._last = (step, now)
 
-        parts = [f"step {step}/{self.total_steps}"]
-        parts += [f"{k} {float(metrics[k]):.4g}" for k in self.keys if k in metrics]
+        if self.summary is not None:
+            parts = self.summary(metrics, step)
+        else:
+            parts = [f"{k} {float(metrics[k]):.4g}" for k in self.keys if k in metrics]
+        rates = []
         if self.steps_per_second is not None:
-            parts.append(f"{self.steps_per_second:.3g} steps/s")
+            rates.append(f"{self.steps_per_second:.3g} steps/s")
             if self.tokens_per_step:
-                parts.append(f"{self.steps_per_second * self.tokens_per_step:,.0f} tokens/s")
+                rates.append(f"{self.steps_per_second * self.tokens_per_step:,.0f} tokens/s")
             remaining = max(self.total_steps - step, 0) / self.steps_per_second
-            parts.append(f"ETA {_hms(remaining)}")
-        return " | ".join(parts)
+            rates.append(f"ETA {_hms(remaining)}")
+        return join(f"step {step}/{self.total_steps}" + (" | " if parts or rates else ""), parts, rates)
 
 
 def _hms(seconds: float) -> str:
@@ -80,6 +109,7 @@ class MetricsWriter:
         total_steps: int,
         tokens_per_step: Optional[int] = None,
         progress_keys: Sequence[str] = ("loss",),
+        summary: Optional[Summary] = None,
         tensorboard: bool = True,
         jsonl: bool = True,
         stream: TextIO = sys.stdout,
@@ -88,7 +118,8 @@ class MetricsWriter:
     ):
         self.active = (jax.process_index() if process_index is None else process_index) == 0
         self._stream = stream
-        self._progress = ProgressLine(total_steps, tokens_per_step, keys=progress_keys, clock=clock)
+        self._progress = ProgressLine(total_steps, tokens_per_step, keys=progress_keys, clock=clock,
+                                     summary=summary)
         self._tb = self._jsonl = None
         if not self.active:
             return

@@ -106,3 +106,17 @@ def test_help_does_nothing_else(helps):
     assert "installed" not in out.stdout and "already in" not in out.stdout and "pip" not in out.stderr
     assert "install_libtpu" in helps["mobilebert_jax.tools.aot_compile"].stdout
     assert ".[aot]" not in helps["mobilebert_jax.tools.aot_compile"].stdout
+
+
+def test_file_only_records_stay_off_the_terminal():
+    import logging
+
+    from mobilebert_jax import cli
+
+    def record(**extra):
+        r = logging.LogRecord("x", logging.INFO, cli.__file__, 1, "shards done", None, None)
+        r.__dict__.update(extra)
+        return r
+
+    terminal = cli._ProjectInfo()
+    assert terminal.filter(record()) and not terminal.filter(record(**cli.FILE_ONLY))

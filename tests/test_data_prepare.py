@@ -200,3 +200,30 @@ def test_data_section_is_checked_against_its_schema():
         data_config_lib.read({**full.to_dict(), "mask_rate": 0.15})
     with pytest.raises(ConfigError, match="missing required field"):  # prepare reads it too
         prepare(partial, "unused")
+
+
+def _count(n):
+    return {"instances": n}
+
+
+@pytest.mark.parametrize("terminal", [False, True])
+def test_progress_is_lines_in_the_log_and_a_bar_only_on_a_terminal(tmp_path, monkeypatch, caplog, terminal):
+    import io
+    import logging
+
+    from mobilebert_jax.data import prepare as prepare_lib
+
+    stderr = io.StringIO()
+    monkeypatch.setattr(prepare_lib.sys, "stderr", stderr)
+    monkeypatch.setattr(prepare_lib, "_is_terminal", lambda stream: terminal)
+    jobs = [(_count, (i,), str(tmp_path / f"done-{i}.json")) for i in range(25)]
+    with caplog.at_level(logging.INFO):
+        results = prepare_lib._run_stage("instances (train)", jobs, workers=1, unit="shard", count_key="instances")
+    assert [r["instances"] for r in results] == list(range(25))
+    lines = [r.getMessage() for r in caplog.records if "shards done" in r.getMessage()]
+    # One line per tenth (3 of 25 jobs), and the last.
+    assert lines[0] == "instances (train): 3 of 25 shards done (instances 3 in this run)"
+    assert len(lines) == 9 and lines[-1] == "instances (train): 25 of 25 shards done (instances 300 in this run)"
+    # The bar only on a terminal, where the lines are the log file's alone.
+    assert ("\r" in stderr.getvalue()) == terminal
+    assert all(getattr(r, "file_only", False) == terminal for r in caplog.records if "shards done" in r.getMessage())

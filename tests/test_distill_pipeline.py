@@ -86,3 +86,28 @@ def test_a_signal_during_a_stage_stops_the_pipeline_before_the_next_stage_and_th
     assert pipeline.run(str(tmp_path)) == []
     assert trained == [str(tmp_path / "teacher")]
     assert not (tmp_path / "results.md").exists()
+
+
+def test_results_keep_the_run_that_trained(tmp_path):
+    import json
+
+    names = pipeline.STAGE_NAMES
+    first = {"teacher pretraining": 100.0, "total": 1856.0}
+    runs, kept = pipeline._runs(str(tmp_path), first, [], 1, "cpu")
+    assert kept is runs[0] and runs[0]["trained"] == list(names)
+    assert pipeline._wall_time(runs, kept) == "Wall time: teacher pretraining 100s, total 1856s on 1 cpu device(s)."
+    (tmp_path / "results.json").write_text(json.dumps(dict(timings=kept["timings"], runs=runs)))
+    # A rerun that only resumes keeps the first run's timings and says so.
+    runs, kept = pipeline._runs(str(tmp_path), {"total": 50.0}, list(names), 1, "cpu")
+    assert kept is runs[0] and kept["timings"]["total"] == 1856.0 and runs[1]["trained"] == []
+    text = pipeline._wall_time(runs, kept)
+    assert text.startswith("Wall time: teacher pretraining 100s, total 1856s (the run that trained the models")
+    assert "This run resumed every stage (already trained), trained nothing and re-evaluated: total 50s." in text
+    (tmp_path / "results.json").write_text(json.dumps(dict(timings=kept["timings"], runs=runs)))
+    # A rerun that trains more (a stage deleted, say) is the record now, and lists the earlier runs.
+    runs, kept = pipeline._runs(str(tmp_path), {"total": 300.0}, list(names[:3]), 1, "cpu")
+    assert kept is runs[2] and kept["trained"] == [names[3]]
+    text = pipeline._wall_time(runs, kept)
+    assert text.startswith(f"Wall time of this run, which resumed {', '.join(names[:3])} (already trained) and "
+                           f"trained {names[3]}: total 300s")
+    assert text.count("Earlier run (finished ") == 2 and "total 1856s" in text

@@ -167,11 +167,12 @@ def test_progressive_step_inside_stage(progressive):
     state, metrics = one_step(task, c, tx, at_step(state0, step), frozen, batch)
     after = flat(state.params)
 
-    # Only layer `stage`'s transfer loss is on.
+    # Only layer `stage`'s transfer loss is on; every layer's distances are logged (ungated).
     for i in range(3):
-        for k in ("loss", "feature_map", "mean", "variance", "attention"):
-            value = float(metrics[f"layer_{i}/{k}"])
-            assert (value > 0) if i == stage else (value == 0), (i, k, value)
+        assert (float(metrics[f"layer_{i}/loss"]) > 0) == (i == stage), i
+        for k in ("feature_map", "mean", "variance", "attention"):
+            assert float(metrics[f"layer_{i}/{k}"]) > 0, (i, k)
+    assert float(metrics["transfer_loss"]) == float(metrics[f"layer_{stage}/loss"])
     assert float(metrics["stage"]) == stage
 
     # Learning-rate multipliers: 3 bg(t) at the stage's layer, a tenth below, 0 above.
@@ -299,7 +300,14 @@ def test_layer_loss_matches_numpy_with_reference_weights(progressive):
     ce = (-np.exp(lt) * ls).sum(-1).mean(1)
     np.testing.assert_allclose(float(metrics[f"layer_{stage}/attention_ce"]), np.mean(ce[m]), rtol=1e-4)
     np.testing.assert_allclose(float(metrics[f"layer_{stage}/loss"]), loss, rtol=1e-6)
-    assert float(metrics[f"layer_{stage - 1}/attention_ce"]) == 0.0  # gated like the KL
+    # Every layer's distances are reported ungated; only the trained layer's enters the loss.
+    for i in range(3):
+        assert all(float(metrics[f"layer_{i}/{k}"]) > 0 for k in ("feature_map", "variance", "attention"))
+        assert (float(metrics[f"layer_{i}/loss"]) > 0) == (i == stage)
+    # Evaluation (no dropout either way) reports the same distances and the same gated loss.
+    evaluated = objective.summarize(objective.sums(state.params, batch, jax.random.key(0), context, train=False))
+    for key in ("loss", "layer_0/feature_map", "layer_2/attention", f"layer_{stage}/loss"):
+        np.testing.assert_allclose(float(evaluated[key]), float(metrics[key]), rtol=1e-5, err_msg=key)
 
 
 @pytest.mark.parametrize("strategy", ["joint", "auxiliary", "pd"])
@@ -464,6 +472,7 @@ def test_layer_loss_scaling(scaling, factors):
         values = {"feature_map": 0.1 * (i + 1), "mean": 1e-4, "variance": 0.5 + i, "attention": 2.0 + i}
         sums.update({f"layer_{i}/{k}": jnp.asarray(4.0 * v) for k, v in values.items()})
         sums[f"layer_{i}/attention_ce"] = jnp.asarray(4.0 * (values["attention"] + 1.0))
+        sums[f"layer_{i}/loss"] = objective.layer_loss(i, {k: sums[f"layer_{i}/{k}"] for k in values})
         weighted = 100 * values["feature_map"] + 5000 * values["mean"] + 5 * values["variance"] + values["attention"]
         expected_layers.append(factors[i] * weighted)
     loss = objective.loss(sums, {"tokens": jnp.asarray(4.0)})
@@ -530,3 +539,37 @@ def test_teacher_dtype_is_checked(tmp_path):
     c = make_config("pd", str(tmp_path), teacher_cfg, student_cfg, teacher_dtype="float16")
     with pytest.raises(ConfigError, match=r"config.distill.teacher_dtype='float16': choose one of"):
         build(c)
+
+
+@pytest.mark.parametrize("strategy", ["progressive", "joint"])
+def test_summary_lines_fit_a_terminal(strategy):
+    """24 layers at the paper's scale: the line names the trained layer's distances, the worst layer, MLM and NSP."""
+    from mobilebert_jax.metrics_writer import LINE_WIDTH, ProgressLine, eval_line
+
+    d = distill_config.read(dict(DISTILL_COMMON.distill(strategy).to_dict(), teacher="T", stage_steps=10000))
+    objective = DistillationObjective(distill=d, num_layers=24, layer_map=tuple(range(24)), student=None,
+                                      teacher=None)
+    metrics = {"loss": 0.0123456, "transfer_loss": 0.0123456, "mlm_accuracy": 0.1746, "mlm_loss": 5.40812,
+               "nsp_accuracy": 0.6205, "nsp_loss": 0.6512}
+    for i in range(24):
+        metrics.update({f"layer_{i}/feature_map": 0.00812345 * (1 + (i == 3)), f"layer_{i}/mean": 1.234567e-05,
+                        f"layer_{i}/variance": 0.9612345, f"layer_{i}/attention": 0.0551234,
+                        f"layer_{i}/attention_ce": 1.2345, f"layer_{i}/loss": 0.0})
+    step = 11 * 10000 + 5000  # in stage 11
+    line = eval_line(step, metrics, objective.summary)
+    assert len(line) <= LINE_WIDTH, (len(line), line)
+    assert "worst layer 3: " in line and line.endswith("MLM acc 17.46% | NSP acc 62.05%")
+    assert ("layer 11: fm 0.0081 mean 1.2e-05 var 0.96 att 0.055 |" in line) == (strategy == "progressive")
+    clock = FakeClockForLines()
+    progress = ProgressLine(total_steps=240000, tokens_per_step=2048 * 512, clock=clock, summary=objective.summary)
+    progress.update(step - 100, metrics)
+    clock.t += 31.0
+    line = progress.update(step, {k: v for k, v in metrics.items() if not k.startswith(("mlm", "nsp"))})
+    assert len(line) <= LINE_WIDTH and "ETA" in line and "loss 0.01235 | " in line, (len(line), line)
+
+
+class FakeClockForLines:
+    t = 0.0
+
+    def __call__(self):
+        return self.t

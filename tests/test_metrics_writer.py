@@ -131,3 +131,18 @@ def test_a_torn_last_line_is_repaired_before_appending(tmp_path, caplog, tail, k
     lines = (tmp_path / "metrics.jsonl").read_text().splitlines()
     assert lines[:-1] == kept and json.loads(lines[-1])["step"] == 4
     assert ("dropped its last line" in caplog.text) == (len(kept) == 2), caplog.text
+
+
+def test_lines_fit_a_terminal():
+    from mobilebert_jax.metrics_writer import LINE_WIDTH, eval_line
+
+    many = {f"layer_{i}/{k}": 0.001 * i for i in range(24) for k in ("feature_map", "mean", "variance")}
+    line = eval_line(200, many)
+    assert len(line) <= LINE_WIDTH and line.startswith("eval at step 200: layer_0/feature_map 0.0000 | ")
+    assert line.endswith("| ... (all in metrics.jsonl)")
+    assert eval_line(5, {"loss": 1.5, "accuracy": 0.25}) == "eval at step 5: loss 1.5000 | accuracy 0.2500"
+    assert eval_line(5, {"loss": 1.5}, lambda metrics, step: [f"step {step}", "short"]) == (
+        "eval at step 5: step 5 | short")
+    clock = FakeClock()
+    line = ProgressLine(total_steps=10, clock=clock, summary=lambda metrics, step: [f"x {metrics['x']}"])
+    assert line.update(1, {"x": 2, "loss": 1.0}) == "step 1/10 | x 2"

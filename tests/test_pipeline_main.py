@@ -49,7 +49,12 @@ def test_default_main_runs_teacher_transfer_pd_and_scratch_then_the_table(tmp_pa
     again = _main(f"--workdir={tmp_path}", *TOY)
     assert again.returncode == 0, again.stderr[-3000:]
     assert again.stdout.count("resumed from step") == len(STAGES)
-    assert json.loads((tmp_path / "results.json").read_text())["rows"] == results["rows"]
+    rerun = json.loads((tmp_path / "results.json").read_text())
+    assert rerun["rows"] == results["rows"]
+    # The original timings stay the record; the rerun is listed after it, having trained nothing.
+    assert rerun["timings"] == results["timings"] and rerun["runs"][0] == results["runs"][0]
+    assert len(rerun["runs"]) == 2 and rerun["runs"][1]["trained"] == [] and len(rerun["runs"][1]["resumed"]) == 4
+    assert "This run resumed every stage (already trained), trained nothing" in (tmp_path / "results.md").read_text()
 
 
 def test_bad_pipeline_flags_are_named_before_anything_is_written(tmp_path):

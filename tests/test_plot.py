@@ -18,19 +18,26 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _write_distillation_metrics(workdir, stage_steps=5, layers=3):
+    """A progressive run as the trainer logs it: ungated distances of every layer, the gated layer loss, the
+    per-layer learning-rate multipliers, an evaluation at the end of each stage."""
     with open(workdir / "metrics.jsonl", "w") as f:
         for step in range(1, layers * stage_steps + 1):
             stage = (step - 1) // stage_steps
+            t = step - stage * stage_steps
             record = {"step": step, "time": "t", "stage": float(stage), "loss": 3.0 / step, "learning_rate": 1e-3,
-                      "mlm_accuracy": step / 100, "tokens_per_second": 1000.0 + step}
-            record.update({f"layer_{i}/loss": (10.0 / (step - stage * stage_steps) if i == stage else 0.0)
-                           for i in range(layers)})
+                      "transfer_loss": 3.0 / step, "tokens_per_second": 1000.0 + step}
+            for i in range(layers):
+                distance = 10.0 / t if i == stage else (0.5 if i < stage else 20.0)
+                record.update({f"layer_{i}/{k}": distance * w for k, w in
+                               (("feature_map", 1.0), ("mean", 1e-4), ("variance", 2.0), ("attention", 0.1))})
+                record[f"layer_{i}/loss"] = distance if i == stage else 0.0
+                record[f"lr_multiplier/layer_{i}"] = 3.0 if i == stage else (0.3 if i < stage else 0.0)
             f.write(json.dumps(record) + "\n")
             if step % stage_steps == 0:
-                f.write(json.dumps({"step": step, "eval/loss": 1.0, "eval/mlm_accuracy": 0.2}) + "\n")
+                f.write(json.dumps({"step": step, "eval/loss": 1.0, "eval/mlm_accuracy": 0.2,
+                                    "eval/nsp_accuracy": 0.6, "eval/layer_0/feature_map": 0.5}) + "\n")
         # A resumed run appends the last step again; the later record wins.
-        f.write(json.dumps({"step": layers * stage_steps, "stage": float(layers - 1), "loss": 0.1,
-                            **{f"layer_{i}/loss": 0.5 if i == layers - 1 else 0.0 for i in range(layers)}}) + "\n")
+        f.write(json.dumps({"step": layers * stage_steps, "stage": float(layers - 1), "loss": 0.1}) + "\n")
 
 
 def test_reads_training_and_evaluation_records_with_layers_and_stages(tmp_path):
@@ -39,13 +46,52 @@ def test_reads_training_and_evaluation_records_with_layers_and_stages(tmp_path):
     assert [r["step"] for r in train] == list(range(1, 16))
     assert [r["step"] for r in evals] == [5, 10, 15]
     assert train[-1]["loss"] == 0.1 and train[-1]["tokens_per_second"] == 1015.0  # later record merged over earlier
-    layers = plot.layer_loss_series(train)
-    assert sorted(layers) == [0, 1, 2]
-    assert layers[1][0] == [6, 7, 8, 9, 10] and layers[1][1][0] == 10.0
-    assert layers[2][1][-1] == 0.5
     assert plot.stage_boundaries(train) == [5, 10]
-    titles = [title for title, _, _ in plot.panels(train, evals)]
-    assert titles == ["loss", "accuracy and evaluation metrics", "learning rate", "tokens per second"]
+    # The standard layout leaves the per-layer families out.
+    panels = plot.standard_panels(train, evals)
+    assert [p.title for p in panels] == ["loss", "accuracy and evaluation metrics", "learning rate",
+                                         "tokens per second"]
+    assert all("/" not in line.key[len("eval/"):] for p in panels for line in p.lines)
+
+
+def test_layer_transfer_layout_heat_maps_and_learning_rates(tmp_path):
+    _write_distillation_metrics(tmp_path)
+    train, evals = plot.read_metrics(str(tmp_path))
+    panels = plot.layer_transfer_panels(train, evals)
+    assert [p.title.split(" ")[0] for p in panels] == ["loss", "accuracy", "feature", "mean", "variance",
+                                                          "attention", "effective", "tokens"]
+    fm = panels[2].heat
+    assert fm.steps == list(range(1, 16)) and len(fm.rows) == 3 and fm.rows[0][4] == 2.0 and fm.rows[2][0] == 20.0
+    assert panels[2].boundaries == (5, 10)
+    lr = panels[6]
+    assert [line.label for line in lr.lines] == ["layer 0", "layer 1", "layer 2"] and lr.heat is None
+    assert plot.series(train, "lr_multiplier/layer_1", "learning_rate")[1][5] == pytest.approx(3e-3)
+    assert all(len(p.lines) <= plot.MAX_SERIES for p in panels)
+
+
+def test_many_layers_make_the_learning_rates_a_heat_map(tmp_path):
+    _write_distillation_metrics(tmp_path, stage_steps=2, layers=12)
+    train, evals = plot.read_metrics(str(tmp_path))
+    lr = plot.layer_transfer_panels(train, evals)[6]
+    assert not lr.lines and len(lr.heat.rows) == 12 and lr.heat.rows[3][6] == pytest.approx(3e-3)
+    out = plot.plot_run(str(tmp_path), layout="layer_transfer")
+    _assert_png(out, 8)
+
+
+def test_the_recorded_config_chooses_the_layout(tmp_path):
+    from mobilebert_jax import experiment_config
+    from mobilebert_jax.experiments import pipeline
+
+    job, scale = pipeline.job(), pipeline.default_scale()
+    teacher = job.teacher_config(scale, "D")
+    assert plot.recorded_layout(str(tmp_path)) == "standard"  # no config.json
+    cases = {"progressive": job.distill_config("progressive", scale, teacher.model, "T", "D"),
+             "pd": job.distill_config("pd", scale, teacher.model, "T", "D", student_init="P"), "teacher": teacher}
+    for name, config in cases.items():
+        experiment_config.save_resolved(config, str(tmp_path / name))
+    assert [plot.recorded_layout(str(tmp_path / name)) for name in cases] == ["layer_transfer", "standard", "standard"]
+    _write_distillation_metrics(tmp_path / "progressive")
+    _assert_png(plot.plot_run(str(tmp_path / "progressive")), 8)  # the layout its recorded config chooses
 
 
 def test_a_line_cut_short_is_skipped_with_a_warning(tmp_path, caplog):
@@ -63,14 +109,17 @@ def _assert_png(path, n_panels):
     width, height = plot.figure_pixels(n_panels)
     assert image.shape[:2] == (height, width)
     assert image[..., :3].std() > 0.05  # not a blank canvas
+    # The panel count, read back: with an odd count the last row's right half is empty, else it is drawn on.
+    cell = image[height - int(plot.PANEL_INCHES[1] * plot.DPI) + 40:height - 10, width // 2 + 10:width - 10, :3]
+    assert (cell.min() == 1.0) == (n_panels % 2 == 1)
 
 
-def test_distillation_run_png_has_five_panels(tmp_path):
+def test_distillation_run_png_has_eight_panels(tmp_path):
     _write_distillation_metrics(tmp_path)
-    out = plot.plot_run(str(tmp_path))
+    out = plot.plot_run(str(tmp_path), layout="layer_transfer")
     assert out == str(tmp_path / "curves.png")
-    _assert_png(out, 5)
-    assert plot.figure_pixels(5) == (1200, 1050)
+    _assert_png(out, 8)
+    assert plot.figure_pixels(8) == (1200, 1400)
 
 
 def test_command_line_on_a_fine_tuning_run(tmp_path):

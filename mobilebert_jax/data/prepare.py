@@ -35,6 +35,7 @@ import logging
 import multiprocessing
 import os
 import signal
+import sys
 import time
 from typing import Any, Callable, Optional, Sequence
 
@@ -43,7 +44,7 @@ import numpy as np
 from array_record.python.array_record_module import ArrayRecordWriter
 from tqdm import tqdm
 
-from mobilebert_jax import output_paths, storage
+from mobilebert_jax import cli, output_paths, storage
 from mobilebert_jax.data import config as data_config_lib
 from mobilebert_jax.data import manifest as manifest_lib
 from mobilebert_jax.data import records
@@ -206,13 +207,21 @@ def _run_stage(name: str, jobs: Sequence[Job], *, workers: int, unit: str, count
     if len(jobs) - len(pending):
         logging.info("%s: %d of %d %ss already done", name, len(jobs) - len(pending), len(jobs), unit)
     total = 0
-    with tqdm(total=len(jobs), initial=len(jobs) - len(pending), desc=name, unit=unit, dynamic_ncols=True) as bar:
+    # The bar is for a terminal; a log file gets lines (one per tenth of the jobs), never carriage returns.
+    on_terminal = _is_terminal(sys.stderr)
+    every = max(1, -(-len(jobs) // 10))
+    with tqdm(total=len(jobs), initial=len(jobs) - len(pending), desc=name, unit=unit, dynamic_ncols=True,
+              disable=not on_terminal) as bar:
         def finished(i: int, counts: dict[str, Any]) -> None:
             nonlocal total
             results[i] = counts
             total += counts[count_key]
             bar.set_postfix({count_key: total}, refresh=False)
             bar.update()
+            if len(results) % every == 0 or len(results) == len(jobs):
+                # With the bar on the terminal, the line goes to the log file alone (cli.FILE_ONLY).
+                logging.info("%s: %d of %d %ss done (%s %d in this run)", name, len(results), len(jobs), unit,
+                             count_key, total, extra=cli.FILE_ONLY if on_terminal else None)
 
         if workers <= 1 or len(pending) <= 1:
             for i in pending:
@@ -240,6 +249,13 @@ def _run_stage(name: str, jobs: Sequence[Job], *, workers: int, unit: str, count
 
 def _ignore_interrupts() -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+def _is_terminal(stream: Any) -> bool:
+    try:
+        return stream.isatty()
+    except (AttributeError, ValueError):  # no isatty, or closed
+        return False
 
 
 def _unit_path(output_dir: str, index: int) -> str:

@@ -2,10 +2,13 @@
 
 Sums (added over microbatches, divided by whole-batch totals in `loss`):
   tokens                         scored positions (the layer losses' denominator)
-  layer_{i}/{component}          component in feature_map, mean, variance, attention; already
-                                 multiplied by layer i's gate at this step (0 outside its stage)
+  layer_{i}/{component}          component in feature_map, mean, variance, attention: the distance of
+                                 student layer i to its teacher layer, ungated (every layer at every step,
+                                 so a reader sees the layers trained earlier stay aligned)
   layer_{i}/attention_ce         with attention: TF1's attention cross-entropy (KL + the teacher's
-                                 entropy), gated the same way; logged, never optimized
+                                 entropy), ungated; logged, never optimized
+  layer_{i}/loss                 what layer i adds to the optimized loss: its weighted, scaled distance
+                                 times its gate at this step (0 outside a progressive layer's stage)
   pd_mlm_sum                     PD's soft-target masked-LM cross-entropy (weighted)
   mlm_*, nsp_*                   hard-label MLM / NSP sums (pretraining/objective.py), whenever the heads run
 The heads run when PD is on, and always in evaluation (so a transfer stage
@@ -15,6 +18,7 @@ reports the held-out MLM accuracy of the student under the teacher's heads).
 from __future__ import annotations
 
 import dataclasses
+from typing import Mapping
 
 import jax
 import jax.numpy as jnp
@@ -25,6 +29,10 @@ from mobilebert_jax.distill.config import LAYER_WEIGHTS, DistillConfig
 from mobilebert_jax.modeling import MobileBertForPreTraining, MobileBertModel
 from mobilebert_jax.pretraining import objective as pretraining_objective
 from mobilebert_jax.train.objective import Batch, StepContext, Sums
+
+
+# How a terminal line names the per-layer distances.
+_SHORT = {"feature_map": "fm", "mean": "mean", "variance": "var", "attention": "att"}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -47,6 +55,33 @@ class DistillationObjective:
         if not self.distill.layer_losses:
             return ()
         return tuple(k for k in LAYER_WEIGHTS if self.distill.weights[k] > 0)
+
+    def trained_layers(self, step: int) -> range:
+        """The layers whose transfer loss has been on by logged step `step` (the count of steps taken)."""
+        if self.distill.strategy != "progressive":
+            return range(self.num_layers)
+        return range(min(max(step - 1, 0) // self.distill.stage_steps, self.num_layers - 1) + 1)
+
+    def summary(self, metrics: Mapping[str, float], step: int) -> list[str]:
+        """A terminal line's parts (metrics_writer.LINE_WIDTH): the loss; in progressive transfer the trained
+        layer's distances; the layer (of those trained so far) farthest from its teacher layer, by the weighted
+        distance the loss uses; held-out MLM and NSP when evaluated."""
+        parts = [f"loss {metrics['loss']:.4g}"] if "loss" in metrics else []
+        if self.components and f"layer_0/{self.components[0]}" in metrics:
+            trained = self.trained_layers(step)
+            if self.distill.strategy == "progressive":
+                parts.append(f"layer {trained[-1]}: " + " ".join(
+                    f"{_SHORT[k]} {metrics[f'layer_{trained[-1]}/{k}']:.2g}" for k in self.components))
+            w = self.distill.weights
+            weighted = {i: sum(w[k] * metrics[f"layer_{i}/{k}"] for k in self.components) for i in trained}
+            worst = max(weighted, key=weighted.get)
+            if len(trained) > 1:
+                parts.append(f"worst layer {worst}: {weighted[worst]:.3g} weighted")
+        if "mlm_accuracy" in metrics:
+            parts.append(f"MLM acc {100 * metrics['mlm_accuracy']:.2f}%")
+        if "nsp_accuracy" in metrics:
+            parts.append(f"NSP acc {100 * metrics['nsp_accuracy']:.2f}%")
+        return parts
 
     def token_weights(self, batch: Batch) -> jax.Array:
         mask = batch["input_mask"].astype(jnp.float32)
@@ -80,19 +115,20 @@ class DistillationObjective:
             gates = strategies.layer_gates(d.strategy, context.step, self.num_layers, d.stage_steps)
             for i, j in enumerate(self.layer_map):
                 hs, ht = s["hidden_states"][i + 1], t["hidden_states"][j + 1]
+                distances: Sums = {}
                 if "feature_map" in self.components:
-                    sums[f"layer_{i}/feature_map"] = gates[i] * distill_losses.feature_map_sum(hs, ht, w_BxT)
+                    distances["feature_map"] = distill_losses.feature_map_sum(hs, ht, w_BxT)
                 if "mean" in self.components or "variance" in self.components:
                     mean, var = distill_losses.mean_variance_sums(hs, ht, w_BxT)
                     if "mean" in self.components:
-                        sums[f"layer_{i}/mean"] = gates[i] * mean
+                        distances["mean"] = mean
                     if "variance" in self.components:
-                        sums[f"layer_{i}/variance"] = gates[i] * var
+                        distances["variance"] = var
                 if attention:
-                    kl, ce = distill_losses.attention_sums(s["attention_scores"][i], t["attention_scores"][j],
-                                                           w_BxT)
-                    sums[f"layer_{i}/attention"] = gates[i] * kl
-                    sums[f"layer_{i}/attention_ce"] = gates[i] * ce
+                    distances["attention"], sums[f"layer_{i}/attention_ce"] = distill_losses.attention_sums(
+                        s["attention_scores"][i], t["attention_scores"][j], w_BxT)
+                sums.update({f"layer_{i}/{k}": v for k, v in distances.items()})
+                sums[f"layer_{i}/loss"] = gates[i] * self.layer_loss(i, distances)
         if heads:
             sums.update(pretraining_objective.masked_lm_sums(s["mlm_logits"], batch["masked_lm_ids"],
                                                     batch["masked_lm_weights"]))
@@ -110,34 +146,35 @@ class DistillationObjective:
         """The factor on layer `layer`'s weighted transfer loss (`config.distill.layer_loss_scaling`)."""
         return self.distill.layer_loss_scale(layer, self.num_layers)
 
+    def layer_loss(self, layer: int, distances: Sums) -> jax.Array:
+        """Layer `layer`'s weighted, scaled distance (`distances`: component -> value, sums or means), ungated."""
+        w = self.distill.weights
+        return self.layer_scale(layer) * sum(w[k] * distances[k] for k in self.components)
+
     def loss(self, sums: Sums, totals: dict[str, jax.Array]) -> jax.Array:
         w = self.distill.weights
         total = jnp.zeros((), jnp.float32)
-        for i in range(self.num_layers):
-            for k in self.components:
-                total = total + self.layer_scale(i) * w[k] * sums[f"layer_{i}/{k}"] / totals["tokens"]
+        if self.components:
+            for i in range(self.num_layers):
+                total = total + sums[f"layer_{i}/loss"] / totals["tokens"]
         if self.distill.pd:
             total = total + w["mlm"] * sums["pd_mlm_sum"] / totals["mlm"]
             total = total + w["nsp"] * sums["nsp_loss_sum"] / totals["nsp"]
         return total
 
     def summarize(self, sums: Sums) -> dict[str, jax.Array]:
-        w = self.distill.weights
         out: dict[str, jax.Array] = {}
         if self.components:
             tokens = jnp.maximum(sums["tokens"], 1.0)
             transfer = jnp.zeros((), jnp.float32)
             for i in range(self.num_layers):
-                layer = jnp.zeros((), jnp.float32)
                 for k in self.components:
                     out[f"layer_{i}/{k}"] = sums[f"layer_{i}/{k}"] / tokens
-                    layer = layer + w[k] * out[f"layer_{i}/{k}"]
                 if "attention" in self.components:
                     out[f"layer_{i}/attention_ce"] = sums[f"layer_{i}/attention_ce"] / tokens
-                # What the layer adds to the optimized loss: weighted, then scaled as TF1 (or TF2) did.
-                layer = self.layer_scale(i) * layer
-                out[f"layer_{i}/loss"] = layer
-                transfer = transfer + layer
+                # What the layer adds to the optimized loss: weighted, scaled as TF1 (or TF2) did, gated.
+                out[f"layer_{i}/loss"] = sums[f"layer_{i}/loss"] / tokens
+                transfer = transfer + out[f"layer_{i}/loss"]
             out["transfer_loss"] = transfer
         if "mlm_weight_sum" in sums:
             out.update({k: v for k, v in pretraining_objective.summarize(sums).items() if k != "loss"})

@@ -127,12 +127,13 @@ def spec(config: ml_collections.ConfigDict) -> Spec:
             out["stage"] = strategies.stage_of(step, d.stage_steps).astype(jnp.float32)
         return out
 
+    objective = DistillationObjective(distill=d, num_layers=num_layers, layer_map=layer_map, student=student,
+                                      teacher=teacher)
     # The teacher's forward pass is a third of its training FLOPs.
     teacher_flops = flops.pretraining_train_flops_per_sequence(teacher_cfg, seq_len, predictions) // 3
     return Spec(
         name=f"distillation ({d.strategy})",
-        objective=DistillationObjective(distill=d, num_layers=num_layers, layer_map=layer_map, student=student,
-                                        teacher=teacher),
+        objective=objective,
         init_params=lambda rng: student.init(rng, jnp.zeros((1, seq_len), jnp.int32))["params"],
         example=pretraining_example(seq_len, predictions),
         tokens_per_example=seq_len,
@@ -141,6 +142,7 @@ def spec(config: ml_collections.ConfigDict) -> Spec:
         frozen_abstract=frozen_abstract,
         step_metrics=step_metrics,
         models=(student_cfg, teacher_cfg),
+        summary=objective.summary if d.layer_losses else None,
     )
 
 
@@ -204,5 +206,10 @@ def with_data(config: ml_collections.ConfigDict, stage_spec: Spec,
                 frozen_source=teacher_source, start_from=start_from)
 
 
-DISTILLATION = Stage(spec=spec, read=read, inherit=inherit,
+def curves(config: ml_collections.ConfigDict) -> str:
+    """Layer-wise transfer gets per-layer distance heat maps and learning rates (plot.py); PD the standard panels."""
+    return "layer_transfer" if distill_config.read(config.distill).layer_losses else "standard"
+
+
+DISTILLATION = Stage(spec=spec, read=read, inherit=inherit, curves=curves,
                      sections=dict(data=data_config.SCHEMA, distill=distill_config.SCHEMA))

@@ -57,6 +57,10 @@ class Spec:
     step_metrics: Optional[Callable[[jax.Array], dict]] = None
     # The configs of the models the step runs (the trained one first, then a frozen teacher).
     models: tuple[MobileBertConfig, ...] = ()
+    # (metrics, step) -> the parts of the terminal line for a training step's or an evaluation's metrics
+    # ("loss 0.012", ...), for an objective with more metrics than a line holds (metrics_writer.LINE_WIDTH).
+    # None: the objective's progress_keys on progress lines, every metric on evaluation lines.
+    summary: Optional[Callable[[Mapping[str, float], int], list[str]]] = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -73,6 +77,11 @@ class StageIO:
     # shardings) -> the parameters to start from, placed with those shardings (a student taking the
     # teacher's embeddings or an earlier stage's student, a fine-tuned model its pretrained backbone).
     start_from: Optional[Callable[[Any, Any, Any], Any]] = None
+
+
+def standard_curves(config: ml_collections.ConfigDict) -> str:
+    del config
+    return "standard"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -123,6 +132,9 @@ class Stage:
     # The schemas of the config sections the stage reads beyond the trainer's (trainer.SECTIONS), by name: a
     # resumed run takes a field its recorded config lacks at the schema's default.
     sections: Mapping[str, Schema] = dataclasses.field(default_factory=dict)
+    # config -> the name of the panels its run's curves.png has (a layout of plot.LAYOUTS); called by the trainer
+    # and, from the recorded config.json, by `python -m mobilebert_jax.plot`, so it reads only config fields.
+    curves: Callable[[ml_collections.ConfigDict], str] = standard_curves
 
     def open(self, config: ml_collections.ConfigDict, workdir: str) -> StageIO:
         """Everything that can be wrong with the config is reported by `spec`, before any I/O."""

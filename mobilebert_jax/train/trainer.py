@@ -30,6 +30,7 @@ from mobilebert_jax import workdir as workdir_lib
 from mobilebert_jax.errors import DataError, NonFiniteLossError
 from mobilebert_jax.data import tokenizer_record
 from mobilebert_jax.data.tokenizers import loaded_once
+from mobilebert_jax import metrics_writer
 from mobilebert_jax.metrics_writer import MetricsWriter
 from mobilebert_jax.optim import config as optim_config
 from mobilebert_jax.train import step as step_lib
@@ -177,7 +178,7 @@ def _train(config: ml_collections.ConfigDict, workdir: str, stage: Stage,
              f"devices, workdir {workdir}")
         with MetricsWriter(workdir, total_steps=config.total_steps,
                            tokens_per_step=spec.tokens_per_example * config.batch_size,
-                           progress_keys=spec.objective.progress_keys) as writer, \
+                           progress_keys=spec.objective.progress_keys, summary=spec.summary) as writer, \
                 checkpointing.PreemptionGuard((signal.SIGTERM, signal.SIGINT)) as guard:  # Ctrl-C saves too
             if guard.should_stop(first_step):  # signalled during set-up: stop before compiling the step
                 _log(f"stopped by a signal before step {first_step + 1}: nothing new to save; rerun the same "
@@ -188,12 +189,12 @@ def _train(config: ml_collections.ConfigDict, workdir: str, stage: Stage,
         if cache_dir:
             _log(f"{compile_cache.counts().since(compiled_before).describe()} ({cache_dir})")
         if preempted:
-            _write_curves(workdir)
+            _write_curves(workdir, stage.curves(config))
             return final_metrics
         if ckpt.save(int(state.step), state, data_iterator=io.train_iterator, force=True):
             _log(f"checkpoint {int(state.step)}: saving")
         ckpt.wait()
-    curves = _write_curves(workdir)
+    curves = _write_curves(workdir, stage.curves(config))
     _log(f"done: checkpoints in {checkpoints}, TensorBoard logs and metrics.jsonl in {workdir}, resolved config in "
          f"{os.path.join(workdir, 'config.py')}" + (f", curves in {curves}" if curves else ""))
     if jax.process_index() == 0:
@@ -271,7 +272,7 @@ def _loop(config: ml_collections.ConfigDict, workdir: str, io: StageIO, program:
             eval_metrics = step_lib.evaluate(program.eval_step, spec.objective, state.params, batches, frozen,
                                              max(done - 1, 0))
             writer.write(done, {f"eval/{k}": v for k, v in eval_metrics.items()}, progress=False)
-            _log(f"eval at step {done}: " + ", ".join(f"{k} {v:.4f}" for k, v in eval_metrics.items()))
+            _log(metrics_writer.eval_line(done, eval_metrics, spec.summary))
             final_metrics.update({f"eval/{k}": v for k, v in eval_metrics.items()})
         if stop:
             ckpt.wait()
@@ -281,12 +282,12 @@ def _loop(config: ml_collections.ConfigDict, workdir: str, io: StageIO, program:
     return state, final_metrics, False
 
 
-def _write_curves(workdir: str) -> str | None:
+def _write_curves(workdir: str, layout: str) -> str | None:
     """`<workdir>/curves.png` (process 0); None when nothing was logged yet (a run resumed at its last step)."""
     if jax.process_index() != 0:
         return None
     try:
-        return plot.plot_run(workdir)
+        return plot.plot_run(workdir, layout=layout)
     except DataError as e:
         _log(f"no curves drawn: {e}")
         return None
