@@ -82,7 +82,7 @@ def test_the_recorded_config_chooses_the_layout(tmp_path):
     from mobilebert_jax import experiment_config
     from mobilebert_jax.experiments import pipeline
 
-    job, scale = pipeline.job(), pipeline.default_scale()
+    job, scale = pipeline, pipeline.default_scale()
     teacher = job.teacher_config(scale, "D")
     assert plot.recorded_layout(str(tmp_path)) == "standard"  # no config.json
     cases = {"progressive": job.distill_config("progressive", scale, teacher.model, "T", "D"),
