@@ -218,7 +218,7 @@ def test_progress_is_lines_in_the_log_and_a_bar_only_on_a_terminal(tmp_path, mon
     monkeypatch.setattr(prepare_lib, "_is_terminal", lambda stream: terminal)
     jobs = [(_count, (i,), str(tmp_path / f"done-{i}.json")) for i in range(25)]
     with caplog.at_level(logging.INFO):
-        results = prepare_lib._run_stage("instances (train)", jobs, workers=1, unit="shard", count_key="instances")
+        results = prepare_lib._run_pass("instances (train)", jobs, workers=1, unit="shard", count_key="instances")
     assert [r["instances"] for r in results] == list(range(25))
     lines = [r.getMessage() for r in caplog.records if "shards done" in r.getMessage()]
     # One line per tenth (3 of 25 jobs), and the last.

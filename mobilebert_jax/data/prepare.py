@@ -14,9 +14,9 @@ the released MobileBERT vocabulary:
 
 Layout of the prepared directory:
   settings.json                  what the data is made with; written first
-  documents/unit-NNNNN.*         stage 1: one ArrayRecord of tokenized documents per corpus work unit,
+  documents/unit-NNNNN.*         pass 1: one ArrayRecord of tokenized documents per corpus work unit,
                                  and a .json of its counts, written after the records are complete
-  {train,eval}-NNNNN-of-MMMMM.*  stage 2: instances (unmasked sentence pairs) and a .json of counts
+  {train,eval}-NNNNN-of-MMMMM.*  pass 2: instances (unmasked sentence pairs) and a .json of counts
   manifest.json                  written last: tokenizer hash, counts, skips, shard lists, each shard's size
                                  and sha256
 
@@ -102,7 +102,7 @@ def prepare(data_config: ml_collections.ConfigDict, output_dir: str, *, checksum
                        tfds_data_dir=data_config.tfds_data_dir, tfds_text_field=data_config.tfds_text_field,
                        unit_bytes=data_config.unit_bytes, tfds_examples_per_unit=data_config.tfds_examples_per_unit)
     _check_same_plan(output_dir, units)
-    unit_counts = _run_stage(
+    unit_counts = _run_pass(
         "tokenizing", [(_tokenize_unit, (u, i, output_dir, data_config.tokenizer, data_config.max_line_bytes,
                                           settings["token_dtype"]), _unit_done(output_dir, i))
                        for i, u in enumerate(units)],
@@ -120,7 +120,7 @@ def prepare(data_config: ml_collections.ConfigDict, output_dir: str, *, checksum
         if not len(docs):
             continue
         num_shards = min(data_config.num_shards, len(docs))
-        shard_counts = _run_stage(
+        shard_counts = _run_pass(
             f"instances ({split})",
             [(_instances_shard, (split, s, num_shards, output_dir, doc_paths, settings), _shard_done(output_dir, split, s, num_shards))
              for s in range(num_shards)],
@@ -195,7 +195,7 @@ def _check_same_plan(output_dir: str, units: Sequence[WorkUnit]) -> None:
 Job = tuple[Callable[..., dict[str, Any]], tuple, str]  # function, arguments, its done-file
 
 
-def _run_stage(name: str, jobs: Sequence[Job], *, workers: int, unit: str, count_key: str) -> list[dict[str, Any]]:
+def _run_pass(name: str, jobs: Sequence[Job], *, workers: int, unit: str, count_key: str) -> list[dict[str, Any]]:
     """Runs the jobs whose done-file is missing, in `workers` processes, with a progress bar."""
     results: dict[int, dict[str, Any]] = {}
     pending = []
