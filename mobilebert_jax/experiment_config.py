@@ -11,7 +11,7 @@ Trainer fields `validate` checks (other sections belong to their owners):
   config.mesh        see partitioning.py
   config.batch_size  global batch size (sequences per step, all hosts together)
   config.microbatches  how many equal pieces of it each step accumulates (must divide it)
-  config.eval.batch_size  when set, split over the mesh and the processes like config.batch_size
+  config.eval.batch_size  when set and the run evaluates, split over the mesh and the processes like config.batch_size
   config.optimizer   see optim/config.py (optional section)
   config.checkpoint  see checkpointing.py (optional section)
 
@@ -198,7 +198,9 @@ def validate(config: ml_collections.ConfigDict, device_count: int, *, process_co
     if "batch_size" in config:
         attempt(lambda: check_microbatches(config.get("microbatches", 1), config.batch_size))
     eval_cfg = config.get("eval")
-    if shape is not None and eval_cfg is not None and eval_cfg.get("batch_size") is not None:
+    # A run that never evaluates (eval.enabled False, or no held-out batches) need not split an eval batch.
+    evaluates = eval_cfg is not None and eval_cfg.get("enabled", True) and eval_cfg.get("num_batches", 1) != 0
+    if shape is not None and evaluates and eval_cfg.get("batch_size") is not None:
         # Otherwise the first evaluation, after hours of training, is what finds out.
         attempt(lambda: partitioning.check_batch_size(eval_cfg.batch_size, shape, rules, process_count,
                                                       where="config.eval.batch_size"))
