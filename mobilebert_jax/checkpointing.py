@@ -255,8 +255,14 @@ class Checkpointer:
             restored = self._manager.restore(step, args=ocp.args.Composite(**items))
         except Exception as e:  # tensorstore and orbax raise ValueError, OSError or plain Exception
             problem = _storage_problem(e, step_dir)
+            if problem is None and re.search(r"shape|tree|structure|dtype", str(e), re.I):
+                # Readable, but another model's: the run's recorded config.json no longer describes its checkpoints.
+                raise CheckpointError(
+                    f"checkpoint step {step} in {self.directory} holds another model than this config describes "
+                    f"({_first_line(e)}); was {self.directory.parent / 'config.json'} edited? Restore the config the "
+                    "run was started with, or use a new --workdir") from None
             if problem is None:
-                raise  # not an unreadable file (e.g. a shape that differs from the model's): a bug, not corruption
+                raise  # not an unreadable file and not another model: a bug, not corruption
         # An array file cut short shows only while reading it; a process that fails there leaves the others
         # waiting in orbax's barrier until it times out (DEADLINE_EXCEEDED, counted as unreadable), then all agree.
         problems = _all_processes(problem)

@@ -206,12 +206,40 @@ def _longer_than_positions(tmp, stage):
         DISTILLATION.spec(config)
 
 
-def _evaluate(tmp, stage=None):
+def _evaluate(tmp, stage=None, raw=None):
     from mobilebert_jax import evaluate
 
-    if stage:
-        (tmp / "config.json").write_text(json.dumps({"stage": stage}))
+    if stage or raw:
+        (tmp / "config.json").write_text(raw or json.dumps({"stage": stage}))
     evaluate.evaluate_run(str(tmp))
+
+
+def _without_onnx():
+    """The ONNX exporter imported where the onnx package is not installed."""
+    import importlib
+
+    hidden = {k: sys.modules.pop(k) for k in list(sys.modules)
+              if k == "onnx" or k.startswith("onnx.") or k == "mobilebert_jax.export.onnx_export"}
+    sys.modules["onnx"] = None  # import onnx raises ImportError
+    try:
+        importlib.import_module("mobilebert_jax.export.onnx_export")
+    finally:
+        del sys.modules["onnx"]
+        sys.modules.update(hidden)
+
+
+def _restore_another_model(tmp):
+    """Checkpoints of a 4-wide parameter restored as an 8-wide one: what a resume does after config.json was edited."""
+    import jax
+    import jax.numpy as jnp
+
+    from mobilebert_jax import checkpointing
+
+    with checkpointing.Checkpointer(str(tmp / "checkpoints"), every_steps=1, keep_last=1) as ckpt:
+        ckpt.save(1, {"w": jnp.zeros((4,))}, force=True)
+        ckpt.wait()
+        sharding = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+        ckpt.restore({"w": jax.ShapeDtypeStruct((8,), jnp.float32, sharding=sharding)})
 
 
 def _plot(tmp, text=None):
@@ -378,8 +406,14 @@ CASES = [
      lambda tmp: _evaluate(tmp)),
     ("evaluate: a pretraining workdir", "config", "is not a fine-tuning run",
      lambda tmp: _evaluate(tmp, "teacher_pretraining")),
-    ("finetune.evaluate: `--batch_size=0`", "usage", "flag --batch_size=0: 0 is not a positive integer",
-     ["mobilebert_jax.finetune.evaluate", "--workdir={tmp}", "--batch_size=0"]),
+    ("evaluate: `--batch_size=0`", "usage", "flag --batch_size=0: 0 is not a positive integer",
+     ["mobilebert_jax.evaluate", "--workdir={tmp}", "--batch_size=0"]),
+    ("evaluate: a run whose config.json is not JSON", "config", "not valid JSON",
+     lambda tmp: _evaluate(tmp, raw="{stage: glue")),
+    ("export to `.onnx` without the `export` extra", "config", "ONNX export needs the `export` extra",
+     lambda tmp: _without_onnx()),
+    ("resume onto checkpoints of another model (an edited config.json)", "checkpoint",
+     "holds another model than this config describes", lambda tmp: _restore_another_model(tmp)),
     ("quantization: workdir without a run", "file", "config.json",
      ["mobilebert_jax.quantization", "--workdir={tmp}/nowhere"]),
     ("plot: workdir without metrics.jsonl", "data", "metrics.jsonl: not found",
@@ -480,7 +514,7 @@ SMOKE = "--config=experiments/teacher_ib_bert_large.py:smoke"
     ("mobilebert_jax.main", [SMOKE, "--work_dir=x"], "work_dir", "workdir"),
     ("mobilebert_jax.data.prepare", [SMOKE, "--prepare_workerz=2"], "prepare_workerz", None),
     ("mobilebert_jax.convert", ["to-hf", "--input=a", "--output=b", "--ouptut=c"], "--ouptut", "--output"),
-    ("mobilebert_jax.finetune.evaluate", ["--workdir=x", "--batchsize=3"], "batchsize", "batch_size"),
+    ("mobilebert_jax.evaluate", ["--workdir=x", "--batchsize=3"], "batchsize", "batch_size"),
     ("mobilebert_jax.quantization", ["--workdir=x", "--batchsize=3"], "batchsize", "batch_size"),
     ("mobilebert_jax.export", ["--output=x.tflite", "--batchsize=1"], "batchsize", "batch_size"),
     ("mobilebert_jax.tools.sweep", ["sweep.py", "list", "--dryrun"], "--dryrun", "--dry_run"),

@@ -17,11 +17,13 @@ from typing import Any, Callable, Sequence
 import jax
 import numpy as np
 
+from mobilebert_jax.errors import ConfigError
+
 try:
     import onnx
     from onnx import TensorProto, helper, numpy_helper
 except ImportError as e:  # the extra is optional
-    raise ImportError("ONNX export needs the `export` extra: pip install 'mobilebert-jax[export]'") from e
+    raise ConfigError("ONNX export needs the `export` extra: pip install 'mobilebert-jax[export]'") from e
 
 OPSET = 18
 _ELEMENTWISE = {"add": "Add", "sub": "Sub", "mul": "Mul", "div": "Div", "max": "Max", "min": "Min", "exp": "Exp",

@@ -22,10 +22,12 @@ from typing import Iterable, Optional
 import numpy as np
 import onnx
 
+from mobilebert_jax.errors import ConfigError
+
 try:
     from onnxruntime import quantization as ortq
 except ImportError as e:  # the extra is optional
-    raise ImportError("int8 ONNX export needs onnxruntime: pip install 'mobilebert-jax[export]'") from e
+    raise ConfigError("int8 ONNX export needs onnxruntime: pip install 'mobilebert-jax[export]'") from e
 
 QUANTIZATIONS = ("dynamic_int8", "full_int8")
 OP_TYPES = ["MatMul", "Gather"]

@@ -22,11 +22,13 @@ from typing import Callable, Iterable, Optional
 
 import numpy as np
 
+from mobilebert_jax.errors import ConfigError
+
 try:
     import tensorflow as tf
     from jax.experimental import jax2tf
 except ImportError as e:  # the extra is optional
-    raise ImportError("LiteRT export needs the `litert` extra: pip install 'mobilebert-jax[litert]'") from e
+    raise ConfigError("LiteRT export needs the `litert` extra: pip install 'mobilebert-jax[litert]'") from e
 
 QUANTIZATIONS = ("float32", "dynamic_int8", "full_int8")
 SIGNATURE = "serving_default"
