@@ -2,7 +2,7 @@ r"""Fine-tune MobileBERT on one GLUE task (REFERENCE section 6): `--config=exper
 
     python -m mobilebert_jax.main --config=experiments/finetune_glue.py:task=rte --workdir=runs/rte \
         --config.init_checkpoint=path/to/mobilebert_params   # convert.save_params or HF directory
-    python -m mobilebert_jax.finetune.evaluate --workdir=runs/rte   # official metrics + GLUE test submission
+    python -m mobilebert_jax.evaluate --workdir=runs/rte            # official metrics + GLUE test submission
 
 NAME: cola, sst2, mrpc, stsb, qqp, mnli, qnli, rte, wnli. Data: the GLUE TSV
 download (`--config.data.glue_dir`, default ../shared/data/glue) or TFDS

@@ -3,7 +3,7 @@ r"""Fine-tune MobileBERT on SQuAD (REFERENCE section 6): `--config=experiments/f
     python -m mobilebert_jax.main --config=experiments/finetune_squad.py:version=1.1 --workdir=runs/squad11 \
         --config.init_checkpoint=path/to/mobilebert_params \
         --config.data.train_file=path/to/train-v1.1.json --config.data.dev_file=path/to/dev-v1.1.json
-    python -m mobilebert_jax.finetune.evaluate --workdir=runs/squad11   # predictions.json (+ null_odds.json), EM/F1
+    python -m mobilebert_jax.evaluate --workdir=runs/squad11            # predictions.json (+ null_odds.json), EM/F1
 
 Or from TFDS: `--config.data.source=tfds --config.data.tfds_data_dir=...` (squad/v1.1, squad/v2.0).
 
