@@ -296,6 +296,10 @@ def main(argv: list[str]) -> None:
     if len(argv) != 2:
         cli.fatal("usage", f"expected one WORKDIR, got {argv[1:] or 'none'} (python -m mobilebert_jax.plot WORKDIR "
                            "[--out=FILE.png])")
+    if flags.FLAGS.out is not None:  # the default, WORKDIR/curves.png, is the plot the run itself writes
+        from mobilebert_jax import output_paths
+
+        output_paths.claim_files([flags.FLAGS.out], "--out", flags.FLAGS.overwrite)
     print(plot_run(argv[1], flags.FLAGS.out))
 
 
@@ -304,5 +308,7 @@ if __name__ == "__main__":
 
     from mobilebert_jax import cli
 
-    flags.DEFINE_string("out", None, "the PNG to write (default: WORKDIR/curves.png)")
+    flags.DEFINE_string("out", None, "the PNG to write (default: WORKDIR/curves.png); never an existing file nor one "
+                                     "inside a training workdir")
+    flags.DEFINE_bool("overwrite", False, "write --out over an existing file")
     cli.run_absl(main)

@@ -416,6 +416,8 @@ CASES = [
      "holds another model than this config describes", lambda tmp: _restore_another_model(tmp)),
     ("quantization: workdir without a run", "file", "config.json",
      ["mobilebert_jax.quantization", "--workdir={tmp}/nowhere"]),
+    ("plot: `--out` naming an existing file", "config", "already exists; choose another name, or pass --overwrite",
+     ["mobilebert_jax.plot", "{tmp}", "--out={tmp}/vocab.txt"]),
     ("plot: workdir without metrics.jsonl", "data", "metrics.jsonl: not found",
      lambda tmp: _plot(tmp)),
     ("plot: metrics.jsonl with a record that has no step", "data", "metrics.jsonl, line 2: not a metrics record",
