@@ -16,6 +16,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 
 import numpy as np
@@ -71,21 +72,32 @@ def start_workers(args: list[str], port: int, scratch, slow: float = 0.0, count:
                    JAX_PROCESS_ID=str(i), JAX_NUM_CPU_DEVICES="4", JAX_PLATFORMS="cpu", SLOW_STEP_SECONDS=str(slow),
                    MOBILEBERT_JAX_SCRATCH=str(scratch / f"host_{i}"))
         env.pop("XLA_FLAGS", None)
-        procs.append(subprocess.Popen([sys.executable, __file__, *map(str, args)], env=env, cwd=REPO,
-                                      stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
+        proc = subprocess.Popen([sys.executable, __file__, *map(str, args)], env=env, cwd=REPO,
+                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        # Drained as it comes: a worker whose output filled the pipe while the test polls would block in a write
+        # (the gcsfs event loop's warnings, say) and hang the job.
+        proc.lines = []
+        proc.drain = threading.Thread(target=proc.lines.extend, args=(proc.stdout,), daemon=True)
+        proc.drain.start()
+        procs.append(proc)
     return procs
+
+
+def output(proc: subprocess.Popen) -> str:
+    return "".join(proc.lines)
 
 
 def finish(procs, timeout=HANG_S) -> list[str]:
     outs = []
     for p in procs:
         try:
-            out, _ = p.communicate(timeout=timeout)
+            p.wait(timeout=timeout)
         except subprocess.TimeoutExpired:
             for q in procs:
                 q.kill()
             raise
-        outs.append(out)
+        p.drain.join()
+        outs.append(output(p))
     for i, (p, out) in enumerate(zip(procs, outs)):
         assert p.returncode == 0, f"process {i} exited with {p.returncode}:\n{out[-5000:]}"
     return outs
@@ -138,7 +150,7 @@ def test_two_processes_preempted_on_one_host_resume_and_equal_one_process(tmp_pa
         if time.time() > hung:
             for p in procs:
                 p.kill()
-            pytest.fail("no checkpoint at step 2:\n" + "\n".join(p.communicate()[0][-3000:] for p in procs))
+            pytest.fail("no checkpoint at step 2:\n" + "\n".join(output(p)[-3000:] for p in procs))
         time.sleep(0.2)
     procs[1].send_signal(signal.SIGTERM)  # a maintenance event on the second host only
     out0, _ = finish(procs)
