@@ -12,7 +12,7 @@ Without --config, runs the embedded default: the whole MobileBERT recipe at smal
 bundled Python-docs corpus (teacher, progressive transfer, PD, a scratch baseline, the held-out
 table and the plots; experiments/pipeline.py, installed as mobilebert_jax.experiments.pipeline) in
 runs/pipeline. Then each field of its `Scale` (experiments/pipeline.py: seq_len, layers, teacher_steps, stage_steps,
-pd_steps, ...) is a flag too: --teacher_steps=2500 --layers=6.
+pd_steps, ...) is a flag too: --teacher_steps=2500 --seq_len=128 --layers=6.
 
 Each run writes to its workdir: checkpoints/, metrics.jsonl, tensorboard/, config.py (the resolved config),
 command.txt (this command line and the git revision), log.txt (library logs) and curves.png.
