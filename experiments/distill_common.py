@@ -121,7 +121,9 @@ def get_config(strategy: str, arg: str | None) -> ml_collections.ConfigDict:
     # student's state and of the teacher for the same FLOPs; why, measured, in docs/scale_out.md. Smoke: data parallel.
     if not smoke:
         common.trainer_sections(c, mesh=common.FSDP, checkpoint_every=5_000, keep_last=3,
-                                every_steps=c.distill.stage_steps, batch_size=256, num_batches=20)
+                                # 5,120 held-out sequences in batches of 1,024, which the 512 devices of a
+                                # v3-256 or of two v5e-256 slices divide (tools.preflight checks it).
+                                every_steps=c.distill.stage_steps, batch_size=1024, num_batches=5)
         c.distill.teacher_dtype = "bfloat16"
     else:
         common.trainer_sections(c, mesh=common.DATA_PARALLEL, checkpoint_every=50, keep_last=3, every_steps=50,

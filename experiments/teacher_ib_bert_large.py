@@ -70,8 +70,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     if not smoke:
         # Fully sharded (fsdp over every core): each core keeps 1/N of the parameters and LAMB moments instead of
         # all of them, for the same FLOPs (docs/scale_out.md).
+        # 5,120 held-out sequences in batches of 1,024, which the 512 devices of a v3-256 or of two v5e-256 slices
+        # divide (tools.preflight checks it).
         common.trainer_sections(c, mesh=common.FSDP, checkpoint_every=5_000, keep_last=3, every_steps=10_000,
-                                batch_size=256, num_batches=20)
+                                batch_size=1024, num_batches=5)
     else:
         common.trainer_sections(c, mesh=common.DATA_PARALLEL, checkpoint_every=400, keep_last=3, every_steps=400,
                                 batch_size=64, num_batches=2)

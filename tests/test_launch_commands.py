@@ -37,7 +37,7 @@ def _main_args(text: str) -> list[tuple[str, list[str]]]:
     found = []
     for line in _joined_lines(text):
         line = line.strip()
-        if line.startswith("python -m mobilebert_jax.main "):
+        if line.startswith("python -m mobilebert_jax.main ") and "--config" in line:  # without: the default job
             found.append((line, shlex.split(line)[3:]))
         elif line.startswith("launch/tpu_run.sh ") and " -- " in line:
             found.append((line, shlex.split(line.split(" -- ", 1)[1])))

@@ -210,6 +210,7 @@ def _run_pass(name: str, jobs: Sequence[Job], *, workers: int, unit: str, count_
     # The bar is for a terminal; a log file gets lines (one per tenth of the jobs), never carriage returns.
     on_terminal = _is_terminal(sys.stderr)
     every = max(1, -(-len(jobs) // 10))
+    started = time.monotonic()
     with tqdm(total=len(jobs), initial=len(jobs) - len(pending), desc=name, unit=unit, dynamic_ncols=True,
               disable=not on_terminal) as bar:
         def finished(i: int, counts: dict[str, Any]) -> None:
@@ -220,8 +221,12 @@ def _run_pass(name: str, jobs: Sequence[Job], *, workers: int, unit: str, count_
             bar.update()
             if len(results) % every == 0 or len(results) == len(jobs):
                 # With the bar on the terminal, the line goes to the log file alone (cli.FILE_ONLY).
-                logging.info("%s: %d of %d %ss done (%s %d in this run)", name, len(results), len(jobs), unit,
-                             count_key, total, extra=cli.FILE_ONLY if on_terminal else None)
+                # The rate and ETA over this run's jobs, as the bar shows them.
+                ran, seconds = len(results) - (len(jobs) - len(pending)), time.monotonic() - started
+                rate = ran / seconds if seconds > 0 else 0.0
+                eta = f", ETA {(len(jobs) - len(results)) / rate:.0f} s" if rate > 0 and len(results) < len(jobs) else ""
+                logging.info("%s: %d of %d %ss done (%s %d in this run), %.2f %s/s%s", name, len(results), len(jobs),
+                             unit, count_key, total, rate, unit, eta, extra=cli.FILE_ONLY if on_terminal else None)
 
         if workers <= 1 or len(pending) <= 1:
             for i in pending:
