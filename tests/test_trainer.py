@@ -154,8 +154,11 @@ def test_sharded_training_equals_single_device(tmp_path, straight, shape):
         np.testing.assert_allclose(sharded[k], straight[k], rtol=2e-4, atol=2e-5, err_msg=k)
 
 
-def _never(config, workdir):
-    raise AssertionError("the task was built: the config error should have been raised first")
+def _never_built(*args):
+    raise AssertionError("the stage was built: the config error should have been raised first")
+
+
+_NEVER = Stage(spec=_never_built, read=_never_built)
 
 
 @pytest.mark.parametrize("overrides,message", [
@@ -171,7 +174,7 @@ def test_bad_config_fails_before_anything_compiles(tmp_path, overrides, message)
     c = synthetic_training.config()
     c.update_from_flattened_dict(overrides)
     with pytest.raises(ConfigError, match=message):
-        train(c, str(tmp_path), _never)
+        train(c, str(tmp_path), _NEVER)
     assert not os.path.exists(tmp_path / "checkpoints")
 
 
@@ -252,7 +255,7 @@ def test_second_run_is_refused_and_a_killed_run_loses_at_most_an_interval_plus_a
     c.update_from_flattened_dict({"checkpoint.async_save": True, "log_every": 1})
     holder = f"is in use by host {socket.gethostname()} pid {first.pid}"
     with pytest.raises(workdir_lib.WorkdirInUseError, match=holder):
-        train(c, str(tmp_path), _never)  # the same run again, while the first holds the workdir
+        train(c, str(tmp_path), _NEVER)  # the same run again, while the first holds the workdir
     assert first.poll() is None, "the first run ended before it could be killed mid-run; make its steps slower"
     first.kill()
     first.communicate(timeout=HANG_S)  # after kill(): only a hang waits long
