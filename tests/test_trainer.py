@@ -281,9 +281,18 @@ def test_a_full_disk_stops_the_run_at_the_failed_save(tmp_path):
     try:
         proc = _run(tmp_path, slow=0.3, wait=False, overrides=overrides)
         _wait_for_checkpoint(tmp_path, 2, proc, timeout=HANG_S)
-        free = os.statvfs(checkpoints)
         with open(checkpoints / "filler", "wb") as f:  # takes every free block
-            os.posix_fallocate(f.fileno(), 0, free.f_bavail * free.f_frsize)
+            # The run's next save may take blocks between the look and the allocation: what is free then is taken.
+            for _ in range(200):  # halves what it asks for when the blocks went meanwhile
+                free = os.statvfs(checkpoints)
+                if free.f_bavail == 0:
+                    break
+                size = os.fstat(f.fileno()).st_size
+                try:
+                    os.posix_fallocate(f.fileno(), 0, size + max(1, free.f_bavail // 2) * free.f_frsize)
+                except OSError:
+                    if free.f_bavail == 1:
+                        break
         out, _ = proc.communicate(timeout=HANG_S)
         assert proc.returncode != 0, out
         failed = int(re.search(r"saving checkpoint step (\d+) in .* failed: .*(No space left|RESOURCE_EXHAUSTED)",
