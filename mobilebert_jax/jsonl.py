@@ -33,13 +33,7 @@ def repair_end(path: storage.PathLike) -> None:
         logging.warning("%s: dropped its last line, cut short by an earlier crash (%d bytes: %r)", os.fspath(path),
                         len(tail), tail[:80])
         repaired = data[:start]
-    if storage.is_remote(path):
-        p.write_bytes(repaired)  # an object is replaced whole
-    elif len(repaired) < len(data):
-        os.truncate(p, len(repaired))
-    else:
-        with open(p, "ab") as f:
-            f.write(b"\n")
+    p.write_bytes(repaired)  # once per resume, through the storage door (a gs:// object is replaced whole anyway)
 
 
 def open_append(path: storage.PathLike) -> TextIO:
