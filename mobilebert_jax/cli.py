@@ -65,6 +65,10 @@ def errors_are_fatal() -> Iterator[None]:
         if kind is None:
             raise
         fatal(kind, e)
+    finally:
+        # Here, not at interpreter exit: by then gcsfs has closed its HTTP session ("Session is closed").
+        for log in list(_REMOTE_LOGS):
+            log.finish()
 
 
 def fatal_on_errors(fn: Callable) -> Callable:
@@ -238,7 +242,8 @@ class _RemoteLog:
                                                      suffix=".txt", dir=storage.scratch_dir(), delete=False)
             self._thread = threading.Thread(target=self._upload_every, name="remote-log", daemon=True)
             self._thread.start()
-            atexit.register(self.finish)
+            _REMOTE_LOGS.append(self)
+            atexit.register(self.finish)  # for a caller outside errors_are_fatal
         if self._file.closed:
             return 0  # a record after the final upload (at interpreter exit)
         return self._file.write(text)
@@ -272,15 +277,25 @@ class _RemoteLog:
         self.flush()
 
     def finish(self) -> None:
-        """The last upload, then the scratch file is removed."""
+        """The last upload, then the scratch file is removed (kept, and named, when the upload fails)."""
         if self._file is None or self._file.closed:
             return
         self._stop.set()
         self._thread.join()
         self._file.flush()
-        self.upload()
         self._file.close()
+        if self in _REMOTE_LOGS:
+            _REMOTE_LOGS.remove(self)
+        try:
+            self.upload()
+        except (OSError, RuntimeError) as e:  # RuntimeError: an HTTP session already closed at exit
+            print(f"warning: could not copy the log to {self.path} ({e}); it is kept in {self._file.name}",
+                  file=sys.stderr)
+            return
         storage.path(self._file.name).unlink()
+
+
+_REMOTE_LOGS: list[_RemoteLog] = []  # the remote logs of this process not yet finished
 
 
 class _ProjectInfo(logging.StreamHandler):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import filecmp
 import glob
 import json
+import re
 import os
 import subprocess
 import sys
@@ -222,8 +223,11 @@ def test_progress_is_lines_in_the_log_and_a_bar_only_on_a_terminal(tmp_path, mon
     assert [r["instances"] for r in results] == list(range(25))
     lines = [r.getMessage() for r in caplog.records if "shards done" in r.getMessage()]
     # One line per tenth (3 of 25 jobs), and the last.
-    assert lines[0] == "instances (train): 3 of 25 shards done (instances 3 in this run)"
-    assert len(lines) == 9 and lines[-1] == "instances (train): 25 of 25 shards done (instances 300 in this run)"
+    # Each line gives the rate and, before the last, the time left.
+    assert re.fullmatch(r"instances \(train\): 3 of 25 shards done \(instances 3 in this run\), [\d.]+ shard/s, ETA \d+ s",
+                        lines[0]), lines[0]
+    assert len(lines) == 9 and re.fullmatch(
+        r"instances \(train\): 25 of 25 shards done \(instances 300 in this run\), [\d.]+ shard/s", lines[-1]), lines[-1]
     # The bar only on a terminal, where the lines are the log file's alone.
     assert ("\r" in stderr.getvalue()) == terminal
     assert all(getattr(r, "file_only", False) == terminal for r in caplog.records if "shards done" in r.getMessage())

@@ -140,9 +140,9 @@ def _cli(*args, cwd=ROOT):
 
 
 def _docs_example() -> str:
-    text = (ROOT / "docs" / "finetune_stage.md").read_text()
+    text = (ROOT / "docs" / "finetuning.md").read_text()
     match = re.search(r"<!-- litert-example -->\s*```python\n(.*?)```", text, re.S)
-    assert match, "docs/finetune_stage.md lost its LiteRT interpreter example"
+    assert match, "docs/finetuning.md lost its LiteRT interpreter example"
     return match.group(1)
 
 
