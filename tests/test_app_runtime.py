@@ -140,3 +140,36 @@ def _built_metadata(fb) -> bytes:
     builder = flatbuffers.Builder(0)
     builder.Finish(metadata.Pack(builder), b"M001")
     return bytes(builder.Output())
+
+
+def test_mediapipe_text_embedder_loads_a_bare_model_export(tmp_path):
+    """A bare pretraining model exported with --embedding: MediaPipe's TextEmbedder gives its pooled [CLS] vector."""
+    import flax.linen as nn
+    import jax
+
+    from mobilebert_jax import convert, get_preset
+    from mobilebert_jax.data.tokenizers import load_tokenizer
+    from mobilebert_jax.finetune.features import encode_pairs
+    from mobilebert_jax.modeling import MobileBertForPreTraining
+    from mediapipe.tasks.python.core import base_options
+    from mediapipe.tasks.python.text import text_embedder
+
+    shared = require_shared_data()
+    vocab = str(shared / "vocab" / "bert-uncased-vocab.txt")
+    config = get_preset("mobilebert_test", vocab_size=30522, max_position_embeddings=SEQ_LEN, num_hidden_layers=1)
+    model = MobileBertForPreTraining(config)
+    params = nn.unbox(model.init(jax.random.key(0), np.zeros((1, 8), np.int32))["params"])
+    convert.save_params(str(tmp_path / "pretrained"), config, params)
+    path = tmp_path / "embedder.tflite"
+    out = _export(f"--params={tmp_path / 'pretrained'}", f"--vocab={vocab}", "--embedding", f"--output={path}",
+                  f"--seq_len={SEQ_LEN}")
+    assert "with TextEmbedder metadata" in out and "outputs embedding" in out
+
+    sentences = ["the cat sat on the mat .", "a gripping , beautifully acted film", "it 's a mess ."]
+    arrays = encode_pairs(load_tokenizer(vocab), sentences, None, SEQ_LEN)
+    pooled = np.asarray(model.apply({"params": params}, arrays["input_ids"], attention_mask=arrays["input_mask"],
+                                    token_type_ids=arrays["segment_ids"], deterministic=True)["pooled_output"])
+    options = text_embedder.TextEmbedderOptions(base_options=base_options.BaseOptions(model_asset_path=str(path)))
+    with text_embedder.TextEmbedder.create_from_options(options) as embedder:
+        vectors = np.asarray([embedder.embed(s).embeddings[0].embedding for s in sentences])
+    np.testing.assert_allclose(vectors, pooled, atol=1e-4)

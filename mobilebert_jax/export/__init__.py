@@ -7,7 +7,8 @@
     export_model(model, params, "model.onnx", quantization="full_int8", calibration=train_arrays)  # QDQ
 
 Every graph has the inputs `input_ids`, `input_mask`, `segment_ids` (int32 [batch_size, seq_len]) and the
-model's float32 outputs (`logits`; `start_logits`/`end_logits`; `mlm_logits`/`nsp_logits`).
+model's float32 outputs (`logits`; `start_logits`/`end_logits`; `mlm_logits`/`nsp_logits`; or, asked for by
+`outputs=("embedding",)`, the pooled [CLS] vector `embedding` [batch_size, hidden]).
 Command line: `python -m mobilebert_jax.export` (see its docstring).
 """
 
@@ -21,12 +22,14 @@ from mobilebert_jax.errors import ConfigError
 
 INPUTS = ("input_ids", "input_mask", "segment_ids")
 OUTPUTS = ("logits", "start_logits", "end_logits", "mlm_logits", "nsp_logits")
+EMBEDDING = ("embedding",)  # the model's pooled [CLS] vector, for a text embedder
 FORMATS = {".tflite": "tflite", ".onnx": "onnx"}
 QUANTIZATIONS = ("float32", "dynamic_int8", "full_int8")
 
 
-def model_function(model, params, quantized=None):
-    """`fn(input_ids, input_mask, segment_ids) -> {output: array}` of a model (the int8 simulation if given)."""
+def model_function(model, params, quantized=None, outputs=OUTPUTS):
+    """`fn(input_ids, input_mask, segment_ids) -> {output: array}` of a model (the int8 simulation if given):
+    its heads' outputs, or with `outputs=EMBEDDING` its pooled [CLS] vector."""
     from mobilebert_jax.quantization import apply_quantized
 
     qparams = quantized.dequantized_params() if quantized is not None else None
@@ -37,7 +40,9 @@ def model_function(model, params, quantized=None):
             out = apply_quantized(model, quantized, input_ids, params=qparams, **kwargs)
         else:
             out = model.apply({"params": params}, input_ids, **kwargs)
-        return {k: out[k] for k in OUTPUTS if k in out}
+        if outputs == EMBEDDING:
+            return {"embedding": out["pooled_output"]}
+        return {k: out[k] for k in outputs if k in out}
 
     return fn
 
@@ -55,13 +60,14 @@ def representative_batches(arrays: dict[str, np.ndarray], batch_size: int) -> li
 
 def export_model(model, params, path: Optional[str], *, batch_size: int = 1, seq_len: int = 128,
                  quantization: str = "float32", calibration: Optional[dict[str, np.ndarray]] = None,
-                 quantized=None, fmt: Optional[str] = None):
+                 quantized=None, fmt: Optional[str] = None, outputs=OUTPUTS):
     """Export `model` at a fixed [batch_size, seq_len]; returns the .tflite bytes or the ONNX ModelProto.
 
     The format comes from `fmt` ("tflite" or "onnx") or else the suffix of `path`. `calibration`: feature arrays
     (`input_ids`, `input_mask`, `segment_ids` [N, seq_len]) for full_int8. `quantized` (ONNX, float32 only):
     a `QuantizedModel` whose int8 *simulation* (fake-quant, computed in float) is exported, to check it
-    against other runtimes; it is not an int8 graph.
+    against other runtimes; it is not an int8 graph. `outputs=EMBEDDING`: the graph's one output is the pooled
+    [CLS] vector instead of the heads.
     """
     if quantization not in QUANTIZATIONS:
         raise ValueError(f"quantization {quantization!r}: choose one of {list(QUANTIZATIONS)}")
@@ -78,7 +84,7 @@ def export_model(model, params, path: Optional[str], *, batch_size: int = 1, seq
     example = {"input_ids": np.zeros(shape, np.int32), "input_mask": np.ones(shape, np.int32),
                "segment_ids": np.zeros(shape, np.int32)}
     batches = representative_batches(calibration, batch_size) if calibration is not None else None
-    fn = model_function(model, params, quantized)
+    fn = model_function(model, params, quantized, outputs)
     if fmt == "tflite":
         from mobilebert_jax.export import tflite_export
 

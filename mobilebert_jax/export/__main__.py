@@ -5,16 +5,18 @@ r"""Export a fine-tuning run or a bare model to LiteRT (.tflite) or ONNX, in flo
         [--seq_len=<the run's max_seq_length>] [--batch_size=1] [--step=N]
     python -m mobilebert_jax.export --params=path/to/params_dir [--vocab=vocab.txt] --output=mlm.tflite \
         [--quantization=full_int8 --calibration_text=corpus.txt]
+    python -m mobilebert_jax.export --params=path/to/params_dir --embedding --output=embedder.tflite
 
 `--workdir`: a GLUE or SQuAD fine-tuning run (sequence-classification or span-QA head); full_int8 calibrates
 on `--calibration_examples` of the run's own training examples (the seeded draw `python -m
 mobilebert_jax.quantization` uses). `--params`: a parameter directory (`convert.save_params`) or an HF
 directory, e.g. a bare pretraining model (`mlm_logits`, `nsp_logits`); full_int8 calibrates on the first lines
-of `--calibration_text` (one passage per line, e.g. the pretraining corpus).
+of `--calibration_text` (one passage per line, e.g. the pretraining corpus). `--embedding` (with --params):
+the graph's one output is the model's pooled [CLS] vector, `embedding` [batch, hidden], instead of its heads.
 
-A .tflite of a GLUE run at --batch_size=1 carries TFLite Metadata (input roles, the tokenizer's vocabulary packed
-in, the label names; the `litert` extra), so MediaPipe's TextClassifier loads it as it is; --noapp_metadata leaves
-it out. Next to OUTPUT it writes the tokenizer's vocabulary (`<stem>.vocab.txt`, or `<stem>.spm.model` for
+A .tflite at --batch_size=1 of a GLUE run, or of --embedding, carries TFLite Metadata (input roles, the
+tokenizer's vocabulary packed in, the label names; the `litert` extra), so MediaPipe's TextClassifier or
+TextEmbedder loads it as it is; --noapp_metadata leaves it out. Next to OUTPUT it writes the tokenizer's vocabulary (`<stem>.vocab.txt`, or `<stem>.spm.model` for
 SentencePiece) and `<stem>.json`: input and output names, dtypes and shapes, the special token ids, labels. An
 existing file of these is refused unless `--overwrite`; so is a place inside a training workdir.
 """
@@ -45,8 +47,10 @@ flags.DEFINE_string("calibration_text", None, "full_int8 with --params: a text f
 flags.DEFINE_integer("step", None, "checkpoint step (default: latest)")
 flags.DEFINE_integer("seq_len", None, "the fixed sequence length (default: the run's max_seq_length, else 128)")
 flags.DEFINE_integer("batch_size", 1, "the fixed batch size of the exported graph", lower_bound=1)
-flags.DEFINE_bool("app_metadata", True, "a .tflite of a GLUE run at --batch_size=1: embed the TFLite Metadata app "
-                  "runtimes need (MediaPipe TextClassifier; the `litert` extra)")
+flags.DEFINE_bool("embedding", False, "with --params: export the pooled [CLS] vector (output `embedding`) instead "
+                  "of the model's heads (a text embedder)")
+flags.DEFINE_bool("app_metadata", True, "a .tflite at --batch_size=1 of a GLUE run or of --embedding: embed the TFLite "
+                  "Metadata app runtimes need (MediaPipe TextClassifier, TextEmbedder; the `litert` extra)")
 flags.DEFINE_bool("overwrite", False, "replace --output and its .json and vocabulary files if they exist")
 FLAGS = flags.FLAGS
 
@@ -95,10 +99,13 @@ def main(argv) -> None:
     import jax
 
     from mobilebert_jax import cli
-    from mobilebert_jax.export import FORMATS, export_model, model_function
+    from mobilebert_jax.export import EMBEDDING, FORMATS, OUTPUTS, export_model, model_function
 
     if (FLAGS.workdir is None) == (FLAGS.params is None):
         raise app.UsageError("give exactly one of --workdir (a fine-tuning run) and --params (a model directory)")
+    if FLAGS.embedding and FLAGS.params is None:
+        raise app.UsageError("--embedding exports a bare model: give --params, not --workdir")
+    heads = EMBEDDING if FLAGS.embedding else OUTPUTS
     output = epath.Path(FLAGS.output)
     cli.log_libraries_to(FLAGS.workdir or str(output.parent))
     fmt = FLAGS.format or FORMATS.get(output.suffix)
@@ -129,11 +136,14 @@ def main(argv) -> None:
         calibration = (sources.text_calibration(FLAGS.calibration_text, vocab, FLAGS.calibration_examples, seq_len)
                        if full_int8 else None)
     shape = np.zeros((FLAGS.batch_size, seq_len), np.int32)
-    outputs = jax.eval_shape(model_function(model, params), shape, shape, shape)
-    # The app runtimes feed one text to a sequence classifier; a QA or bare model, or a batch, gets no metadata
-    # (app_metadata.py says why).
-    app_runtime = (FLAGS.app_metadata and fmt == "tflite" and FLAGS.batch_size == 1 and labels is not None
-                   and set(outputs) == {"logits"} and len(outputs["logits"].shape) == 2)
+    if FLAGS.embedding and "pooled_output" not in jax.eval_shape(
+            lambda p, x: model.apply({"params": p}, x, deterministic=True), params, shape):
+        raise ConfigError(f"--params={FLAGS.params}: the model has no pooler, so no pooled [CLS] vector to embed with")
+    outputs = jax.eval_shape(model_function(model, params, outputs=heads), shape, shape, shape)
+    # The app runtimes feed one text to a sequence classifier or an embedder; a QA or pretraining model, or a
+    # batch, gets no metadata (app_metadata.py says why).
+    classifier = labels is not None and set(outputs) == {"logits"} and len(outputs["logits"].shape) == 2
+    app_runtime = FLAGS.app_metadata and fmt == "tflite" and FLAGS.batch_size == 1 and (classifier or FLAGS.embedding)
     if app_runtime:
         from mobilebert_jax.export import app_metadata
 
@@ -144,19 +154,21 @@ def main(argv) -> None:
           + (f", calibrating on {len(calibration['input_ids'])} examples" if full_int8 else ""), flush=True)
     output.parent.mkdir(parents=True, exist_ok=True)
     export_model(model, params, str(output), batch_size=FLAGS.batch_size, seq_len=seq_len,
-                 quantization=FLAGS.quantization, calibration=calibration, fmt=fmt)
+                 quantization=FLAGS.quantization, calibration=calibration, fmt=fmt, outputs=heads)
     if app_runtime:
         from mobilebert_jax import storage
 
-        output.write_bytes(app_metadata.text_classifier(output.read_bytes(),
-                                                        tokenizer_file=storage.local_copy(_vocab_file(vocab)),
-                                                        labels=labels))
+        tokenizer_file = storage.local_copy(_vocab_file(vocab))
+        output.write_bytes(app_metadata.text_classifier(output.read_bytes(), tokenizer_file=tokenizer_file,
+                                                        labels=labels) if classifier else
+                           app_metadata.text_embedder(output.read_bytes(), tokenizer_file=tokenizer_file))
     vocab_file = _vocab_sidecar(vocab, output)
     meta = describe(model, vocab_file, vocab, batch_size=FLAGS.batch_size, seq_len=seq_len, fmt=fmt,
                     quantization=FLAGS.quantization, outputs=outputs, labels=labels, source=source)
     meta_file = output.with_name(output.stem + ".json")
     meta_file.write_text(json.dumps(meta, indent=2) + "\n")
-    print(f"wrote {output} ({output.stat().length:,} bytes{', with TextClassifier metadata' if app_runtime else ''}), "
+    app_note = f", with {'TextClassifier' if classifier else 'TextEmbedder'} metadata" if app_runtime else ""
+    print(f"wrote {output} ({output.stat().length:,} bytes{app_note}), "
           f"{vocab_file.name}, {meta_file.name}: inputs input_ids, input_mask, segment_ids int32[{FLAGS.batch_size}, "
           f"{seq_len}]; outputs {', '.join(outputs)}")
 

@@ -1,9 +1,11 @@
-"""TFLite Metadata inside an exported `.tflite`, so app runtimes load it: MediaPipe Tasks' `TextClassifier`
-(Android, iOS, web, Python) reads the input tensors' roles, the tokenizer (its vocabulary packed into the file as
-an associated file) and the label names from it. The LiteRT Task Library's `BertNLClassifier` reads the same
-schema; it is not tested here (its Python package, tflite-support, needs protobuf<4).
+"""TFLite Metadata inside an exported `.tflite`, so app runtimes load it: MediaPipe Tasks' `TextClassifier` and
+`TextEmbedder` (Android, iOS, web, Python) read the input tensors' roles, the tokenizer (its vocabulary packed
+into the file as an associated file) and a classifier's label names from it. The LiteRT Task Library's
+`BertNLClassifier` reads the same schema; it is not tested here (its Python package, tflite-support, needs
+protobuf<4).
 
     tflite_bytes = app_metadata.text_classifier(tflite_bytes, tokenizer_file="vocab.txt", labels=["neg", "pos"])
+    tflite_bytes = app_metadata.text_embedder(tflite_bytes, tokenizer_file="vocab.txt")  # output `embedding`
 
 Written with MediaPipe's own metadata writer (`mediapipe.tasks.python.metadata.metadata_writers`, the `litert`
 extra). One function of it is supplied here: the MediaPipe 1.x wheels ship the writer without the compiled
@@ -125,4 +127,19 @@ def text_classifier(tflite: bytes, *, tokenizer_file: str, labels: Sequence[str]
         ids_name=_TENSOR_NAMES["ids"], mask_name=_TENSOR_NAMES["mask"], segment_name=_TENSOR_NAMES["segment"])
     populated, _ = build.populate()
     del build  # its temporary folder (the labels file) goes now, not at interpreter exit
+    return bytes(populated)
+
+
+def text_embedder(tflite: bytes, *, tokenizer_file: str) -> bytes:
+    """`tflite` (a batch-1 graph whose one output is `embedding` [1, hidden]) with TextEmbedder metadata: BERT
+    inputs tokenized by `tokenizer_file`, the output a feature vector."""
+    metadata_writer = _writers()
+
+    writer = metadata_writer.MetadataWriter(bytearray(tflite))
+    writer.add_general_info("TextEmbedder", "The pooled [CLS] vector of the input text.")
+    writer.add_bert_text_input(_tokenizer(metadata_writer, tokenizer_file), _TENSOR_NAMES["ids"],
+                               _TENSOR_NAMES["mask"], _TENSOR_NAMES["segment"])
+    writer.add_feature_output(name="embedding", description="The pooled [CLS] vector.")
+    populated, _ = writer.populate()
+    del writer
     return bytes(populated)
