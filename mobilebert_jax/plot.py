@@ -34,6 +34,8 @@ PANEL_INCHES = (6.0, 3.5)  # one panel; two panels a row
 DPI = 100
 MAX_SERIES = 8  # lines in one panel; more per-layer series become a heat map
 _NOT_CURVES = {"step", "time", "phase"}
+# Metrics logged under another name by runs recorded before: old key -> current key.
+RENAMED_METRICS = {"stage": "phase"}  # progressive transfer's phase (a stage is a kind of run)
 _LAYER_KEY = re.compile(r"^layer_(\d+)/(\w+)$")
 _MULTIPLIER = re.compile(r"^lr_multiplier/layer_(\d+)$")
 DISTANCES = (("feature_map", "feature map (FMT)"), ("mean", "mean"), ("variance", "variance"),
@@ -82,9 +84,15 @@ def read_metrics(workdir: str) -> tuple[list[dict], list[dict]]:
             step = int(record["step"])
         except (ValueError, KeyError, TypeError) as e:
             raise DataError(f"{path}, line {n}: not a metrics record (no step: {e!r})") from None
+        record = current_names(record)
         target = evals if any(k.startswith("eval/") for k in record) else train
         target[step] = {**target.get(step, {}), **record}
     return [train[s] for s in sorted(train)], [evals[s] for s in sorted(evals)]
+
+
+def current_names(record: dict) -> dict:
+    """`record` with the keys of RENAMED_METRICS under their current names."""
+    return {RENAMED_METRICS.get(k, k): v for k, v in record.items()}
 
 
 def series(records: list[dict], key: str, times: str = "") -> tuple[list[int], list[float]]:

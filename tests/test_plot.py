@@ -140,3 +140,14 @@ def test_bad_metrics_are_data_errors(tmp_path):
     (tmp_path / "metrics.jsonl").write_text('{"step": 1, "loss": 2.0}\n{"loss": 3}\n')
     with pytest.raises(DataError, match=r"metrics.jsonl, line 2: not a metrics record"):
         plot.read_metrics(str(tmp_path))
+
+
+def test_a_run_that_logged_its_phase_as_stage_plots_its_phases(tmp_path):
+    """A metrics.jsonl recorded when progressive transfer's phase was logged under the key "stage"."""
+    _write_distillation_metrics(tmp_path)
+    path = tmp_path / "metrics.jsonl"
+    path.write_text(path.read_text().replace('"phase":', '"stage":'))
+    train, evals = plot.read_metrics(str(tmp_path))
+    assert plot.phase_boundaries(train) == [5, 10] and not any("stage" in r for r in train)
+    assert plot.layer_transfer_panels(train, evals)[2].boundaries == (5, 10)
+    _assert_png(plot.plot_run(str(tmp_path), layout="layer_transfer"), 8)
