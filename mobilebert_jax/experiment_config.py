@@ -256,7 +256,20 @@ RENAMED_FIELDS = {
     "data.vocab": "data.tokenizer",  # fine-tuning named its tokenizer as no other stage did
     "data.scratch_vocab": "data.scratch_tokenizer",
     "model_preset": None,  # a free-text label that selected nothing
+    # Progressive transfer's layer-by-layer parts are phases; a stage is a kind of run (stages.STAGES).
+    "distill.stage_steps": "distill.phase_steps",
+    "distill.last_stage": "distill.last_phase",
+    "optimizer.groups.*.multiplier.stage_steps": "optimizer.groups.*.multiplier.phase_steps",
 }
+
+
+def _sections(tree: dict, names: list[str]) -> list[dict]:
+    """The dicts at the dotted path `names` in `tree` ("*": every entry at that level)."""
+    found = [tree]
+    for name in names:
+        found = [child for section in found if isinstance(section, dict)
+                 for child in (section.values() if name == "*" else [section.get(name)])]
+    return [section for section in found if isinstance(section, dict)]
 
 
 def upgrade_recorded(recorded: dict) -> dict:
@@ -264,14 +277,11 @@ def upgrade_recorded(recorded: dict) -> dict:
     recorded = json.loads(json.dumps(recorded))  # a deep copy
     for old, new in RENAMED_FIELDS.items():
         *parents, leaf = old.split(".")
-        section = recorded
-        for name in parents:
-            section = section.get(name) if isinstance(section, dict) else None
-        if not isinstance(section, dict) or leaf not in section:
-            continue
-        value = section.pop(leaf)
-        if new is not None:
-            section.setdefault(new.split(".")[-1], value)
+        for section in _sections(recorded, parents):
+            if leaf in section:
+                value = section.pop(leaf)
+                if new is not None:
+                    section.setdefault(new.split(".")[-1], value)
     return recorded
 
 

@@ -184,6 +184,34 @@ def test_a_section_field_added_since_the_run_started_is_no_change_at_its_default
     assert checked >= len(trainer.SECTIONS)
 
 
+def test_a_distillation_run_recorded_with_stage_steps_resumes(tmp_path):
+    """Progressive transfer's phases recorded as distill.stage_steps / last_stage and the layer multipliers'
+    stage_steps: read under their current names, the same config resumes, and a changed one is still refused."""
+    from mobilebert_jax import experiment_config, stages
+    from mobilebert_jax.train import trainer
+
+    config = experiment_config.load_experiment("experiments/distill_progressive.py:smoke")
+    recorded = json.loads(config.to_json_best_effort())
+    recorded["distill"]["stage_steps"] = recorded["distill"].pop("phase_steps")
+    recorded["distill"]["last_stage"] = recorded["distill"].pop("last_phase")
+    multipliers = [g["multiplier"] for g in recorded["optimizer"]["groups"].values()
+                   if isinstance(g.get("multiplier"), dict) and "phase_steps" in g["multiplier"]]
+    assert len(multipliers) == config.model.num_hidden_layers + 1  # each layer's and the embedding norm's
+    for m in multipliers:
+        m["stage_steps"] = m.pop("phase_steps")
+    (tmp_path / "config.json").write_text(json.dumps(recorded))
+    sections = {**trainer.SECTIONS, **stages.lookup(config.stage).sections}
+    workdir_lib.check_config_unchanged(config, str(tmp_path), sections)  # no change
+    upgraded = experiment_config.read_recorded(str(tmp_path))
+    assert (upgraded.distill.phase_steps, upgraded.distill.last_phase) == (config.distill.phase_steps,
+                                                                          config.distill.last_phase)
+    assert "stage_steps" not in upgraded.distill and "last_stage" not in upgraded.distill
+    assert upgraded.optimizer.groups.layer_0.multiplier.phase_steps == config.distill.phase_steps
+    config.distill.phase_steps += 1
+    with pytest.raises(ConfigError, match=r"config\.distill\.phase_steps: \d+ recorded"):
+        workdir_lib.check_config_unchanged(config, str(tmp_path), sections)
+
+
 def test_a_run_recorded_under_renamed_fields_resumes(tmp_path):
     """Fine-tuning's data.vocab/scratch_vocab (now data.tokenizer/scratch_tokenizer) and the removed model_preset
     of a run recorded before the renames are read under their current names: the same config resumes."""

@@ -16,7 +16,7 @@ be left out have a neutral meaning, the one an absent setting has:
                            loader check each prepared shard's size against the manifest; True: its sha256 too,
                            which reads every byte; `data.prepare` always checks both)
 
-What the values mean (the stage of the data they fix): `corpus`...`max_line_bytes` what is read; `tokenizer` how
+What the values mean (which part of the data they fix): `corpus`...`max_line_bytes` what is read; `tokenizer` how
 it is tokenized; `max_seq_length`...`tfds_examples_per_unit` the instances, fixed at preparation (a change needs a
 new prepared_dir, data/prepare.py refuses to mix); `max_predictions_per_seq`...`dynamic_masking` the masks, drawn
 at load time; the rest the loader's parallelism. `corpus` and `tokenizer` may not be empty (`require_sources`,

@@ -38,7 +38,7 @@ from typing import Any, Callable, Optional, Sequence
 
 from etils import epath
 
-from mobilebert_jax import cli, experiment_config, jsonl, storage
+from mobilebert_jax import cli, experiment_config, jsonl, plot, storage
 from mobilebert_jax.config_schema import Schema
 from mobilebert_jax.errors import ConfigError
 
@@ -160,7 +160,7 @@ def read_metrics(workdir: str) -> tuple[Optional[int], dict[str, float]]:
     last_step, latest = None, {}
     for _, record in jsonl.records(path):  # a line cut short by a killed run is skipped
         last_step = max(record.get("step", 0), last_step or 0)
-        latest.update({k: v for k, v in record.items() if k not in ("step", "time")})
+        latest.update({k: v for k, v in plot.current_names(record).items() if k not in ("step", "time")})
     return last_step, latest
 
 
