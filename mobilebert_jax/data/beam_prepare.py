@@ -32,8 +32,8 @@ def prepare_on_beam(data_config: ml_collections.ConfigDict, output_dir: str, pip
         import apache_beam as beam
         from apache_beam.options.pipeline_options import PipelineOptions
     except ImportError as e:
-        raise ConfigError(f"--runner needs Apache Beam ({e}): pip install 'mobilebert-jax[beam]', or leave "
-                          "--runner out to prepare in this process") from None
+        raise ConfigError(f"--runner needs Apache Beam ({e}): install the beam extra in a virtualenv of its own "
+                          "(docs/data.md, 'Apache Beam'), or leave --runner out to prepare in this process") from None
     plan = prepare_lib.begin(data_config, output_dir, checksums=checksums)
     if isinstance(plan, dict):
         return plan

@@ -238,6 +238,13 @@ def _check_target(output_dir: str, settings_path: str) -> None:
     output_paths.check_directory(output_dir, "config.data.prepared_dir", "data.prepare", has_overwrite_flag=False)
 
 
+# The config.data fields that fix the prepared data (with the tokenizer's hash): a stage reuses a prepared_dir only
+# when they are equal.
+SETTINGS_FIELDS = ("corpus", "corpus_format", "tfds_text_field", "max_line_bytes", "unit_bytes",
+                   "tfds_examples_per_unit", "max_seq_length", "short_seq_prob", "dupe_factor", "held_out_fraction",
+                   "num_shards", "seed")
+
+
 def _settings(c: ml_collections.ConfigDict, tokenizer: Tokenizer) -> dict[str, Any]:
     if c.max_seq_length < 5:
         raise DataError(f"data.max_seq_length must be at least 5 ([CLS] a [SEP] b [SEP]), got {c.max_seq_length}")
@@ -248,14 +255,8 @@ def _settings(c: ml_collections.ConfigDict, tokenizer: Tokenizer) -> dict[str, A
     if c.dupe_factor < 1 or c.num_shards < 0:
         raise DataError(f"data.dupe_factor must be >= 1 and data.num_shards >= 0 (0: from the corpus size), got "
                         f"{c.dupe_factor}, {c.num_shards}")
-    settings = {
-        "corpus": c.corpus, "corpus_format": c.corpus_format, "tfds_text_field": c.tfds_text_field,
-        "max_line_bytes": c.max_line_bytes, "unit_bytes": c.unit_bytes,
-        "tfds_examples_per_unit": c.tfds_examples_per_unit,
-        "tokenizer_hash": tokenizer.content_hash, "token_dtype": records.token_dtype_for(tokenizer.vocab_size),
-        "max_seq_length": c.max_seq_length, "short_seq_prob": c.short_seq_prob, "dupe_factor": c.dupe_factor,
-        "held_out_fraction": c.held_out_fraction, "num_shards": c.num_shards, "seed": c.seed,
-    }
+    settings = {**{field: c[field] for field in SETTINGS_FIELDS}, "tokenizer_hash": tokenizer.content_hash,
+                "token_dtype": records.token_dtype_for(tokenizer.vocab_size)}
     if "builtin:" in c.corpus:
         settings["builtin_corpus_version"] = python_docs.corpus_version()
     return settings
