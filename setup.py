@@ -50,6 +50,12 @@ setup(
         # gs:// workdirs and data: gcsfs is etils.epath's gs:// backend; google-cloud-storage writes tensorboardX's
         # gs:// event files (orbax's arrays go through tensorstore, which needs nothing more).
         "gcs": ["gcsfs>=2024.6", "google-cloud-storage>=2.14"],
+        # Corpus preparation on Apache Beam (python -m mobilebert_jax.data.prepare --runner=...; [gcp]: Dataflow).
+        # Not part of `test`: Beam 2.78 needs protobuf<7, pyarrow<26 and python-dateutil<3, which the test extra's
+        # other packages are past, and sentencepiece 0.2.3's generated model proto needs protobuf 7; install it in a
+        # virtualenv of its own (docs/data.md, "Apache Beam").
+        "beam": ["apache-beam[gcp]==2.78.0", "sentencepiece>=0.2,<0.2.3", "gcsfs>=2024.6",
+                 "google-cloud-storage>=2.14"],
         # ONNX export of fine-tuned models for on-device inference (python -m mobilebert_jax.export).
         "export": ["onnx>=1.16", "onnxruntime>=1.18"],
         "tpu": [f"jax[tpu]=={JAX}", LIBTPU, "gcsfs>=2024.6", "google-cloud-storage>=2.14"],  # tpu includes gcs

@@ -133,12 +133,14 @@ def pretraining_data(max_seq_length: int, max_predictions_per_seq: int) -> ml_co
         short_seq_prob=0.1,
         dupe_factor=1,  # passes over the corpus with fresh segmentations; BERT used 10 with static masks
         held_out_fraction=0.01,  # of documents, kept for the eval split
-        num_shards=8,  # ArrayRecord files per split
+        # ArrayRecord files per split; 0 scales them with the corpus: one per 2**26 tokens x dupe_factor (about
+        # 128 MiB; 64 train shards for the paper's 4.3B tokens), which also bounds the instance pass's workers.
+        num_shards=0,
         seed=12345,  # the preparation's random choices
-        # Processes for `prepare`; 0 or 1 works inline. Starting a process costs seconds, so inline is faster
-        # for small corpora (the embedded one); set it to the core count for Wikipedia-sized ones.
+        # Processes for the in-process `prepare`: 0 one per core, 1 inline (starting a process costs seconds,
+        # so inline is faster for a small corpus such as the embedded one). Past one machine: --runner (Beam).
         prepare_workers=0,
-        unit_bytes=64 << 20,  # local files are read in groups of about this size
+        unit_bytes=64 << 20,  # local files are read in groups of about this size, a larger file in ranges of it
         tfds_examples_per_unit=20_000,
         # --- masking (at load time; may change between runs) ---
         max_predictions_per_seq=max_predictions_per_seq,  # MobileBERT's: 20 at 512 tokens
@@ -158,3 +160,4 @@ def embedded_corpus(data: ml_collections.ConfigDict) -> None:
     data.corpus = "builtin:python_docs"
     data.tokenizer = "builtin:python_docs_sentencepiece"
     data.num_shards = 4
+    data.prepare_workers = 1  # about 1 MB of text: starting worker processes would cost more than it saves

@@ -3,7 +3,8 @@ summed in one stage of 740K steps (the transfer and PD budgets together); the st
 embeddings and heads and trains everything. Warm-up over 10K steps to 1.5e-3, linear decay to 1.5e-7.
 
     python -m mobilebert_jax.main --config=experiments/distill_auxiliary.py --workdir=gs://BUCKET/runs/distill_auxiliary \
-        --config.distill.teacher=gs://BUCKET/runs/teacher --config.data.corpus=tfds:wikipedia/20230601.en:train
+        --config.distill.teacher=gs://BUCKET/runs/teacher --config.data.corpus='gs://BUCKET/books_wiki/*.txt' \
+        --config.data.prepared_dir=gs://BUCKET/data/books_wiki_512
     python -m mobilebert_jax.main --config=experiments/distill_auxiliary.py:smoke --workdir=runs/distill_auxiliary_smoke
 
 Every field can be overridden (--config.distill.weights.attention=0, --config.distill.layer_map='(1, 3, 5)', ...);

@@ -5,7 +5,8 @@ layer-wise transfer; --config.distill.train_embedding_norm_in_transfer=true trai
 1.5e-7 (the PD recipe; REFERENCE gives none for this stage).
 
     python -m mobilebert_jax.main --config=experiments/distill_joint.py --workdir=gs://BUCKET/runs/distill_joint \
-        --config.distill.teacher=gs://BUCKET/runs/teacher --config.data.corpus=tfds:wikipedia/20230601.en:train
+        --config.distill.teacher=gs://BUCKET/runs/teacher --config.data.corpus='gs://BUCKET/books_wiki/*.txt' \
+        --config.data.prepared_dir=gs://BUCKET/data/books_wiki_512
     python -m mobilebert_jax.main --config=experiments/distill_joint.py:smoke --workdir=runs/distill_joint_smoke
 
 Every field can be overridden (--config.distill.weights.attention=0, --config.distill.layer_map='(1, 3, 5)', ...);

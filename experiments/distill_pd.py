@@ -4,7 +4,8 @@ warm-up 10K steps to 1.5e-3, linear decay to 1.5e-7; every parameter trains.
 
     python -m mobilebert_jax.main --config=experiments/distill_pd.py --workdir=gs://BUCKET/runs/distill_pd \
         --config.distill.teacher=gs://BUCKET/runs/teacher \
-        --config.distill.student_init=gs://BUCKET/runs/distill_progressive --config.data.corpus=tfds:wikipedia/20230601.en:train
+        --config.distill.student_init=gs://BUCKET/runs/distill_progressive \
+        --config.data.corpus='gs://BUCKET/books_wiki/*.txt' --config.data.prepared_dir=gs://BUCKET/data/books_wiki_512
 
 student_init is a workdir (its latest checkpoint), a checkpoint step directory or a params directory; with
 --config.distill.student_init="" the student starts fresh from the teacher's embeddings and heads (PD alone, no transfer).

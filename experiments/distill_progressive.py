@@ -6,7 +6,7 @@ Paper scale (batch 2048 x 512, LAMB 1.5e-3, 240K steps):
 
     python -m mobilebert_jax.main --config=experiments/distill_progressive.py \
         --workdir=gs://BUCKET/runs/distill_progressive --config.distill.teacher=gs://BUCKET/runs/teacher \
-        --config.data.corpus=tfds:wikipedia/20230601.en:train
+        --config.data.corpus='gs://BUCKET/books_wiki/*.txt' --config.data.prepared_dir=gs://BUCKET/data/books_wiki_512
 
 (the tokenizer is the one the teacher recorded unless --config.data.tokenizer names it; it must be the same).
 
@@ -14,7 +14,8 @@ One phase at a time (each command continues the same workdir and stops at the en
 
     python -m mobilebert_jax.main --config=experiments/distill_progressive.py \
         --workdir=gs://BUCKET/runs/distill_progressive --config.distill.teacher=gs://BUCKET/runs/teacher \
-        --config.data.corpus=tfds:wikipedia/20230601.en:train --config.distill.last_phase=0
+        --config.data.corpus='gs://BUCKET/books_wiki/*.txt' \
+        --config.data.prepared_dir=gs://BUCKET/data/books_wiki_512 --config.distill.last_phase=0
 
 Lower layers frozen instead of at a tenth of the rate: --config.distill.lower_layer_multiplier=0.
 TF1's defaults (REFERENCE: the student's embedding norm frozen until PD, each layer loss divided by the 24 layers);

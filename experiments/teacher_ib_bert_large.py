@@ -1,9 +1,18 @@
 r"""Pretrain the IB-BERT_LARGE teacher from scratch with MLM + NSP (REFERENCE sections 1, 4, 5).
 
-Paper scale (256 TPU v3 cores, global batch 4096 x 512, LAMB):
+Paper scale (256 TPU v3 cores, global batch 4096 x 512, LAMB). First prepare BookCorpus + English Wikipedia (BERT's
+text layout: one sentence per line, a blank line between documents) once on Dataflow into the prepared_dir that
+this stage and every distillation stage reuse (docs/data.md, "Apache Beam"):
+
+    python -m mobilebert_jax.data.prepare --runner=DataflowRunner --project=PROJECT --region=us-central1 \
+        --temp_location=gs://BUCKET/tmp --num_workers=64 --setup_file=./setup.py \
+        --requirements_file=launch/dataflow_requirements.txt --config=experiments/teacher_ib_bert_large.py \
+        --config.data.corpus='gs://BUCKET/books_wiki/*.txt' --config.data.tokenizer=gs://BUCKET/bert-uncased-vocab.txt \
+        --config.data.prepared_dir=gs://BUCKET/data/books_wiki_512
 
     python -m mobilebert_jax.main --config=experiments/teacher_ib_bert_large.py \
-        --workdir=gs://BUCKET/runs/teacher --config.data.corpus=tfds:wikipedia/20230601.en:train \
+        --workdir=gs://BUCKET/runs/teacher --config.data.corpus='gs://BUCKET/books_wiki/*.txt' \
+        --config.data.prepared_dir=gs://BUCKET/data/books_wiki_512 \
         --config.data.tokenizer=gs://BUCKET/bert-uncased-vocab.txt
     (on a pod: launch/tpu_run.sh starts this on every host)
 

@@ -83,7 +83,8 @@ teacher, --config.data.tokenizer) stops with a FATAL config error instead of tra
 Example (the paper's teacher on 256 TPU v3 cores, restarted after every preemption until it finishes):
   launch/tpu_run.sh --name=ibbert --zone=europe-west4-a --accelerator=v3-256 --spot watch -- \
       --config=experiments/teacher_ib_bert_large.py --workdir=gs://BUCKET/runs/teacher \
-      --config.data.corpus=tfds:wikipedia/20230601.en:train --config.data.tokenizer=gs://BUCKET/bert-uncased-vocab.txt
+      --config.data.corpus='gs://BUCKET/books_wiki/*.txt' \
+      --config.data.prepared_dir=gs://BUCKET/data/books_wiki_512 --config.data.tokenizer=gs://BUCKET/bert-uncased-vocab.txt
   launch/tpu_run.sh --name=ibbert --zone=europe-west4-a logs
 EOF
 }

@@ -60,7 +60,7 @@ def data_config(**overrides):
     common = load_module(str(Path(__file__).resolve().parents[1] / "experiments" / "common.py"))
     c = common.pretraining_data(max_seq_length=512, max_predictions_per_seq=20)
     c.corpus, c.tokenizer = "builtin:python_docs", "builtin:python_docs_sentencepiece"
-    c.prepare_workers = 0
+    c.prepare_workers = 1  # inline: the tests' corpora are small
     c.loader_threads = 2
     for key, value in overrides.items():
         setattr(c, key, value)

@@ -159,3 +159,41 @@ def test_tfds_missing_dataset_or_field_is_a_clear_error(tiny_tfds):
                       tfds_text_field="body")[0]
     with pytest.raises(DataError, match=r"example 0 has no field 'body' \(fields: \['text', 'title'\]\)"):
         read_unit(unit, SkipLog(), max_line_bytes=100_000)
+
+
+@pytest.mark.parametrize("fmt", ["bert", "wikitext"])
+def test_a_large_file_is_cut_into_byte_ranges_that_hold_its_documents_once(tmp_path, fmt):
+    """Cut anywhere (blank-line runs, whitespace-only lines, CRLF, a BOM, titles and sections), the ranges' documents
+    are the whole file's, in order; each range is its own work unit."""
+    import random
+    rnd = random.Random(fmt)
+    for trial in range(40):
+        lines = []
+        for i in range(rnd.randint(1, 50)):
+            r = rnd.random()
+            if r < 0.2:
+                lines.append(rnd.choice(["", "  ", "\t", " \r"]))
+            elif r < 0.3 and fmt == "wikitext":
+                lines.append(f" = Title {i} = ")
+            elif r < 0.35 and fmt == "wikitext":
+                lines.append(f" = = Section {i} = = ")
+            else:
+                lines.append(" ".join(rnd.choice(["alpha", "beta.", "Gamma", "delta!", "é"])
+                                      for _ in range(rnd.randint(1, 12))))
+        path = tmp_path / f"{trial}.txt"
+        path.write_text(("\ufeff" if trial % 5 == 0 else "") + "First line.\n" + "\n".join(lines), "utf-8")
+        unit_bytes = rnd.randint(1, 200)
+        units = plan_units(str(path), corpus_format=fmt, unit_bytes=unit_bytes)
+        assert len(units) == -(-path.stat().st_size // unit_bytes)
+        assert [d for u in units for d in read_unit(u, SkipLog(), max_line_bytes=100_000)] == _read(path, fmt)[0]
+
+
+def test_a_bad_line_skips_only_the_range_that_holds_it(tmp_path):
+    path = tmp_path / "bert.txt"
+    path.write_bytes(b"One.\n\nTwo \xe9.\n\nThree.\n")
+    units = plan_units(str(path), corpus_format="bert", unit_bytes=5)
+    skips = SkipLog()
+    assert [d for u in units for d in read_unit(u, skips, max_line_bytes=100_000)] == [["One."], ["Three."]]
+    assert skips.counts == {"not_utf8": 1}
+    assert skips.to_dict()["examples"]["not_utf8"][0].startswith(f"{path}[5:10]: the line at byte 6, byte 4")
+    assert len(plan_units(str(path), corpus_format="paragraphs", unit_bytes=6)) == 1  # one document: never cut

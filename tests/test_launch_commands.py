@@ -114,6 +114,52 @@ def test_a_paper_scale_teacher_without_its_data_is_refused(missing, field):
     _check(args)
 
 
+def _prepare_commands() -> list[tuple[str, str, list[str]]]:
+    """(where, the command, its --config arguments) of every `python -m mobilebert_jax.data.prepare` in the docs."""
+    found = []
+    with open(os.path.join(ROOT, "launch", "README.md"), encoding="utf-8") as f:
+        sources = {"launch/README.md": f.read()}
+    for name in sorted(os.listdir(EXPERIMENTS)):
+        if name.endswith(".py"):
+            sources[f"experiments/{name}"] = _docstring(os.path.join(EXPERIMENTS, name))
+    for where, text in sources.items():
+        for line in _joined_lines(text):
+            if line.strip().startswith("python -m mobilebert_jax.data.prepare "):
+                found.append((where, line.strip(), [a for a in shlex.split(line)[3:] if a.startswith("--config")]))
+    return found
+
+
+def test_paper_scale_stages_reuse_one_prepared_dir_that_a_documented_command_prepares():
+    """A paper-scale pretraining or distillation command reads a gs:// prepared_dir that a documented prepare command
+    (launch/README.md, the teacher's docstring) writes with the same data settings, so the data is made once, by the
+    engine the docs say, and no stage prepares its own copy."""
+    from mobilebert_jax.data.prepare import SETTINGS_FIELDS
+
+    prepared = {}
+    for where, command, args in _prepare_commands():
+        spec = next(a.split("=", 1)[1] for a in args if a.startswith("--config="))
+        path, arg = experiment_config.split_spec(spec)
+        config = experiment_config.load_experiment(os.path.join(ROOT, path) + arg,
+                                                   [a for a in args if a.startswith("--config.")])
+        data = data_config.read(config.data)
+        assert data.prepared_dir.startswith("gs://"), f"{where}: {command}"
+        data_config.require_sources(data)
+        prepared[data.prepared_dir] = data
+    assert {where for where, _, _ in _prepare_commands()} >= {"launch/README.md", "experiments/teacher_ib_bert_large.py"}
+    checked = 0
+    for where, command, args in COMMANDS:
+        config = _load(args)
+        if config.stage not in PRETRAINING_STAGES or config.data.corpus.startswith("builtin:"):
+            continue
+        data = data_config.read(config.data)
+        assert data.prepared_dir in prepared, f"{where}: {command}\n  reads no documented prepared_dir"
+        made = prepared[data.prepared_dir]
+        assert {f: data[f] for f in SETTINGS_FIELDS} == {f: made[f] for f in SETTINGS_FIELDS}, f"{where}: {command}"
+        assert data.tokenizer in ("", made.tokenizer), f"{where}: {command}"
+        checked += 1
+    assert checked >= 8
+
+
 def test_prepare_without_a_corpus_is_one_fatal_line(tmp_path):
     result = subprocess.run(
         [sys.executable, "-m", "mobilebert_jax.data.prepare", f"--config={EXPERIMENTS}/teacher_ib_bert_large.py",

@@ -6,11 +6,13 @@ writes every field, with a comment on each. A missing required field is a Config
 be left out have a neutral meaning, the one an absent setting has:
 
     config.data  required: corpus, corpus_format, tfds_text_field, max_line_bytes, tokenizer, max_seq_length,
-                           short_seq_prob, dupe_factor, held_out_fraction, num_shards, seed, unit_bytes,
+                           short_seq_prob, dupe_factor, held_out_fraction, seed, unit_bytes,
                            tfds_examples_per_unit, max_predictions_per_seq, masked_lm_prob, dynamic_masking,
                            loader_threads, prefetch_buffer_size
                  optional: tfds_data_dir ("": TFDS's default data_dir), prepared_dir ("": a stage prepares into
-                           WORKDIR/data; the prepare command needs it set), prepare_workers (0: inline),
+                           WORKDIR/data; the prepare command needs it set), prepare_workers (0: one
+                           process per core; 1: inline), num_shards (0: one shard per 2**26 tokens of a
+                           split times dupe_factor, data/prepare.derived_num_shards),
                            whole_word_masking (False: masks pick single pieces), loader_workers (0: the loader
                            reads in this process's threads), verify_checksums (False: a stage and the
                            loader check each prepared shard's size against the manifest; True: its sha256 too,
@@ -37,7 +39,7 @@ SCHEMA = Schema(fields=("corpus", "corpus_format", "tfds_data_dir", "tfds_text_f
           "seed", "prepare_workers", "unit_bytes", "tfds_examples_per_unit", "max_predictions_per_seq",
           "masked_lm_prob", "whole_word_masking", "dynamic_masking", "loader_workers", "loader_threads",
           "prefetch_buffer_size", "verify_checksums"),
-                optional=dict(tfds_data_dir="", prepared_dir="", prepare_workers=0, whole_word_masking=False,
+                optional=dict(tfds_data_dir="", prepared_dir="", prepare_workers=0, num_shards=0, whole_word_masking=False,
                               loader_workers=0, verify_checksums=False))
 
 

@@ -2,6 +2,12 @@ r"""Corpus -> tokenized documents -> BERT sentence-pair instances, as ArrayRecor
 
     python -m mobilebert_jax.data.prepare --config=experiments/STAGE.py[:arg] --config.data.prepared_dir=DIR \
         [--config.data.FIELD=VALUE ...]
+    python -m mobilebert_jax.data.prepare --runner=DirectRunner|DataflowRunner [Beam pipeline options] \
+        --config=experiments/STAGE.py[:arg] --config.data.prepared_dir=DIR [--config.data.FIELD=VALUE ...]
+
+The first form prepares in this process and `data.prepare_workers` spawned ones (0: one per core; 1: inline);
+the second runs the same per-unit and per-shard functions as an Apache Beam pipeline (data/beam_prepare.py, the
+`beam` extra) and writes the same bytes. docs/data.md gives the Dataflow command for a paper-scale corpus.
 
 prepares the `config.data` section of a pretraining or distillation config (data/config.py says what each field
 means) into `config.data.prepared_dir`, ahead of the run: the stage itself, given the same config and flags, reuses
@@ -30,6 +36,7 @@ drawn at load time (see loader.py), so masking settings are not fixed here.
 from __future__ import annotations
 
 import concurrent.futures
+import dataclasses
 import json
 import logging
 import multiprocessing
@@ -58,13 +65,54 @@ DOCUMENTS_DIR = "documents"
 ARRAY_RECORD_OPTIONS = "group_size:1"  # one record per chunk: fast random access for the loader
 
 
+@dataclasses.dataclass(frozen=True)
+class Plan:
+    """What the per-unit and per-shard functions need: the same for the in-process passes and the Beam pipeline."""
+    output_dir: str
+    settings: dict[str, Any]
+    units: tuple[WorkUnit, ...]
+    tokenizer: str  # the spec; each process loads it once
+    tokenizer_facts: dict[str, Any]  # the manifest's `tokenizer`
+
+
 def prepare(data_config: ml_collections.ConfigDict, output_dir: str, *, checksums: bool = False) -> dict[str, Any]:
-    """Prepares `data_config.corpus` into `output_dir` and returns its manifest.
+    """Prepares `data_config.corpus` into `output_dir` in this process and `prepare_workers` others; returns its
+    manifest.
 
     Idempotent: a finished directory is returned as it is once its shards match the manifest (sizes; sha256 too
     with `checksums` or config.data.verify_checksums), and a damaged shard is prepared again; a partial one is
     completed without redoing finished units and shards.
     """
+    plan = begin(data_config, output_dir, checksums=checksums)
+    if isinstance(plan, dict):
+        return plan
+    started = time.time()
+    workers = data_config_lib.read(data_config).prepare_workers or available_cores()
+    unit_counts = _run_pass(
+        "tokenizing", [(tokenize_unit, (plan, i), unit_done(output_dir, i)) for i in range(len(plan.units))],
+        workers=workers, unit="unit", count_key="documents")
+    corpus_totals(plan, unit_counts, check=True)
+    jobs = shard_jobs(plan, unit_counts)
+    for split in dict.fromkeys(split for split, _, _ in jobs):
+        _run_pass(f"instances ({split})",
+                  [(instances_shard, (plan, *job), shard_done(output_dir, *job)) for job in jobs if job[0] == split],
+                  workers=workers, unit="shard", count_key="instances")
+    manifest = finish(plan, unit_counts)
+    logging.info("prepared %s in %.1f s", output_dir, time.time() - started)
+    return manifest
+
+
+def available_cores() -> int:
+    """The cores this process may run on (a container's or taskset's share, not the machine's count)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+def begin(data_config: ml_collections.ConfigDict, output_dir: str, *, checksums: bool) -> "dict[str, Any] | Plan":
+    """The finished directory's manifest when it is whole; else the directory made ready (settings.json and the
+    work-unit plan written, damaged shards removed) and the `Plan` that the passes carry out."""
     data_config = data_config_lib.read(data_config)
     data_config_lib.require_sources(data_config)
     tokenizer = load_tokenizer(data_config.tokenizer)
@@ -96,39 +144,70 @@ def prepare(data_config: ml_collections.ConfigDict, output_dir: str, *, checksum
         logging.info("continuing the unfinished preparation in %s", output_dir)
     else:
         manifest_lib.write_json_atomic(settings_path, started_with)
-
-    started = time.time()
     units = plan_units(data_config.corpus, corpus_format=data_config.corpus_format,
                        tfds_data_dir=data_config.tfds_data_dir, tfds_text_field=data_config.tfds_text_field,
                        unit_bytes=data_config.unit_bytes, tfds_examples_per_unit=data_config.tfds_examples_per_unit)
     _check_same_plan(output_dir, units)
-    unit_counts = _run_pass(
-        "tokenizing", [(_tokenize_unit, (u, i, output_dir, data_config.tokenizer, data_config.max_line_bytes,
-                                          settings["token_dtype"]), _unit_done(output_dir, i))
-                       for i, u in enumerate(units)],
-        workers=data_config.prepare_workers, unit="unit", count_key="documents")
+    return Plan(output_dir=output_dir, settings=settings, units=tuple(units), tokenizer=data_config.tokenizer,
+                tokenizer_facts={"spec": data_config.tokenizer, "content_hash": tokenizer.content_hash,
+                                 "vocab_size": tokenizer.vocab_size})
 
-    corpus = _corpus_totals(unit_counts)
-    if corpus["documents"] == 0:
-        raise DataError(f"corpus {data_config.corpus!r} yielded no documents "
+
+# `data.num_shards = 0`: one instance shard per this many tokens of a split (times dupe_factor), about 128 MiB of
+# uint16 ids, so the shard count (and the parallelism of the instance pass) grows with the corpus.
+SHARD_TOKENS = 1 << 26
+
+
+def derived_num_shards(requested: int, split_documents: int, corpus_documents: int, corpus_tokens: int,
+                       dupe_factor: int) -> int:
+    """`requested`, or with 0 ceil(split's share of the corpus tokens x dupe_factor / SHARD_TOKENS); never more
+    shards than the split has documents, never fewer than one."""
+    if not requested:
+        split_tokens = corpus_tokens * dupe_factor * split_documents
+        requested = max(1, -(-split_tokens // (corpus_documents * SHARD_TOKENS)))
+    return min(requested, split_documents)
+
+
+def corpus_totals(plan: Plan, unit_counts: Sequence[dict[str, Any]], *, check: bool = False) -> dict[str, Any]:
+    skips = SkipLog()
+    for c in unit_counts:
+        skips.merge(c["skipped"])
+    corpus = {"units": len(unit_counts),
+              **{k: int(sum(c[k] for c in unit_counts)) for k in ("documents", "sentences", "tokens")},
+              "skipped": skips.to_dict()}
+    if check and corpus["documents"] == 0:
+        raise DataError(f"corpus {plan.settings['corpus']!r} yielded no documents "
                         f"(skipped: {corpus['skipped']['counts'] or 'nothing'}); check the path and corpus_format")
-    doc_paths = [_unit_path(output_dir, i) + ".array_record" for i in range(len(units))]
-    split_docs = _split_documents(corpus["documents"], data_config.held_out_fraction, data_config.seed)
+    return corpus
 
+
+def shard_jobs(plan: Plan, unit_counts: Sequence[dict[str, Any]]) -> list[tuple[str, int, int]]:
+    """(split, shard, num_shards) of every instance shard, in the manifest's order; none for an empty corpus."""
+    corpus = corpus_totals(plan, unit_counts)
+    if not corpus["documents"]:
+        return []
+    s = plan.settings
+    jobs = []
+    for split, docs in _split_documents(corpus["documents"], s["held_out_fraction"], s["seed"]).items():
+        if len(docs):
+            n = derived_num_shards(s["num_shards"], len(docs), corpus["documents"], corpus["tokens"],
+                                   s["dupe_factor"])
+            jobs += [(split, shard, n) for shard in range(n)]
+    return jobs
+
+
+def finish(plan: Plan, unit_counts: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """Writes the manifest (last) from the units' and shards' done-files, and returns it."""
+    corpus = corpus_totals(plan, unit_counts, check=True)
+    output_dir = plan.output_dir
+    jobs = shard_jobs(plan, unit_counts)
     splits = {}
-    for split, docs in split_docs.items():
-        if not len(docs):
-            continue
-        num_shards = min(data_config.num_shards, len(docs))
-        shard_counts = _run_pass(
-            f"instances ({split})",
-            [(_instances_shard, (split, s, num_shards, output_dir, doc_paths, settings), _shard_done(output_dir, split, s, num_shards))
-             for s in range(num_shards)],
-            workers=data_config.prepare_workers, unit="shard", count_key="instances")
-        shards = [os.path.basename(_shard_path(output_dir, split, s, num_shards)) + ".array_record"
-                  for s in range(num_shards)]
+    for split in dict.fromkeys(split for split, _, _ in jobs):
+        mine = [job for job in jobs if job[0] == split]
+        shard_counts = [manifest_lib.read_json(shard_done(output_dir, *job)) for job in mine]
+        shards = [os.path.basename(_shard_path(output_dir, *job)) + ".array_record" for job in mine]
         splits[split] = {
-            "documents": int(len(docs)),
+            "documents": int(sum(c["documents"] for c in shard_counts)),
             "shards": shards,
             # What the loader and a later prepare check the files against (data/manifest.py).
             "files": {name: manifest_lib.shard_facts(os.path.join(output_dir, name)) for name in shards},
@@ -136,16 +215,19 @@ def prepare(data_config: ml_collections.ConfigDict, output_dir: str, *, checksum
         }
     manifest = {
         "format_version": manifest_lib.FORMAT_VERSION,
-        "settings": settings,
-        "tokenizer": {"spec": data_config.tokenizer, "content_hash": tokenizer.content_hash,
-                      "vocab_size": tokenizer.vocab_size},
+        "settings": plan.settings,
+        "tokenizer": plan.tokenizer_facts,
         "corpus": corpus,
         "splits": splits,
-        "seconds": round(time.time() - started, 2),
     }
-    manifest_lib.write_json_atomic(manifest_path, manifest)
+    manifest_lib.write_json_atomic(os.path.join(output_dir, manifest_lib.MANIFEST), manifest)
     logging.info("prepared %s: %s", output_dir, {s: v["instances"] for s, v in splits.items()})
     return manifest
+
+
+def read_unit_counts(plan: Plan) -> list[dict[str, Any]]:
+    """The units' done-files, in order (after a pass that ran elsewhere, e.g. on Beam workers)."""
+    return [manifest_lib.read_json(unit_done(plan.output_dir, i)) for i in range(len(plan.units))]
 
 
 def _check_target(output_dir: str, settings_path: str) -> None:
@@ -156,6 +238,13 @@ def _check_target(output_dir: str, settings_path: str) -> None:
     output_paths.check_directory(output_dir, "config.data.prepared_dir", "data.prepare", has_overwrite_flag=False)
 
 
+# The config.data fields that fix the prepared data (with the tokenizer's hash): a stage reuses a prepared_dir only
+# when they are equal.
+SETTINGS_FIELDS = ("corpus", "corpus_format", "tfds_text_field", "max_line_bytes", "unit_bytes",
+                   "tfds_examples_per_unit", "max_seq_length", "short_seq_prob", "dupe_factor", "held_out_fraction",
+                   "num_shards", "seed")
+
+
 def _settings(c: ml_collections.ConfigDict, tokenizer: Tokenizer) -> dict[str, Any]:
     if c.max_seq_length < 5:
         raise DataError(f"data.max_seq_length must be at least 5 ([CLS] a [SEP] b [SEP]), got {c.max_seq_length}")
@@ -163,16 +252,11 @@ def _settings(c: ml_collections.ConfigDict, tokenizer: Tokenizer) -> dict[str, A
         raise DataError(f"data.short_seq_prob must be in [0, 1], got {c.short_seq_prob}")
     if not 0.0 <= c.held_out_fraction < 1.0:
         raise DataError(f"data.held_out_fraction must be in [0, 1), got {c.held_out_fraction}")
-    if c.dupe_factor < 1 or c.num_shards < 1:
-        raise DataError(f"data.dupe_factor and data.num_shards must be >= 1, got {c.dupe_factor}, {c.num_shards}")
-    settings = {
-        "corpus": c.corpus, "corpus_format": c.corpus_format, "tfds_text_field": c.tfds_text_field,
-        "max_line_bytes": c.max_line_bytes, "unit_bytes": c.unit_bytes,
-        "tfds_examples_per_unit": c.tfds_examples_per_unit,
-        "tokenizer_hash": tokenizer.content_hash, "token_dtype": records.token_dtype_for(tokenizer.vocab_size),
-        "max_seq_length": c.max_seq_length, "short_seq_prob": c.short_seq_prob, "dupe_factor": c.dupe_factor,
-        "held_out_fraction": c.held_out_fraction, "num_shards": c.num_shards, "seed": c.seed,
-    }
+    if c.dupe_factor < 1 or c.num_shards < 0:
+        raise DataError(f"data.dupe_factor must be >= 1 and data.num_shards >= 0 (0: from the corpus size), got "
+                        f"{c.dupe_factor}, {c.num_shards}")
+    settings = {**{field: c[field] for field in SETTINGS_FIELDS}, "tokenizer_hash": tokenizer.content_hash,
+                "token_dtype": records.token_dtype_for(tokenizer.vocab_size)}
     if "builtin:" in c.corpus:
         settings["builtin_corpus_version"] = python_docs.corpus_version()
     return settings
@@ -267,7 +351,7 @@ def _unit_path(output_dir: str, index: int) -> str:
     return os.path.join(output_dir, DOCUMENTS_DIR, f"unit-{index:05d}")
 
 
-def _unit_done(output_dir: str, index: int) -> str:
+def unit_done(output_dir: str, index: int) -> str:
     return _unit_path(output_dir, index) + ".json"
 
 
@@ -275,7 +359,7 @@ def _shard_path(output_dir: str, split: str, shard: int, num_shards: int) -> str
     return os.path.join(output_dir, f"{split}-{shard:05d}-of-{num_shards:05d}")
 
 
-def _shard_done(output_dir: str, split: str, shard: int, num_shards: int) -> str:
+def shard_done(output_dir: str, split: str, shard: int, num_shards: int) -> str:
     return _shard_path(output_dir, split, shard, num_shards) + ".json"
 
 
@@ -288,13 +372,15 @@ def _tokenizer(spec: str) -> Tokenizer:
     return _TOKENIZERS[spec]
 
 
-def _tokenize_unit(unit: WorkUnit, index: int, output_dir: str, tokenizer_spec: str, max_line_bytes: int,
-                   token_dtype: str) -> dict[str, Any]:
-    tokenizer = _tokenizer(tokenizer_spec)
+def tokenize_unit(plan: Plan, index: int) -> dict[str, Any]:
+    """Pass 1 for one work unit: its tokenized documents and, once they are complete, its done-file (the counts)."""
+    tokenizer = _tokenizer(plan.tokenizer)
+    unit = plan.units[index]
     skips = SkipLog()
-    path = _unit_path(output_dir, index)
+    path = _unit_path(plan.output_dir, index)
     with storage.staged_write(path + ".array_record") as local:
-        counts = _write_unit(local, unit, tokenizer, skips, max_line_bytes, token_dtype)
+        counts = _write_unit(local, unit, tokenizer, skips, plan.settings["max_line_bytes"],
+                             plan.settings["token_dtype"])
     result = {**counts, "unit": unit.describe(), "skipped": skips.to_dict()}
     manifest_lib.write_json_atomic(path + ".json", result)
     return result
@@ -319,14 +405,6 @@ def _write_unit(local: str, unit: WorkUnit, tokenizer: Tokenizer, skips: SkipLog
         counts["tokens"] += sum(len(s) for s in kept)
     writer.close()
     return counts
-
-
-def _corpus_totals(unit_counts: Sequence[dict[str, Any]]) -> dict[str, Any]:
-    skips = SkipLog()
-    for c in unit_counts:
-        skips.merge(c["skipped"])
-    return {"units": len(unit_counts), **{k: int(sum(c[k] for c in unit_counts)) for k in ("documents", "sentences", "tokens")},
-            "skipped": skips.to_dict()}
 
 
 def _split_documents(num_documents: int, held_out_fraction: float, seed: int) -> dict[str, np.ndarray]:
@@ -359,8 +437,10 @@ class _DocumentReader:
         return records.decode_document(self._source[index], self._token_dtype)
 
 
-def _instances_shard(split: str, shard: int, num_shards: int, output_dir: str, doc_paths: Sequence[str],
-                     settings: dict[str, Any]) -> dict[str, Any]:
+def instances_shard(plan: Plan, split: str, shard: int, num_shards: int) -> dict[str, Any]:
+    """Pass 2 for one shard: its instances and, once they are complete, its done-file (the counts)."""
+    settings, output_dir = plan.settings, plan.output_dir
+    doc_paths = [_unit_path(output_dir, i) + ".array_record" for i in range(len(plan.units))]
     reader = _DocumentReader(doc_paths, settings["token_dtype"])
     docs = _split_documents(len(reader), settings["held_out_fraction"], settings["seed"])[split]
     mine = docs[len(docs) * shard // num_shards: len(docs) * (shard + 1) // num_shards]
@@ -387,8 +467,27 @@ def _write_instances(local: str, mine: np.ndarray, docs: np.ndarray, reader: "_D
     writer.close()
 
 
+def split_beam_args(argv: Sequence[str]) -> tuple[list[str], list[str]]:
+    """(this command's argv, the Beam pipeline options): --config, --config.X and absl's own flags are ours, the
+    rest Beam's when a --runner is among them; without one everything stays ours (an unknown flag is refused)."""
+    from absl import flags
+
+    ours, beam_args = [argv[0]], []
+    target = ours
+    for arg in argv[1:]:
+        if arg.startswith("-"):
+            name = arg.lstrip("-").split("=", 1)[0]
+            target = ours if name == "config" or name.startswith("config.") or name in flags.FLAGS else beam_args
+        target.append(arg)
+    if not any(a.lstrip("-").split("=", 1)[0] == "runner" for a in beam_args):
+        return ours + beam_args, []
+    return ours, beam_args
+
+
 def main(argv: Optional[list[str]] = None) -> None:
     from mobilebert_jax import cli, experiment_config
+
+    argv, beam_args = split_beam_args(list(sys.argv if argv is None else argv))
 
     def run(parsed: tuple[ml_collections.ConfigDict, list[str]]) -> None:
         config, _ = parsed
@@ -401,7 +500,11 @@ def main(argv: Optional[list[str]] = None) -> None:
             raise ConfigError("config.data.prepared_dir is empty: set --config.data.prepared_dir=DIR (where the data "
                               "goes; the stage reads it from there given the same flag)")
         logging.getLogger().setLevel(logging.INFO)
-        manifest = prepare(data, data.prepared_dir, checksums=True)  # the command checks every byte
+        if beam_args:
+            from mobilebert_jax.data.beam_prepare import prepare_on_beam
+            manifest = prepare_on_beam(data, data.prepared_dir, beam_args, checksums=True)
+        else:
+            manifest = prepare(data, data.prepared_dir, checksums=True)  # the command checks every byte
         print(json.dumps({"prepared_dir": data.prepared_dir, "tokenizer": manifest["tokenizer"],
                           "corpus": {k: v for k, v in manifest["corpus"].items() if k != "skipped"},
                           "skipped": manifest["corpus"]["skipped"]["counts"],

@@ -2,8 +2,8 @@
 
 A corpus spec is one or more of, joined by commas: a file, a directory, a
 glob, `tfds:NAME[:split]`, or `builtin:python_docs`. It is cut into work units
-(groups of files, ranges of TFDS examples, parts of the builtin corpus) in a
-fixed order, so that document numbering never depends on how many processes
+(groups of files, byte ranges of a file larger than a unit, ranges of TFDS
+examples, parts of the builtin corpus) in a fixed order, so that document numbering never depends on how many processes
 read them; a unit is also the grain at which preparation restarts.
 """
 
@@ -31,10 +31,12 @@ class WorkUnit:
     split: str = ""  # tfds
     data_dir: str = ""  # tfds
     text_field: str = "text"  # tfds
-    start: int = 0  # tfds example range / builtin module range
+    start: int = 0  # tfds example range / builtin module range / byte range of one file (stop > 0)
     stop: int = 0
 
     def describe(self) -> str:
+        if self.kind == "files" and self.stop:
+            return f"{self.paths[0]}[{self.start}:{self.stop}]"
         if self.kind == "files":
             return self.paths[0] + (f" (+{len(self.paths) - 1} files)" if len(self.paths) > 1 else "")
         if self.kind == "tfds":
@@ -63,28 +65,41 @@ def plan_units(spec: str, *, corpus_format: str, tfds_data_dir: str = "", tfds_t
                                start=a, stop=min(a + tfds_examples_per_unit, count))
                       for a in range(0, count, tfds_examples_per_unit)]
         else:
-            units += [WorkUnit("files", paths=tuple(g), corpus_format=corpus_format)
-                      for g in _group_by_size(text_files.expand_paths(part), unit_bytes)]
+            units += _file_units(text_files.expand_paths(part), corpus_format, unit_bytes)
     return units
 
 
-def _group_by_size(paths: Sequence[str], unit_bytes: int) -> list[list[str]]:
-    groups: list[list[str]] = []
-    size = unit_bytes
+def _file_units(paths: Sequence[str], corpus_format: str, unit_bytes: int) -> list[WorkUnit]:
+    """Consecutive files up to `unit_bytes` together; a larger file alone, cut into byte ranges of `unit_bytes`
+    (at document boundaries, see text_files.read_documents) where its format allows."""
+    if unit_bytes < 1:
+        raise DataError(f"data.unit_bytes must be >= 1, got {unit_bytes}")
+    units: list[WorkUnit] = []
+    group: list[str] = []
+    size = 0
     for path in paths:
         file_size = storage.size(path)
-        if size + file_size > unit_bytes or not groups:
-            groups.append([])
-            size = 0
-        groups[-1].append(path)
+        if group and size + file_size > unit_bytes:
+            units.append(WorkUnit("files", paths=tuple(group), corpus_format=corpus_format))
+            group, size = [], 0
+        if file_size > unit_bytes and corpus_format in text_files.SPLITTABLE:
+            units += [WorkUnit("files", paths=(path,), corpus_format=corpus_format, start=a,
+                               stop=min(a + unit_bytes, file_size))
+                      for a in range(0, file_size, unit_bytes)]
+            continue
+        group.append(path)
         size += file_size
-    return groups
+    if group:
+        units.append(WorkUnit("files", paths=tuple(group), corpus_format=corpus_format))
+    return units
 
 
 def read_unit(unit: WorkUnit, skips: SkipLog, *, max_line_bytes: int) -> list[Document]:
     if unit.kind == "files":
+        byte_range = (unit.start, unit.stop) if unit.stop else None
         return [d for p in unit.paths
-                for d in text_files.read_documents(p, unit.corpus_format, skips, max_line_bytes=max_line_bytes)]
+                for d in text_files.read_documents(p, unit.corpus_format, skips, max_line_bytes=max_line_bytes,
+                                                   byte_range=byte_range)]
     if unit.kind == "tfds":
         return tfds_source.read_documents(unit.name, unit.split, unit.data_dir, unit.text_field,
                                           unit.start, unit.stop, skips)

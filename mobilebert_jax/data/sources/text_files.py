@@ -13,8 +13,9 @@ a line over `max_line_bytes` is skipped alone; both are counted and named.
 
 from __future__ import annotations
 
+import math
 import re
-from typing import BinaryIO, Iterator
+from typing import BinaryIO, Callable, Iterator, Optional
 
 from mobilebert_jax import storage
 from mobilebert_jax.data.sources.sentences import paragraph_blocks, split_sentences
@@ -53,24 +54,37 @@ def expand_paths(spec: str) -> list[str]:
     raise DataError(f"corpus path {spec!r} does not exist")
 
 
-def read_documents(path: str, fmt: str, skips: SkipLog, *, max_line_bytes: int) -> list[Document]:
-    """Every document of one file, or none when the file is skipped (recorded in `skips`)."""
+def read_documents(path: str, fmt: str, skips: SkipLog, *, max_line_bytes: int,
+                   byte_range: Optional[tuple[int, int]] = None) -> list[Document]:
+    """Every document of one file, or of its byte range [a, b), or none when it is skipped (recorded in `skips`).
+
+    A range holds the lines from the first document boundary (`bert`: a blank line, `wikitext`: a title line)
+    starting at or after byte a to the first one starting at or after byte b, so the ranges of one file hold its
+    documents exactly once, in order, however it is cut. A `paragraphs` file is one document and is never cut.
+    """
     if fmt not in FORMATS:
         raise DataError(f"corpus_format must be one of {FORMATS}, not {fmt!r}")
+    start, stop = byte_range or (0, math.inf)
+    where = path if byte_range is None else f"{path}[{start}:{stop}]"
     try:
         with storage.open(path, "rb") as f:
-            head = f.read(SNIFF_BYTES)
-            if not head.strip():
-                raise _SkipFile("empty_file", "no text")
-            if NUL in head:
-                raise _SkipFile("binary", f"NUL byte at offset {head.index(NUL)}")
-            f.seek(0)
-            lines = list(_decoded_lines(f, path, skips, max_line_bytes))
+            if start == 0:
+                head = f.read(SNIFF_BYTES)
+                if not head.strip():
+                    raise _SkipFile("empty_file", "no text")
+                if NUL in head:
+                    raise _SkipFile("binary", f"NUL byte at offset {head.index(NUL)}")
+                f.seek(0)
+            else:
+                f.seek(start - 1)
+                _discard_rest_of_line(f)  # to the first line that starts at or after `start`
+            boundary = _BOUNDARY.get(fmt)
+            lines = list(_decoded_lines(f, path, skips, max_line_bytes, start=start, stop=stop, boundary=boundary))
     except _SkipFile as skip:
-        skips.add(skip.reason, path, skip.detail)
+        skips.add(skip.reason, where, skip.detail)
         return []
     except OSError as e:
-        skips.add("unreadable", path, e.strerror or str(e))
+        skips.add("unreadable", where, e.strerror or str(e))
         return []
     if fmt == "bert":
         return _bert_documents(lines)
@@ -80,24 +94,43 @@ def read_documents(path: str, fmt: str, skips: SkipLog, *, max_line_bytes: int) 
     return _wikitext_documents(lines)
 
 
-def _decoded_lines(f: BinaryIO, path: str, skips: SkipLog, max_line_bytes: int) -> Iterator[str]:
+def _decoded_lines(f: BinaryIO, path: str, skips: SkipLog, max_line_bytes: int, *, start: int = 0,
+                   stop: float = math.inf, boundary: Optional[Callable[[str], bool]] = None) -> Iterator[str]:
+    """The lines of [start, stop) as `read_documents` cuts a range; from a line start at or after `start`.
+
+    Lines before the range's first boundary belong to the range before it and are neither decoded strictly nor
+    counted; within the range, line numbers count from the start of the file only when the range starts there,
+    so elsewhere a line is named by its byte offset.
+    """
     line_no = 0
+    owned = start == 0
     while True:
+        offset = f.tell()
         raw = f.readline(max_line_bytes + 1)
         if not raw:
             return
         line_no += 1
+        place = f"{path}:{line_no}" if start == 0 else f"{path}: byte {offset}"
         if len(raw) > max_line_bytes and not raw.endswith(b"\n"):
             skipped = len(raw) + _discard_rest_of_line(f)
-            skips.add("line_too_long", f"{path}:{line_no}", f"{skipped} bytes")
-            continue  # dropped alone: it neither ends a document nor joins its neighbours
+            if owned:
+                skips.add("line_too_long", place, f"{skipped} bytes")
+            continue  # dropped alone: it neither ends a document nor joins its neighbours, nor cuts a range
+        if boundary is not None and (not owned or offset >= stop) and boundary(
+                raw.decode("utf-8", errors="replace").rstrip("\r\n")):
+            if offset >= stop:
+                return  # the next range's first line
+            owned = True
+        if not owned:
+            continue
         if NUL in raw:
-            raise _SkipFile("binary", f"NUL byte on line {line_no}")
+            raise _SkipFile("binary", f"NUL byte on {'line ' + str(line_no) if start == 0 else 'the line at byte ' + str(offset)}")
         try:
             text = raw.decode("utf-8")
         except UnicodeDecodeError as e:
-            raise _SkipFile("not_utf8", f"line {line_no}, byte {e.start}: {raw[e.start:e.start + 4]!r}") from None
-        if line_no == 1:
+            line = f"line {line_no}" if start == 0 else f"the line at byte {offset}"
+            raise _SkipFile("not_utf8", f"{line}, byte {e.start}: {raw[e.start:e.start + 4]!r}") from None
+        if offset == 0:
             text = text.lstrip("\ufeff")
         yield text.rstrip("\r\n")
 
@@ -137,3 +170,11 @@ def _wikitext_documents(lines: list[str]) -> list[Document]:
     if current:
         documents.append(current)
     return documents
+
+
+# Where a file may be cut into byte ranges: the line that starts a document.
+_BOUNDARY: dict[str, Callable[[str], bool]] = {
+    "bert": lambda line: not line.strip(),
+    "wikitext": lambda line: bool(_WIKITEXT_TITLE.match(line)),
+}
+SPLITTABLE = tuple(_BOUNDARY)
