@@ -125,10 +125,10 @@ def test_a_long_lived_process_sees_the_steps_others_saved(gcs):
 
 
 def test_an_unreadable_step_on_gcs_is_moved_aside_and_kept(gcs):
-    """The fallback past an unreadable newest step, on gs://. It used to fail there: epath's rename refused the
-    destination folder `checkpoints/corrupt/` (on Cloud Storage a folder exists only through its objects), and a
-    folder there without `commit_success.txt` is what orbax deletes as an unfinished save when it next opens the
-    directory. The moved step is a sibling now, and it survives that clean-up."""
+    """The fallback past an unreadable newest step, on gs://. The moved step is a sibling of the steps, not inside a
+    `checkpoints/corrupt/` folder: epath's rename refuses such a destination folder (on Cloud Storage a folder
+    exists only through its objects), and a folder there without `commit_success.txt` is what orbax deletes as an
+    unfinished save when it next opens the directory. The sibling survives that clean-up."""
     import gcsfs
     import jax
     import jax.numpy as jnp
