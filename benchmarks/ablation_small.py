@@ -3,9 +3,9 @@
     python benchmarks/ablation_small.py [--workdir=runs/ablation] [--teacher=runs/pipeline/teacher] [--seeds=0,1,2]
 
 Strategies (same student, same teacher, same total student steps = transfer + PD):
-  progressive  L stages of layer-wise transfer, then PD
+  progressive  L phases of layer-wise transfer, then PD
   joint        every layer's transfer loss at once, then PD
-  auxiliary    layer losses and PD summed, one stage for the whole budget
+  auxiliary    layer losses and PD summed, one phase for the whole budget
   no transfer  PD alone for the whole budget (the student starts from the teacher's embeddings and heads)
 Objectives (progressive transfer, then PD, one term removed):
   without AT   attention-transfer weight 0

@@ -50,7 +50,7 @@ def build(scan_layers: bool, stop_at_phase: bool):
 
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     common = load_module(os.path.join(root, "experiments", "distill_common.py"))
-    fields = dict(common.distill("progressive").to_dict(), teacher="(in memory)", stage_steps=PHASE_STEPS)
+    fields = dict(common.distill("progressive").to_dict(), teacher="(in memory)", phase_steps=PHASE_STEPS)
     d = distill_config.read(fields)
     teacher_cfg = get_preset("ib_bert_test", num_hidden_layers=FLAGS.layers, scan_layers=scan_layers)
     student_cfg = get_preset("mobilebert_test", num_hidden_layers=FLAGS.layers, scan_layers=scan_layers)

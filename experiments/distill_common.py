@@ -25,11 +25,11 @@ from mobilebert_jax.experiment_config import load_module
 HERE = os.path.dirname(__file__)
 common = load_module(os.path.join(HERE, "common.py"))
 
-PAPER_STAGE_STEPS = 10_000  # x 24 layers = 240K transfer steps
+PAPER_PHASE_STEPS = 10_000  # x 24 layers = 240K transfer steps
 PAPER_TRANSFER_STEPS = 240_000
 PAPER_PD_STEPS = 500_000
 PAPER_WARMUP_STEPS = 10_000
-SMOKE_STAGE_STEPS = 50
+SMOKE_PHASE_STEPS = 50
 SMOKE_PD_STEPS = 200
 # Default workdirs the smoke commands chain through.
 SMOKE_TEACHER_WORKDIR = os.path.join("runs", "teacher_smoke")
@@ -43,9 +43,9 @@ def distill(strategy: str) -> ml_collections.ConfigDict:
         teacher="",
         student_init="",
         copy_from_teacher=True,
-        stage_steps=PAPER_STAGE_STEPS,
-        last_stage=ml_collections.config_dict.placeholder(int),
-        lower_layer_multiplier=0.1,  # TF1: the layers below the current stage at 0.1 of its rate
+        phase_steps=PAPER_PHASE_STEPS,
+        last_phase=ml_collections.config_dict.placeholder(int),
+        lower_layer_multiplier=0.1,  # TF1: the layers below the current phase at 0.1 of its rate
         train_embedding_norm_in_transfer=False,  # TF1: rate 0 outside the encoder layers until PD
         layer_loss_scaling="tf1",  # each layer's transfer loss divided by the number of layers
         layer_map=(),
@@ -97,7 +97,7 @@ def get_config(strategy: str, arg: str | None) -> ml_collections.ConfigDict:
 
     c.distill = distill(strategy)
     c.distill.teacher = SMOKE_TEACHER_WORKDIR if smoke else ""
-    c.distill.stage_steps = SMOKE_STAGE_STEPS if smoke else PAPER_STAGE_STEPS
+    c.distill.phase_steps = SMOKE_PHASE_STEPS if smoke else PAPER_PHASE_STEPS
     if strategy == "pd":
         c.distill.student_init = SMOKE_WORKDIRS["progressive"] if smoke else ""
 
@@ -106,12 +106,12 @@ def get_config(strategy: str, arg: str | None) -> ml_collections.ConfigDict:
     c.optimizer = common.optimizer("lamb", lr=1.5e-3)
 
     num_layers = c.model.num_hidden_layers
-    transfer_steps = num_layers * c.distill.stage_steps if smoke else PAPER_TRANSFER_STEPS
+    transfer_steps = num_layers * c.distill.phase_steps if smoke else PAPER_TRANSFER_STEPS
     pd_steps = SMOKE_PD_STEPS if smoke else PAPER_PD_STEPS
     if strategy == "progressive":
-        c.distill.last_stage = num_layers - 1
-        c.total_steps = (c.distill.get_ref("last_stage") + 1) * c.distill.get_ref("stage_steps")
-        # The per-stage warm-up lives in the layer multipliers (3 * bg(t)); the base rate is constant.
+        c.distill.last_phase = num_layers - 1
+        c.total_steps = (c.distill.get_ref("last_phase") + 1) * c.distill.get_ref("phase_steps")
+        # The per-phase warm-up lives in the layer multipliers (3 * bg(t)); the base rate is constant.
     else:
         c.total_steps = {"joint": transfer_steps, "auxiliary": transfer_steps + pd_steps, "pd": pd_steps}[strategy]
         _pd_schedule(c, warmup=max(1, c.total_steps // 50) if smoke else PAPER_WARMUP_STEPS)
@@ -123,7 +123,7 @@ def get_config(strategy: str, arg: str | None) -> ml_collections.ConfigDict:
         common.trainer_sections(c, mesh=common.FSDP, checkpoint_every=5_000, keep_last=3,
                                 # 5,120 held-out sequences in batches of 1,024, which the 512 devices of a
                                 # v3-256 or of two v5e-256 slices divide (tools.preflight checks it).
-                                every_steps=c.distill.stage_steps, batch_size=1024, num_batches=5)
+                                every_steps=c.distill.phase_steps, batch_size=1024, num_batches=5)
         c.distill.teacher_dtype = "bfloat16"
     else:
         common.trainer_sections(c, mesh=common.DATA_PARALLEL, checkpoint_every=50, keep_last=3, every_steps=50,

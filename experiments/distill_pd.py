@@ -1,4 +1,4 @@
-r"""Pretraining distillation (REFERENCE sections 3 and 4): the stage after progressive or joint transfer. Masked-LM
+r"""Pretraining distillation (REFERENCE sections 3 and 4): the phase after progressive or joint transfer. Masked-LM
 cross-entropy against alpha * onehot + (1 - alpha) * softmax(teacher logits / tau) (alpha 0.5, tau 1) plus NSP; 500K steps,
 warm-up 10K steps to 1.5e-3, linear decay to 1.5e-7; every parameter trains.
 

@@ -1,4 +1,4 @@
-r"""Progressive knowledge transfer (REFERENCE section 4): 24 stages of 10K steps; stage l trains layer l on its
+r"""Progressive knowledge transfer (REFERENCE section 4): 24 phases of 10K steps; phase l trains layer l on its
 transfer loss only, TF1's learning-rate multipliers (3 * bg(t) at layer l, a tenth of that below, 0 above), embeddings and
 heads copied from the teacher and frozen. Then run experiments/distill_pd.py with --config.distill.student_init=THIS_WORKDIR.
 
@@ -10,11 +10,11 @@ Paper scale (batch 2048 x 512, LAMB 1.5e-3, 240K steps):
 
 (the tokenizer is the one the teacher recorded unless --config.data.tokenizer names it; it must be the same).
 
-One stage at a time (each command continues the same workdir and stops at the end of stage l, 0-based):
+One phase at a time (each command continues the same workdir and stops at the end of phase l, 0-based):
 
     python -m mobilebert_jax.main --config=experiments/distill_progressive.py \
         --workdir=gs://BUCKET/runs/distill_progressive --config.distill.teacher=gs://BUCKET/runs/teacher \
-        --config.data.corpus=tfds:wikipedia/20230601.en:train --config.distill.last_stage=0
+        --config.data.corpus=tfds:wikipedia/20230601.en:train --config.distill.last_phase=0
 
 Lower layers frozen instead of at a tenth of the rate: --config.distill.lower_layer_multiplier=0.
 TF1's defaults (REFERENCE: the student's embedding norm frozen until PD, each layer loss divided by the 24 layers);

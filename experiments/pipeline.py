@@ -4,7 +4,7 @@
 
 1. prepare the data (the bundled Python docs, SentencePiece vocabulary, held-out split);
 2. pretrain a small IB-BERT teacher (MLM + NSP);
-3. progressive knowledge transfer into a MobileBERT-shaped student, one stage per layer;
+3. progressive knowledge transfer into a MobileBERT-shaped student, one phase per layer;
 4. pretraining distillation (PD) of that student;
 5. train the same student from scratch (MLM + NSP) for as many steps as 3 and 4 together;
 6. score the teacher, the distilled student and the scratch student on the same held-out batches,
@@ -51,7 +51,7 @@ SCALE = dict(
     teacher_intra_bottleneck_size=128,
     teacher_intermediate_size=256,
     teacher_steps=1000,
-    stage_steps=100,  # progressive: layers x stage_steps transfer steps
+    phase_steps=100,  # progressive: layers x phase_steps transfer steps
     pd_steps=400,
     optimizer="adamw",
     teacher_lr=1e-3,
@@ -73,7 +73,7 @@ class Scale:
     teacher_intra_bottleneck_size: int
     teacher_intermediate_size: int
     teacher_steps: int
-    stage_steps: int  # progressive: layers x stage_steps transfer steps
+    phase_steps: int  # progressive: layers x phase_steps transfer steps
     pd_steps: int
     optimizer: str  # config.optimizer.name of every stage
     teacher_lr: float
@@ -95,7 +95,7 @@ class Scale:
 
     @property
     def transfer_steps(self) -> int:
-        return self.layers * self.stage_steps
+        return self.layers * self.phase_steps
 
     @property
     def student_steps(self) -> int:
@@ -173,7 +173,7 @@ def distill_config(strategy: str, scale, teacher: ml_collections.ConfigDict, tea
     c.model = student_model(teacher)
     c.distill.teacher = teacher_dir
     c.distill.student_init = student_init
-    c.distill.stage_steps = scale.stage_steps
+    c.distill.phase_steps = scale.phase_steps
     for k, v in distill.items():
         if k == "weights":
             c.distill.weights.update(v)
@@ -185,13 +185,13 @@ def distill_config(strategy: str, scale, teacher: ml_collections.ConfigDict, tea
     steps = {"progressive": scale.transfer_steps, "joint": scale.transfer_steps, "auxiliary": scale.student_steps,
              "pd": scale.pd_steps}[strategy]
     if strategy == "progressive":
-        c.distill.last_stage = scale.layers - 1
+        c.distill.last_phase = scale.layers - 1
         _optimizer(c, scale, scale.transfer_lr, steps, warmup=False)
     else:
         c.total_steps = steps
         _optimizer(c, scale, scale.transfer_lr if strategy == "joint" else scale.student_lr, steps)
-    c.log_every = 20  # divides stage_steps (the plot's stage boundaries); about 25 lines a stage on screen
-    c.eval.every_steps = scale.stage_steps
+    c.log_every = 20  # divides phase_steps (the plot's phase boundaries); about 25 lines a phase on screen
+    c.eval.every_steps = scale.phase_steps
     c.checkpoint.every_steps = 200
     _data(c, scale, data_dir)
     return c

@@ -11,7 +11,7 @@
 Without --config, runs the embedded default: the whole MobileBERT recipe at small scale on the
 bundled Python-docs corpus (teacher, progressive transfer, PD, a scratch baseline, the held-out
 table and the plots; experiments/pipeline.py, installed as mobilebert_jax.experiments.pipeline) in
-runs/pipeline. Then each field of its `Scale` (experiments/pipeline.py: seq_len, layers, teacher_steps, stage_steps,
+runs/pipeline. Then each field of its `Scale` (experiments/pipeline.py: seq_len, layers, teacher_steps, phase_steps,
 pd_steps, ...) is a flag too: --teacher_steps=2500 --seq_len=128 --layers=6.
 
 Each run writes to its workdir: checkpoints/, metrics.jsonl, tensorboard/, config.py (the resolved config),

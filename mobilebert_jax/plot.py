@@ -9,7 +9,7 @@ read from the run's recorded `config.json`; a workdir without one gets the stand
   metrics, learning rate, throughput (tokens/s, else examples/s).
 - layer_transfer (progressive, joint and auxiliary distillation): the optimized loss; held-out MLM and NSP
   accuracy; one heat map per transfer distance (feature map, mean, variance, attention) of every student layer to
-  its teacher layer by step, log colour, with the progressive stages' boundaries dashed; the effective learning
+  its teacher layer by step, log colour, with the progressive phases' boundaries dashed; the effective learning
   rate of each layer (base rate times its multiplier: lines up to MAX_SERIES layers, a heat map above); throughput.
 
 No panel has more than MAX_SERIES lines, and legends sit below their panel, outside the data. The trainer writes
@@ -33,7 +33,7 @@ CURVES_PNG = "curves.png"
 PANEL_INCHES = (6.0, 3.5)  # one panel; two panels a row
 DPI = 100
 MAX_SERIES = 8  # lines in one panel; more per-layer series become a heat map
-_NOT_CURVES = {"step", "time", "stage"}
+_NOT_CURVES = {"step", "time", "phase"}
 _LAYER_KEY = re.compile(r"^layer_(\d+)/(\w+)$")
 _MULTIPLIER = re.compile(r"^lr_multiplier/layer_(\d+)$")
 DISTANCES = (("feature_map", "feature map (FMT)"), ("mean", "mean"), ("variance", "variance"),
@@ -63,7 +63,7 @@ class Panel:
     lines: tuple = ()
     heat: Optional[HeatMap] = None
     log: bool = False  # a log axis, when the values span more than a factor of 20
-    boundaries: tuple = ()  # steps drawn as vertical dashed lines (the progressive stages' ends)
+    boundaries: tuple = ()  # steps drawn as vertical dashed lines (the progressive phases' ends)
     stepwise: bool = False  # a logged value holds since the previous logged step (a piecewise-constant rate)
 
 
@@ -100,16 +100,16 @@ def series(records: list[dict], key: str, times: str = "") -> tuple[list[int], l
     return steps, values
 
 
-def stage_boundaries(records: list[dict]) -> list[int]:
-    """The last logged step of each stage that another follows (exact when log_every divides stage_steps)."""
+def phase_boundaries(records: list[dict]) -> list[int]:
+    """The last logged step of each phase that another follows (exact when log_every divides phase_steps)."""
     out, last, last_step = [], None, None
     for r in records:
-        stage = r.get("stage")
-        if stage is None:
+        phase = r.get("phase")
+        if phase is None:
             continue
-        if last is not None and stage != last:
+        if last is not None and phase != last:
             out.append(last_step)
-        last, last_step = stage, r["step"]
+        last, last_step = phase, r["step"]
     return out
 
 
@@ -159,7 +159,7 @@ def _heat(records: list[dict], key: Callable[[int], str], layers: list[int], log
 def layer_transfer_panels(train: list[dict], evals: list[dict]) -> list[Panel]:
     """A distillation run with layer-wise transfer: what the recipe does, layer by layer (module docstring)."""
     train_keys, eval_keys = _keys(train), _keys(evals)
-    bounds = tuple(stage_boundaries(train))
+    bounds = tuple(phase_boundaries(train))
     loss = [Line("loss (optimized)", "loss", train)]
     if "pd_mlm_loss" in train_keys:
         loss += [Line("transfer loss", "transfer_loss", train), Line("PD MLM loss", "pd_mlm_loss", train)]

@@ -45,7 +45,7 @@ def make_state(seed: int = 0) -> dict:
     grads = jax.tree.map(lambda p: jnp.ones_like(p), params)
     _, opt_state = tx.update(grads, opt_state, params)  # non-zero moments and counts
     return {"params": params, "opt_state": opt_state, "step": jnp.asarray(7, jnp.int32),
-            "stage": jnp.asarray(2, jnp.int32)}
+            "phase": jnp.asarray(2, jnp.int32)}
 
 
 def assert_bitwise_equal(a, b):

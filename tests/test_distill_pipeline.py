@@ -29,7 +29,7 @@ def test_stage_configs_chain_and_validate(teacher):
     progressive = JOB.distill_config("progressive", SCALE, teacher.model, "T", data)
     pd = JOB.distill_config("pd", SCALE, teacher.model, "T", data, student_init="P")
     scratch = JOB.scratch_config(SCALE, teacher.model, data)
-    assert progressive.total_steps == SCALE.layers * SCALE.stage_steps
+    assert progressive.total_steps == SCALE.layers * SCALE.phase_steps
     assert pd.total_steps == SCALE.pd_steps and pd.distill.student_init == "P"
     assert scratch.total_steps == progressive.total_steps + pd.total_steps == SCALE.student_steps
     assert scratch.model.to_dict() == pd.model.to_dict() == progressive.model.to_dict()
@@ -40,7 +40,7 @@ def test_stage_configs_chain_and_validate(teacher):
     # The progressive groups fit the student, and the copied parameters are frozen.
     student = MobileBertForPreTraining(MobileBertConfig.from_dict(progressive.model.to_dict()))
     abstract = jax.eval_shape(lambda: student.init(jax.random.key(0), jnp.zeros((1, 8), jnp.int32))["params"])
-    strategies.check_progressive_groups(progressive.optimizer, abstract, SCALE.layers, SCALE.stage_steps)
+    strategies.check_progressive_groups(progressive.optimizer, abstract, SCALE.layers, SCALE.phase_steps)
     optim.build_optimizer(progressive.optimizer, abstract)
     assert tuple(progressive.optimizer.exclude) == strategies.COPIED_FROM_TEACHER
     assert distill_config.read(progressive.distill).weights == distill_config.read(pd.distill).weights

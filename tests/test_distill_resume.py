@@ -1,8 +1,8 @@
-"""The 24-stage progressive schedule under the real trainer: a run stopped in the middle of a stage
+"""The 24-phase progressive schedule under the real trainer: a run stopped in the middle of a phase
 and started again ends bit for bit where an uninterrupted run ends.
 
-A 24-layer student (so 24 stages, 2 steps each) learns from a 2-layer teacher through the default
-layer map; both runs stop after stage 7 via `last_stage`, the way one stage at a time is run. The
+A 24-layer student (so 24 phases, 2 steps each) learns from a 2-layer teacher through the default
+layer map; both runs stop after phase 7 via `last_phase`, the way one phase at a time is run. The
 runs happen in a subprocess with one CPU device (compiling 24 layers for the 8 fake test devices
 would take minutes), sharing a persistent compilation cache so only the first run compiles.
 """
@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 from limits import HANG_S
 
-LAYERS, TEACHER_LAYERS, STAGE_STEPS, LAST_STAGE = 24, 2, 2, 7
+LAYERS, TEACHER_LAYERS, PHASE_STEPS, LAST_PHASE = 24, 2, 2, 7
 
 
 def _final_params(workdir, student_cfg) -> dict[str, np.ndarray]:
@@ -54,8 +54,8 @@ def run_three(root: str) -> None:
     teacher_cfg, student_cfg = tiny_models(layers=LAYERS, teacher_layers=TEACHER_LAYERS)
     student_cfg = student_cfg.replace(num_feedforward_networks=1)
     c = make_config("progressive", save_teacher(os.path.join(root, "teacher"), teacher_cfg), teacher_cfg,
-                    student_cfg, stage_steps=STAGE_STEPS)
-    c.distill.last_stage = LAST_STAGE
+                    student_cfg, phase_steps=PHASE_STEPS)
+    c.distill.last_phase = LAST_PHASE
     c.checkpoint.every_steps = 4
     # The batches are synthetic ids of the tiny vocabulary: a WordPiece vocabulary of that size is the run's tokenizer
     # (the default one's 4,000 ids would not fit the model, and the test teacher records none).
@@ -64,13 +64,13 @@ def run_three(root: str) -> None:
         specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
         f.write("\n".join(specials + [f"w{i}" for i in range(teacher_cfg.vocab_size - len(specials))]) + "\n")
     c.data.tokenizer = vocab
-    assert c.total_steps == (LAST_STAGE + 1) * STAGE_STEPS
+    assert c.total_steps == (LAST_PHASE + 1) * PHASE_STEPS
     builder = lambda config, workdir: build(config, evaluate=False)  # noqa: E731
 
     metrics = train(c, os.path.join(root, "straight"), builder)
-    assert metrics["stage"] == LAST_STAGE, metrics.get("stage")
+    assert metrics["phase"] == LAST_PHASE, metrics.get("phase")
     stopped = c.copy_and_resolve_references()
-    stopped.total_steps = 5 * STAGE_STEPS + 1  # one step into stage 5
+    stopped.total_steps = 5 * PHASE_STEPS + 1  # one step into phase 5
     train(stopped, os.path.join(root, "resumed"), builder)
     train(c, os.path.join(root, "resumed"), builder)  # the same command again
 
@@ -81,7 +81,7 @@ def run_three(root: str) -> None:
 
 
 @pytest.mark.slow  # 399 s on 2 idle cores (871 s loaded); `python -m pytest -q -m slow tests/test_distill_resume.py`
-def test_resume_in_the_middle_of_a_stage_is_exact(tmp_path):
+def test_resume_in_the_middle_of_a_phase_is_exact(tmp_path):
     env = dict(os.environ)
     env.pop("XLA_FLAGS", None)
     proc = subprocess.run([sys.executable, __file__, str(tmp_path)], env=env, capture_output=True, text=True,
@@ -92,11 +92,11 @@ def test_resume_in_the_middle_of_a_stage_is_exact(tmp_path):
     assert straight.keys() == resumed.keys() == init.keys()
     for k in straight:
         np.testing.assert_array_equal(resumed[k], straight[k], err_msg=k)
-    # The schedule really ran: layers up to the last stage moved, the ones above kept their initialization.
+    # The schedule really ran: layers up to the last phase moved, the ones above kept their initialization.
     for k, v in straight.items():
         if k.startswith("mobilebert/encoder/layer_"):
             layer = int(k.split("/")[2].split("_")[1])
-            if layer > LAST_STAGE:
+            if layer > LAST_PHASE:
                 np.testing.assert_allclose(v, init[k], rtol=1e-6, atol=1e-7, err_msg=k)
             elif k.endswith("kernel"):
                 assert not np.allclose(v, init[k]), k

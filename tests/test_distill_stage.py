@@ -89,18 +89,18 @@ def save_teacher(path, teacher_cfg, seed: int = 1) -> str:
     return str(path)
 
 
-def make_config(strategy: str, teacher_dir: str, teacher_cfg, student_cfg, stage_steps: int = 3,
+def make_config(strategy: str, teacher_dir: str, teacher_cfg, student_cfg, phase_steps: int = 3,
                 **distill) -> ml_collections.ConfigDict:
     c = distill_experiment(strategy, "smoke")
     c.teacher_model = ml_collections.ConfigDict(teacher_cfg.to_dict())
     c.model = ml_collections.ConfigDict(student_cfg.to_dict())
     c.distill.teacher = teacher_dir
     c.distill.student_init = ""
-    c.distill.stage_steps = stage_steps
+    c.distill.phase_steps = phase_steps
     for k, v in distill.items():
         c.distill[k] = v
     if strategy == "progressive":
-        c.distill.last_stage = student_cfg.num_hidden_layers - 1
+        c.distill.last_phase = student_cfg.num_hidden_layers - 1
     else:
         c.total_steps = 10
     c.optimizer.groups = ml_collections.ConfigDict()
@@ -151,36 +151,36 @@ def flat(tree) -> dict[str, np.ndarray]:
 def progressive(tmp_path_factory):
     teacher_cfg, student_cfg = tiny_models(layers=3)
     teacher_dir = save_teacher(tmp_path_factory.mktemp("teacher"), teacher_cfg)
-    c = make_config("progressive", teacher_dir, teacher_cfg, student_cfg, stage_steps=10)
+    c = make_config("progressive", teacher_dir, teacher_cfg, student_cfg, phase_steps=10)
     task = build(c)
     tx = optim.build_optimizer(c.optimizer, jax.eval_shape(task.spec.init_params, jax.random.key(0)))
     state, frozen = init_state(task, c, tx)
     return c, task, tx, state, frozen
 
 
-def test_progressive_step_inside_stage(progressive):
-    """A step in the middle of stage 1 of 3: layer 0 below, layer 1 current, layer 2 above."""
+def test_progressive_step_inside_phase(progressive):
+    """A step in the middle of phase 1 of 3: layer 0 below, layer 1 current, layer 2 above."""
     c, task, tx, state0, frozen = progressive
-    stage, t = 1, 7
-    step = stage * c.distill.stage_steps + t
+    phase, t = 1, 7
+    step = phase * c.distill.phase_steps + t
     batch = next(PaddedBatches(c.model.vocab_size, BATCH, seed=step))
     before = flat(state0.params)
     state, metrics = one_step(task, c, tx, at_step(state0, step), frozen, batch)
     after = flat(state.params)
 
-    # Only layer `stage`'s transfer loss is on; the distances of every layer run are logged (ungated), those of
+    # Only layer `phase`'s transfer loss is on; the distances of every layer run are logged (ungated), those of
     # the layer above (run by neither model) are 0.
     for i in range(3):
-        assert (float(metrics[f"layer_{i}/loss"]) > 0) == (i == stage), i
+        assert (float(metrics[f"layer_{i}/loss"]) > 0) == (i == phase), i
         for k in ("feature_map", "mean", "variance", "attention"):
-            assert (float(metrics[f"layer_{i}/{k}"]) > 0) == (i <= stage), (i, k)
-    assert float(metrics["transfer_loss"]) == float(metrics[f"layer_{stage}/loss"])
-    assert float(metrics["stage"]) == stage
+            assert (float(metrics[f"layer_{i}/{k}"]) > 0) == (i <= phase), (i, k)
+    assert float(metrics["transfer_loss"]) == float(metrics[f"layer_{phase}/loss"])
+    assert float(metrics["phase"]) == phase
 
-    # Learning-rate multipliers: 3 bg(t) at the stage's layer, a tenth below, 0 above.
-    frac = t / c.distill.stage_steps
+    # Learning-rate multipliers: 3 bg(t) at the phase's layer, a tenth below, 0 above.
+    frac = t / c.distill.phase_steps
     bg = min(0.9 + 0.1 * np.sqrt(1 - frac), 10 * frac)
-    expected_mult = {i: 3 * bg * (1.0 if i == stage else 0.1 if i < stage else 0.0) for i in range(3)}
+    expected_mult = {i: 3 * bg * (1.0 if i == phase else 0.1 if i < phase else 0.0) for i in range(3)}
     for i in range(3):
         np.testing.assert_allclose(float(metrics[f"lr_multiplier/layer_{i}"]), expected_mult[i], rtol=1e-6)
 
@@ -200,7 +200,7 @@ def test_progressive_step_inside_stage(progressive):
         if any(p.search(k) for p in copied):
             np.testing.assert_array_equal(after[k], before[k], err_msg=k)  # frozen: bit for bit
             np.testing.assert_array_equal(after[k], teacher[k], err_msg=k)  # and the teacher's
-        elif m and int(m.group(1)) > stage:
+        elif m and int(m.group(1)) > phase:
             np.testing.assert_array_equal(after[k], before[k], err_msg=k)  # above: untouched
         elif m:
             delta, ref_delta = after[k] - before[k], ref_after[k] - before[k]
@@ -216,10 +216,10 @@ def test_lower_layers_frozen_option(progressive, tmp_path):
     c, task, tx, state0, frozen = progressive
     c = ml_collections.ConfigDict(c.to_dict())
     c.distill.lower_layer_multiplier = 0.0
-    c.optimizer.groups = strategies.progressive_groups(3, c.distill.stage_steps, 0.0)
+    c.optimizer.groups = strategies.progressive_groups(3, c.distill.phase_steps, 0.0)
     tx0 = optim.build_optimizer(c.optimizer, jax.eval_shape(task.spec.init_params, jax.random.key(0)))
     state = step_lib.TrainState(step=state0.step, params=state0.params, opt_state=tx0.init(state0.params))
-    step = 2 * c.distill.stage_steps + 3
+    step = 2 * c.distill.phase_steps + 3
     new, metrics = one_step(task, c, tx0, at_step(state, step), frozen, next(PaddedBatches(128, BATCH)))
     before, after = flat(state0.params), flat(new.params)
     for k in before:
@@ -252,7 +252,7 @@ def test_teacher_has_no_optimizer_state_and_no_gradient(progressive):
     totals = objective.totals(batch)
 
     def loss_wrt_teacher(teacher):
-        context = step_lib.StepContext(step=jnp.asarray(c.distill.stage_steps + 1), frozen=teacher)
+        context = step_lib.StepContext(step=jnp.asarray(c.distill.phase_steps + 1), frozen=teacher)
         return objective.loss(objective.sums(state.params, batch, jax.random.key(0), context, train=True), totals)
 
     assert float(loss_wrt_teacher(frozen)) > 0
@@ -264,8 +264,8 @@ def test_layer_loss_matches_numpy_with_reference_weights(progressive):
     """100 FMT + 5000 mean + 5 var + 1 AT for the current layer, from the models' own outputs, padding excluded."""
     c, task, tx, state, frozen = progressive
     batch = next(PaddedBatches(128, BATCH, seed=5))
-    stage = 1
-    context = step_lib.StepContext(step=jnp.asarray(stage * c.distill.stage_steps + 2), frozen=frozen)
+    phase = 1
+    context = step_lib.StepContext(step=jnp.asarray(phase * c.distill.phase_steps + 2), frozen=frozen)
     objective = task.spec.objective
     sums = objective.sums(state.params, batch, jax.random.key(0), context, train=True)
     loss = float(objective.loss(sums, objective.totals(batch)))
@@ -277,8 +277,8 @@ def test_layer_loss_matches_numpy_with_reference_weights(progressive):
               output_hidden_states=True, output_attention_scores=True)
     t = teacher.apply({"params": frozen}, batch["input_ids"], **kw)
     s = student.apply({"params": state.params}, batch["input_ids"], **kw)
-    hs, ht = (np.asarray(x[stage + 1], np.float64) for x in (s["hidden_states"], t["hidden_states"]))
-    as_, at = (np.asarray(x[stage], np.float64) for x in (s["attention_scores"], t["attention_scores"]))
+    hs, ht = (np.asarray(x[phase + 1], np.float64) for x in (s["hidden_states"], t["hidden_states"]))
+    as_, at = (np.asarray(x[phase], np.float64) for x in (s["attention_scores"], t["attention_scores"]))
     m = batch["input_mask"].astype(bool)
 
     def ln(x):
@@ -298,18 +298,18 @@ def test_layer_loss_matches_numpy_with_reference_weights(progressive):
     np.testing.assert_allclose(loss, (100 * fmt + 5000 * mean + 5 * var + attention) / 3, rtol=1e-4)
     # Logged besides the KL: TF1's attention cross-entropy, KL + the teacher's entropy.
     metrics = objective.summarize(sums)
-    np.testing.assert_allclose(float(metrics[f"layer_{stage}/attention"]), attention, rtol=1e-4)
+    np.testing.assert_allclose(float(metrics[f"layer_{phase}/attention"]), attention, rtol=1e-4)
     ce = (-np.exp(lt) * ls).sum(-1).mean(1)
-    np.testing.assert_allclose(float(metrics[f"layer_{stage}/attention_ce"]), np.mean(ce[m]), rtol=1e-4)
-    np.testing.assert_allclose(float(metrics[f"layer_{stage}/loss"]), loss, rtol=1e-6)
+    np.testing.assert_allclose(float(metrics[f"layer_{phase}/attention_ce"]), np.mean(ce[m]), rtol=1e-4)
+    np.testing.assert_allclose(float(metrics[f"layer_{phase}/loss"]), loss, rtol=1e-6)
     # The distances of the layers run are reported ungated; only the trained layer's enters the loss.
     for i in range(3):
-        assert all((float(metrics[f"layer_{i}/{k}"]) > 0) == (i <= stage)
+        assert all((float(metrics[f"layer_{i}/{k}"]) > 0) == (i <= phase)
                    for k in ("feature_map", "variance", "attention"))
-        assert (float(metrics[f"layer_{i}/loss"]) > 0) == (i == stage)
+        assert (float(metrics[f"layer_{i}/loss"]) > 0) == (i == phase)
     # Evaluation (no dropout either way) runs every layer: the same distances, the same gated loss.
     evaluated = objective.summarize(objective.sums(state.params, batch, jax.random.key(0), context, train=False))
-    for key in ("loss", "layer_0/feature_map", "layer_1/attention", f"layer_{stage}/loss"):
+    for key in ("loss", "layer_0/feature_map", "layer_1/attention", f"layer_{phase}/loss"):
         np.testing.assert_allclose(float(evaluated[key]), float(metrics[key]), rtol=1e-5, err_msg=key)
     assert float(evaluated["layer_2/attention"]) > 0 == float(metrics["layer_2/attention"])
 
@@ -338,7 +338,7 @@ def _phase_limited_equals_full(c, phases, scan=False):
                       for o in (limited, full))
     grads_a, grads_b = grads_fn(limited), grads_fn(full)
     a = b = state
-    n = c.distill.stage_steps
+    n = c.distill.phase_steps
     for phase in phases:
         step = phase * n + 1  # past the phase's first step, whose rate is 0
         batch = next(PaddedBatches(c.model.vocab_size, BATCH, seed=step))
@@ -369,7 +369,7 @@ def test_phase_limited_progressive_step_with_a_layer_map(tmp_path):
     """A 2-layer student of a 4-layer teacher, layer map [3, 1]: phase 0 runs the teacher through layer 3."""
     teacher_cfg, student_cfg = tiny_models(layers=2, teacher_layers=4)
     teacher_dir = save_teacher(tmp_path / "teacher", teacher_cfg)
-    c = make_config("progressive", teacher_dir, teacher_cfg, student_cfg, stage_steps=10, layer_map=(3, 1))
+    c = make_config("progressive", teacher_dir, teacher_cfg, student_cfg, phase_steps=10, layer_map=(3, 1))
     _phase_limited_equals_full(c, phases=(0, 1))
 
 
@@ -448,15 +448,15 @@ def _run_steps(c, task, steps: int):
 def short_progressive(tmp_path_factory):
     teacher_cfg, student_cfg = tiny_models(layers=2)
     teacher_dir = save_teacher(tmp_path_factory.mktemp("teacher"), teacher_cfg)
-    return lambda **distill: make_config("progressive", teacher_dir, teacher_cfg, student_cfg, stage_steps=3,
+    return lambda **distill: make_config("progressive", teacher_dir, teacher_cfg, student_cfg, phase_steps=3,
                                          **distill)
 
 
 def test_embedding_norm_frozen_through_progressive_transfer_by_default(short_progressive):
-    """TF1: the student's embedding norm keeps its initial value, bit for bit, through every stage."""
+    """TF1: the student's embedding norm keeps its initial value, bit for bit, through every phase."""
     c = short_progressive()
     assert c.distill.train_embedding_norm_in_transfer is False
-    initial, final = _run_steps(c, build(c, evaluate=False), 6)  # both stages of 3 steps
+    initial, final = _run_steps(c, build(c, evaluate=False), 6)  # both phases of 3 steps
     norm = [k for k in initial if k.startswith(EMBEDDING_NORM)]
     assert norm
     for k in norm:
@@ -553,7 +553,7 @@ def test_layer_loss_scaling_is_checked():
                                  layer_loss_scaling="tf3"))
 
 
-@pytest.mark.parametrize("field", ["alpha", "stage_steps", "teacher_dtype", "weights.mlm", "weights.feature_map"])
+@pytest.mark.parametrize("field", ["alpha", "phase_steps", "teacher_dtype", "weights.mlm", "weights.feature_map"])
 def test_a_missing_distill_field_is_named(field):
     """The library's reader holds no values (they are experiments/distill_common.distill's)."""
     d = DISTILL_COMMON.distill("progressive").to_dict()
@@ -567,10 +567,10 @@ def test_a_missing_distill_field_is_named(field):
 
 def test_optional_distill_fields_left_out_mean_their_neutral_values():
     d = DISTILL_COMMON.distill("pd").to_dict()
-    for field in ("student_init", "last_stage", "layer_map"):
+    for field in ("student_init", "last_phase", "layer_map"):
         del d[field]
     read = distill_config.read(d)
-    assert (read.student_init, read.last_stage, read.layer_map) == ("", None, ())
+    assert (read.student_init, read.last_phase, read.layer_map) == ("", None, ())
 
 
 @pytest.mark.parametrize("compute_dtype,rtol", [("bfloat16", 2e-3), ("float32", 2e-2)])
@@ -609,7 +609,7 @@ def test_summary_lines_fit_a_terminal(strategy):
     """24 layers at the paper's scale: the line names the trained layer's distances, the worst layer, MLM and NSP."""
     from mobilebert_jax.metrics_writer import LINE_WIDTH, ProgressLine, eval_line
 
-    d = distill_config.read(dict(DISTILL_COMMON.distill(strategy).to_dict(), teacher="T", stage_steps=10000))
+    d = distill_config.read(dict(DISTILL_COMMON.distill(strategy).to_dict(), teacher="T", phase_steps=10000))
     objective = DistillationObjective(distill=d, num_layers=24, layer_map=tuple(range(24)), student=None,
                                       teacher=None)
     metrics = {"loss": 0.0123456, "transfer_loss": 0.0123456, "mlm_accuracy": 0.1746, "mlm_loss": 5.40812,
@@ -618,7 +618,7 @@ def test_summary_lines_fit_a_terminal(strategy):
         metrics.update({f"layer_{i}/feature_map": 0.00812345 * (1 + (i == 3)), f"layer_{i}/mean": 1.234567e-05,
                         f"layer_{i}/variance": 0.9612345, f"layer_{i}/attention": 0.0551234,
                         f"layer_{i}/attention_ce": 1.2345, f"layer_{i}/loss": 0.0})
-    step = 11 * 10000 + 5000  # in stage 11
+    step = 11 * 10000 + 5000  # in phase 11
     line = eval_line(step, metrics, objective.summary)
     assert len(line) <= LINE_WIDTH, (len(line), line)
     assert "worst layer 3: " in line and line.endswith("MLM acc 17.46% | NSP acc 62.05%")

@@ -28,7 +28,7 @@ def get_config(arg=None):
     c.optimizer.schedule.warmup_steps = 10
     c.optimizer.schedule.total_steps = 100
     c.optimizer.groups = dict(layer_0=dict(pattern="layer_0/",
-                                           multiplier=dict(kind="progressive", layer=0, stage_steps=50)))
+                                           multiplier=dict(kind="progressive", layer=0, phase_steps=50)))
     c.checkpoint = common.checkpoint(every_steps=1000, keep_last=3)
     c.data = dict(path=ml_collections.config_dict.placeholder(str))
     return c

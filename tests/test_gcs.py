@@ -222,7 +222,7 @@ def test_distillation_reads_its_teacher_from_gcs(gcs, sandbox):
              "--config.model.num_hidden_layers=4", f"--config.data.prepared_dir={data}", sandbox=sandbox))
     workdir = gcs.uri("distill")
     out = _ok(_run("mobilebert_jax.main", f"--config={ROOT}/experiments/distill_progressive.py:smoke",
-                   f"--workdir={workdir}", f"--config.distill.teacher={teacher}", "--config.distill.stage_steps=1",
+                   f"--workdir={workdir}", f"--config.distill.teacher={teacher}", "--config.distill.phase_steps=1",
                    "--config.total_steps=4", "--config.batch_size=8", "--config.log_every=1",
                    "--config.data.max_seq_length=32", "--config.data.num_shards=4",
                    f"--config.data.prepared_dir={data}", sandbox=sandbox))

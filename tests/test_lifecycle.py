@@ -25,7 +25,7 @@ from tests.data_fixtures import SHARED_DATA, require_shared_data
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SEQ = 32
-TOY = ["--teacher_steps=4", "--stage_steps=2", "--pd_steps=2", "--layers=2", f"--seq_len={SEQ}",
+TOY = ["--teacher_steps=4", "--phase_steps=2", "--pd_steps=2", "--layers=2", f"--seq_len={SEQ}",
        "--max_predictions=5", "--batch_size=8", "--eval_batch_size=8"]
 
 

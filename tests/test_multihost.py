@@ -1,6 +1,6 @@
 """Two processes x 4 CPU devices on localhost distill, are preempted on one host, resume, and match 1 x 8 devices.
 
-The stage is progressive transfer (the IB-BERT teacher a frozen argument of the step, a stage boundary at step
+The stage is progressive transfer (the IB-BERT teacher a frozen argument of the step, a phase boundary at step
 4) with the real data pipeline: process 0 prepares the bundled corpus, every process loads its own half of each
 global batch. Storage is laid out like a pod's: the teacher, the prepared data and the workdir are on (emulated,
 tests/gcs_emulator.py) gs://, and each process has only its own local scratch directory, as separate hosts do. The pytest process (8 devices from conftest) trains the reference in-process; the workers are
@@ -28,8 +28,8 @@ from gcs_emulator import gcs  # noqa: F401  (the fixture)
 TESTS = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(TESTS)
 MESH = (2, 4, 1)  # fsdp=4 shards parameters across the two processes' devices
-LAYERS, STAGE_STEPS = 2, 4
-TOTAL = LAYERS * STAGE_STEPS
+LAYERS, PHASE_STEPS = 2, 4
+TOTAL = LAYERS * PHASE_STEPS
 
 
 def tiny_models():
@@ -44,7 +44,7 @@ def _config(root):
     from test_distill_stage import make_config
 
     teacher, student = tiny_models()
-    c = make_config("progressive", f"{root}/teacher", teacher, student, stage_steps=STAGE_STEPS)
+    c = make_config("progressive", f"{root}/teacher", teacher, student, phase_steps=PHASE_STEPS)
     c.mesh.shape = MESH
     c.batch_size = 8
     c.data.max_seq_length = 32
@@ -140,7 +140,7 @@ def test_two_processes_preempted_on_one_host_resume_and_equal_one_process(tmp_pa
     save_teacher(f"{root}/teacher", tiny_models()[0])
     c = _config(root)
     metrics = train(c, str(tmp_path / "single"), DISTILLATION)  # also prepares the workers' data
-    assert metrics["stage"] == LAYERS - 1  # progressive transfer went through both stages
+    assert metrics["phase"] == LAYERS - 1  # progressive transfer went through both phases
 
     multi = f"{root}/multi"
     procs = start_workers([root, multi], free_port(), tmp_path / "scratch", slow=0.4)

@@ -158,8 +158,8 @@ def test_step_dependent_multipliers_scale_updates():
     params = make_params()
     p = nest({k: jnp.asarray(v) for k, v in params.items()})
     cfg = lamb_cfg(groups=dict(
-        layer_0=dict(pattern=r"encoder/layer_0/", multiplier=dict(kind="progressive", layer=0, stage_steps=4)),
-        layer_1=dict(pattern=r"encoder/layer_1/", multiplier=dict(kind="progressive", layer=1, stage_steps=4)),
+        layer_0=dict(pattern=r"encoder/layer_0/", multiplier=dict(kind="progressive", layer=0, phase_steps=4)),
+        layer_1=dict(pattern=r"encoder/layer_1/", multiplier=dict(kind="progressive", layer=1, phase_steps=4)),
         half=dict(pattern=r"^params/embeddings/", multiplier=0.5),
     ))
     grouped, plain = optim.build_optimizer(cfg, p), optim.build_optimizer(lamb_cfg(), p)
@@ -188,10 +188,10 @@ def test_progressive_multiplier_formula():
     P = 10
     f = {k: optim.progressive(k, P) for k in range(3)}
     for step in range(35):
-        stage, t = divmod(step, P)
+        phase, t = divmod(step, P)
         bg = min(0.9 + 0.1 * np.sqrt(1 - t / P), 10 * t / P)
         for k in range(3):
-            which = 0.0 if k > stage else (1.0 if k == stage else 0.1)
+            which = 0.0 if k > phase else (1.0 if k == phase else 0.1)
             np.testing.assert_allclose(float(f[k](jnp.int32(step))), 3 * bg * which, rtol=1e-6, atol=1e-9)
 
 

@@ -13,7 +13,7 @@ import sys
 from limits import HANG_S
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-TOY = ["--teacher_steps=4", "--stage_steps=2", "--pd_steps=2", "--layers=2", "--seq_len=32", "--max_predictions=5",
+TOY = ["--teacher_steps=4", "--phase_steps=2", "--pd_steps=2", "--layers=2", "--seq_len=32", "--max_predictions=5",
        "--batch_size=8", "--eval_batch_size=8"]
 STAGES = ("teacher", "progressive", "pd", "scratch")
 

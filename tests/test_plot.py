@@ -17,36 +17,36 @@ from mobilebert_jax.errors import DataError
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def _write_distillation_metrics(workdir, stage_steps=5, layers=3):
+def _write_distillation_metrics(workdir, phase_steps=5, layers=3):
     """A progressive run as the trainer logs it: ungated distances of every layer, the gated layer loss, the
-    per-layer learning-rate multipliers, an evaluation at the end of each stage."""
+    per-layer learning-rate multipliers, an evaluation at the end of each phase."""
     with open(workdir / "metrics.jsonl", "w") as f:
-        for step in range(1, layers * stage_steps + 1):
-            stage = (step - 1) // stage_steps
-            t = step - stage * stage_steps
-            record = {"step": step, "time": "t", "stage": float(stage), "loss": 3.0 / step, "learning_rate": 1e-3,
+        for step in range(1, layers * phase_steps + 1):
+            phase = (step - 1) // phase_steps
+            t = step - phase * phase_steps
+            record = {"step": step, "time": "t", "phase": float(phase), "loss": 3.0 / step, "learning_rate": 1e-3,
                       "transfer_loss": 3.0 / step, "tokens_per_second": 1000.0 + step}
             for i in range(layers):
-                distance = 10.0 / t if i == stage else (0.5 if i < stage else 20.0)
+                distance = 10.0 / t if i == phase else (0.5 if i < phase else 20.0)
                 record.update({f"layer_{i}/{k}": distance * w for k, w in
                                (("feature_map", 1.0), ("mean", 1e-4), ("variance", 2.0), ("attention", 0.1))})
-                record[f"layer_{i}/loss"] = distance if i == stage else 0.0
-                record[f"lr_multiplier/layer_{i}"] = 3.0 if i == stage else (0.3 if i < stage else 0.0)
+                record[f"layer_{i}/loss"] = distance if i == phase else 0.0
+                record[f"lr_multiplier/layer_{i}"] = 3.0 if i == phase else (0.3 if i < phase else 0.0)
             f.write(json.dumps(record) + "\n")
-            if step % stage_steps == 0:
+            if step % phase_steps == 0:
                 f.write(json.dumps({"step": step, "eval/loss": 1.0, "eval/mlm_accuracy": 0.2,
                                     "eval/nsp_accuracy": 0.6, "eval/layer_0/feature_map": 0.5}) + "\n")
         # A resumed run appends the last step again; the later record wins.
-        f.write(json.dumps({"step": layers * stage_steps, "stage": float(layers - 1), "loss": 0.1}) + "\n")
+        f.write(json.dumps({"step": layers * phase_steps, "phase": float(layers - 1), "loss": 0.1}) + "\n")
 
 
-def test_reads_training_and_evaluation_records_with_layers_and_stages(tmp_path):
+def test_reads_training_and_evaluation_records_with_layers_and_phases(tmp_path):
     _write_distillation_metrics(tmp_path)
     train, evals = plot.read_metrics(str(tmp_path))
     assert [r["step"] for r in train] == list(range(1, 16))
     assert [r["step"] for r in evals] == [5, 10, 15]
     assert train[-1]["loss"] == 0.1 and train[-1]["tokens_per_second"] == 1015.0  # later record merged over earlier
-    assert plot.stage_boundaries(train) == [5, 10]
+    assert plot.phase_boundaries(train) == [5, 10]
     # The standard layout leaves the per-layer families out.
     panels = plot.standard_panels(train, evals)
     assert [p.title for p in panels] == ["loss", "accuracy and evaluation metrics", "learning rate",
@@ -70,7 +70,7 @@ def test_layer_transfer_layout_heat_maps_and_learning_rates(tmp_path):
 
 
 def test_many_layers_make_the_learning_rates_a_heat_map(tmp_path):
-    _write_distillation_metrics(tmp_path, stage_steps=2, layers=12)
+    _write_distillation_metrics(tmp_path, phase_steps=2, layers=12)
     train, evals = plot.read_metrics(str(tmp_path))
     lr = plot.layer_transfer_panels(train, evals)[6]
     assert not lr.lines and len(lr.heat.rows) == 12 and lr.heat.rows[3][6] == pytest.approx(3e-3)

@@ -4,7 +4,7 @@ Scanned == unrolled for every family's forward pass, hidden states, attention sc
 and without remat), with the unrolled parameters stacked onto the layer axis (modeling/stacking.py); the
 two layouts convert both ways for arrays, shapes and logical-axis boxes; the optimizer on stacked
 parameters (optim/transforms.per_layer_view) gives the unrolled optimizer's updates and state; the HF and
-params-directory writers unstack. The training-level checks (a progressive-distillation run across a stage
+params-directory writers unstack. The training-level checks (a progressive-distillation run across a phase
 boundary, resume, cross-layout reads of a checkpoint) are in tests/test_scan_training.py.
 """
 
@@ -160,7 +160,7 @@ def test_stack_and_unstack_round_trip_arrays_shapes_and_boxes():
 
 def _progressive_optimizer(layers: int):
     opt = COMMON.optimizer("lamb", lr=1.5e-3)
-    opt.groups = strategies.progressive_groups(layers, stage_steps=2, lower_layer_multiplier=0.1)
+    opt.groups = strategies.progressive_groups(layers, phase_steps=2, lower_layer_multiplier=0.1)
     opt.exclude = (r"^cls/",)
     return opt
 
@@ -187,7 +187,7 @@ def test_optimizer_on_stacked_parameters_equals_unrolled(progressive):
         assert any("['layers']" in k for k in keys) and not any("['layer_0']" in k for k in keys)
     p, p_scan = params, stacking.stack(params)
     update, update_scan = jax.jit(tx.update), jax.jit(tx_scan.update)
-    for g in grads:  # steps 0..3: stages 0 and 1 of 2 steps each
+    for g in grads:  # steps 0..3: phases 0 and 1 of 2 steps each
         u, state = update(g, state, p)
         u_scan, state_scan = update_scan(stacking.stack(g), state_scan, p_scan)
         assert stacking.is_stacked(u_scan)
@@ -198,7 +198,7 @@ def test_optimizer_on_stacked_parameters_equals_unrolled(progressive):
         for a, b in zip(jax.tree.leaves(state_scan), jax.tree.leaves(state)):
             np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-6, atol=1e-7)
         layer2 = [k for k in _flat(u) if "/layer_2/" in k]
-        assert layer2 and all(not _flat(stacking.unstack(u_scan))[k].any() for k in layer2)  # above the stage
+        assert layer2 and all(not _flat(stacking.unstack(u_scan))[k].any() for k in layer2)  # above the phase
 
 
 def test_optimizer_state_shards_from_a_scanned_models_boxes():

@@ -1,4 +1,4 @@
-"""Training with layers under nn.scan: a progressive-distillation run across a stage boundary with a scanned
+"""Training with layers under nn.scan: a progressive-distillation run across a phase boundary with a scanned
 student and teacher equals the unrolled run; a scanned run resumes bit for bit (sharded over fsdp and
 tensor); its checkpoint is read into either layout (an unrolled teacher, student or fine-tune).
 """
@@ -21,7 +21,7 @@ from mobilebert_jax.finetune import stage as finetune_stage
 from mobilebert_jax.train import step as step_lib
 from mobilebert_jax.train.trainer import train
 
-STAGE_STEPS, STEPS = 2, 3  # steps 0-1 train layer 0, step 2 layer 1 with layer 0 at a tenth
+PHASE_STEPS, STEPS = 2, 3  # steps 0-1 train layer 0, step 2 layer 1 with layer 0 at a tenth
 
 
 def _setup(c):
@@ -35,12 +35,12 @@ def _setup(c):
 def test_progressive_distillation_scanned_equals_unrolled(tmp_path):
     """Student and teacher scanned (the teacher read from an unrolled params directory into the stacked
     layout) against both unrolled, from the same parameters: every step's losses and multipliers, and the
-    parameters and optimizer state after a stage boundary, within float32 rounding."""
+    parameters and optimizer state after a phase boundary, within float32 rounding."""
     teacher_cfg, student_cfg = tiny_models(layers=2)
     teacher_dir = save_teacher(tmp_path / "teacher", teacher_cfg)
-    c = make_config("progressive", teacher_dir, teacher_cfg, student_cfg, stage_steps=STAGE_STEPS)
+    c = make_config("progressive", teacher_dir, teacher_cfg, student_cfg, phase_steps=PHASE_STEPS)
     c_scan = make_config("progressive", teacher_dir, teacher_cfg.replace(scan_layers=True),
-                         student_cfg.replace(scan_layers=True), stage_steps=STAGE_STEPS)
+                         student_cfg.replace(scan_layers=True), phase_steps=PHASE_STEPS)
     _, _, state, frozen, step = _setup(c)
     _, tx_scan, state_scan, frozen_scan, step_scan = _setup(c_scan)
     assert stacking.is_stacked(frozen_scan) and stacking.is_stacked(state_scan.params)
@@ -59,7 +59,7 @@ def test_progressive_distillation_scanned_equals_unrolled(tmp_path):
         for k in metrics:
             np.testing.assert_allclose(float(metrics_scan[k]), float(metrics[k]), rtol=2e-5, atol=1e-7,
                                        err_msg=f"step {i} {k}")
-    assert float(metrics["stage"]) == 1 and float(metrics["layer_1/loss"]) > 0
+    assert float(metrics["phase"]) == 1 and float(metrics["layer_1/loss"]) > 0
     got, want = flat(stacking.unstack(state_scan.params)), flat(state.params)
     assert got.keys() == want.keys()
     # Rounding differences relative to the steps' largest change (some tensors, such as the key bias, which the

@@ -2,7 +2,7 @@
 
 The values are the experiments': experiments/distill_common.py's `distill(strategy)` writes every field at the
 paper's and TF1's settings (REFERENCE sections 3 and 4). A missing field is a ConfigError naming it, but for
-three with a neutral meaning: student_init (left out: "", a fresh student), last_stage (None: the run's
+three with a neutral meaning: student_init (left out: "", a fresh student), last_phase (None: the run's
 total_steps decides) and layer_map ((): the default map below). Every `weights` entry is required.
 
 Fields:
@@ -11,13 +11,13 @@ Fields:
                     step directory (WORKDIR/checkpoints/N), or a config.json + params.safetensors
                     directory (convert/native.py, e.g. an imported checkpoint)
   student_init      "" = a fresh student (random encoder; see copy_from_teacher); else a path of the
-                    same kinds holding the student to start from (PD after a transfer stage)
+                    same kinds holding the student to start from (PD after a transfer run)
   copy_from_teacher a fresh student gets the teacher's embeddings (not the embedding norm: the teacher
                     has LayerNorm, the student NoNorm) and pretraining heads
-  stage_steps       progressive: steps per stage (stage l = step // stage_steps trains layer l)
-  last_stage        progressive: the run ends with this stage (0-based); total_steps follows from it,
-                    so `--config.distill.last_stage=l` runs one stage at a time in the same workdir
-  lower_layer_multiplier  progressive: learning-rate factor of the layers below the current stage
+  phase_steps       progressive: steps per phase (phase l = step // phase_steps trains layer l)
+  last_phase        progressive: the run ends with this phase (0-based); total_steps follows from it,
+                    so `--config.distill.last_phase=l` runs one phase at a time in the same workdir
+  lower_layer_multiplier  progressive: learning-rate factor of the layers below the current phase
                     (TF1: 0.1 of the current layer's; 0 freezes them)
   train_embedding_norm_in_transfer  whether the student's embedding norm (not copied from the teacher)
                     trains during layer-wise transfer (progressive, joint). False (TF1): its learning rate
@@ -25,7 +25,7 @@ Fields:
                     True: it trains with layer 0 (progressive) or at the base rate (joint)
   layer_loss_scaling  how each layer's transfer loss is scaled: "tf1" (divided by the number of student
                     layers L, TF1's `extra_loss * factor / num_layers`), "tf2" (layer l's divided by l + 1,
-                    0-based, the TF2 Model Garden's per-stage division), "none"
+                    0-based, the TF2 Model Garden's per-phase division), "none"
   layer_map         teacher layer (0-based) each student layer learns from; () = the same layer
                     when the depths match, else spread evenly (student layer i -> ceil((i+1) Lt/Ls) - 1)
   include_padding   False: padded positions are left out of the layer losses; True: TF1's means over
@@ -52,12 +52,12 @@ STRATEGIES = ("progressive", "joint", "auxiliary", "pd")
 WEIGHT_NAMES = ("feature_map", "mean", "variance", "attention", "mlm", "nsp")
 LAYER_WEIGHTS = ("feature_map", "mean", "variance", "attention")
 LAYER_LOSS_SCALINGS = ("tf1", "tf2", "none")
-FIELDS = ("strategy", "teacher", "student_init", "copy_from_teacher", "stage_steps", "last_stage",
+FIELDS = ("strategy", "teacher", "student_init", "copy_from_teacher", "phase_steps", "last_phase",
           "lower_layer_multiplier", "train_embedding_norm_in_transfer", "layer_loss_scaling", "layer_map",
           "include_padding", "student_dropout", "alpha", "temperature", "weights", "teacher_dtype")
 TEACHER_DTYPES = ("float32", "bfloat16")
 WEIGHTS = Schema(fields=WEIGHT_NAMES)
-SCHEMA = Schema(fields=FIELDS, optional=dict(student_init="", last_stage=None, layer_map=()),
+SCHEMA = Schema(fields=FIELDS, optional=dict(student_init="", last_phase=None, layer_map=()),
                 sections=dict(weights=WEIGHTS))
 
 
@@ -67,8 +67,8 @@ class DistillConfig:
     teacher: str
     student_init: str
     copy_from_teacher: bool
-    stage_steps: int
-    last_stage: int | None
+    phase_steps: int
+    last_phase: int | None
     lower_layer_multiplier: float
     train_embedding_norm_in_transfer: bool
     layer_loss_scaling: str
@@ -105,10 +105,10 @@ def read(cfg: Any, where: str = "config.distill") -> DistillConfig:
     for field in ("copy_from_teacher", "include_padding", "student_dropout", "train_embedding_norm_in_transfer"):
         if not isinstance(d[field], bool):
             raise ConfigError(f"{where}.{field}={d[field]!r}: must be true or false")
-    stage_steps = config_schema.step_count(d["stage_steps"], f"{where}.stage_steps", allow_zero=False)
-    last_stage = d["last_stage"]
-    if last_stage is not None:
-        last_stage = config_schema.step_count(last_stage, f"{where}.last_stage")
+    phase_steps = config_schema.step_count(d["phase_steps"], f"{where}.phase_steps", allow_zero=False)
+    last_phase = d["last_phase"]
+    if last_phase is not None:
+        last_phase = config_schema.step_count(last_phase, f"{where}.last_phase")
     lower = config_schema.positive_number(d["lower_layer_multiplier"], f"{where}.lower_layer_multiplier",
                                           allow_zero=True)
     if d["layer_loss_scaling"] not in LAYER_LOSS_SCALINGS:
@@ -127,7 +127,7 @@ def read(cfg: Any, where: str = "config.distill") -> DistillConfig:
     weights = WEIGHTS.read(d["weights"], f"{where}.weights")
     weights = {k: config_schema.positive_number(v, f"{where}.weights.{k}", allow_zero=True) for k, v in weights.items()}
     return DistillConfig(strategy=d["strategy"], teacher=d["teacher"], student_init=d["student_init"],
-                         copy_from_teacher=d["copy_from_teacher"], stage_steps=stage_steps, last_stage=last_stage,
+                         copy_from_teacher=d["copy_from_teacher"], phase_steps=phase_steps, last_phase=last_phase,
                          lower_layer_multiplier=lower,
                          train_embedding_norm_in_transfer=d["train_embedding_norm_in_transfer"],
                          layer_loss_scaling=d["layer_loss_scaling"], layer_map=tuple(layer_map),

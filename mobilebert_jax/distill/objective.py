@@ -9,10 +9,10 @@ Sums (added over microbatches, divided by whole-batch totals in `loss`):
   layer_{i}/attention_ce         with attention: TF1's attention cross-entropy (KL + the teacher's
                                  entropy), ungated; logged, never optimized
   layer_{i}/loss                 what layer i adds to the optimized loss: its weighted, scaled distance
-                                 times its gate at this step (0 outside a progressive layer's stage)
+                                 times its gate at this step (0 outside a progressive layer's phase)
   pd_mlm_sum                     PD's soft-target masked-LM cross-entropy (weighted)
   mlm_*, nsp_*                   hard-label MLM / NSP sums (pretraining/objective.py), whenever the heads run
-The heads run when PD is on, and always in evaluation (so a transfer stage
+The heads run when PD is on, and always in evaluation (so a transfer run
 reports the held-out MLM accuracy of the student under the teacher's heads).
 
 A progressive training step computes only what it trains: in phase l (layer l's transfer loss on) the student
@@ -71,7 +71,7 @@ class DistillationObjective:
         """The layers whose transfer loss has been on by logged step `step` (the count of steps taken)."""
         if self.distill.strategy != "progressive":
             return range(self.num_layers)
-        return range(min(max(step - 1, 0) // self.distill.stage_steps, self.num_layers - 1) + 1)
+        return range(min(max(step - 1, 0) // self.distill.phase_steps, self.num_layers - 1) + 1)
 
     def summary(self, metrics: Mapping[str, float], step: int) -> list[str]:
         """A terminal line's parts (metrics_writer.LINE_WIDTH): the loss; in progressive transfer the trained
@@ -109,7 +109,7 @@ class DistillationObjective:
         # The progressive phase's layer: the last one either model needs (None: every layer runs).
         phase_layer = None
         if train and layers and d.strategy == "progressive" and not heads and self.stop_at_phase:
-            phase_layer = jnp.minimum(strategies.stage_of(context.step, d.stage_steps), self.num_layers - 1)
+            phase_layer = jnp.minimum(strategies.phase_of(context.step, d.phase_steps), self.num_layers - 1)
         # The highest teacher layer the student's layers 0..l map to, for each l.
         teacher_reach = jnp.asarray(np.maximum.accumulate(self.layer_map) if self.layer_map else [0], jnp.int32)
 
@@ -132,7 +132,7 @@ class DistillationObjective:
         w_BxT = self.token_weights(batch)
         sums: Sums = {"tokens": jnp.sum(w_BxT)}
         if layers:
-            gates = strategies.layer_gates(d.strategy, context.step, self.num_layers, d.stage_steps)
+            gates = strategies.layer_gates(d.strategy, context.step, self.num_layers, d.phase_steps)
             for i, j in enumerate(self.layer_map):
                 hs, ht = s["hidden_states"][i + 1], t["hidden_states"][j + 1]
                 scores = (s["attention_scores"][i], t["attention_scores"][j]) if attention else None

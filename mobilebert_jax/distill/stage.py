@@ -4,8 +4,8 @@ The teacher is the trainer's frozen tree: loaded from its checkpoint with its
 own shardings, passed to the jitted step as an argument, run without
 dropout, never differentiated and never given optimizer state. The student
 is the trained parameter tree; a fresh student takes the teacher's
-embeddings and heads (strategies.COPIED_FROM_TEACHER), a later stage starts
-from the student an earlier one produced (`config.distill.student_init`).
+embeddings and heads (strategies.COPIED_FROM_TEACHER), a later run (PD after
+transfer) starts from the student an earlier one produced (`config.distill.student_init`).
 """
 
 from __future__ import annotations
@@ -97,9 +97,9 @@ def spec(config: ml_collections.ConfigDict) -> Spec:
     layer_map = layers.resolve_layer_map(d.layer_map, student_cfg, teacher_cfg) if d.layer_losses else ()
     num_layers = student_cfg.num_hidden_layers
     if d.strategy == "progressive":
-        if config.total_steps > num_layers * d.stage_steps:
-            raise ConfigError(f"config.total_steps={config.total_steps} exceeds the {num_layers} progressive stages of "
-                              f"config.distill.stage_steps={d.stage_steps} steps ({num_layers * d.stage_steps})")
+        if config.total_steps > num_layers * d.phase_steps:
+            raise ConfigError(f"config.total_steps={config.total_steps} exceeds the {num_layers} progressive phases of "
+                              f"config.distill.phase_steps={d.phase_steps} steps ({num_layers * d.phase_steps})")
 
     student = MobileBertForPreTraining(student_cfg)
     teacher = MobileBertForPreTraining(teacher_cfg)
@@ -113,7 +113,7 @@ def spec(config: ml_collections.ConfigDict) -> Spec:
     frozen_abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, jnp.dtype(d.teacher_dtype)),
                                    teacher_abstract)
     if d.strategy == "progressive":
-        strategies.check_progressive_groups(config.optimizer, student_abstract, num_layers, d.stage_steps)
+        strategies.check_progressive_groups(config.optimizer, student_abstract, num_layers, d.phase_steps)
     if d.strategy in ("progressive", "joint"):
         strategies.check_embedding_norm(config.optimizer, student_abstract, d.train_embedding_norm_in_transfer)
     if not d.student_init and d.copy_from_teacher:
@@ -124,7 +124,7 @@ def spec(config: ml_collections.ConfigDict) -> Spec:
     def step_metrics(step: jax.Array) -> dict[str, jax.Array]:
         out = multiplier_metrics(step)
         if d.strategy == "progressive":
-            out["stage"] = strategies.stage_of(step, d.stage_steps).astype(jnp.float32)
+            out["phase"] = strategies.phase_of(step, d.phase_steps).astype(jnp.float32)
         return out
 
     objective = DistillationObjective(distill=d, num_layers=num_layers, layer_map=layer_map, student=student,

@@ -1,15 +1,15 @@
 """Training strategies (REFERENCE section 4) as functions of the step, and the optimizer settings they need.
 
-- progressive: stage l = step // stage_steps; only layer l's transfer loss is on;
+- progressive: phase l = step // phase_steps; only layer l's transfer loss is on;
   TF1's learning-rate multipliers 3 * bg(t) * {0 above, 1 at, lower_layer_multiplier
-  below} with the optimizer state of a layer held at zero until its stage
+  below} with the optimizer state of a layer held at zero until its phase
   (optim/multipliers.py); embeddings and heads copied from the teacher and frozen.
 - joint: every layer's transfer loss at once; embeddings and heads frozen.
-- auxiliary: every layer's transfer loss plus PD in one stage; everything trains.
-- pd: pretraining distillation alone (the stage after progressive or joint).
+- auxiliary: every layer's transfer loss plus PD in one phase; everything trains.
+- pd: pretraining distillation alone (the phase after progressive or joint transfer, a run of its own).
 
-Because the stage is a function of the step, the whole L-stage schedule is one
-run of the generic trainer, and a resumed run continues mid-stage exactly.
+Because the phase is a function of the step, the whole L-phase schedule is one
+run of the generic trainer, and a resumed run continues mid-phase exactly.
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ COPIED_FROM_TEACHER = (
 )
 # The student's embedding norm: trained (or not, `train_embedding_norm_in_transfer`) during layer-wise transfer.
 EMBEDDING_NORM = "mobilebert/embeddings/LayerNorm/"
-# TF1 scales the current stage's learning rate by 3 (with bg(t) on top).
+# TF1 scales the current phase's learning rate by 3 (with bg(t) on top).
 PROGRESSIVE_SCALE = 3.0
 _LAYER_PATH = re.compile(r"^mobilebert/encoder/layer_(\d+)/")
 
@@ -43,24 +43,24 @@ def layer_prefix(layer: int) -> str:
     return f"mobilebert/encoder/{stacking.layer_name(layer)}/"
 
 
-def stage_of(step: jax.Array, stage_steps: int) -> jax.Array:
-    return step // stage_steps
+def phase_of(step: jax.Array, phase_steps: int) -> jax.Array:
+    return step // phase_steps
 
 
-def layer_gates(strategy: str, step: jax.Array, num_layers: int, stage_steps: int) -> jax.Array:
+def layer_gates(strategy: str, step: jax.Array, num_layers: int, phase_steps: int) -> jax.Array:
     """[L] float32: 1 where a layer's transfer loss is on at `step`, else 0."""
     if strategy == "progressive":
-        return jax.nn.one_hot(stage_of(step, stage_steps), num_layers, dtype=jnp.float32)
+        return jax.nn.one_hot(phase_of(step, phase_steps), num_layers, dtype=jnp.float32)
     if strategy in ("joint", "auxiliary"):
         return jnp.ones((num_layers,), jnp.float32)
     return jnp.zeros((num_layers,), jnp.float32)
 
 
-def progressive_groups(num_layers: int, stage_steps: Any, lower_layer_multiplier: Any,
+def progressive_groups(num_layers: int, phase_steps: Any, lower_layer_multiplier: Any,
                        train_embedding_norm: Any = False) -> ml_collections.ConfigDict:
     """`config.optimizer.groups` for progressive transfer: one group per encoder layer, and the embedding norm's.
 
-    `stage_steps`, `lower_layer_multiplier` and `train_embedding_norm` may be
+    `phase_steps`, `lower_layer_multiplier` and `train_embedding_norm` may be
     FieldReferences into `config.distill`, so overriding those fields keeps the
     groups in step. The student's embedding norm (not copied from the teacher)
     follows layer 0's multiplier when it trains, and has multiplier 0 (an update
@@ -68,7 +68,7 @@ def progressive_groups(num_layers: int, stage_steps: Any, lower_layer_multiplier
     variable outside `bert/encoder/layer_*` rate 0 and gate 0 in these stages.
     """
     def progressive(layer: int, scale: Any) -> ml_collections.ConfigDict:
-        return ml_collections.ConfigDict(dict(kind="progressive", layer=layer, stage_steps=stage_steps, scale=scale,
+        return ml_collections.ConfigDict(dict(kind="progressive", layer=layer, phase_steps=phase_steps, scale=scale,
                                               below=lower_layer_multiplier))
 
     groups = ml_collections.ConfigDict()
@@ -101,7 +101,7 @@ def first_layer_paths(abstract_params: Any) -> dict[int, str]:
     return out
 
 
-def check_progressive_groups(opt_cfg: Any, abstract_params: Any, num_layers: int, stage_steps: int) -> None:
+def check_progressive_groups(opt_cfg: Any, abstract_params: Any, num_layers: int, phase_steps: int) -> None:
     """Every encoder layer must sit in a group with the progressive multiplier for that layer."""
     groups = optim_builder.parse_groups(opt_cfg.groups, "config.optimizer.groups")
     specs = {name: opt_cfg.groups[name].multiplier for name in opt_cfg.groups.keys()}
@@ -111,11 +111,11 @@ def check_progressive_groups(opt_cfg: Any, abstract_params: Any, num_layers: int
         group = next((g.name for g in groups if g.pattern.search(path)), optim_builder.DEFAULT_GROUP)
         spec = specs.get(group)
         ok = (isinstance(spec, (dict, ml_collections.ConfigDict)) and spec.get("kind") == "progressive"
-              and spec.get("layer") == i and spec.get("stage_steps") == stage_steps)
+              and spec.get("layer") == i and spec.get("phase_steps") == phase_steps)
         if not ok:
             raise ConfigError(
                 f"config.optimizer.groups: encoder layer {i} ({path!r}) is in group {group!r} with multiplier "
-                f"{spec!r}; progressive transfer needs dict(kind='progressive', layer={i}, stage_steps={stage_steps}) "
+                f"{spec!r}; progressive transfer needs dict(kind='progressive', layer={i}, phase_steps={phase_steps}) "
                 f"for it (build the groups with mobilebert_jax.distill.strategies.progressive_groups)")
 
 
@@ -158,7 +158,7 @@ def optimizer_settings(c: ml_collections.ConfigDict, strategy: str, num_layers: 
     overrides of those fields take effect."""
     train_norm = c.distill.get_ref("train_embedding_norm_in_transfer")
     if strategy == "progressive":
-        c.optimizer.groups = progressive_groups(num_layers, c.distill.get_ref("stage_steps"),
+        c.optimizer.groups = progressive_groups(num_layers, c.distill.get_ref("phase_steps"),
                                                 c.distill.get_ref("lower_layer_multiplier"), train_norm)
     if strategy == "joint":
         # Joint transfer trains every layer at the base rate; the embedding norm at that rate or not at all.

@@ -23,7 +23,7 @@ Sums = dict[str, jax.Array]
 @flax.struct.dataclass
 class StepContext:
     """What every objective is given besides parameters and batch."""
-    step: jax.Array  # the step being taken (0-based); a progressive distillation's stage follows from it
+    step: jax.Array  # the step being taken (0-based); a progressive distillation's phase follows from it
     frozen: Any = None  # parameters used but never trained (a teacher); no gradient, no optimizer state
 
 

@@ -53,7 +53,7 @@ class Spec:
     # boxed abstract (logical axis names kept, for shardings), None without. Not checkpointed with the run.
     frozen_abstract: Any = None
     # step -> extra scalars computed inside the jitted step and logged with its metrics (a distillation
-    # run's stage, its per-layer learning-rate multipliers).
+    # run's phase in progressive transfer, its per-layer learning-rate multipliers).
     step_metrics: Optional[Callable[[jax.Array], dict]] = None
     # The configs of the models the step runs (the trained one first, then a frozen teacher).
     models: tuple[MobileBertConfig, ...] = ()
