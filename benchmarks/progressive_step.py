@@ -1,15 +1,17 @@
 """Progressive transfer's train step in its first and last phase: both models stop at the phase's layer.
 
-    python benchmarks/progressive_step.py [--layers=24 --batch_size=8 --seq_len=128 --repeats=5 --full]
+    python benchmarks/progressive_step.py [--layers=24 --batch_size=8 --seq_len=128 --repeats=5 --full --scan=false
+                                          --other_layout]
 
 An IB-BERT teacher and a MobileBERT student (the `*_test` presets' small width, `--layers` deep), the paper's
 progressive distillation objective (FMT, mean, variance, attention transfer) and TF1's LAMB, on random batches.
 One compiled step serves every phase (the phase is the step counter, a traced value); the first phase's step
 (layer 0) and the last's (layer L-1) alternate A B A B ... in this process after a warm-up call each, so load on
-the machine falls on both alike. Printed: each program's compile time (tracing, lowering and XLA compile) with
-the layers unrolled and, with `--scan`, under nn.scan; the per-phase median (min..max) ms; with `--full` also
-the step that runs every layer of both models in every phase (the objective's stop_at_phase=False), interleaved
-with the others; and last the line `first/last phase step time: X`.
+the machine falls on both alike. The layers are under nn.scan by default (`--scan=false`: unrolled, whose
+24-layer step takes minutes to compile on 2 cores). Printed: each program's compile time (tracing, lowering and
+XLA compile), with `--other_layout` also that of the other layout (compile only); the per-phase median (min..max)
+ms; with `--full` also the step that runs every layer of both models in every phase (the objective's
+stop_at_phase=False), interleaved with the others; and last the line `first/last phase step time: X`.
 """
 
 from __future__ import annotations
@@ -29,8 +31,9 @@ flags.adopt_module_key_flags(pretraining_step)
 flags.DEFINE_integer("layers", 24, "layers of the teacher and the student")
 flags.DEFINE_integer("repeats", 5, "timed steps per phase (after one warm-up step each)")
 flags.DEFINE_bool("full", False, "also time the step that runs every layer in every phase (the reference)")
-flags.DEFINE_bool("scan", False, "also compile the phase-limited step with the layers under nn.scan (compile "
-                  "time only)")
+flags.DEFINE_bool("scan", True, "the layers under nn.scan (False: unrolled)")
+flags.DEFINE_bool("other_layout", False, "also compile the phase-limited step in the other layout (compile time "
+                  "only)")
 
 PHASE_STEPS = 10
 
@@ -60,8 +63,9 @@ def build(scan_layers: bool, stop_at_phase: bool):
     batch = jax.device_put(pretraining_step.make_batch(student_cfg, FLAGS.batch_size, FLAGS.seq_len,
                                                        FLAGS.predictions))
     ids = batch["input_ids"]
-    frozen = nn.unbox(jax.jit(teacher.init)(jax.random.key(1), ids)["params"])
-    params = nn.unbox(jax.jit(student.init)(jax.random.key(0), ids)["params"])
+    # Op by op: a jitted init of 24 unrolled layers compiles for minutes on 2 cores.
+    frozen = nn.unbox(teacher.init(jax.random.key(1), ids)["params"])
+    params = nn.unbox(student.init(jax.random.key(0), ids)["params"])
     tx = pretraining_step.lamb_optimizer(params)
     state = step_lib.TrainState(jnp.zeros((), jnp.int32), params, jax.jit(tx.init)(params))
     return jax.jit(step_lib.make_train_step(objective, tx)), state, frozen, batch
@@ -86,11 +90,12 @@ def main(argv):
     jax.config.update("jax_enable_compilation_cache", False)
     print(f"{FLAGS.layers} layers, batch {FLAGS.batch_size} x {FLAGS.seq_len}, {jax.devices()[0].device_kind}",
           flush=True)
-    programs = {"phase-limited": compiled("phase-limited, unrolled", False, True)}
-    if FLAGS.scan:
-        compiled("phase-limited, scanned", True, True)
+    layout = {True: "scanned", False: "unrolled"}
+    programs = {"phase-limited": compiled(f"phase-limited, {layout[FLAGS.scan]}", FLAGS.scan, True)}
+    if FLAGS.other_layout:
+        compiled(f"phase-limited, {layout[not FLAGS.scan]}", not FLAGS.scan, True)
     if FLAGS.full:
-        programs["full"] = compiled("every layer (reference), unrolled", False, False)
+        programs["full"] = compiled(f"every layer (reference), {layout[FLAGS.scan]}", FLAGS.scan, False)
     last = FLAGS.layers - 1
     # The phase's first step would have learning rate 0; one step in, both phases do the same optimizer work.
     phases = {"first": 1, "last": last * PHASE_STEPS + 1}
