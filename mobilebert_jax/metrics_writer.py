@@ -7,7 +7,8 @@ the train loop can call them unconditionally.
     writer.write(step, {"loss": 2.3, "lr": 1e-3})   # every logging step
     writer.close()
 
-prints `step 1200/500000 | loss 2.3 | 3.21 steps/s | 3,366,912 tokens/s | ETA 43:04:11`. Lines fit a terminal
+prints `step 1200/500000 | loss 2.3 | 3.21 steps/s | 3,366,912 tokens/s (2,020,147 real, 40.0% padding) | ETA
+43:04:11` (real tokens and padding where the metrics have `padding_fraction`, train/throughput.py). Lines fit a terminal
 (LINE_WIDTH): an objective with many metrics gives a summary (train/stage.Spec.summary); the full record is in
 metrics.jsonl and TensorBoard.
 """
@@ -88,7 +89,10 @@ class ProgressLine:
         if self.steps_per_second is not None:
             rates.append(f"{self.steps_per_second:.3g} steps/s")
             if self.tokens_per_step:
-                rates.append(f"{self.steps_per_second * self.tokens_per_step:,.0f} tokens/s")
+                tokens = self.steps_per_second * self.tokens_per_step
+                padding = metrics.get("padding_fraction")
+                rates.append(f"{tokens:,.0f} tokens/s" if padding is None else
+                             f"{tokens:,.0f} tokens/s ({tokens * (1 - padding):,.0f} real, {padding:.1%} padding)")
             remaining = max(self.total_steps - step, 0) / self.steps_per_second
             rates.append(f"ETA {_hms(remaining)}")
         return join(f"step {step}/{self.total_steps}" + (" | " if parts or rates else ""), parts, rates)

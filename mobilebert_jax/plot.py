@@ -282,6 +282,8 @@ def _draw_heat(fig, ax, heat: HeatMap, colors) -> None:
     import numpy as np
 
     values = np.ma.masked_invalid(np.asarray(heat.rows, dtype=float))
+    if heat.log:  # blank, not -inf: a progressive step logs 0 for a layer above its phase, which it never ran
+        values = np.ma.masked_less_equal(values, 0)
     steps = np.asarray(heat.steps, dtype=float)
     first = steps[0] - (steps[1] - steps[0] if len(steps) > 1 else 1.0)
     edges = np.concatenate([[first], steps])

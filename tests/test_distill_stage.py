@@ -6,6 +6,7 @@ teacher is written to disk and read back as the trainer would.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
 
@@ -167,11 +168,12 @@ def test_progressive_step_inside_phase(progressive):
     state, metrics = one_step(task, c, tx, at_step(state0, step), frozen, batch)
     after = flat(state.params)
 
-    # Only layer `phase`'s transfer loss is on; every layer's distances are logged (ungated).
+    # Only layer `phase`'s transfer loss is on; the distances of every layer run are logged (ungated), those of
+    # the layer above (run by neither model) are 0.
     for i in range(3):
         assert (float(metrics[f"layer_{i}/loss"]) > 0) == (i == phase), i
         for k in ("feature_map", "mean", "variance", "attention"):
-            assert float(metrics[f"layer_{i}/{k}"]) > 0, (i, k)
+            assert (float(metrics[f"layer_{i}/{k}"]) > 0) == (i <= phase), (i, k)
     assert float(metrics["transfer_loss"]) == float(metrics[f"layer_{phase}/loss"])
     assert float(metrics["phase"]) == phase
 
@@ -300,14 +302,75 @@ def test_layer_loss_matches_numpy_with_reference_weights(progressive):
     ce = (-np.exp(lt) * ls).sum(-1).mean(1)
     np.testing.assert_allclose(float(metrics[f"layer_{phase}/attention_ce"]), np.mean(ce[m]), rtol=1e-4)
     np.testing.assert_allclose(float(metrics[f"layer_{phase}/loss"]), loss, rtol=1e-6)
-    # Every layer's distances are reported ungated; only the trained layer's enters the loss.
+    # The distances of the layers run are reported ungated; only the trained layer's enters the loss.
     for i in range(3):
-        assert all(float(metrics[f"layer_{i}/{k}"]) > 0 for k in ("feature_map", "variance", "attention"))
+        assert all((float(metrics[f"layer_{i}/{k}"]) > 0) == (i <= phase)
+                   for k in ("feature_map", "variance", "attention"))
         assert (float(metrics[f"layer_{i}/loss"]) > 0) == (i == phase)
-    # Evaluation (no dropout either way) reports the same distances and the same gated loss.
+    # Evaluation (no dropout either way) runs every layer: the same distances, the same gated loss.
     evaluated = objective.summarize(objective.sums(state.params, batch, jax.random.key(0), context, train=False))
-    for key in ("loss", "layer_0/feature_map", "layer_2/attention", f"layer_{phase}/loss"):
+    for key in ("loss", "layer_0/feature_map", "layer_1/attention", f"layer_{phase}/loss"):
         np.testing.assert_allclose(float(evaluated[key]), float(metrics[key]), rtol=1e-5, err_msg=key)
+    assert float(evaluated["layer_2/attention"]) > 0 == float(metrics["layer_2/attention"])
+
+
+def _phase_limited_equals_full(c, phases, scan=False):
+    """Training steps of `c` at the start of each of `phases`, each from the state the phase before left: the
+    phase-limited step (both models through the phase's layer) against every layer run. Loss, gradients, every
+    metric of the layers run and the trained student agree to float32 rounding."""
+    if scan:
+        c.model.scan_layers = c.teacher_model.scan_layers = True
+    task = build(c, evaluate=False)
+    tx = optim.build_optimizer(c.optimizer, jax.eval_shape(task.spec.init_params, jax.random.key(0)))
+    state, frozen = init_state(task, c, tx)
+    limited = task.spec.objective
+    assert limited.stop_at_phase
+    full = dataclasses.replace(limited, stop_at_phase=False)
+
+    def grads_fn(objective):
+        def fn(params, batch, step):
+            context = step_lib.StepContext(step=step, frozen=frozen)
+            return jax.grad(lambda p: objective.loss(objective.sums(p, batch, jax.random.key(3), context,
+                                                                    train=True), objective.totals(batch)))(params)
+        return jax.jit(fn)
+
+    step_a, step_b = (jax.jit(step_lib.make_train_step(o, tx, step_metrics_fn=task.spec.step_metrics))
+                      for o in (limited, full))
+    grads_a, grads_b = grads_fn(limited), grads_fn(full)
+    a = b = state
+    n = c.distill.phase_steps
+    for phase in phases:
+        step = phase * n + 1  # past the phase's first step, whose rate is 0
+        batch = next(PaddedBatches(c.model.vocab_size, BATCH, seed=step))
+        ga, gb = grads_a(a.params, batch, jnp.asarray(step)), grads_b(a.params, batch, jnp.asarray(step))
+        jax.tree.map(lambda x, y: np.testing.assert_allclose(x, y, rtol=1e-4, atol=1e-6), ga, gb)
+        assert any(np.abs(np.asarray(g)).max() > 0 for g in jax.tree.leaves(ga))
+        a, ma = step_a(at_step(a, step), batch, frozen)
+        b, mb = step_b(at_step(b, step), batch, frozen)
+        ran = [k for k in mb if not re.match(r"layer_(\d+)/", k) or int(k.split("/")[0][6:]) <= phase]
+        for k in ran:
+            np.testing.assert_allclose(float(ma[k]), float(mb[k]), rtol=1e-5, atol=1e-7, err_msg=(phase, k))
+        assert float(ma[f"layer_{phase}/loss"]) > 0
+        jax.tree.map(lambda x, y: np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-6), a.params, b.params)
+
+
+# Each case compiles four programs (about 3 minutes on 2 loaded cores): the default suite keeps one.
+@pytest.mark.parametrize("attention,scan", [(True, False), pytest.param(False, False, marks=pytest.mark.slow),
+                                            pytest.param(True, True, marks=pytest.mark.slow)])
+def test_phase_limited_progressive_step_equals_the_full_forward(progressive, attention, scan):
+    c = ml_collections.ConfigDict(progressive[0].to_dict())
+    if not attention:
+        c.distill.weights.attention = 0.0
+    _phase_limited_equals_full(c, phases=(0, 1, 2), scan=scan)
+
+
+@pytest.mark.slow
+def test_phase_limited_progressive_step_with_a_layer_map(tmp_path):
+    """A 2-layer student of a 4-layer teacher, layer map [3, 1]: phase 0 runs the teacher through layer 3."""
+    teacher_cfg, student_cfg = tiny_models(layers=2, teacher_layers=4)
+    teacher_dir = save_teacher(tmp_path / "teacher", teacher_cfg)
+    c = make_config("progressive", teacher_dir, teacher_cfg, student_cfg, phase_steps=10, layer_map=(3, 1))
+    _phase_limited_equals_full(c, phases=(0, 1))
 
 
 @pytest.mark.parametrize("strategy", ["joint", "auxiliary", "pd"])

@@ -1,4 +1,4 @@
-"""Progress lines, JSONL and TensorBoard output, process-0-only writing, and the MFU helper."""
+"""Progress lines, JSONL and TensorBoard output, process-0-only writing, the MFU helper and useful throughput."""
 
 import io
 import json
@@ -10,6 +10,7 @@ from tensorboardX.proto import event_pb2
 
 from mobilebert_jax import hardware
 from mobilebert_jax.metrics_writer import MetricsWriter, ProgressLine
+from mobilebert_jax.train.throughput import Throughput
 
 
 class FakeClock:
@@ -49,6 +50,41 @@ def test_progress_line_rate_eta_and_tokens():
     slow.update(0, {})
     clock.t += 3600.0  # one step an hour, 100 to go
     assert slow.update(1, {}) == "step 1/101 | 0.000278 steps/s | ETA 100:00:00"  # hours do not wrap
+
+
+def test_progress_line_real_tokens_and_padding():
+    clock = FakeClock()
+    line = ProgressLine(total_steps=1000, tokens_per_step=2048 * 512, smoothing=0.5, clock=clock)
+    line.update(0, {"loss": 10.0, "padding_fraction": 0.25})
+    clock.t += 50.0  # 2 steps/s
+    assert line.update(100, {"loss": 2.5, "padding_fraction": 0.375}) == (
+        "step 100/1000 | loss 2.5 | 2 steps/s | 2,097,152 tokens/s (1,310,720 real, 37.5% padding) | ETA 00:07:30")
+
+
+def test_throughput_of_a_window_with_known_padding():
+    """Two steps of 4 rows x 8 tokens (64 padded tokens) holding 40 real ones: 37.5% padding; the useful figures
+    are the padded ones times 0.625; a step without an input_mask counts in neither."""
+    tp = Throughput(batch_size=4, tokens_per_example=8, flops_per_step=1000.0, dtype="float32")
+    assert tp.scalars(None) == {}
+    tp.add_step(24)
+    tp.add_step(None)
+    tp.add_step(16)
+    assert tp.scalars(None) == {"padding_fraction": 0.375}  # the first logging step: no rate yet
+    tp.add_step(32)
+    tp.add_step(16)
+    assert tp.scalars(2.0) == {  # no MFU: the test machine's CPUs have no known peak
+        "padding_fraction": 0.25, "examples_per_second": 8.0, "tokens_per_second": 64.0,
+        "model_flops_per_second": 2000.0, "real_tokens_per_second": 48.0, "useful_model_flops_per_second": 1500.0}
+    assert tp.scalars(2.0) == {"examples_per_second": 8.0, "tokens_per_second": 64.0,
+                               "model_flops_per_second": 2000.0}  # a window of batches without input_mask
+
+
+def test_useful_mfu_next_to_mfu(monkeypatch):
+    monkeypatch.setattr(hardware, "mfu", lambda flops, seconds, dtype: flops / seconds / 1e4)
+    tp = Throughput(batch_size=2, tokens_per_example=4, flops_per_step=1000.0, dtype="bfloat16")
+    tp.add_step(6)
+    out = tp.scalars(5.0)
+    assert out["mfu"] == 0.5 and out["useful_mfu"] == 0.375 and out["padding_fraction"] == 0.25
 
 
 def test_writer_jsonl_tensorboard_and_stdout(tmp_path):

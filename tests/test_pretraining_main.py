@@ -34,13 +34,16 @@ def test_smoke_pretraining_end_to_end(tmp_path):
     r = _main(f"--config={CONFIG}", f"--workdir={workdir}", *TINY)
     assert r.returncode == 0, r.stderr[-3000:]
     out = r.stdout
-    assert "step 6/6 | loss" in out and "tokens/s" in out and "eval at step 6: mlm_loss" in out
+    assert "step 6/6 | loss" in out and "% padding) | ETA" in out and "eval at step 6: mlm_loss" in out
     assert f"checkpoints in {workdir}/checkpoints" in out
     metrics = [json.loads(line) for line in open(workdir / "metrics.jsonl")]
     # The scalars docs/training.md lists (the JSONL holds what TensorBoard gets); no MFU: CPUs have no known peak.
     assert {"mlm_loss", "nsp_accuracy", "learning_rate", "grad_norm", "examples_per_second", "tokens_per_second",
-            "model_flops_per_second"} <= set().union(*metrics)
-    assert "mfu" not in set().union(*metrics)
+            "model_flops_per_second", "padding_fraction", "real_tokens_per_second",
+            "useful_model_flops_per_second"} <= set().union(*metrics)
+    assert not {"mfu", "useful_mfu", "real_tokens"} & set().union(*metrics)
+    padding = [m["padding_fraction"] for m in metrics if "padding_fraction" in m]
+    assert len(padding) == 3 and all(0 <= p < 1 for p in padding) and max(padding) > 0, padding
     assert sorted(os.listdir(workdir / "checkpoints"))[-1] == "6"
     assert (workdir / "config.py").exists() and (workdir / "data" / "manifest.json").exists()
     # Quiet by default: the project's own lines on the terminal, library INFO records (orbax's ~60 lines per

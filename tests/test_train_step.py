@@ -74,6 +74,8 @@ def test_gradient_accumulation_equals_big_batch():
         state4, m4 = jax.jit(step4)(state4, batch)
     for key in ("loss", "mlm_accuracy", "grad_norm"):
         np.testing.assert_allclose(m1[key], m4[key], rtol=2e-5)
+    # The whole batch's non-padding tokens, however the step splits it.
+    assert int(m1["real_tokens"]) == int(m4["real_tokens"]) == int(batch["input_mask"].sum()) < batch["input_mask"].size
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=2e-4, atol=2e-6), state1.params, state4.params)
     assert int(state4.step) == 2
 

@@ -64,7 +64,7 @@ def straight(straight_workdir):
 
 
 # Logged values that measure the machine's speed or the clock, not what was computed.
-_TIMING = re.compile(r"^time$|per_second$|^mfu$")
+_TIMING = re.compile(r"^time$|per_second$|mfu$")
 
 
 def _computed_metrics(workdir):
@@ -330,3 +330,35 @@ def test_a_steps_metrics_are_fetched_after_the_next_step_is_dispatched(tmp_path,
     monkeypatch.setattr(MetricsWriter, "write", recording_write)
     train(c, str(tmp_path), Stage(spec=synthetic_training.synthetic_spec, read=read))
     assert drawn_when_written == {step: step + (step % 2) for step in range(1, TOTAL + 1)}
+
+
+def test_logged_padding_fraction_and_real_tokens_are_exact(tmp_path):
+    """Batches with known padding (row r of step s keeps SEQ_LEN - (r + s) % 4 tokens): metrics.jsonl has each
+    logging window's exact padding fraction, and real tokens/s is tokens/s times the real share."""
+    c = synthetic_training.config(total_steps=6, log_every=2)  # rates from the third logging step
+    seq, rows = synthetic_training.SEQ_LEN, c.batch_size
+
+    class Padded(synthetic_training.SyntheticBatches):
+        def __next__(self):
+            step = self.index
+            batch = super().__next__()
+            for r in range(rows):
+                batch["input_mask"][r, seq - (r + step) % 4:] = 0
+            return batch
+
+    def read(config, workdir, spec):
+        io = synthetic_training.read_synthetic(config, workdir, spec)
+        return dataclasses.replace(io, train_iterator=Padded(io.train_iterator.vocab, rows, config.seed))
+
+    def padding(steps):
+        return sum((r + s) % 4 for s in steps for r in range(rows)) / (len(steps) * rows * seq)
+
+    train(c, str(tmp_path), Stage(spec=synthetic_training.synthetic_spec, read=read))
+    records = [json.loads(line) for line in open(tmp_path / "metrics.jsonl") if '"loss"' in line]
+    assert [(r["step"], r["padding_fraction"]) for r in records] == [
+        (2, padding([0, 1])), (4, padding([2, 3])), (6, padding([4, 5]))]
+    assert "real_tokens" not in records[-1]
+    assert records[-1]["real_tokens_per_second"] == pytest.approx(
+        records[-1]["tokens_per_second"] * (1 - padding([4, 5])), rel=1e-12)
+    assert records[-1]["useful_model_flops_per_second"] == pytest.approx(
+        records[-1]["model_flops_per_second"] * (1 - padding([4, 5])), rel=1e-12)

@@ -3,8 +3,9 @@
 Sums (added over microbatches, divided by whole-batch totals in `loss`):
   tokens                         scored positions (the layer losses' denominator)
   layer_{i}/{component}          component in feature_map, mean, variance, attention: the distance of
-                                 student layer i to its teacher layer, ungated (every layer at every step,
-                                 so a reader sees the layers trained earlier stay aligned)
+                                 student layer i to its teacher layer, ungated (every layer run at this step,
+                                 so a reader sees the layers trained earlier stay aligned); 0 in a progressive
+                                 training step for a layer above its phase's, which neither model runs
   layer_{i}/attention_ce         with attention: TF1's attention cross-entropy (KL + the teacher's
                                  entropy), ungated; logged, never optimized
   layer_{i}/loss                 what layer i adds to the optimized loss: its weighted, scaled distance
@@ -13,6 +14,12 @@ Sums (added over microbatches, divided by whole-batch totals in `loss`):
   mlm_*, nsp_*                   hard-label MLM / NSP sums (pretraining/objective.py), whenever the heads run
 The heads run when PD is on, and always in evaluation (so a transfer run
 reports the held-out MLM accuracy of the student under the teacher's heads).
+
+A progressive training step computes only what it trains: in phase l (layer l's transfer loss on) the student
+runs layers 0..l and the teacher the layers they map to, up to the highest of layer_map[0..l]; the layers above,
+their distances and their backward pass are skipped by `lax.cond`s on the phase, in one compiled program for
+every phase (modeling/encoder.py). Nothing above layer l reaches the loss (its gate is 0, no heads run), so the
+loss and gradients are the full forward's. Evaluation runs every layer.
 """
 
 from __future__ import annotations
@@ -22,6 +29,7 @@ from typing import Mapping
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from mobilebert_jax.distill import losses as distill_losses
 from mobilebert_jax.distill import strategies
@@ -44,6 +52,9 @@ class DistillationObjective:
     layer_map: tuple[int, ...]  # teacher layer per student layer (empty without layer losses)
     student: MobileBertForPreTraining
     teacher: MobileBertForPreTraining
+    # False: a progressive training step runs every layer of both models, as if all were trained (the reference
+    # tests/test_distill_stage.py and benchmarks/progressive_step.py compare the phase-limited step with).
+    stop_at_phase: bool = True
 
     @property
     def progress_keys(self) -> tuple[str, ...]:
@@ -95,7 +106,14 @@ class DistillationObjective:
         attention = "attention" in self.components
         student_deterministic = not train or not d.student_dropout
 
-        def forward(model, params, batch, with_heads, deterministic, rng):
+        # The progressive phase's layer: the last one either model needs (None: every layer runs).
+        phase_layer = None
+        if train and layers and d.strategy == "progressive" and not heads and self.stop_at_phase:
+            phase_layer = jnp.minimum(strategies.phase_of(context.step, d.phase_steps), self.num_layers - 1)
+        # The highest teacher layer the student's layers 0..l map to, for each l.
+        teacher_reach = jnp.asarray(np.maximum.accumulate(self.layer_map) if self.layer_map else [0], jnp.int32)
+
+        def forward(model, params, batch, with_heads, deterministic, rng, last_layer):
             kwargs = dict(attention_mask=batch["input_mask"], token_type_ids=batch["segment_ids"],
                           deterministic=deterministic, output_hidden_states=layers,
                           output_attention_scores=attention, rngs=None if deterministic else {"dropout": rng})
@@ -104,29 +122,42 @@ class DistillationObjective:
                                    masked_lm_positions=batch["masked_lm_positions"], **kwargs)
             # Transfer-only training needs no heads: run the backbone on its own subtree.
             backbone = MobileBertModel(model.config, add_pooling_layer=model.config.classifier_activation)
-            return backbone.apply({"params": params["mobilebert"]}, batch["input_ids"], **kwargs)
+            return backbone.apply({"params": params["mobilebert"]}, batch["input_ids"], last_layer=last_layer,
+                                  **kwargs)
 
-        s = forward(self.student, params, batch, heads, student_deterministic, rng)
-        t = jax.lax.stop_gradient(forward(self.teacher, context.frozen, batch, teacher_logits, True, None)) \
-            if (layers or teacher_logits) else None
+        s = forward(self.student, params, batch, heads, student_deterministic, rng, phase_layer)
+        t = jax.lax.stop_gradient(forward(
+            self.teacher, context.frozen, batch, teacher_logits, True, None,
+            None if phase_layer is None else teacher_reach[phase_layer])) if (layers or teacher_logits) else None
         w_BxT = self.token_weights(batch)
         sums: Sums = {"tokens": jnp.sum(w_BxT)}
         if layers:
             gates = strategies.layer_gates(d.strategy, context.step, self.num_layers, d.phase_steps)
             for i, j in enumerate(self.layer_map):
                 hs, ht = s["hidden_states"][i + 1], t["hidden_states"][j + 1]
-                distances: Sums = {}
-                if "feature_map" in self.components:
-                    distances["feature_map"] = distill_losses.feature_map_sum(hs, ht, w_BxT)
-                if "mean" in self.components or "variance" in self.components:
-                    mean, var = distill_losses.mean_variance_sums(hs, ht, w_BxT)
-                    if "mean" in self.components:
-                        distances["mean"] = mean
-                    if "variance" in self.components:
-                        distances["variance"] = var
-                if attention:
-                    distances["attention"], sums[f"layer_{i}/attention_ce"] = distill_losses.attention_sums(
-                        s["attention_scores"][i], t["attention_scores"][j], w_BxT)
+                scores = (s["attention_scores"][i], t["attention_scores"][j]) if attention else None
+
+                def layer_sums(hs=hs, ht=ht, scores=scores):
+                    distances: Sums = {}
+                    if "feature_map" in self.components:
+                        distances["feature_map"] = distill_losses.feature_map_sum(hs, ht, w_BxT)
+                    if "mean" in self.components or "variance" in self.components:
+                        mean, var = distill_losses.mean_variance_sums(hs, ht, w_BxT)
+                        if "mean" in self.components:
+                            distances["mean"] = mean
+                        if "variance" in self.components:
+                            distances["variance"] = var
+                    if attention:
+                        distances["attention"], distances["attention_ce"] = distill_losses.attention_sums(
+                            *scores, w_BxT)
+                    return distances
+
+                if phase_layer is None:
+                    distances = layer_sums()
+                else:  # a layer above the phase's was not run: no distance to take
+                    distances = jax.lax.cond(i <= phase_layer, layer_sums,
+                                             lambda: jax.tree.map(lambda x: jnp.zeros(x.shape, x.dtype),
+                                                                  jax.eval_shape(layer_sums)))
                 sums.update({f"layer_{i}/{k}": v for k, v in distances.items()})
                 sums[f"layer_{i}/loss"] = gates[i] * self.layer_loss(i, distances)
         if heads:

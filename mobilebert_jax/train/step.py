@@ -19,6 +19,10 @@ import optax
 from mobilebert_jax.train.objective import Batch, Objective, StepContext, Sums
 
 
+# The train step's metric counting the global batch's non-padding tokens (input_mask != 0).
+REAL_TOKENS = "real_tokens"
+
+
 @flax.struct.dataclass
 class TrainState:
     step: jax.Array
@@ -49,7 +53,9 @@ def make_train_step(
 
     Gradients are taken with respect to `state.params` only: `frozen` enters
     the objective as a constant, so it gets no gradient and no optimizer state.
-    `step_metrics_fn(step)` adds scalars that depend on the step alone.
+    `step_metrics_fn(step)` adds scalars that depend on the step alone. A batch with an `input_mask` adds
+    `real_tokens`, its non-padding tokens over the whole global batch (one reduction of the mask, on device, so
+    every host sees the global count), from which the trainer derives the padding fraction and useful throughput.
     """
 
     def grads_and_sums(params, batch, rng, totals, context):
@@ -88,6 +94,8 @@ def make_train_step(
             metrics["learning_rate"] = learning_rate_fn(state.step)
         if step_metrics_fn is not None:
             metrics.update(step_metrics_fn(state.step))
+        if "input_mask" in batch:
+            metrics[REAL_TOKENS] = jnp.sum(batch["input_mask"] != 0, dtype=jnp.int32)
         return TrainState(step=state.step + 1, params=params, opt_state=opt_state), metrics
 
     return step

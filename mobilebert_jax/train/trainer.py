@@ -24,7 +24,7 @@ import ml_collections
 import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from mobilebert_jax import checkpointing, compile_cache, experiment_config, hardware, model_source, optim, partitioning
+from mobilebert_jax import checkpointing, compile_cache, experiment_config, model_source, optim, partitioning
 from mobilebert_jax import plot, preemption, storage
 from mobilebert_jax import workdir as workdir_lib
 from mobilebert_jax.errors import DataError, NonFiniteLossError
@@ -34,6 +34,7 @@ from mobilebert_jax import metrics_writer
 from mobilebert_jax.metrics_writer import MetricsWriter
 from mobilebert_jax.optim import config as optim_config
 from mobilebert_jax.train import step as step_lib
+from mobilebert_jax.train import throughput as throughput_lib
 from mobilebert_jax.train.stage import Spec, Stage, StageIO
 
 
@@ -208,7 +209,9 @@ def _loop(config: ml_collections.ConfigDict, workdir: str, io: StageIO, program:
     """Steps from `state` to config.total_steps (or a preemption): (final state, last metrics, preempted)."""
     spec, mesh, rules = io.spec, program.mesh, program.rules
     total_steps, profile = config.total_steps, config.profile
-    flops_per_step = spec.train_flops_per_example * config.batch_size
+    throughput = throughput_lib.Throughput(batch_size=config.batch_size, tokens_per_example=spec.tokens_per_example,
+                                           flops_per_step=spec.train_flops_per_example * config.batch_size,
+                                           dtype=config.model.dtype)
     final_metrics: dict[str, float] = {}
 
     def fetch(done: int, metrics: dict) -> None:
@@ -222,15 +225,9 @@ def _loop(config: ml_collections.ConfigDict, workdir: str, io: StageIO, program:
                 f"step {done}: {', '.join(bad)} is not finite; stopped without saving this state. Last good "
                 + (f"checkpoint: step {last} in {os.path.join(workdir, 'checkpoints')}" if last is not None
                    else "checkpoint: none (the run diverged before its first save)"))
+        throughput.add_step(scalars.pop(step_lib.REAL_TOKENS, None))  # every step, logged or not
         if done % config.log_every == 0 or done == total_steps:
-            rate = writer.steps_per_second
-            if rate:
-                scalars["examples_per_second"] = rate * config.batch_size
-                scalars["tokens_per_second"] = rate * config.batch_size * spec.tokens_per_example
-                scalars["model_flops_per_second"] = rate * flops_per_step
-                mfu = hardware.mfu(flops_per_step, 1.0 / rate, dtype=config.model.dtype)
-                if mfu is not None:
-                    scalars["mfu"] = mfu
+            scalars.update(throughput.scalars(writer.steps_per_second))
             writer.write(done, scalars)
             final_metrics.update(scalars)
 
