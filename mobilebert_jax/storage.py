@@ -8,13 +8,14 @@ this module: `path` (an `epath.Path`, what orbax uses), `open`, `makedirs`,
 call, `os.makedirs`, `glob` or `"://"` test elsewhere in the library. This
 module adds the few things epath does not do:
 
-- `local_copy` / `staged_write`: ArrayRecord's C++ reader and writer reach
-  gs:// through their own Cloud Storage client, which neither this module's
-  credentials nor the test emulator reach (tried against tests/gcs_emulator.py:
-  the reader waited 300 s without an answer). gs:// shards are read from a copy
-  in this host's scratch directory, refused with a DataError naming the folder
-  and the bytes needed when the disk lacks room, and written there first, then
-  uploaded. The
+- `local_copy` / `staged_write`: for readers and writers that reach local
+  files only (an experiment file imported by path, ArrayRecord's writer, a
+  tokenizer library), a copy in this host's scratch directory, refused with
+  a DataError naming the folder and the bytes needed when the disk lacks
+  room, and written there first, then uploaded. Prepared training shards are
+  not copied: ArrayRecord's reader opens gs:// itself (riegeli's GcsReader on
+  the google-cloud-cpp client, which finds an emulator through
+  CLOUD_STORAGE_EMULATOR_ENDPOINT) and the loader reads them in place. The
   scratch directory is `$MOBILEBERT_JAX_SCRATCH`, else `<tmp>/mobilebert_jax`:
   per host, disposable, never the place a result is kept.
 - `write_text_atomic`: a local file is written beside and renamed (a reader

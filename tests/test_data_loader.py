@@ -20,6 +20,8 @@ from mobilebert_jax.errors import DataError
 from tests.data_fixtures import data_config
 from limits import HANG_S
 
+from gcs_emulator import DownloadCounter, gcs  # noqa: F401  (the fixture)
+
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -230,3 +232,32 @@ def test_format_1_data_still_loads(prepared, tmp_path):
     config.prepared_dir = str(old)
     _assert_same(_take(_loader(config), 3), _take(_loader(prepared), 3))
     assert prepare(config, str(old))["format_version"] == 1  # a finished format-1 directory is reused as it is
+
+
+def test_gcs_shards_are_read_in_place_one_ranged_read_per_record_same_batches(prepared, gcs, tmp_path,
+                                                                              monkeypatch):
+    import gcsfs
+
+    from mobilebert_jax.data.loader import make_pretraining_dataset
+
+    gcsfs.GCSFileSystem().put(prepared.prepared_dir, f"{gcs.bucket}/{tmp_path.name}", recursive=True)
+    remote = prepared.copy_and_resolve_references()
+    remote.prepared_dir = gcs.uri(tmp_path.name)
+    monkeypatch.setenv("MOBILEBERT_JAX_SCRATCH", str(tmp_path / "scratch"))
+    counter = DownloadCounter(gcs.url)
+    monkeypatch.setenv("CLOUD_STORAGE_EMULATOR_ENDPOINT", counter.url)  # ArrayRecord's client, through the counter
+    try:
+        kw = dict(split="train", global_batch_size=16, process_index=1, process_count=2, seed=1)
+        steps = 3
+        local = make_pretraining_dataset(prepared, **kw)
+        here = make_pretraining_dataset(remote, **kw)
+        _assert_same([here[t] for t in range(steps)], [local[t] for t in range(steps)])
+    finally:
+        counter.close()
+    shards = load_manifest(prepared.prepared_dir)["splits"]["train"]["shards"]
+    assert set(counter.requests) <= {f"{tmp_path.name}/{s}" for s in shards}, counter.requests
+    assert not counter.whole, f"whole shards downloaded: {counter.whole}"
+    # Each shard's index (counting its records, then the reader of the shards this host's rows fall in), then at
+    # most one ranged read per record of this host's 8 rows of each batch: not the other host's, not whole shards.
+    assert sum(counter.requests.values()) <= 2 * len(shards) + steps * 8, counter.requests
+    assert not (tmp_path / "scratch").exists() or not any((tmp_path / "scratch").rglob("*.array_record"))

@@ -254,3 +254,70 @@ def test_glue_finetune_from_a_gcs_checkpoint(gcs, sandbox):
     assert "step 4/4" in out, out[-2000:]
     objects = gcs.list("mrpc")
     assert "mrpc/metrics.jsonl" in objects and any(o.startswith("mrpc/checkpoints/4/") for o in objects)
+
+
+@pytest.mark.slow
+def test_whole_lifecycle_on_gcs(gcs, sandbox, tmp_path):
+    """Tokenizer, corpus, prepared data, GLUE files and every workdir and output on gs://: teacher -> progressive
+    distillation -> GLUE fine-tune -> evaluate -> int8 quantize -> ONNX and LiteRT export -> HF directory. Nothing is
+    written locally but the scratch directory, bounded by the prepared documents' bytes at the end."""
+    import gcsfs
+
+    from mobilebert_jax.data.builtin_tokenizer import BUILTIN_TOKENIZER, builtin_tokenizer_path
+
+    shared = os.path.join(ROOT, "..", "shared", "data")
+    if not os.path.isdir(os.path.join(shared, "glue", "MRPC")) or not os.path.isdir(
+            os.path.join(shared, "corpus", "state_union")):
+        pytest.skip("../shared/data (glue/MRPC, corpus/state_union) is absent")
+    pytest.importorskip("onnx")
+    pytest.importorskip("ai_edge_litert")
+    fs = gcsfs.GCSFileSystem()
+    life = f"{gcs.bucket}/life"
+    fs.put(builtin_tokenizer_path(BUILTIN_TOKENIZER), f"{life}/vocab/sp4000.model")
+    fs.put(os.path.join(shared, "corpus", "state_union"), f"{life}/corpus", recursive=True)
+    fs.put(os.path.join(shared, "glue", "MRPC"), f"{life}/glue/MRPC", recursive=True)
+    uri = lambda *parts: gcs.uri("life", *parts)  # noqa: E731
+    data = [f"--config.data.tokenizer={uri('vocab', 'sp4000.model')}", f"--config.data.corpus={uri('corpus')}",
+            "--config.data.corpus_format=paragraphs", f"--config.data.prepared_dir={uri('data')}",
+            "--config.data.max_seq_length=32", "--config.data.num_shards=4"]
+
+    teacher = uri("teacher")
+    out = _ok(_run("mobilebert_jax.main", f"--config={TEACHER}", f"--workdir={teacher}", *TINY, *_steps(3),
+                   "--config.model.num_hidden_layers=4", *data, sandbox=sandbox))
+    assert "step 3/3" in out and "data/manifest.json" in " ".join(fs.find(f"{life}/data"))
+
+    distilled = uri("distill")
+    out = _ok(_run("mobilebert_jax.main", f"--config={ROOT}/experiments/distill_progressive.py:smoke",
+                   f"--workdir={distilled}", f"--config.distill.teacher={teacher}", "--config.distill.stage_steps=1",
+                   "--config.total_steps=4", "--config.batch_size=8", "--config.log_every=1", *data,
+                   sandbox=sandbox))
+    assert "step 4/4" in out, out[-2000:]
+
+    finetuned = uri("mrpc")
+    out = _ok(_run("mobilebert_jax.main", f"--config={ROOT}/experiments/finetune_glue.py:task=mrpc,smoke",
+                   f"--workdir={finetuned}", f"--config.init_checkpoint={distilled}", "--config.total_steps=4",
+                   "--config.optimizer.schedule.total_steps=4", "--config.log_every=2",
+                   "--config.checkpoint.every_steps=4", "--config.eval.every_steps=4", "--config.batch_size=8",
+                   "--config.data.max_seq_length=32", f"--config.data.glue_dir={uri('glue')}", sandbox=sandbox))
+    assert "step 4/4" in out, out[-2000:]
+
+    _ok(_run("mobilebert_jax.evaluate", f"--workdir={finetuned}", "--batch_size=32", sandbox=sandbox))
+    assert 0.0 <= json.loads(storage.path(finetuned, "eval", "metrics.json").read_text())["dev"]["accuracy"] <= 1
+    _ok(_run("mobilebert_jax.quantization", f"--workdir={finetuned}", "--calibration_examples=16",
+             "--batch_size=32", sandbox=sandbox))
+    assert "ptq_config" in json.loads(storage.path(finetuned, "eval", "int8.json").read_text())
+    for name in ("onnx/mrpc.onnx", "litert/mrpc.tflite"):  # apart: each writes its mrpc.json beside it
+        _ok(_run("mobilebert_jax.export", f"--workdir={finetuned}", f"--output={uri('export', name)}",
+                 "--seq_len=32", sandbox=sandbox))
+        assert storage.size(uri("export", name)) > 0
+    _ok(_run("mobilebert_jax.convert", "to-hf", f"--input={finetuned}", f"--output={uri('mrpc_hf')}",
+             sandbox=sandbox))
+    hf = {name.rsplit("/", 1)[-1] for name in fs.find(f"{life}/mrpc_hf")}
+    assert {"config.json", "model.safetensors"} <= hf or {"config.json", "pytorch_model.bin"} <= hf, hf
+
+    # The sandbox's MOBILEBERT_JAX_SCRATCH keeps only preparation's cached copies of its tokenized documents
+    # (storage.local_copy), never more than those objects' bytes: no shard, log, model or output.
+    scratch = tmp_path / "scratch"
+    left = {str(p.relative_to(scratch)): p.stat().st_size for p in scratch.rglob("*") if p.is_file()}
+    assert all(name.startswith(f"cache/gs/{life}/data/documents/") for name in left), left
+    assert sum(left.values()) <= sum(fs.size(n) for n in fs.find(f"{life}/data/documents")), left

@@ -23,7 +23,7 @@ import numpy as np
 import pytest
 from limits import HANG_S
 
-from gcs_emulator import gcs  # noqa: F401  (the fixture)
+from gcs_emulator import DownloadCounter, gcs  # noqa: F401  (the fixture)
 
 TESTS = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(TESTS)
@@ -63,14 +63,18 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_workers(args: list[str], port: int, scratch, slow: float = 0.0, count: int = 2) -> list[subprocess.Popen]:
+def start_workers(args: list[str], port: int, scratch, slow: float = 0.0, count: int = 2,
+                  counters: list[DownloadCounter] = ()) -> list[subprocess.Popen]:
     """`count` processes of one job running this file with `args`: [ROOT, WORKDIR] (the distillation run),
-    ["dcn", WORKDIR] (the two-slice run) or ["resume", WORKDIR, TOTAL_STEPS] (the process-count change)."""
+    ["dcn", WORKDIR] (the two-slice run) or ["resume", WORKDIR, TOTAL_STEPS] (the process-count change).
+    With `counters`, process i's prepared-data reads (ArrayRecord's client) go through counters[i]."""
     procs = []
     for i in range(count):
         env = dict(os.environ, JAX_COORDINATOR_ADDRESS=f"localhost:{port}", JAX_NUM_PROCESSES=str(count),
                    JAX_PROCESS_ID=str(i), JAX_NUM_CPU_DEVICES="4", JAX_PLATFORMS="cpu", SLOW_STEP_SECONDS=str(slow),
                    MOBILEBERT_JAX_SCRATCH=str(scratch / f"host_{i}"))
+        if counters:
+            env["CLOUD_STORAGE_EMULATOR_ENDPOINT"] = counters[i].url
         env.pop("XLA_FLAGS", None)
         proc = subprocess.Popen([sys.executable, __file__, *map(str, args)], env=env, cwd=REPO,
                                 stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
@@ -98,8 +102,9 @@ def finish(procs, timeout=HANG_S) -> list[str]:
             raise
         p.drain.join()
         outs.append(output(p))
-    for i, (p, out) in enumerate(zip(procs, outs)):
-        assert p.returncode == 0, f"process {i} exited with {p.returncode}:\n{out[-5000:]}"
+    failed = [f"process {i} exited with {p.returncode}:\n{out[-5000:]}"
+              for i, (p, out) in enumerate(zip(procs, outs)) if p.returncode != 0]
+    assert not failed, "\n".join(failed)
     return outs
 
 
@@ -143,7 +148,8 @@ def test_two_processes_preempted_on_one_host_resume_and_equal_one_process(tmp_pa
     assert metrics["phase"] == LAYERS - 1  # progressive transfer went through both phases
 
     multi = f"{root}/multi"
-    procs = start_workers([root, multi], free_port(), tmp_path / "scratch", slow=0.4)
+    counters = [DownloadCounter(gcs.url) for _ in range(2)]
+    procs = start_workers([root, multi], free_port(), tmp_path / "scratch", slow=0.4, counters=counters)
     hung = time.time() + HANG_S  # only against a hang
     while not _is_dir(f"{multi}/checkpoints/2"):
         assert all(p.poll() is None for p in procs), finish(procs)
@@ -154,6 +160,9 @@ def test_two_processes_preempted_on_one_host_resume_and_equal_one_process(tmp_pa
         time.sleep(0.2)
     procs[1].send_signal(signal.SIGTERM)  # a maintenance event on the second host only
     out0, _ = finish(procs)
+    for counter in counters:
+        counter.close()
+    _assert_each_read_only_its_rows(root, c, counters, tmp_path / "scratch")
 
     stopped = _steps(multi)[-1]
     assert 2 < stopped < TOTAL, out0
@@ -172,6 +181,21 @@ def test_two_processes_preempted_on_one_host_resume_and_equal_one_process(tmp_pa
     assert single.keys() == resumed.keys()
     for k in single:
         np.testing.assert_allclose(resumed[k], single[k], rtol=1e-5, atol=1e-6, err_msg=k)
+
+
+def _assert_each_read_only_its_rows(root: str, c, counters, scratch) -> None:
+    """Each host fetched the prepared shards' indexes and, by ranged reads, the records of its own rows of the
+    batches it trained and prefetched: nothing whole, nothing copied to its disk."""
+    from mobilebert_jax.data.manifest import load_manifest
+
+    train = load_manifest(c.data.prepared_dir)["splits"]["train"]
+    rows = c.batch_size // 2 * (TOTAL + c.data.prefetch_buffer_size + c.data.loader_threads)
+    prefix = c.data.prepared_dir.removeprefix(f"gs://{root.split('/')[2]}/") + "/train-"
+    for i, counter in enumerate(counters):
+        reads = {name: n for name, n in counter.requests.items() if name.startswith(prefix)}
+        assert reads and not counter.whole, (i, counter.requests, counter.whole)
+        assert sum(reads.values()) <= 2 * len(train["shards"]) + rows < train["instances"], (i, reads)
+        assert not list((scratch / f"host_{i}").rglob("*.array_record")), i
 
 
 DCN_STEPS = 2

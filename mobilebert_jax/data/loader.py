@@ -21,7 +21,6 @@ import grain
 import ml_collections
 import numpy as np
 
-from mobilebert_jax import storage
 from mobilebert_jax.data import records
 from mobilebert_jax.data.manifest import damaged_shards, describe_damage, load_manifest
 from mobilebert_jax.data.masking import FEATURE_DTYPES, Masker, stack_features
@@ -149,18 +148,14 @@ def make_pretraining_dataset(data_config: ml_collections.ConfigDict, *, split: s
                         f"{settings['held_out_fraction']}); splits: {sorted(manifest['splits'])}")
     info = manifest["splits"][split]
     only_split = {"splits": {split: info}}
-    missing = {n: why for n, why in damaged_shards(data_config.prepared_dir, only_split, checksums=False).items()
-               if why == "missing"}
-    if missing:
-        raise DataError(_damage_message(data_config.prepared_dir, missing))
-    # ArrayRecord reaches gs:// through its own client, not this module's: gs:// shards are read from this
-    # host's scratch copy (storage.local_copy, which refuses when the disk lacks room).
-    paths = [storage.local_copy(f"{data_config.prepared_dir}/{name}") for name in info["shards"]]
     # Before any record is read: a shard cut short would otherwise fail deep inside the reader, mid-training.
-    damaged = damaged_shards(data_config.prepared_dir, only_split, checksums=data_config.verify_checksums,
-                             paths=dict(zip(info["shards"], paths)))
+    damaged = damaged_shards(data_config.prepared_dir, only_split, checksums=data_config.verify_checksums)
     if damaged:
         raise DataError(_damage_message(data_config.prepared_dir, damaged))
+    # Read where they lie: ArrayRecord opens gs:// shards itself (riegeli's GcsReader, the google-cloud-cpp client:
+    # a shard's index once per process, then one ranged read per record), so a host fetches only the records of
+    # its own rows, as its batches ask for them, and keeps nothing on disk.
+    paths = [f"{data_config.prepared_dir}/{name}" for name in info["shards"]]
     source = grain.sources.ArrayRecordDataSource(paths)
     if len(source) != info["instances"]:
         raise DataError(f"{data_config.prepared_dir}: the {split} shards hold {len(source)} instances, the "

@@ -9,7 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from typing import Any, Optional
+from typing import Any
 
 from mobilebert_jax import storage
 from mobilebert_jax.errors import DataError
@@ -70,18 +70,16 @@ def shard_facts(path: str, checksum: bool = True) -> dict[str, Any]:
     return facts
 
 
-def damaged_shards(prepared_dir: str, manifest: dict[str, Any], *, checksums: bool,
-                   paths: Optional[dict[str, str]] = None) -> dict[str, str]:
+def damaged_shards(prepared_dir: str, manifest: dict[str, Any], *, checksums: bool) -> dict[str, str]:
     """{shard name: what is wrong} for the shards whose size (and with `checksums`, digest) differ from the manifest.
 
-    Cheap without `checksums` (one stat per shard). `paths` maps a shard name to the file to check (the loader's
-    local copies); by default the files in `prepared_dir`. A manifest without file facts (written before they were
+    Cheap without `checksums` (one stat per shard). A manifest without file facts (written before they were
     recorded) checks nothing.
     """
     damaged = {}
     for split in manifest.get("splits", {}).values():
         for name, wanted in split.get("files", {}).items():
-            path = (paths or {}).get(name) or os.path.join(prepared_dir, name)
+            path = os.path.join(prepared_dir, name)
             if not storage.path(path).is_file():
                 damaged[name] = "missing"
                 continue

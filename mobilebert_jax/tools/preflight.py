@@ -243,9 +243,10 @@ def _check_pretraining_data(data: ml_collections.ConfigDict, findings: Findings)
         else:
             shards = [f"{prepared}/{name}" for split in manifest["splits"].values() for name in split["shards"]]
             size = sum(storage.path(s).stat().length for s in shards)
-            findings.note(f"config.data.prepared_dir={prepared!r}: prepared; per-host disk: {aot_compile.gib(size)} "
-                          f"in the scratch directory ({storage.SCRATCH_ENV} or {storage.scratch_dir()}): every host "
-                          f"copies the {len(shards)} shards it reads")
+            where = ("read in place, nothing copied to the hosts' disks" if storage.is_remote(prepared)
+                     else "on every host's own disk")
+            findings.note(f"config.data.prepared_dir={prepared!r}: prepared; {len(shards)} shards, "
+                          f"{aot_compile.gib(size)}, {where}")
             return
     else:
         findings.note("config.data.prepared_dir is empty: the stage prepares into its own workdir (a later stage "
