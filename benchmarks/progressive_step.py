@@ -118,4 +118,6 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    from mobilebert_jax import cli
+
+    cli.run_absl(main)

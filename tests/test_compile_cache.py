@@ -20,6 +20,10 @@ OPTIONS = ("jax_compilation_cache_dir", "jax_persistent_cache_min_compile_time_s
 @pytest.fixture(autouse=True)
 def restore_jax_cache_settings(monkeypatch):
     saved = {name: getattr(jax.config, name) for name in OPTIONS}
+    # Each test starts from JAX's defaults: a run trained earlier in this process (another test file) leaves its
+    # workdir's cache configured, which `use` would take for the user's own choice.
+    jax.config.update("jax_compilation_cache_dir", None)
+    jax.config.update("jax_enable_compilation_cache", True)
     monkeypatch.setattr(compile_cache, "_ours", None)
     yield
     for name, value in saved.items():
