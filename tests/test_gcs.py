@@ -288,7 +288,7 @@ def test_whole_lifecycle_on_gcs(gcs, sandbox, tmp_path):
 
     distilled = uri("distill")
     out = _ok(_run("mobilebert_jax.main", f"--config={ROOT}/experiments/distill_progressive.py:smoke",
-                   f"--workdir={distilled}", f"--config.distill.teacher={teacher}", "--config.distill.stage_steps=1",
+                   f"--workdir={distilled}", f"--config.distill.teacher={teacher}", "--config.distill.phase_steps=1",
                    "--config.total_steps=4", "--config.batch_size=8", "--config.log_every=1", *data,
                    sandbox=sandbox))
     assert "step 4/4" in out, out[-2000:]
