@@ -156,9 +156,7 @@ def main(argv) -> None:
     export_model(model, params, str(output), batch_size=FLAGS.batch_size, seq_len=seq_len,
                  quantization=FLAGS.quantization, calibration=calibration, fmt=fmt, outputs=heads)
     if app_runtime:
-        from mobilebert_jax import storage
-
-        tokenizer_file = storage.local_copy(_vocab_file(vocab))
+        tokenizer_file = _vocab_file(vocab)
         output.write_bytes(app_metadata.text_classifier(output.read_bytes(), tokenizer_file=tokenizer_file,
                                                         labels=labels) if classifier else
                            app_metadata.text_embedder(output.read_bytes(), tokenizer_file=tokenizer_file))

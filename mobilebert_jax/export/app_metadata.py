@@ -21,9 +21,11 @@ protobuf<4 and cannot be installed beside this project, so that metadata could n
 
 from __future__ import annotations
 
+import contextlib
 import sys
+import tempfile
 import types
-from typing import Sequence
+from typing import Iterator, Sequence
 
 from mobilebert_jax.errors import ConfigError
 
@@ -109,23 +111,34 @@ def _writers():
     return metadata_writer
 
 
-def _tokenizer(metadata_writer, tokenizer_file: str):
-    if tokenizer_file.endswith(".model"):
-        return metadata_writer.SentencePieceTokenizer(tokenizer_file)
-    return metadata_writer.BertTokenizer(tokenizer_file)
+@contextlib.contextmanager
+def _tokenizer(metadata_writer, tokenizer_file: str) -> Iterator:
+    """The writer's tokenizer description of `tokenizer_file` (local or gs://). The writer reads a local file and
+    packs it under its base name, so the bytes go to a scratch folder under that name, removed afterwards."""
+    from mobilebert_jax import storage
+
+    name = storage.path(tokenizer_file).name
+    with tempfile.TemporaryDirectory(prefix="app-metadata-", dir=storage.scratch_dir()) as folder:
+        local = storage.path(folder, name)
+        local.write_bytes(storage.path(tokenizer_file).read_bytes())
+        if name.endswith(".model"):
+            yield metadata_writer.SentencePieceTokenizer(str(local))
+        else:
+            yield metadata_writer.BertTokenizer(str(local))
 
 
 def text_classifier(tflite: bytes, *, tokenizer_file: str, labels: Sequence[str]) -> bytes:
     """`tflite` (a batch-1 sequence classifier with output `logits`) with TextClassifier metadata: BERT inputs
-    tokenized by `tokenizer_file` (a local WordPiece .txt or SentencePiece .model, packed into the file) and
+    tokenized by `tokenizer_file` (a WordPiece .txt or SentencePiece .model, local or gs://, packed into the file) and
     `labels` in output order. The scores an app reads are the logits (the graph has no softmax)."""
     metadata_writer = _writers()
     from mediapipe.tasks.python.metadata.metadata_writers import text_classifier as writer
 
-    build = writer.MetadataWriter.create_for_bert_model(
-        bytearray(tflite), _tokenizer(metadata_writer, tokenizer_file), metadata_writer.Labels().add(list(labels)),
-        ids_name=_TENSOR_NAMES["ids"], mask_name=_TENSOR_NAMES["mask"], segment_name=_TENSOR_NAMES["segment"])
-    populated, _ = build.populate()
+    with _tokenizer(metadata_writer, tokenizer_file) as tokenizer:
+        build = writer.MetadataWriter.create_for_bert_model(
+            bytearray(tflite), tokenizer, metadata_writer.Labels().add(list(labels)), ids_name=_TENSOR_NAMES["ids"],
+            mask_name=_TENSOR_NAMES["mask"], segment_name=_TENSOR_NAMES["segment"])
+        populated, _ = build.populate()
     del build  # its temporary folder (the labels file) goes now, not at interpreter exit
     return bytes(populated)
 
@@ -137,9 +150,9 @@ def text_embedder(tflite: bytes, *, tokenizer_file: str) -> bytes:
 
     writer = metadata_writer.MetadataWriter(bytearray(tflite))
     writer.add_general_info("TextEmbedder", "The pooled [CLS] vector of the input text.")
-    writer.add_bert_text_input(_tokenizer(metadata_writer, tokenizer_file), _TENSOR_NAMES["ids"],
-                               _TENSOR_NAMES["mask"], _TENSOR_NAMES["segment"])
-    writer.add_feature_output(name="embedding", description="The pooled [CLS] vector.")
-    populated, _ = writer.populate()
+    with _tokenizer(metadata_writer, tokenizer_file) as tokenizer:
+        writer.add_bert_text_input(tokenizer, _TENSOR_NAMES["ids"], _TENSOR_NAMES["mask"], _TENSOR_NAMES["segment"])
+        writer.add_feature_output(name="embedding", description="The pooled [CLS] vector.")
+        populated, _ = writer.populate()
     del writer
     return bytes(populated)
