@@ -41,6 +41,8 @@ def model_function(model, params, quantized=None, outputs=OUTPUTS):
         else:
             out = model.apply({"params": params}, input_ids, **kwargs)
         if outputs == EMBEDDING:
+            if "pooled_output" not in out:
+                raise ConfigError("the model has no pooler, so no pooled [CLS] vector to export as `embedding`")
             return {"embedding": out["pooled_output"]}
         return {k: out[k] for k in outputs if k in out}
 

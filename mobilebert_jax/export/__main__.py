@@ -16,9 +16,10 @@ the graph's one output is the model's pooled [CLS] vector, `embedding` [batch, h
 
 A .tflite at --batch_size=1 of a GLUE run, or of --embedding, carries TFLite Metadata (input roles, the
 tokenizer's vocabulary packed in, the label names; the `litert` extra), so MediaPipe's TextClassifier or
-TextEmbedder loads it as it is; --noapp_metadata leaves it out. Next to OUTPUT it writes the tokenizer's vocabulary (`<stem>.vocab.txt`, or `<stem>.spm.model` for
-SentencePiece) and `<stem>.json`: input and output names, dtypes and shapes, the special token ids, labels. An
-existing file of these is refused unless `--overwrite`; so is a place inside a training workdir.
+TextEmbedder loads it as it is; --noapp_metadata leaves it out. Next to OUTPUT it writes the tokenizer's
+vocabulary (`<stem>.vocab.txt`, or `<stem>.spm.model` for SentencePiece) and `<stem>.json`: input and output
+names, dtypes and shapes, the special token ids, labels. An existing file of these is refused unless
+`--overwrite`; so is a place inside a training workdir.
 """
 
 from __future__ import annotations
@@ -104,7 +105,7 @@ def main(argv) -> None:
     if (FLAGS.workdir is None) == (FLAGS.params is None):
         raise app.UsageError("give exactly one of --workdir (a fine-tuning run) and --params (a model directory)")
     if FLAGS.embedding and FLAGS.params is None:
-        raise app.UsageError("--embedding exports a bare model: give --params, not --workdir")
+        raise ConfigError("--embedding exports a bare model: give --params, not --workdir")
     heads = EMBEDDING if FLAGS.embedding else OUTPUTS
     output = epath.Path(FLAGS.output)
     cli.log_libraries_to(FLAGS.workdir or str(output.parent))
@@ -136,10 +137,10 @@ def main(argv) -> None:
         calibration = (sources.text_calibration(FLAGS.calibration_text, vocab, FLAGS.calibration_examples, seq_len)
                        if full_int8 else None)
     shape = np.zeros((FLAGS.batch_size, seq_len), np.int32)
-    if FLAGS.embedding and "pooled_output" not in jax.eval_shape(
-            lambda p, x: model.apply({"params": p}, x, deterministic=True), params, shape):
-        raise ConfigError(f"--params={FLAGS.params}: the model has no pooler, so no pooled [CLS] vector to embed with")
-    outputs = jax.eval_shape(model_function(model, params, outputs=heads), shape, shape, shape)
+    try:
+        outputs = jax.eval_shape(model_function(model, params, outputs=heads), shape, shape, shape)
+    except ConfigError as e:  # --embedding of a model without a pooler
+        raise ConfigError(f"--params={FLAGS.params}: {e}") from None
     # The app runtimes feed one text to a sequence classifier or an embedder; a QA or pretraining model, or a
     # batch, gets no metadata (app_metadata.py says why).
     classifier = labels is not None and set(outputs) == {"logits"} and len(outputs["logits"].shape) == 2
@@ -153,13 +154,14 @@ def main(argv) -> None:
     print(f"exporting {source} to {fmt} ({FLAGS.quantization}), inputs int32[{FLAGS.batch_size}, {seq_len}]"
           + (f", calibrating on {len(calibration['input_ids'])} examples" if full_int8 else ""), flush=True)
     output.parent.mkdir(parents=True, exist_ok=True)
-    export_model(model, params, str(output), batch_size=FLAGS.batch_size, seq_len=seq_len,
-                 quantization=FLAGS.quantization, calibration=calibration, fmt=fmt, outputs=heads)
+    # With metadata the graph is written once, after the metadata is in (no second read and write, on gs:// neither).
+    graph = export_model(model, params, None if app_runtime else str(output), batch_size=FLAGS.batch_size,
+                         seq_len=seq_len, quantization=FLAGS.quantization, calibration=calibration, fmt=fmt,
+                         outputs=heads)
     if app_runtime:
         tokenizer_file = _vocab_file(vocab)
-        output.write_bytes(app_metadata.text_classifier(output.read_bytes(), tokenizer_file=tokenizer_file,
-                                                        labels=labels) if classifier else
-                           app_metadata.text_embedder(output.read_bytes(), tokenizer_file=tokenizer_file))
+        output.write_bytes(app_metadata.text_classifier(graph, tokenizer_file=tokenizer_file, labels=labels)
+                           if classifier else app_metadata.text_embedder(graph, tokenizer_file=tokenizer_file))
     vocab_file = _vocab_sidecar(vocab, output)
     meta = describe(model, vocab_file, vocab, batch_size=FLAGS.batch_size, seq_len=seq_len, fmt=fmt,
                     quantization=FLAGS.quantization, outputs=outputs, labels=labels, source=source)

@@ -51,18 +51,21 @@ def _minimum_parser_version(metadata_buffer: bytes) -> str:
     metadata = fb.ModelMetadataT.InitFromObj(fb.ModelMetadata.GetRootAsModelMetadata(bytes(metadata_buffer), 0))
     needed = {(1, 0, 0)}
 
+    file_types = {fb.AssociatedFileType.VOCABULARY: _VOCABULARY_FILE,
+                  fb.AssociatedFileType.SCANN_INDEX_FILE: _SCANN_INDEX_FILE}
+    unit_options = {fb.ProcessUnitOptions.BertTokenizerOptions: _PROCESS_UNITS,
+                    fb.ProcessUnitOptions.SentencePieceTokenizerOptions: _PROCESS_UNITS,
+                    fb.ProcessUnitOptions.RegexTokenizerOptions: _REGEX_TOKENIZER}
+
     def files(associated):
         for f in associated or []:
-            needed.update([_VOCABULARY_FILE] if f.type == fb.AssociatedFileType.VOCABULARY else [])
-            needed.update([_SCANN_INDEX_FILE] if f.type == fb.AssociatedFileType.SCANN_INDEX_FILE else [])
-            needed.update([_FILE_VERSION] if f.version is not None else [])
+            needed.add(file_types.get(f.type, (1, 0, 0)))
+            if f.version is not None:
+                needed.add(_FILE_VERSION)
 
     def units(process_units):
-        tokenizers = (fb.ProcessUnitOptions.BertTokenizerOptions, fb.ProcessUnitOptions.SentencePieceTokenizerOptions)
         for unit in process_units or []:
-            needed.update([_PROCESS_UNITS] if unit.optionsType in tokenizers else [])
-            needed.update([_REGEX_TOKENIZER] if unit.optionsType == fb.ProcessUnitOptions.RegexTokenizerOptions
-                          else [])
+            needed.add(unit_options.get(unit.optionsType, (1, 0, 0)))
 
     for subgraph in metadata.subgraphMetadata or []:
         for tensor in (subgraph.inputTensorMetadata or []) + (subgraph.outputTensorMetadata or []):
